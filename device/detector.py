@@ -1,0 +1,51 @@
+"""One frame through the whole pipeline: preprocess -> inference -> decode -> NMS, timed per stage.
+
+The inference step is any callable from a float32 NCHW array to ``(loc, scores, landmarks)``
+numpy arrays, so the eager model on the host and every runtime on the board share this code.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Tuple
+
+import numpy as np
+
+from .anchors import prior_boxes
+from .postprocess import Detections, postprocess
+from .preprocess import normalize, resize_image
+from .spec import DetectorSpec
+
+InferenceFn = Callable[[np.ndarray], Tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+@dataclass
+class FaceDetector:
+    """Reference-protocol face detection around an inference function."""
+
+    infer: InferenceFn
+    spec: DetectorSpec
+    long_side: int = 320
+    score_threshold: float = 0.02
+    nms_threshold: float = 0.4
+    last_timings_ms: Dict[str, float] = field(default_factory=dict)
+
+    def detect(self, image_bgr: np.ndarray) -> Detections:
+        """Faces in an original-size BGR uint8 image; per-stage times land in ``last_timings_ms``."""
+        t0 = time.perf_counter()
+        resized, ratio = resize_image(image_bgr, self.long_side)
+        blob = normalize(resized, self.spec.mean_bgr)
+        t1 = time.perf_counter()
+        loc, scores, landm = self.infer(blob)
+        t2 = time.perf_counter()
+        height, width = resized.shape[:2]
+        priors = prior_boxes(self.spec.min_sizes, self.spec.steps, height, width, self.spec.clip)
+        if loc.shape[0] != priors.shape[0]:
+            raise ValueError(f"model predicts {loc.shape[0]} anchors but the spec gives {priors.shape[0]} "
+                             f"for a {width}x{height} input: the bundle and its manifest disagree")
+        dets = postprocess(loc, scores, landm, priors, self.spec.variance, (width, height), ratio,
+                           self.score_threshold, self.nms_threshold)
+        t3 = time.perf_counter()
+        self.last_timings_ms = {"preprocess": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3,
+                                "postprocess": (t3 - t2) * 1e3, "total": (t3 - t0) * 1e3}
+        return dets

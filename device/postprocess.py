@@ -1,0 +1,140 @@
+"""Raw network outputs -> face detections in original image pixels.
+
+Reference protocol: score = softmax face column; keep score > threshold; decode; greedy NMS;
+no top-k; boxes scaled by the network input size and divided by the resize ratio, not clipped.
+Only the candidates above the threshold are decoded: the same values as decoding every anchor,
+for a fraction of the work. :func:`postprocess` is the reference; :func:`select_postprocess`
+picks the fastest path that reproduces it (C kernels, numpy + ``cv2.dnn.NMSBoxes``, or itself).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Callable, Sequence, Tuple
+
+import cv2
+import numpy as np
+
+from .decode import decode_boxes, decode_landmarks
+from .nms import nms, score_order
+
+
+@dataclass
+class Detections:
+    """Kept faces, by descending score. Boxes are (x1, y1, x2, y2), landmarks 5 (x, y) pairs."""
+
+    boxes: np.ndarray      # (K, 4) float32
+    scores: np.ndarray     # (K,) float32
+    landmarks: np.ndarray  # (K, 10) float32
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+    def above(self, threshold: float) -> "Detections":
+        keep = self.scores >= threshold
+        return Detections(self.boxes[keep], self.scores[keep], self.landmarks[keep])
+
+
+PostprocessFn = Callable[..., Detections]
+
+
+def candidates(scores: np.ndarray, score_threshold: float) -> np.ndarray:
+    """Indices of anchors whose face score is strictly above the threshold, ascending."""
+    return np.flatnonzero(scores > np.float32(score_threshold))
+
+
+def pixel_scale(input_size: Tuple[int, int], ratio: float) -> np.ndarray:
+    """Multiplier from normalised coordinates to original pixels, per (x, y) coordinate pair."""
+    width, height = input_size
+    return np.array([width, height], dtype=np.float32) / np.float32(ratio)
+
+
+def _decode_candidates(loc: np.ndarray, scores: np.ndarray, landm: np.ndarray, priors: np.ndarray,
+                       variances: Sequence[float], input_size: Tuple[int, int], ratio: float,
+                       score_threshold: float) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pixel boxes, pixel landmarks and scores of the candidates, in ascending anchor order."""
+    idx = candidates(scores, score_threshold)
+    scale = pixel_scale(input_size, ratio)
+    boxes = decode_boxes(loc[idx], priors[idx], variances) * np.tile(scale, 2)
+    points = decode_landmarks(landm[idx], priors[idx], variances) * np.tile(scale, 5)
+    return boxes, points, scores[idx]
+
+
+def postprocess(loc: np.ndarray, scores: np.ndarray, landm: np.ndarray, priors: np.ndarray,
+                variances: Sequence[float], input_size: Tuple[int, int], ratio: float,
+                score_threshold: float = 0.02, nms_threshold: float = 0.4) -> Detections:
+    """Decode and suppress with numpy. ``loc`` (N,4), ``scores`` (N,) face probability, ``landm`` (N,10)."""
+    boxes, points, cand_scores = _decode_candidates(loc, scores, landm, priors, variances, input_size,
+                                                    ratio, score_threshold)
+    order = score_order(cand_scores)
+    keep = order[nms(boxes[order], nms_threshold)]
+    return Detections(boxes[keep], cand_scores[keep], points[keep])
+
+
+def postprocess_cv2(loc: np.ndarray, scores: np.ndarray, landm: np.ndarray, priors: np.ndarray,
+                    variances: Sequence[float], input_size: Tuple[int, int], ratio: float,
+                    score_threshold: float = 0.02, nms_threshold: float = 0.4) -> Detections:
+    """numpy decoding + ``cv2.dnn.NMSBoxes``: the fastest path without the C kernels.
+
+    NMSBoxes orders by a stable descending sort (ties by index, as :func:`score_order`) and keeps
+    a box when its IoU with every kept box is ``<= nms_threshold``, but measures IoU on (x, y, w, h)
+    rects without the +1. Rects with ``w = x2 - x1 + 1`` (built in float64, so ``x + w`` is exactly
+    ``x2 + 1``) give the reference's intersection and areas. It computes IoU in double rather
+    than float32, so the kept set can differ only for an IoU within float32 rounding (~1e-7) of
+    the threshold; :func:`cv2_nms_agrees` checks the installed OpenCV before it is chosen.
+    """
+    boxes, points, cand_scores = _decode_candidates(loc, scores, landm, priors, variances, input_size,
+                                                    ratio, score_threshold)
+    keep = _nms_boxes_cv2(boxes, cand_scores, score_threshold, nms_threshold)
+    return Detections(boxes[keep], cand_scores[keep], points[keep])
+
+
+def _nms_boxes_cv2(boxes: np.ndarray, scores: np.ndarray, score_threshold: float,
+                   nms_threshold: float) -> np.ndarray:
+    """Kept indices (by descending score) of ``cv2.dnn.NMSBoxes`` fed reference-convention rects."""
+    corners = boxes.astype(np.float64)
+    rects = np.concatenate([corners[:, :2], corners[:, 2:] - corners[:, :2] + 1.0], axis=1)
+    kept = cv2.dnn.NMSBoxes(rects, scores, float(np.float32(score_threshold)), float(nms_threshold))
+    return np.asarray(kept, dtype=np.int64).reshape(-1)
+
+
+@lru_cache(maxsize=1)
+def cv2_nms_agrees() -> bool:
+    """Whether this OpenCV's NMSBoxes keeps exactly what :func:`nms` keeps on a test set with
+    tied scores, duplicates and an IoU exactly at the threshold (older releases sorted unstably)."""
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0, 300, size=(400, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(2, 60, size=(400, 2))], axis=1).astype(np.float32)
+    boxes[::7] = np.round(boxes[::7])
+    boxes[1::50] = boxes[::50]
+    boxes[-2:] = [[0, 0, 9, 9], [0, 0, 3, 9]]  # IoU exactly 0.4: kept by "IoU > threshold" rules
+    scores = (np.round(rng.uniform(size=400), 2) + np.float32(0.01)).astype(np.float32)
+    order = score_order(scores)
+    expected = order[nms(boxes[order], 0.4)]
+    try:
+        kept = _nms_boxes_cv2(boxes, scores, 0.0, 0.4)
+    except (cv2.error, AttributeError):  # an OpenCV built without the dnn module
+        return False
+    return bool(np.array_equal(kept, expected))
+
+
+def select_postprocess(prefer: str = "auto") -> Tuple[PostprocessFn, str]:
+    """The postprocess function to run and its name: ``"c"``, ``"numpy+cv2"`` or ``"numpy"``.
+
+    ``"auto"`` takes the C kernels when they load (scripts/bench_kernels.py measures them faster
+    than numpy + NMSBoxes on real outputs), else NMSBoxes if it agrees with the reference here,
+    else the numpy reference. An explicit name that cannot run here raises ``RuntimeError``.
+    """
+    from .kernels import load_kernels, postprocess_c  # kernels imports this module
+
+    if prefer not in ("auto", "c", "numpy+cv2", "numpy"):
+        raise ValueError(f"unknown postprocess '{prefer}' (choose from: auto, c, numpy+cv2, numpy)")
+    if prefer in ("auto", "c") and load_kernels() is not None:
+        return postprocess_c, "c"
+    if prefer == "c":
+        raise RuntimeError("C kernels requested but unavailable (FDQ_KERNELS=numpy or no compiler)")
+    if prefer in ("auto", "numpy+cv2") and cv2_nms_agrees():
+        return postprocess_cv2, "numpy+cv2"
+    if prefer == "numpy+cv2":
+        raise RuntimeError("cv2.dnn.NMSBoxes does not reproduce the reference NMS with this OpenCV")
+    return postprocess, "numpy"

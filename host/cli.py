@@ -1,0 +1,228 @@
+"""The ``fdq`` command line: one clear error line and a non-zero exit for bad input."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable, List, Optional
+
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as one line, exit status 1."""
+
+
+def _atomic_write_text(path: str, text: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _detector(model_name: str, weights: Optional[str], long_side: int):
+    from fdq.device.detector import FaceDetector
+    from fdq.host.torch_inference import torch_inference
+    from fdq.host.zoo import resolve_weights
+    from fdq.models import SPECS, load_model
+
+    if model_name not in SPECS:
+        raise CliError(f"unknown model '{model_name}' (choose from: {', '.join(SPECS)})")
+    model = load_model(model_name, resolve_weights(model_name, weights))
+    return FaceDetector(torch_inference(model), SPECS[model_name], long_side=long_side)
+
+
+# ---------------------------------------------------------------- zoo
+def cmd_zoo(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from fdq.host import zoo
+
+    if args.zoo_cmd == "fetch":
+        names = list(zoo.ZOO) if args.name == "all" else [args.name]
+        for name in names:
+            print(zoo.fetch(name, progress=sys.stderr.isatty()))
+        return 0
+    table = Table(title="fdq weights")
+    for column in ("name", "file", "size", "sha256", "where", "verified"):
+        table.add_column(column)
+    for name in zoo.ZOO:
+        s = zoo.status(name)
+        table.add_row(name, s["filename"], str(s["size"]), s["sha256"][:16] + "...",
+                      str(s["path"] or "not fetched"), "yes" if s["verified"] else "no")
+    Console().print(table)
+    return 0
+
+
+# ---------------------------------------------------------------- detect
+def sample_image():
+    """The embedded default: scikit-image's public-domain astronaut photo, as BGR uint8."""
+    import numpy as np
+    from skimage import data
+
+    return np.ascontiguousarray(data.astronaut()[:, :, ::-1])
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    import cv2
+
+    from fdq.device.draw import draw_detections
+    from fdq.device.images import list_images, read_image
+
+    if args.input is None:
+        items = [("astronaut", None)]
+    else:
+        src = Path(args.input)
+        if src.is_dir():
+            items = list_images(str(src))
+        elif src.is_file():
+            items = [(src.stem, src)]
+        else:
+            raise CliError(f"input not found: {args.input}")
+    detector = _detector(args.model, args.weights, args.long_side)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    for key, path in items:
+        image = read_image(path) if path is not None else sample_image()
+        path = path or "scikit-image astronaut (public domain sample)"
+        dets = detector.detect(image).above(args.threshold)
+        faces = [{"box": [round(float(v), 2) for v in b], "score": round(float(s), 5),
+                  "landmarks": [[round(float(x), 2), round(float(y), 2)] for x, y in p.reshape(5, 2)]}
+                 for b, s, p in zip(dets.boxes, dets.scores, dets.landmarks)]
+        doc = {"image": str(path), "width": image.shape[1], "height": image.shape[0], "model": args.model,
+               "long_side": args.long_side, "threshold": args.threshold, "faces": faces,
+               "timings_ms": {k: round(v, 3) for k, v in detector.last_timings_ms.items()}}
+        target = out / key
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write_text(str(target) + ".json", json.dumps(doc, indent=2))
+        annotated = draw_detections(image, dets)
+        ok, encoded = cv2.imencode(".jpg", annotated)
+        if not ok:
+            raise CliError(f"cannot encode annotated image for {path}")
+        tmp = str(target) + ".jpg.tmp"
+        encoded.tofile(tmp)
+        os.replace(tmp, str(target) + ".jpg")
+        print(f"{path}: {len(dets)} faces -> {target}.jpg")
+    return 0
+
+
+# ---------------------------------------------------------------- eval
+def cmd_eval(args: argparse.Namespace) -> int:
+    from fdq.device.evaluation import evaluate, load_ground_truth, read_prediction_dir
+
+    gt = load_ground_truth(args.gt)
+    if args.predictions:
+        if args.images or args.model:
+            raise CliError("--predictions evaluates an existing folder: do not combine it with --images/--model")
+        result = evaluate(read_prediction_dir(args.predictions), gt)
+    else:
+        if not args.images:
+            raise CliError("give --images DIR (with --model) or --predictions DIR")
+        from fdq.host.evaluate import evaluate_detector
+
+        detector = _detector(args.model or "slim", args.weights, args.long_side)
+        result = evaluate_detector(detector, args.images, gt, args.predictions_out)
+    curves = result.pop("curves")
+    summary = {k: result[k] for k in ("easy", "medium", "hard", "images")}
+    summary.update({k: v for k, v in result.items() if k not in summary})
+    if args.model:
+        summary.update(model=args.model, long_side=args.long_side)
+    print(f"easy {summary['easy']:.4f}  medium {summary['medium']:.4f}  hard {summary['hard']:.4f}  "
+          f"({summary['images']} images)")
+    if args.json:
+        _atomic_write_text(args.json, json.dumps(summary, indent=2) + "\n")
+    if args.plot:
+        from fdq.host.plots import plot_pr_curves
+
+        plot_pr_curves(curves, args.plot, title=f"{args.model or 'predictions'} @ {args.long_side}")
+    return 0
+
+
+def _not_available(name: str) -> Callable[[argparse.Namespace], int]:
+    def run(_: argparse.Namespace) -> int:
+        print(f"{name}: not available yet", file=sys.stderr)
+        return EXIT_USAGE
+    return run
+
+
+# ---------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fdq", description="Quantize face detectors and measure them on the device.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    z = sub.add_parser("zoo", help="pretrained weights: list, fetch")
+    zsub = z.add_subparsers(dest="zoo_cmd", required=True)
+    zsub.add_parser("list", help="known weights and where they are cached")
+    zf = zsub.add_parser("fetch", help="download and verify weights (NAME or 'all')")
+    zf.add_argument("name")
+    z.set_defaults(func=cmd_zoo)
+
+    d = sub.add_parser("detect", help="detect faces in an image or a folder")
+    d.add_argument("--model", default="slim")
+    d.add_argument("--weights", help="weights file or zoo name (default: the model's zoo weights)")
+    d.add_argument("--input", help="image file or folder (default: a public-domain sample photo)")
+    d.add_argument("--output", default="fdq-out", help="folder for annotated images and JSON")
+    d.add_argument("--long-side", type=int, default=320)
+    d.add_argument("--threshold", type=float, default=0.5, help="score to report a face")
+    d.set_defaults(func=cmd_detect)
+
+    e = sub.add_parser("eval", help="WIDER FACE easy/medium/hard AP (official protocol)")
+    e.add_argument("--model", help="model to run (default slim)")
+    e.add_argument("--weights")
+    e.add_argument("--images", help="WIDER-layout folder EVENT/NAME.jpg")
+    e.add_argument("--predictions", help="existing prediction folder (official layout) to evaluate")
+    e.add_argument("--gt", required=True, help="folder with the official .mat files (or a .json ground truth)")
+    e.add_argument("--long-side", type=int, default=320)
+    e.add_argument("--predictions-out", help="also write the predictions in the official layout")
+    e.add_argument("--json", help="write the AP summary as JSON")
+    e.add_argument("--plot", help="write the precision-recall curves as PNG")
+    e.set_defaults(func=cmd_eval)
+
+    for name in ("quantize", "export"):
+        s = sub.add_parser(name, help=f"{name} (not available yet)")
+        s.set_defaults(func=_not_available(f"fdq {name}"))
+    return p
+
+
+def _run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace, prog: str) -> int:
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except (CliError, ValueError, OSError, RuntimeError, KeyError) as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        return 1
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    return _run(args.func, args, "fdq")
+
+
+def _placeholder_main(prog: str) -> Callable[[Optional[List[str]]], int]:
+    def entry(argv: Optional[List[str]] = None) -> int:
+        argparse.ArgumentParser(prog=prog).parse_known_args(argv)
+        print(f"{prog}: not available yet", file=sys.stderr)
+        return EXIT_USAGE
+    return entry
+
+
+deploy_main = _placeholder_main("fdq-deploy")
+profile_main = _placeholder_main("fdq-profile")
+demo_main = _placeholder_main("fdq-demo")
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""fdq: quantize small face detectors on a workstation, run and measure them on an ARM board.
+
+The top-level folders are mapped into one ``fdq`` namespace (``fdq.models``, ``fdq.device``, ...)
+so that no generic name such as ``models`` lands in site-packages.
+"""
+from setuptools import setup
+
+SUBPACKAGES = {
+    "fdq.host": "host",
+    "fdq.device": "device",
+    "fdq.models": "models",
+    "fdq.calibration": "calibration",
+    "fdq.profiles": "profiles",
+}
+
+setup(
+    name="fdq",
+    version="0.1.0",
+    description="FaceDetect-QAT: int8 face detectors measured on the edge device itself",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.9",
+    packages=list(SUBPACKAGES),
+    package_dir=SUBPACKAGES,
+    package_data={
+        "fdq.device": ["kernels/*.c", "kernels/*.h"],
+        "fdq.profiles": ["*.yaml"],
+    },
+    install_requires=[
+        "torch>=2.9,<2.15",
+        "numpy>=1.23,<3",
+        "opencv-python-headless>=4.8,<6",
+        "paramiko>=3.4,<6",
+        "pyyaml>=6.0,<7",
+        "psutil>=5.9,<8",
+        "rich>=13,<16",
+        # .mat ground truth of WIDER FACE (MATLAB v5 files): scipy.io reads them, no hand-written parser.
+        "scipy>=1.10,<2",
+        # precision-recall plots and comparison charts.
+        "matplotlib>=3.7,<4",
+        # the embedded default image of `fdq detect` (public-domain photos shipped with the package).
+        "scikit-image>=0.22",
+    ],
+    extras_require={
+        "test": ["pytest>=8"],
+        "export": ["onnx>=1.16", "onnxruntime>=1.18", "ncnn>=1.0.20240410", "pnnx>=20240410"],
+    },
+    entry_points={
+        "console_scripts": [
+            "fdq=fdq.host.cli:main",
+            "fdq-deploy=fdq.host.cli:deploy_main",
+            "fdq-profile=fdq.host.cli:profile_main",
+            "fdq-demo=fdq.host.cli:demo_main",
+        ]
+    },
+)

@@ -1,0 +1,92 @@
+"""The fdq command line on real images: outputs, and one clear error line for bad input."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def run_fdq(*args, env_extra=None, prog="fdq.host.cli"):
+    env = dict(os.environ, **(env_extra or {}))
+    return subprocess.run([sys.executable, "-m", prog, *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def weights_env(shared_dir):
+    return {"FDQ_WEIGHTS_PATH": str(shared_dir / "weights")}
+
+
+@pytest.fixture(scope="module")
+def val(shared_dir):
+    return shared_dir / "data" / "widerface_val_subset" / "val"
+
+
+def test_detect_embedded_default(tmp_path, weights_env):
+    r = run_fdq("detect", "--output", tmp_path, env_extra=weights_env)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads((tmp_path / "astronaut.json").read_text())
+    assert len(doc["faces"]) == 1 and doc["faces"][0]["score"] > 0.9
+    x1, y1, x2, y2 = doc["faces"][0]["box"]
+    assert 150 < x1 < x2 < 300 and 30 < y1 < y2 < 200  # the astronaut's face
+    assert (tmp_path / "astronaut.jpg").stat().st_size > 10_000
+
+
+def test_detect_folder_writes_one_json_per_image(tmp_path, weights_env, val):
+    event = sorted((val / "images").iterdir())[0]
+    r = run_fdq("detect", "--model", "mnet025", "--input", event, "--output", tmp_path, env_extra=weights_env)
+    assert r.returncode == 0, r.stderr
+    images = sorted(event.glob("*.jpg"))
+    docs = sorted(tmp_path.glob("*.json"))
+    assert len(docs) == len(images)
+    assert sum(len(json.loads(d.read_text())["faces"]) for d in docs) > len(images)
+
+
+def test_eval_writes_predictions_json_and_plot_and_re_evaluates(tmp_path, weights_env, val):
+    preds, summary, plot = tmp_path / "preds", tmp_path / "ap.json", tmp_path / "pr.png"
+    r = run_fdq("eval", "--model", "slim", "--images", val / "images", "--gt", val / "ground_truth",
+                "--long-side", 320, "--predictions-out", preds, "--json", summary, "--plot", plot,
+                env_extra=weights_env)
+    assert r.returncode == 0, r.stderr
+    first = json.loads(summary.read_text())
+    assert first["images"] == 64 and first["easy"] == pytest.approx(0.7053, abs=0.002)
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    again = tmp_path / "again.json"
+    r = run_fdq("eval", "--predictions", preds, "--gt", val / "ground_truth", "--json", again)
+    assert r.returncode == 0, r.stderr
+    second = json.loads(again.read_text())
+    for setting in ("easy", "medium", "hard"):
+        assert second[setting] == first[setting]
+
+
+@pytest.mark.parametrize("case", ["missing-input", "unknown-model", "empty-folder", "malformed-mat",
+                                  "missing-gt", "bad-weights", "unknown-zoo"])
+def test_bad_input_is_one_error_line(tmp_path, weights_env, val, case):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    bad_gt = tmp_path / "gt"
+    bad_gt.mkdir()
+    for name in ("wider_face_val.mat", "wider_easy_val.mat", "wider_medium_val.mat", "wider_hard_val.mat"):
+        (bad_gt / name).write_bytes(b"MATLAB 5.0 MAT-file, this is not one")
+    args = {
+        "missing-input": ["detect", "--input", tmp_path / "nope.jpg", "--output", tmp_path / "o"],
+        "unknown-model": ["detect", "--model", "yolo", "--output", tmp_path / "o"],
+        "empty-folder": ["detect", "--input", empty, "--output", tmp_path / "o"],
+        "malformed-mat": ["eval", "--images", val / "images", "--gt", bad_gt],
+        "missing-gt": ["eval", "--images", val / "images", "--gt", tmp_path / "nogt"],
+        "bad-weights": ["detect", "--weights", tmp_path / "none.pth", "--output", tmp_path / "o"],
+        "unknown-zoo": ["zoo", "fetch", "yolo"],
+    }[case]
+    r = run_fdq(*args, env_extra=weights_env)
+    assert r.returncode != 0
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("fdq: error:"), r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_zoo_list_shows_all_weights(weights_env):
+    r = run_fdq("zoo", "list", env_extra=dict(weights_env, COLUMNS="200"))
+    assert r.returncode == 0, r.stderr
+    for name in ("slim", "rfb", "mnet025"):
+        assert name in r.stdout
