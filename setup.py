@@ -51,7 +51,7 @@ setup(
             "fdq=fdq.host.cli:main",
             "fdq-deploy=fdq.host.cli:deploy_main",
             "fdq-profile=fdq.host.cli:profile_main",
-            "fdq-demo=fdq.host.cli:demo_main",
+            "fdq-demo=fdq.device.demo:main",
         ]
     },
 )

@@ -2,21 +2,25 @@
 
 The inference step is any callable from a float32 NCHW array to ``(loc, scores, landmarks)``
 numpy arrays, so the eager model on the host and every runtime on the board share this code.
+Normalization and decode + NMS use the board-compiled C kernels when they load (identical
+results, see ``fdq.device.kernels``), else the fastest numpy path that reproduces the reference.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Sequence, Tuple, Union
 
 import numpy as np
 
 from .anchors import prior_boxes
-from .postprocess import Detections, postprocess
-from .preprocess import normalize, resize_image
+from .kernels import normalize_c
+from .postprocess import Detections, PostprocessFn, select_postprocess
+from .preprocess import resize_image
 from .spec import DetectorSpec
 
 InferenceFn = Callable[[np.ndarray], Tuple[np.ndarray, np.ndarray, np.ndarray]]
+NormalizeFn = Callable[[np.ndarray, Sequence[float]], np.ndarray]
 
 
 @dataclass
@@ -29,12 +33,24 @@ class FaceDetector:
     score_threshold: float = 0.02
     nms_threshold: float = 0.4
     last_timings_ms: Dict[str, float] = field(default_factory=dict)
+    # A name for select_postprocess ("auto": the fastest path equal to the reference) or a function.
+    # The path taken lands in ``kernels``: "c", "numpy+cv2", "numpy", or the given function's name.
+    postprocess: Union[str, PostprocessFn] = "auto"
+    # normalize_c equals preprocess.normalize exactly and falls back to it without the C kernels.
+    normalize: NormalizeFn = normalize_c
+    kernels: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.postprocess, str):
+            self.postprocess, self.kernels = select_postprocess(self.postprocess)
+        else:
+            self.kernels = getattr(self.postprocess, "__name__", type(self.postprocess).__name__)
 
     def detect(self, image_bgr: np.ndarray) -> Detections:
         """Faces in an original-size BGR uint8 image; per-stage times land in ``last_timings_ms``."""
         t0 = time.perf_counter()
         resized, ratio = resize_image(image_bgr, self.long_side)
-        blob = normalize(resized, self.spec.mean_bgr)
+        blob = self.normalize(resized, self.spec.mean_bgr)
         t1 = time.perf_counter()
         loc, scores, landm = self.infer(blob)
         t2 = time.perf_counter()
@@ -43,8 +59,8 @@ class FaceDetector:
         if loc.shape[0] != priors.shape[0]:
             raise ValueError(f"model predicts {loc.shape[0]} anchors but the spec gives {priors.shape[0]} "
                              f"for a {width}x{height} input: the bundle and its manifest disagree")
-        dets = postprocess(loc, scores, landm, priors, self.spec.variance, (width, height), ratio,
-                           self.score_threshold, self.nms_threshold)
+        dets = self.postprocess(loc, scores, landm, priors, self.spec.variance, (width, height), ratio,
+                                self.score_threshold, self.nms_threshold)
         t3 = time.perf_counter()
         self.last_timings_ms = {"preprocess": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3,
                                 "postprocess": (t3 - t2) * 1e3, "total": (t3 - t0) * 1e3}

@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence, Union
 
 import numpy as np
+
+from .atomic import atomic_write_text
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -185,7 +186,7 @@ def load_ground_truth(path: PathLike) -> GroundTruth:
 def save_ground_truth_json(gt: GroundTruth, path: PathLike) -> None:
     """Write ``gt.to_json_dict()`` to ``path`` atomically (for boards without scipy)."""
     text = json.dumps(gt.to_json_dict(), separators=(",", ":"))
-    _atomic_write_text(Path(path), text + "\n")
+    atomic_write_text(Path(path), text + "\n")
 
 
 def _load_mat_folder(folder: Path) -> GroundTruth:
@@ -318,7 +319,7 @@ def write_prediction_file(folder: PathLike, key: str, rows: np.ndarray) -> Path:
         lines.append(f"{_fmt_coord(x)} {_fmt_coord(y)} {_fmt_coord(w)} {_fmt_coord(h)} {float(score)!r}")
     path = Path(folder) / event / f"{name}.txt"
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(path, "\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n")
     return path
 
 
@@ -369,20 +370,6 @@ def read_prediction_dir(folder: PathLike) -> dict[str, np.ndarray]:
             if path.is_file():
                 out[f"{event_dir.name}/{path.stem}"] = _read_prediction_file(path)
     return out
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 # --------------------------------------------------------------------------------------------------

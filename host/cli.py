@@ -3,31 +3,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Callable, List, Optional
+
+from fdq.device.atomic import atomic_output, atomic_write_text
 
 EXIT_USAGE = 2
 
 
 class CliError(Exception):
     """A user-facing failure: printed as one line, exit status 1."""
-
-
-def _atomic_write_text(path: str, text: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _detector(model_name: str, weights: Optional[str], long_side: int):
@@ -105,14 +91,13 @@ def cmd_detect(args: argparse.Namespace) -> int:
                "timings_ms": {k: round(v, 3) for k, v in detector.last_timings_ms.items()}}
         target = out / key
         target.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(str(target) + ".json", json.dumps(doc, indent=2))
+        atomic_write_text(str(target) + ".json", json.dumps(doc, indent=2))
         annotated = draw_detections(image, dets)
         ok, encoded = cv2.imencode(".jpg", annotated)
         if not ok:
             raise CliError(f"cannot encode annotated image for {path}")
-        tmp = str(target) + ".jpg.tmp"
-        encoded.tofile(tmp)
-        os.replace(tmp, str(target) + ".jpg")
+        with atomic_output(str(target) + ".jpg") as tmp:
+            encoded.tofile(str(tmp))
         print(f"{path}: {len(dets)} faces -> {target}.jpg")
     return 0
 
@@ -141,7 +126,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(f"easy {summary['easy']:.4f}  medium {summary['medium']:.4f}  hard {summary['hard']:.4f}  "
           f"({summary['images']} images)")
     if args.json:
-        _atomic_write_text(args.json, json.dumps(summary, indent=2) + "\n")
+        atomic_write_text(args.json, json.dumps(summary, indent=2) + "\n")
     if args.plot:
         from fdq.host.plots import plot_pr_curves
 
@@ -149,11 +134,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _not_available(name: str) -> Callable[[argparse.Namespace], int]:
-    def run(_: argparse.Namespace) -> int:
-        print(f"{name}: not available yet", file=sys.stderr)
-        return EXIT_USAGE
-    return run
+# ---------------------------------------------------------------- export
+def cmd_export(args: argparse.Namespace) -> int:
+    from fdq.host.export import export_bundle
+
+    path = export_bundle(args.bundle, args.format, args.out, args.calib, weights=args.weights)
+    print(f"{args.format} bundle written to {path}")
+    return 0
 
 
 # ---------------------------------------------------------------- parser
@@ -189,9 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--plot", help="write the precision-recall curves as PNG")
     e.set_defaults(func=cmd_eval)
 
-    for name in ("quantize", "export"):
-        s = sub.add_parser(name, help=f"{name} (not available yet)")
-        s.set_defaults(func=_not_available(f"fdq {name}"))
+    x = sub.add_parser("export", help="export a bundle's model as another runtime's bundle")
+    x.add_argument("bundle")
+    x.add_argument("--format", required=True, choices=("torchscript", "onnx", "onnx-int8", "ncnn"),
+                   help="onnx-int8: QDQ through onnxruntime's static quantization (needs --calib)")
+    x.add_argument("--out", required=True)
+    x.add_argument("--calib", help="calibration images for onnx-int8 (use the bundle's own set)")
+    x.add_argument("--weights", help="float weights, if the bundle does not record them")
+    x.set_defaults(func=cmd_export)
     return p
 
 
@@ -222,7 +214,6 @@ def _placeholder_main(prog: str) -> Callable[[Optional[List[str]]], int]:
 
 deploy_main = _placeholder_main("fdq-deploy")
 profile_main = _placeholder_main("fdq-profile")
-demo_main = _placeholder_main("fdq-demo")
 
 if __name__ == "__main__":
     sys.exit(main())

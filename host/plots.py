@@ -1,11 +1,10 @@
 """Charts written to files on the host (matplotlib, non-interactive)."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
+from fdq.device.atomic import atomic_output
 from fdq.device.evaluation import SETTINGS, voc_ap
 
 
@@ -49,18 +48,7 @@ def plot_pr_curves(curves: Mapping[str, Any], path: str, title: str = "") -> Non
             ax.set_title(title)
         fig.tight_layout()
 
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=target.suffix, dir=str(target.parent))
-        os.close(fd)
-        try:
-            fig.savefig(tmp)
-            os.replace(tmp, target)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png")
     finally:
         plt.close(fig)

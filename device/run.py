@@ -1,0 +1,515 @@
+"""Measure a bundle on this machine: latency per stage, FPS, memory, temperature and (optionally) AP.
+
+    python -m fdq.device.run --bundle DIR [--source IMAGES_DIR|VIDEO|synthetic] [--frames N]
+        [--warmup W] [--threads T] [--gt DIR_OR_JSON] [--long-side L] [--threshold 0.02] --json OUT.json
+
+Each frame goes through exactly the pipeline of :class:`fdq.device.detector.FaceDetector`
+(preprocess -> inference -> decode -> NMS); image decoding is not timed. Warm-up frames run
+first and are not recorded. The result is ONE JSON document (schema ``fdq.run/1``), written
+atomically: a run that fails or is interrupted (SIGINT / SIGTERM) leaves no file behind.
+
+Exit codes: 0 success, 1 bad input or failure (one ``fdq-run: error: ...`` line on stderr),
+2 bad command line, 130 / 143 interrupted by SIGINT / SIGTERM.
+
+Only the standard library is imported at module level (the pipeline, OpenCV and the runtime are
+imported once signal handling is in place); nothing from ``fdq.host``, paramiko or rich.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+PROG = "fdq-run"
+SCHEMA = "fdq.run/1"
+FACE_THRESHOLD = 0.5
+"""Score from which a detection counts as a face in ``detections.per_frame``."""
+SYNTHETIC_SIZE = (640, 480)
+SYNTHETIC_POOL = 8
+SYNTHETIC_SEED = 0
+SYNTHETIC_DEFAULT_FRAMES = 50
+STAGES = ("preprocess", "inference", "postprocess", "total")
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".ts", ".wmv", ".flv",
+                  ".mjpg", ".mjpeg", ".h264", ".264", ".h265", ".hevc", ".y4m", ".gif")
+
+
+class RunError(Exception):
+    """Bad input or a failed run; the message is the one line printed after ``fdq-run: error:``."""
+
+
+class Interrupted(BaseException):
+    """Raised from the SIGINT / SIGTERM handler: unwinds everything, nothing gets written."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not argparse's usage block
+        sys.stderr.write(f"{PROG}: error: {message} (see --help)\n")
+        raise SystemExit(2)
+
+
+def _positive(kind: str, minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{kind} must be an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{kind} must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"threshold must be a number, got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"threshold must lie in [0, 1), got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description="Measure a face-detector bundle on this machine (fdq.run/1 JSON).")
+    p.add_argument("--bundle", required=True, help="bundle folder (verified against its manifest)")
+    p.add_argument("--source", default="synthetic",
+                   help="image folder (WIDER layout), video file, or 'synthetic' (default: synthetic)")
+    p.add_argument("--frames", type=_positive("--frames", 1), default=None,
+                   help="frames to measure (default: every image once / the whole video / "
+                        f"{SYNTHETIC_DEFAULT_FRAMES} synthetic); image folders and videos loop if needed")
+    p.add_argument("--warmup", type=_positive("--warmup", 0), default=5, help="unrecorded warm-up frames (default 5)")
+    p.add_argument("--threads", type=_positive("--threads", 1), default=1, help="CPU threads (default 1)")
+    p.add_argument("--gt", default=None, help="WIDER FACE ground truth (.mat folder or .json): adds AP")
+    p.add_argument("--long-side", type=_positive("--long-side", 1), default=None,
+                   help="network input long side (default: the bundle's)")
+    p.add_argument("--threshold", type=_probability, default=0.02, help="score threshold before NMS (default 0.02)")
+    p.add_argument("--json", required=True, dest="json_out", help="where to write the results")
+    return p
+
+
+# --------------------------------------------------------------------------------------------------
+# Frame sources
+# --------------------------------------------------------------------------------------------------
+
+
+class ImageFolderSource:
+    """Images below a folder, in sorted order, keyed ``EVENT/NAME``; loops when more frames are asked."""
+
+    kind = "images"
+
+    def __init__(self, folder: str) -> None:
+        from .images import list_images
+
+        try:
+            self.items = list_images(folder)
+        except (FileNotFoundError, ValueError) as exc:
+            raise RunError(str(exc)) from None
+        self.folder = folder
+
+    def default_frames(self) -> int:
+        return len(self.items)
+
+    def frame(self, index: int) -> Tuple[str, Any]:
+        from .images import read_image
+
+        key, path = self.items[index % len(self.items)]
+        try:
+            return key, read_image(path)
+        except (FileNotFoundError, ValueError) as exc:
+            raise RunError(str(exc)) from None
+
+    def warmup(self, count: int) -> Iterator[Any]:
+        for i in range(count):
+            yield self.frame(i)[1]
+
+    def frames(self, count: int) -> Iterator[Tuple[str, Any]]:
+        for i in range(count):
+            yield self.frame(i)
+
+    def describe(self) -> Dict[str, Any]:
+        return {"kind": self.kind, "path": str(Path(self.folder).resolve()), "images": len(self.items)}
+
+
+class VideoSource:
+    """Frames of a video file (``cv2.VideoCapture``), reopened from the start when it runs out."""
+
+    kind = "video"
+
+    def __init__(self, path: str) -> None:
+        import cv2
+
+        self.path = path
+        self._cv2 = cv2
+        self.cap = self._open()
+        ok, first = self.cap.read()
+        if not ok or first is None:
+            self.cap.release()
+            raise RunError(f"cannot read any frame from video {path}")
+        self.first = first
+        self.width = int(first.shape[1])
+        self.height = int(first.shape[0])
+        self.fps = float(self.cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        self.count = int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        self._pending: Optional[Any] = first  # the frame already read counts as frame 0
+        self.loops = 0
+
+    def _open(self) -> Any:
+        cap = self._cv2.VideoCapture(str(self.path))
+        if not cap.isOpened():
+            raise RunError(f"cannot open video {self.path} (not a video OpenCV can decode)")
+        return cap
+
+    def default_frames(self) -> Optional[int]:
+        return None  # until the end of the file
+
+    def warmup(self, count: int) -> Iterator[Any]:
+        for _ in range(count):  # reading ahead would skip measured frames: repeat the first one
+            yield self.first
+
+    def _next(self) -> Optional[Any]:
+        if self._pending is not None:
+            frame, self._pending = self._pending, None
+            return frame
+        ok, frame = self.cap.read()
+        return frame if ok and frame is not None else None
+
+    def frames(self, count: Optional[int]) -> Iterator[Tuple[str, Any]]:
+        index = 0
+        while count is None or index < count:
+            frame = self._next()
+            if frame is None:
+                if count is None:
+                    return
+                self.cap.release()
+                self.cap = self._open()
+                self.loops += 1
+                frame = self._next()
+                if frame is None:
+                    raise RunError(f"video {self.path} stopped delivering frames after a rewind")
+            yield f"frame{index:06d}", frame
+            index += 1
+
+    def describe(self) -> Dict[str, Any]:
+        return {"kind": self.kind, "path": str(Path(self.path).resolve()), "width": self.width,
+                "height": self.height, "fps": self.fps, "frame_count": self.count, "loops": self.loops}
+
+
+class SyntheticSource:
+    """Deterministic uniform-noise 4:3 frames (numpy seed 0): a board with no data can still be timed."""
+
+    kind = "synthetic"
+
+    def __init__(self) -> None:
+        import numpy as np
+
+        rng = np.random.default_rng(SYNTHETIC_SEED)
+        width, height = SYNTHETIC_SIZE
+        self.pool = [rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8) for _ in range(SYNTHETIC_POOL)]
+
+    def default_frames(self) -> int:
+        return SYNTHETIC_DEFAULT_FRAMES
+
+    def warmup(self, count: int) -> Iterator[Any]:
+        for i in range(count):
+            yield self.pool[i % len(self.pool)]
+
+    def frames(self, count: int) -> Iterator[Tuple[str, Any]]:
+        for i in range(count):
+            yield f"synthetic{i:06d}", self.pool[i % len(self.pool)]
+
+    def describe(self) -> Dict[str, Any]:
+        return {"kind": self.kind, "width": SYNTHETIC_SIZE[0], "height": SYNTHETIC_SIZE[1],
+                "seed": SYNTHETIC_SEED, "distinct_frames": SYNTHETIC_POOL, "content": "uniform noise uint8"}
+
+
+def open_source(source: str) -> Any:
+    if source == "synthetic":
+        return SyntheticSource()
+    path = Path(source)
+    if path.is_dir():
+        return ImageFolderSource(source)
+    if path.is_file():
+        # FFmpeg opens almost anything (a .txt file decodes as ANSI art): insist on a video suffix.
+        if path.suffix.lower() not in VIDEO_SUFFIXES:
+            raise RunError(f"source {source} is neither an image folder nor a video file "
+                           f"({', '.join(VIDEO_SUFFIXES[:6])}, ...)")
+        return VideoSource(source)
+    raise RunError(f"source not found: {source} (an image folder, a video file or 'synthetic')")
+
+
+# --------------------------------------------------------------------------------------------------
+# Statistics and output
+# --------------------------------------------------------------------------------------------------
+
+
+def latency_stats(values: Sequence[float]) -> Dict[str, Any]:
+    """mean / p50 / p90 / p99 / min / max of per-frame milliseconds, plus the raw list."""
+    import numpy as np
+
+    arr = np.asarray(values, dtype=np.float64)
+    p50, p90, p99 = (float(v) for v in np.percentile(arr, [50, 90, 99]))
+    return {"mean": float(arr.mean()), "p50": p50, "p90": p90, "p99": p99, "min": float(arr.min()),
+            "max": float(arr.max()), "frames": [float(v) for v in arr]}
+
+
+_STATE = {"committed": False}
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def write_json_atomic(path: Path, document: Dict[str, Any]) -> None:
+    """Temp file in the target folder, fsync, ``os.replace``: the file is complete or absent.
+
+    SIGINT / SIGTERM are blocked only around the rename: a signal before it removes the temp file
+    (nothing written); once the rename is done the results are complete and a late signal is ignored.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(document, f, indent=1, allow_nan=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        can_block = hasattr(signal, "pthread_sigmask")
+        if can_block:
+            signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        try:
+            os.replace(tmp, path)
+            _STATE["committed"] = True
+        finally:
+            if can_block:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _quantization_level(manifest: Dict[str, Any]) -> Optional[str]:
+    q = manifest.get("quantization")
+    if isinstance(q, dict):
+        for key in ("level", "scheme", "mode", "method"):
+            if q.get(key):
+                return str(q[key])
+    elif q:
+        return str(q)
+    dtype = (manifest.get("backend") or {}).get("dtype")
+    return "float" if dtype in ("fp32", "float32", None) else None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+# --------------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------------
+
+
+def build_detector(bundle: Any, threads: int = 1, long_side: Optional[int] = None,
+                   threshold: float = 0.02) -> Any:
+    """The FaceDetector the runner measures (also used in-process by tests and the host)."""
+    from .detector import FaceDetector
+    from .runtimes import load_inference
+
+    infer = load_inference(bundle, threads)
+    return FaceDetector(infer, bundle.spec, int(long_side or bundle.long_side), score_threshold=threshold)
+
+
+def run(args: argparse.Namespace, progress: Any = None) -> Dict[str, Any]:
+    """Do the measurement described by parsed ``args``; returns the ``fdq.run/1`` document."""
+    import hashlib
+
+    import cv2
+
+    from .bundle import MANIFEST, load_bundle
+    from .runtimes import runtime_versions
+    from . import sysinfo
+
+    started = time.perf_counter()
+    bundle = load_bundle(args.bundle)  # verifies every file's size and sha256
+    source = open_source(args.source)
+
+    gt = None
+    if args.gt:
+        from .evaluation import load_ground_truth
+
+        if not isinstance(source, ImageFolderSource):
+            raise RunError("--gt needs --source to be the ground truth's image folder")
+        gt = load_ground_truth(args.gt)
+        keys = {key for key, _ in source.items}
+        missing = [k for k in gt.keys if k not in keys]
+        if missing:
+            raise RunError(f"{args.source} is not the ground truth's image folder: {len(missing)} of "
+                           f"{gt.num_images} ground-truth images are missing (first: {missing[0]})")
+        if args.frames is not None and args.frames < len(source.items):
+            raise RunError(f"--gt needs every image once: --frames {args.frames} < {len(source.items)} images")
+
+    frames = args.frames if args.frames is not None else source.default_frames()
+    threads = int(args.threads)
+    cv2.setNumThreads(threads)
+    detector = build_detector(bundle, threads, args.long_side, args.threshold)
+
+    thermal_start = {"c": sysinfo.cpu_temperature_c(), "throttled": sysinfo.throttled()}
+    if progress:
+        progress(f"{PROG}: {bundle.manifest['model']['name']} {bundle.runtime} "
+                 f"{(bundle.manifest.get('backend') or {}).get('dtype')}, "
+                 f"{frames if frames is not None else 'all'} frames (+{args.warmup} warm-up) from {source.kind}")
+    for image in source.warmup(args.warmup):
+        detector.detect(image)
+
+    timings: Dict[str, List[float]] = {s: [] for s in STAGES}
+    faces: List[int] = []
+    kept: List[int] = []
+    predictions: Dict[str, Any] = {}
+    n_images = len(source.items) if gt is not None else 0
+    to_rows = None
+    if gt is not None:
+        from .evaluation import to_wider_rows as to_rows
+    for index, (key, image) in enumerate(source.frames(frames)):
+        dets = detector.detect(image)
+        for stage in STAGES:
+            timings[stage].append(detector.last_timings_ms[stage])
+        faces.append(int((dets.scores >= FACE_THRESHOLD).sum()))
+        kept.append(len(dets))
+        if to_rows is not None and index < n_images:  # the first pass over the folder is scored
+            predictions[key] = to_rows(dets.boxes, dets.scores)
+    if not faces:
+        raise RunError(f"source {args.source} delivered no frames")
+    thermal_end = {"c": sysinfo.cpu_temperature_c(), "throttled": sysinfo.throttled()}
+
+    latency = {stage: latency_stats(timings[stage]) for stage in STAGES}
+    manifest = bundle.manifest
+    backend = manifest.get("backend") or {}
+    document: Dict[str, Any] = {
+        "schema": SCHEMA,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "bundle": {
+            "path": str(bundle.path.resolve()),
+            "model": manifest["model"]["name"],
+            "runtime": bundle.runtime,
+            "engine": bundle.engine,
+            "dtype": backend.get("dtype"),
+            "quantization": _quantization_level(manifest),
+            "quantization_config": manifest.get("quantization"),
+            "manifest_sha256": hashlib.sha256((bundle.path / MANIFEST).read_bytes()).hexdigest(),
+            "created": manifest.get("created"),
+            "fdq_version": manifest.get("fdq_version"),
+            "long_side": bundle.long_side,
+        },
+        "device": {
+            **sysinfo.system_info(),
+            "runtime": bundle.runtime,
+            "runtime_versions": runtime_versions(bundle),
+            "engine": bundle.engine,
+            "threads": threads,
+            "kernels": getattr(detector, "kernels", "numpy"),
+        },
+        "source": source.describe(),
+        "settings": {"frames": len(faces), "warmup": int(args.warmup), "threads": threads,
+                     "long_side": int(detector.long_side), "score_threshold": float(args.threshold),
+                     "nms_threshold": float(detector.nms_threshold), "face_threshold": FACE_THRESHOLD},
+        "latency_ms": latency,
+        "fps": 1000.0 / latency["total"]["mean"] if latency["total"]["mean"] > 0 else None,
+        "memory": sysinfo.memory(),
+        "thermal": {"start_c": thermal_start["c"], "end_c": thermal_end["c"],
+                    "throttled_start": thermal_start["throttled"], "throttled_end": thermal_end["throttled"]},
+        "detections": {"face_threshold": FACE_THRESHOLD, "per_frame": faces, "faces_total": int(sum(faces)),
+                       "candidates_per_frame": kept, "candidates_total": int(sum(kept)),
+                       "candidates_note": f"detections kept after NMS with score > {args.threshold}"},
+    }
+    if gt is not None:
+        from .evaluation import evaluate
+
+        result = evaluate(predictions, gt)
+        document["accuracy"] = {"easy": result["easy"], "medium": result["medium"], "hard": result["hard"],
+                                "images": result["images"], "missing_images": result.get("missing_images", 0),
+                                "ground_truth": str(Path(args.gt).resolve())}
+    document["wall_s"] = time.perf_counter() - started
+    return document
+
+
+def _install_signal_handlers() -> Dict[int, Any]:
+    def handler(signum: int, frame: Any) -> None:
+        if not _STATE["committed"]:
+            raise Interrupted(signum)
+
+    _STATE["committed"] = False
+    previous = {}
+    for sig in _SIGNALS:
+        previous[sig] = signal.signal(sig, handler)
+    return previous
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    try:
+        previous = _install_signal_handlers()  # first: an early Ctrl-C must not print a traceback
+    except ValueError:  # not the main thread (embedded use): keep the caller's handlers
+        previous = {}
+    try:
+        args = build_parser().parse_args(argv)
+        out = Path(args.json_out)
+        if out.is_dir():
+            raise RunError(f"--json {out} is a folder, expected a file name")
+
+        def progress(line: str) -> None:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+
+        document = run(args, progress)
+        write_json_atomic(out, document)
+        fps = document["fps"]
+        summary = f"{PROG}: wrote {out} ({document['settings']['frames']} frames, " \
+                  f"{fps:.1f} FPS, total p50 {document['latency_ms']['total']['p50']:.1f} ms"
+        if "accuracy" in document:
+            acc = document["accuracy"]
+            summary += f", AP easy {acc['easy']:.4f} medium {acc['medium']:.4f} hard {acc['hard']:.4f}"
+        progress(summary + ")")
+        return 0
+    except Interrupted as exc:
+        name = signal.Signals(exc.signum).name
+        sys.stderr.write(f"{PROG}: interrupted by {name}; no results written\n")
+        return 128 + exc.signum
+    except SystemExit as exc:  # argparse (--help, usage errors)
+        return int(exc.code or 0) if isinstance(exc.code, int) else 2
+    except (RunError, ValueError, OSError, RuntimeError, ImportError) as exc:
+        if os.environ.get("FDQ_DEBUG"):
+            raise
+        sys.stderr.write(f"{PROG}: error: {_first_line(exc)}\n")
+        return 1
+    except Exception as exc:  # anything unforeseen: still one line, the traceback on request
+        if os.environ.get("FDQ_DEBUG"):
+            raise
+        sys.stderr.write(f"{PROG}: error: unexpected {type(exc).__name__}: {_first_line(exc)} "
+                         f"(set FDQ_DEBUG=1 for a traceback)\n")
+        return 1
+    finally:
+        for sig, handler in previous.items():
+            try:
+                signal.signal(sig, handler)
+            except (ValueError, TypeError):
+                pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

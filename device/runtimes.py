@@ -1,0 +1,209 @@
+"""Inference functions for every bundle runtime: TorchScript, ONNX Runtime and NCNN.
+
+:func:`load_inference` turns a verified :class:`~fdq.device.bundle.Bundle` into the
+:data:`~fdq.device.detector.InferenceFn` that :class:`~fdq.device.detector.FaceDetector` calls:
+a float32 NCHW blob (batch of one) -> ``(loc (N, 4), scores (N,), landmarks (N, 10))`` numpy
+arrays, ``scores`` being the softmax face probability.
+
+Each runtime is imported only when a bundle asks for it, so a board needs only the one it runs.
+
+Manifest fields read here (besides ``runtime``, ``backend.engine`` and ``entry``):
+
+* ``io.input``: the input blob name (default ``"input"`` for ONNX, ``"in0"`` for NCNN);
+* ``io.outputs``: ``{"loc": name, "conf": name, "landm": name}`` (defaults: ``loc``/``conf``/``landm``
+  for ONNX, ``out0``/``out1``/``out2`` for NCNN, the pnnx naming);
+* entry files: ``model`` (TorchScript ``.pt`` / ``.onnx`` / NCNN ``.bin``) and ``param`` (NCNN only);
+* ``input.fixed_hw`` (NCNN exported at one size only) and ``backend.dtype`` (``fp32`` turns ncnn's
+  fp16 / bf16 storage and arithmetic off, so an fp32 bundle is measured in fp32).
+"""
+from __future__ import annotations
+
+import platform
+import warnings
+from typing import Any, Dict, Tuple
+
+import numpy as np
+
+from .bundle import Bundle, BundleError
+from .detector import InferenceFn
+
+OUTPUT_ROLES = ("loc", "conf", "landm")
+_DEFAULT_IO = {
+    "onnxruntime": {"input": "input", "outputs": {"loc": "loc", "conf": "conf", "landm": "landm"}},
+    "ncnn": {"input": "in0", "outputs": {"loc": "out0", "conf": "out1", "landm": "out2"}},
+}
+
+
+def _io_names(bundle: Bundle) -> Tuple[str, Dict[str, str]]:
+    default = _DEFAULT_IO[bundle.runtime]
+    io = bundle.manifest.get("io") or {}
+    outputs = dict(default["outputs"])
+    outputs.update(io.get("outputs") or {})
+    return str(io.get("input") or default["input"]), {k: str(outputs[k]) for k in OUTPUT_ROLES}
+
+
+def _split_outputs(loc: np.ndarray, conf: np.ndarray, landm: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Model outputs with or without the batch axis -> (N,4) loc, (N,) face score, (N,10) landmarks."""
+    loc = np.asarray(loc, dtype=np.float32)
+    conf = np.asarray(conf, dtype=np.float32)
+    landm = np.asarray(landm, dtype=np.float32)
+    loc = loc.reshape(-1, 4)
+    conf = conf.reshape(-1, 2)
+    landm = landm.reshape(-1, 10)
+    if not (loc.shape[0] == conf.shape[0] == landm.shape[0]):
+        raise BundleError(f"model outputs disagree on the anchor count: loc {loc.shape}, conf {conf.shape}, "
+                          f"landm {landm.shape}")
+    return loc, np.ascontiguousarray(conf[:, 1]), landm
+
+
+def _import(module: str, runtime: str) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise BundleError(f"bundle runtime {runtime} needs the python package '{module}', which is not "
+                          f"importable here ({exc})") from None
+
+
+# --------------------------------------------------------------------------------------------------
+# TorchScript
+# --------------------------------------------------------------------------------------------------
+
+
+def _torchscript(bundle: Bundle, threads: int) -> InferenceFn:
+    torch = _import("torch", "torchscript")
+    torch.set_num_threads(max(1, int(threads)))
+    engine = bundle.engine
+    if engine:
+        supported = list(torch.backends.quantized.supported_engines)
+        if engine not in supported:
+            raise BundleError(f"bundle needs engine {engine}, this torch supports: {', '.join(supported)}")
+        torch.backends.quantized.engine = engine
+    path = bundle.file("model")
+    try:
+        with warnings.catch_warnings():  # torch >= 2.9 deprecates TorchScript; the board output stays clean
+            warnings.simplefilter("ignore", DeprecationWarning)
+            model = torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:  # torch raises RuntimeError / ValueError for corrupt archives
+        raise BundleError(f"cannot load TorchScript model {path}: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
+    model.eval()
+
+    def infer(blob: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        with torch.inference_mode():
+            loc, conf, landm = model(torch.from_numpy(np.ascontiguousarray(blob, dtype=np.float32)))
+        return _split_outputs(loc.numpy(), conf.numpy(), landm.numpy())
+
+    return infer
+
+
+# --------------------------------------------------------------------------------------------------
+# ONNX Runtime
+# --------------------------------------------------------------------------------------------------
+
+
+def _onnxruntime(bundle: Bundle, threads: int) -> InferenceFn:
+    ort = _import("onnxruntime", "onnxruntime")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = max(1, int(threads))
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    path = bundle.file("model")
+    try:
+        session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise BundleError(f"cannot load ONNX model {path}: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
+    input_name, outputs = _io_names(bundle)
+    have = {o.name for o in session.get_outputs()}
+    missing = [n for n in outputs.values() if n not in have]
+    if missing or input_name not in {i.name for i in session.get_inputs()}:
+        raise BundleError(f"ONNX model {path} lacks the blobs its manifest names "
+                          f"(input {input_name!r}, outputs {list(outputs.values())}); it has {sorted(have)}")
+    names = [outputs[r] for r in OUTPUT_ROLES]
+
+    def infer(blob: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        loc, conf, landm = session.run(names, {input_name: np.ascontiguousarray(blob, dtype=np.float32)})
+        return _split_outputs(loc, conf, landm)
+
+    return infer
+
+
+# --------------------------------------------------------------------------------------------------
+# NCNN
+# --------------------------------------------------------------------------------------------------
+
+
+def _ncnn(bundle: Bundle, threads: int) -> InferenceFn:
+    ncnn = _import("ncnn", "ncnn")
+    net = ncnn.Net()
+    net.opt.num_threads = max(1, int(threads))
+    net.opt.use_vulkan_compute = False
+    if str((bundle.manifest.get("backend") or {}).get("dtype", "fp32")) == "fp32":
+        # ncnn computes in fp16 / bf16 on CPUs that have it unless told not to: an "fp32" bundle
+        # must measure fp32 arithmetic, or speed and accuracy would describe another model.
+        for flag in ("use_fp16_packed", "use_fp16_storage", "use_fp16_arithmetic", "use_bf16_storage"):
+            if hasattr(net.opt, flag):
+                setattr(net.opt, flag, False)
+    param, weights = bundle.file("param"), bundle.file("model")
+    if net.load_param(str(param)) != 0:
+        raise BundleError(f"ncnn cannot load {param}")
+    if net.load_model(str(weights)) != 0:
+        raise BundleError(f"ncnn cannot load {weights}")
+    input_name, outputs = _io_names(bundle)
+    names = [outputs[r] for r in OUTPUT_ROLES]
+    fixed = (bundle.manifest.get("input") or {}).get("fixed_hw")
+
+    def infer(blob: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        chw = np.ascontiguousarray(blob[0], dtype=np.float32)
+        if fixed and tuple(chw.shape[1:]) != tuple(int(v) for v in fixed):
+            raise BundleError(f"this ncnn bundle takes a fixed {fixed[1]}x{fixed[0]} input, got "
+                              f"{chw.shape[2]}x{chw.shape[1]}")
+        ex = net.create_extractor()
+        ex.input(input_name, ncnn.Mat(chw))
+        arrays = []
+        for name in names:
+            ret, mat = ex.extract(name)
+            if ret != 0:
+                raise BundleError(f"ncnn could not compute output blob {name!r}")
+            arrays.append(np.array(mat))
+        return _split_outputs(*arrays)
+
+    return infer
+
+
+_LOADERS = {"torchscript": _torchscript, "onnxruntime": _onnxruntime, "ncnn": _ncnn}
+
+
+def load_inference(bundle: Bundle, threads: int = 1) -> InferenceFn:
+    """The inference function of ``bundle`` for its runtime, using ``threads`` CPU threads.
+
+    Raises :class:`BundleError` (one line) when the runtime is missing, the engine unsupported or
+    the model file unreadable.
+    """
+    try:
+        loader = _LOADERS[bundle.runtime]
+    except KeyError:
+        raise BundleError(f"unsupported runtime {bundle.runtime!r} (choose from: {', '.join(_LOADERS)})") from None
+    return loader(bundle, threads)
+
+
+def runtime_versions(bundle: Bundle) -> Dict[str, Any]:
+    """Versions of the runtime a bundle uses (and numpy / OpenCV / Python), for the results JSON."""
+    import importlib
+
+    out: Dict[str, Any] = {"runtime": bundle.runtime, "python": platform.python_version(),
+                           "numpy": np.__version__}
+    try:
+        import cv2
+
+        out["opencv"] = cv2.__version__
+    except ImportError:  # pragma: no cover - preprocess needs it anyway
+        out["opencv"] = None
+    module = {"torchscript": "torch", "onnxruntime": "onnxruntime", "ncnn": "ncnn"}.get(bundle.runtime)
+    if module:
+        try:
+            mod = importlib.import_module(module)
+            out[module] = str(getattr(mod, "__version__", "unknown"))
+        except ImportError:
+            out[module] = None
+    return out

@@ -1,0 +1,187 @@
+"""Benchmark the C kernels against the numpy paths on real slim outputs at 320x240.
+
+The issue's bar: C decode + NMS must beat numpy decode + cv2.dnn.NMSBoxes on the same candidates
+with the same kept set (and be >= 20x numpy and < 0.2 ms); the normalize kernel >= 3x numpy.
+Medians of many timed calls after a warm-up, each call timed alone with ``time.perf_counter``.
+
+    python scripts/bench_kernels.py [--image IMG] [--repeats 500] [--json docs/bench_kernels.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Callable, Dict, List
+
+import cv2
+import numpy as np
+import torch
+
+from fdq.device.anchors import prior_boxes
+from fdq.device.kernels import load_kernels, normalize_c, postprocess_c, quantize_input, quantize_input_c
+from fdq.device.postprocess import candidates, postprocess, postprocess_cv2
+from fdq.device.preprocess import normalize
+from fdq.models import SPECS, load_model
+
+REPO = Path(__file__).resolve().parents[1]
+WIDTH, HEIGHT = 320, 240
+SCORE_THRESHOLD, NMS_THRESHOLD = 0.02, 0.4
+
+
+def shared_dir() -> Path:
+    return Path(os.environ.get("FDQ_SHARED") or REPO.parent / "shared")
+
+
+def timed(fn: Callable[[], object], repeats: int, warmup: int) -> Dict[str, float]:
+    """Median and 90th percentile in ms of ``repeats`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = np.empty(repeats)
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times[i] = time.perf_counter() - t0
+    return {"median_ms": float(np.median(times) * 1e3), "p90_ms": float(np.percentile(times, 90) * 1e3)}
+
+
+def machine_info(kernel_path: str) -> Dict[str, object]:
+    compiler = shlex.split(os.environ.get("CC") or "cc")
+    try:
+        version = subprocess.run(compiler + ["--version"], capture_output=True, text=True).stdout.splitlines()[0]
+    except (OSError, IndexError):
+        version = "unavailable"
+    cpu = platform.processor()
+    try:
+        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.lower().startswith(("model name", "hardware"))), cpu)
+    except OSError:
+        pass
+    return {"machine": platform.machine(), "cpu": cpu, "cpu_count": os.cpu_count(),
+            "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+            "python": platform.python_version(), "numpy": np.__version__, "opencv": cv2.__version__,
+            "torch": torch.__version__, "compiler": version, "kernel_library": kernel_path}
+
+
+def slim_outputs(image_path: Path, weights: Path):
+    """Real slim outputs on one image forced to 320x240 (4,420 anchors), as contiguous float32."""
+    image = cv2.imread(str(image_path))
+    if image is None:
+        sys.exit(f"cannot read {image_path}")
+    resized = cv2.resize(image.astype(np.float32), (WIDTH, HEIGHT), interpolation=cv2.INTER_LINEAR)
+    spec = SPECS["slim"]
+    model = load_model("slim", weights)
+    with torch.inference_mode():
+        loc, conf, landm = model(torch.from_numpy(normalize(resized, spec.mean_bgr)))
+    outputs = [np.ascontiguousarray(a) for a in (loc[0].numpy(), conf[0, :, 1].numpy(), landm[0].numpy())]
+    priors = prior_boxes(spec.min_sizes, spec.steps, HEIGHT, WIDTH, spec.clip)
+    ratio = WIDTH / image.shape[1]  # horizontal ratio; any positive value times the same work
+    return image, outputs, priors, ratio
+
+
+def markdown(rows: List[List[str]]) -> str:
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows[1:]])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    default_image = next(iter(sorted((shared_dir() / "data/widerface_val_subset/val/images").rglob("*.jpg"))), None)
+    parser.add_argument("--image", type=Path, default=default_image)
+    parser.add_argument("--weights", type=Path, default=shared_dir() / "weights" / "slim_Final.pth")
+    parser.add_argument("--repeats", type=int, default=500)
+    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--json", type=Path, default=REPO / "docs" / "bench_kernels.json")
+    args = parser.parse_args()
+    if args.image is None:
+        sys.exit("no validation image found: pass --image or set FDQ_SHARED")
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*deprecated")
+    kernels = load_kernels()
+    if kernels is None:
+        sys.exit("C kernels unavailable (see the warning above): nothing to compare")
+
+    args.image, shared = args.image.resolve(), shared_dir().resolve()
+    image, (loc, scores, landm), priors, ratio = slim_outputs(args.image, args.weights)
+    spec = SPECS["slim"]
+    pp_args = (loc, scores, landm, priors, spec.variance, (WIDTH, HEIGHT), ratio, SCORE_THRESHOLD, NMS_THRESHOLD)
+    paths = {"numpy": postprocess, "numpy+cv2": postprocess_cv2, "c": postprocess_c}
+    ref = postprocess(*pp_args)
+    same = {}
+    for name, fn in paths.items():
+        d = fn(*pp_args)
+        same[name] = bool(len(d) == len(ref) and np.array_equal(d.scores, ref.scores)
+                          and np.allclose(d.boxes, ref.boxes, rtol=1e-6, atol=1e-4)
+                          and np.allclose(d.landmarks, ref.landmarks, rtol=1e-6, atol=1e-4))
+    post = {name: timed(lambda fn=fn: fn(*pp_args), args.repeats, args.warmup) for name, fn in paths.items()}
+
+    resized_f32 = cv2.resize(image.astype(np.float32), (WIDTH, HEIGHT), interpolation=cv2.INTER_LINEAR)
+    resized_u8 = cv2.resize(image, (WIDTH, HEIGHT), interpolation=cv2.INTER_LINEAR)
+    mean, scale, zero_point = spec.mean_bgr, 1.0, 128  # scale/zero point of a typical int8 input
+
+    def torch_quant() -> torch.Tensor:
+        return torch.quantize_per_tensor(torch.from_numpy(normalize(resized_u8, mean)), scale, zero_point,
+                                         torch.quint8)
+
+    norm = {
+        "float32": {"numpy": timed(lambda: normalize(resized_f32, mean), args.repeats, args.warmup),
+                    "c": timed(lambda: normalize_c(resized_f32, mean), args.repeats, args.warmup)},
+        "uint8": {"numpy": timed(lambda: normalize(resized_u8, mean), args.repeats, args.warmup),
+                  "c": timed(lambda: normalize_c(resized_u8, mean), args.repeats, args.warmup)},
+        "quantize_uint8": {
+            "numpy": timed(lambda: quantize_input(resized_u8, mean, scale, zero_point), args.repeats, args.warmup),
+            "torch": timed(torch_quant, args.repeats, args.warmup),
+            "c": timed(lambda: quantize_input_c(resized_u8, mean, scale, zero_point), args.repeats,
+                       args.warmup)},
+    }
+    norm_identical = bool(np.array_equal(kernels.normalize(resized_f32, mean), normalize(resized_f32, mean))
+                          and np.array_equal(kernels.normalize(resized_u8, mean), normalize(resized_u8, mean))
+                          and np.array_equal(kernels.quantize_input(resized_u8, mean, scale, zero_point),
+                                             torch_quant().int_repr().numpy()))
+    c_ms = post["c"]["median_ms"]
+    ratios = {"numpy_over_c": post["numpy"]["median_ms"] / c_ms,
+              "numpy_cv2_over_c": post["numpy+cv2"]["median_ms"] / c_ms}
+    for variant in norm.values():
+        for name in [n for n in variant if n != "c"]:
+            variant[f"{name}_over_c"] = variant[name]["median_ms"] / variant["c"]["median_ms"]
+    report = {
+        "image": str(args.image.relative_to(shared)) if args.image.is_relative_to(shared) else str(args.image),
+        "input_size": [WIDTH, HEIGHT], "anchors": int(len(priors)),
+        "score_threshold": SCORE_THRESHOLD, "nms_threshold": NMS_THRESHOLD,
+        "candidates": int(len(candidates(scores, SCORE_THRESHOLD))), "kept": len(ref),
+        "same_kept_set_as_numpy": same, "normalize_identical": norm_identical,
+        "repeats": args.repeats, "warmup": args.warmup,
+        "postprocess": post, "postprocess_ratios": ratios, "normalize": norm,
+        "goals": {"c_postprocess_at_least_20x_numpy": ratios["numpy_over_c"] >= 20,
+                  "c_postprocess_under_0.2_ms": c_ms < 0.2,
+                  "c_postprocess_faster_than_numpy_cv2": ratios["numpy_cv2_over_c"] > 1,
+                  "normalize_at_least_3x_numpy": min(norm[v]["numpy_over_c"] for v in ("float32", "uint8")) >= 3},
+        "machine": machine_info(str(kernels.path)),
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2) + "\n")
+
+    rows = [["step", "path", "median ms", "p90 ms", "x slower than C"]]
+    for name in ("numpy", "numpy+cv2", "c"):
+        rows.append(["decode+NMS", name, f"{post[name]['median_ms']:.4f}", f"{post[name]['p90_ms']:.4f}",
+                     f"{post[name]['median_ms'] / c_ms:.1f}"])
+    for variant, paths in norm.items():
+        for name, t in paths.items():
+            if isinstance(t, dict):
+                rows.append([f"normalize {variant}", name, f"{t['median_ms']:.4f}", f"{t['p90_ms']:.4f}",
+                             f"{t['median_ms'] / paths['c']['median_ms']:.1f}"])
+    print(f"{report['image']}: {report['anchors']} anchors, {report['candidates']} candidates, "
+          f"{report['kept']} kept; same kept set: {same}; normalize identical: {norm_identical}\n")
+    print(markdown(rows))
+    print(f"\ngoals: {report['goals']}\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,371 @@
+"""fdq-demo: annotated video out, MJPEG server (checked in headless Chromium), clean failures.
+
+The video is made here from real WIDER FACE validation images (resized to 640x480) that hold
+a clearly detectable face and almost no saturated red, so the red boxes the demo draws can be
+counted in its output, in the served JPEGs and in a browser screenshot of the page.
+"""
+from __future__ import annotations
+
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import List, Tuple
+
+import cv2
+import numpy as np
+import pytest
+
+from fdq.device import demo
+from fdq.device.demo import main, parse_hostport
+
+SIZE = (640, 480)
+N_IMAGES = 5
+REPEAT = 2  # 10 frames
+N_FRAMES = N_IMAGES * REPEAT
+MIN_FACE_PX = 40
+MAX_INPUT_RED_PX = 50
+MIN_RED_PX = 100  # a 40 px box outline is ~170 px, most of which stays red through mp4v / JPEG
+
+
+def red_pixels(image: np.ndarray) -> int:
+    """Strongly red pixels (the box colour (0, 0, 255) after lossy compression)."""
+    bgr = image.astype(np.int16)
+    b, g, r = bgr[..., 0], bgr[..., 1], bgr[..., 2]
+    return int(((r > 150) & (r - np.maximum(g, b) > 100)).sum())
+
+
+def read_all(path: Path) -> List[np.ndarray]:
+    cap = cv2.VideoCapture(str(path))
+    assert cap.isOpened(), f"cannot open {path}"
+    frames = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(frame)
+    cap.release()
+    return frames
+
+
+def assert_jpeg(data: bytes) -> np.ndarray:
+    assert data[:2] == b"\xff\xd8" and data[-2:] == b"\xff\xd9", "not a complete JPEG"
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    assert image is not None, "JPEG does not decode"
+    return image
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(shared_dir, tmp_path_factory) -> Path:
+    from fdq.host.artifacts import save_torchscript_bundle
+    from fdq.models import SPECS, load_model
+
+    out = tmp_path_factory.mktemp("demo") / "slim_fp32"
+    save_torchscript_bundle(load_model("slim", shared_dir / "weights" / "slim_Final.pth"), SPECS["slim"], 320,
+                            str(out), engine=None, dtype="fp32", quantization={"level": 0, "method": "fp32"})
+    return out
+
+
+@pytest.fixture(scope="module")
+def video(bundle_dir, shared_dir, tmp_path_factory) -> Path:
+    """10 mp4v frames at 640x480: five images with a face >= 40 px wide and almost no red, each twice."""
+    from fdq.device.bundle import load_bundle
+    from fdq.device.detector import FaceDetector
+    from fdq.device.runtimes import load_inference
+
+    bundle = load_bundle(str(bundle_dir))
+    detector = FaceDetector(load_inference(bundle), bundle.spec, 320)
+    chosen = []
+    for path in sorted((shared_dir / "data" / "widerface_val_subset" / "val" / "images").glob("*/*.jpg")):
+        image = cv2.resize(cv2.imread(str(path)), SIZE, interpolation=cv2.INTER_AREA)
+        if red_pixels(image) > MAX_INPUT_RED_PX:
+            continue
+        dets = detector.detect(image).above(0.5)
+        if len(dets) and float((dets.boxes[:, 2] - dets.boxes[:, 0]).max()) >= MIN_FACE_PX:
+            chosen.append(image)
+            if len(chosen) == N_IMAGES:
+                break
+    assert len(chosen) == N_IMAGES, f"fewer than {N_IMAGES} suitable validation images in {shared_dir}"
+    out = tmp_path_factory.mktemp("video") / "faces.mp4"
+    writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, SIZE)
+    assert writer.isOpened()
+    for image in chosen:
+        for _ in range(REPEAT):
+            writer.write(image)
+    writer.release()
+    assert len(read_all(out)) == N_FRAMES
+    return out
+
+
+def demo_args(bundle_dir: Path, source, *extra: str) -> List[str]:
+    return ["--bundle", str(bundle_dir), "--source", str(source), *extra]
+
+
+# --------------------------------------------------------------------------------------------------
+# Video in, annotated video out
+# --------------------------------------------------------------------------------------------------
+
+
+def test_writes_annotated_video(bundle_dir, video, tmp_path, capsys):
+    out = tmp_path / "annotated.mp4"
+    assert main(demo_args(bundle_dir, video, "--output", str(out), "--max-frames", str(N_FRAMES))) == 0
+    assert f"{N_FRAMES} frames" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["annotated.mp4"], "temporary file left behind"
+
+    inputs, outputs = read_all(video), read_all(out)
+    assert len(outputs) == N_FRAMES
+    for i, (src, dst) in enumerate(zip(inputs, outputs)):
+        assert dst.shape == src.shape == (SIZE[1], SIZE[0], 3)
+        assert red_pixels(src) < MIN_RED_PX, f"input frame {i} already has red"
+        assert red_pixels(dst) >= red_pixels(src) + MIN_RED_PX, f"no boxes drawn on frame {i}"
+    # The overlay (FPS and stage latencies, in green) is in the top-left corner of every frame.
+    corner = outputs[0][:110, :160].astype(np.int16)
+    assert int(((corner[..., 1] > 180) & (corner[..., 1] - np.maximum(corner[..., 0], corner[..., 2]) > 100)).sum()) > 50
+
+
+def test_max_frames_stops_early(bundle_dir, video, tmp_path):
+    out = tmp_path / "three.mp4"
+    assert main(demo_args(bundle_dir, video, "--output", str(out), "--max-frames", "3")) == 0
+    assert len(read_all(out)) == 3
+
+
+def test_failure_removes_partial_output(bundle_dir, video, tmp_path, monkeypatch):
+    calls = []
+
+    def broken_draw(image, dets, timings_ms=None):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("drawing failed")
+        return image
+
+    monkeypatch.setattr(demo, "draw_detections", broken_draw)
+    with pytest.raises(RuntimeError, match="drawing failed"):
+        main(demo_args(bundle_dir, video, "--output", str(tmp_path / "out.mp4")))
+    assert list(tmp_path.iterdir()) == [], "failed run left a video or temporary file"
+
+
+def test_ctrl_c_keeps_recorded_frames_and_exits_130(bundle_dir, video, tmp_path, monkeypatch, capsys):
+    calls = []
+
+    def interrupted_draw(image, dets, timings_ms=None):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return image
+
+    monkeypatch.setattr(demo, "draw_detections", interrupted_draw)
+    out = tmp_path / "out.mp4"
+    assert main(demo_args(bundle_dir, video, "--output", str(out))) == 130
+    assert "Traceback" not in capsys.readouterr().err
+    assert len(read_all(out)) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Failures: one clear line, no traceback
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["missing", "garbage", "camera"])
+def test_unopenable_source_is_one_error_line(bundle_dir, tmp_path, capfd, kind):
+    if kind == "missing":
+        source = "/nonexistent.mp4"
+    elif kind == "garbage":
+        source = tmp_path / "garbage.mp4"
+        source.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    else:
+        if Path("/dev/video9").exists():
+            pytest.skip("this machine has a camera 9")
+        source = "9"
+    capfd.readouterr()
+    assert main(demo_args(bundle_dir, source)) == 1
+    err = capfd.readouterr().err  # file-descriptor level: FFmpeg / OpenCV native logging included
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("fdq-demo: error: cannot open video source"), err
+
+
+def test_missing_bundle_is_one_error_line(video, tmp_path, capsys):
+    assert main(["--bundle", str(tmp_path / "nope"), "--source", str(video)]) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fdq-demo: error:") and "bundle not found" in lines[0]
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0:0", "[::]:0", "example.com:8080", "192.168.1.20:8080"])
+def test_refuses_non_loopback_serve_without_allow_remote(tmp_path, capsys, address):
+    # A missing bundle and source: exit 2 (not 1) proves the refusal comes before anything is opened.
+    assert main(["--bundle", str(tmp_path / "none"), "--source", str(tmp_path / "none.mp4"), "--serve", address]) == 2
+    err = capsys.readouterr().err
+    assert "fdq-demo: error: refusing to serve" in err and "--allow-remote" in err
+
+
+def test_bad_serve_address_is_a_usage_error(tmp_path, capsys):
+    assert main(["--bundle", str(tmp_path), "--source", "0", "--serve", "8080"]) == 2
+    assert "HOST:PORT" in capsys.readouterr().err
+
+
+def test_parse_hostport():
+    assert parse_hostport("127.0.0.1:8080") == ("127.0.0.1", 8080)
+    assert parse_hostport("localhost:0") == ("localhost", 0)
+    assert parse_hostport("[::1]:9000") == ("::1", 9000)
+    for bad in ("8080", ":8080", "::1:80", "127.0.0.1:http", "127.0.0.1:70000", "[::1]9000"):
+        with pytest.raises(ValueError):
+            parse_hostport(bad)
+
+
+def test_device_demo_imports_nothing_from_the_host_side():
+    code = ("import sys, fdq.device.demo\n"
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('paramiko', 'rich', 'torch')"
+            " or m.startswith('fdq.host'))\n"
+            "assert not bad, bad\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+# --------------------------------------------------------------------------------------------------
+# Serving: MJPEG stream, still frame, page in a real (headless) browser
+# --------------------------------------------------------------------------------------------------
+
+
+class Served:
+    def __init__(self, proc: subprocess.Popen, url: str, stderr: "queue.Queue[str]") -> None:
+        self.proc, self.url, self.stderr = proc, url, stderr
+
+    def stderr_lines(self) -> List[str]:
+        lines = []
+        while True:
+            try:
+                lines.append(self.stderr.get_nowait())
+            except queue.Empty:
+                return lines
+
+
+@pytest.fixture(scope="module")
+def served(bundle_dir, video):
+    """``python -m fdq.device.demo --serve 127.0.0.1:0`` in a subprocess, lingering on the last frame."""
+    cmd = [sys.executable, "-m", "fdq.device.demo", *demo_args(bundle_dir, video, "--serve", "127.0.0.1:0",
+                                                               "--max-frames", str(N_FRAMES), "--linger", "60")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines: "queue.Queue[str]" = queue.Queue()
+
+    def pump() -> None:
+        for line in proc.stderr:
+            lines.put(line.rstrip("\n"))
+
+    threading.Thread(target=pump, daemon=True).start()
+    try:
+        url, seen, deadline = None, [], time.monotonic() + 90
+        while url is None and time.monotonic() < deadline:
+            try:
+                line = lines.get(timeout=0.5)
+            except queue.Empty:
+                if proc.poll() is not None:
+                    break
+                continue
+            seen.append(line)
+            match = re.search(r"serving (http://127\.0\.0\.1:\d+/)", line)
+            url = match.group(1) if match else None
+        if url is None:
+            pytest.fail("demo did not report its URL; stderr:\n" + "\n".join(seen))
+        yield Served(proc, url, lines)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=15)
+
+
+def read_part(resp, boundary: bytes) -> bytes:
+    """The body of the next part of a multipart/x-mixed-replace response."""
+    delimiter = b"--" + boundary
+    while True:
+        line = resp.readline()
+        assert line, "stream ended before the next part"
+        if line.strip() == delimiter:
+            break
+        assert not line.strip(), f"unexpected data between parts: {line[:80]!r}"
+    headers = {}
+    while True:
+        line = resp.readline().strip()
+        if not line:
+            break
+        name, _, value = line.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    assert headers.get("content-type") == "image/jpeg", headers
+    body = resp.read(int(headers["content-length"]))
+    return body
+
+
+def test_serves_frame_and_mjpeg_stream(served):
+    with urllib.request.urlopen(served.url + "frame.jpg", timeout=30) as resp:
+        assert resp.status == 200 and resp.headers["Content-Type"] == "image/jpeg"
+        frame = assert_jpeg(resp.read())
+    assert frame.shape == (SIZE[1], SIZE[0], 3)
+    assert red_pixels(frame) >= MIN_RED_PX
+
+    with urllib.request.urlopen(served.url, timeout=30) as resp:
+        page = resp.read().decode("utf-8")
+        assert resp.headers["Content-Type"].startswith("text/html")
+    assert '<img src="/stream.mjpg"' in page
+
+    with urllib.request.urlopen(served.url + "stream.mjpg", timeout=30) as resp:
+        content_type = resp.headers["Content-Type"]
+        match = re.match(r'multipart/x-mixed-replace;\s*boundary="?([^";]+)"?', content_type)
+        assert match, content_type
+        boundary = match.group(1).encode("ascii")
+        parts = [read_part(resp, boundary) for _ in range(2)]
+    for part in parts:
+        image = assert_jpeg(part)
+        assert image.shape == (SIZE[1], SIZE[0], 3)
+
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(served.url + "nothing-here", timeout=30)
+    assert info.value.code == 404
+
+
+def find_chromium() -> str:
+    for name in ("chromium", "chromium-browser"):
+        path = shutil.which(name)
+        if path:
+            return path
+    pytest.skip("chromium not installed (apt-get install -y chromium): the page is only checked in a real browser")
+
+
+def test_page_shows_annotated_stream_in_headless_chromium(served, tmp_path):
+    chromium = find_chromium()
+    shot = tmp_path / "shot.png"
+    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=800,600",
+           "--virtual-time-budget=3000", served.url]
+    try:
+        result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("headless chromium did not finish its screenshot within 60 s")
+    assert shot.is_file(), f"no screenshot (exit {result.returncode}):\n{result.stdout[-3000:]}"
+    image = cv2.imread(str(shot), cv2.IMREAD_COLOR)
+    assert image is not None and image.shape[:2] == (600, 800)
+    # The page puts the 640x480 stream at the top-left corner, unscaled.
+    assert red_pixels(image[:SIZE[1], :SIZE[0]]) >= MIN_RED_PX, "no face boxes visible in the browser"
+    assert red_pixels(image[SIZE[1]:, :]) == 0 and red_pixels(image[:, SIZE[0]:]) == 0
+
+
+def test_ctrl_c_stops_the_server_cleanly(served):
+    # Last test of the module: it ends the shared server.
+    assert served.proc.poll() is None, "the demo stopped before --linger ran out"
+    served.proc.send_signal(signal.SIGINT)
+    assert served.proc.wait(timeout=30) == 130
+    time.sleep(0.2)  # let the stderr pump drain
+    err = "\n".join(served.stderr_lines())
+    assert "Traceback" not in err, err
+    with pytest.raises(OSError):
+        urllib.request.urlopen(served.url + "frame.jpg", timeout=5)

@@ -1,0 +1,375 @@
+"""The board runner (`python -m fdq.device.run`), its runtimes, and the ONNX / NCNN exports.
+
+Everything runs on the slim model at long side 320 with one thread, on the 64-image WIDER FACE
+validation subset in the shared folder, so the whole file stays well under two minutes on 2 cores.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fdq.device.bundle import Bundle, BundleError, load_bundle, sha256_file
+from fdq.device.evaluation import evaluate, load_ground_truth
+from fdq.device.images import list_images, read_image
+
+LONG_SIDE = 320
+STAGES = ("preprocess", "inference", "postprocess", "total")
+STAT_KEYS = ("mean", "p50", "p90", "p99", "min", "max", "frames")
+# An image of the subset with 14 faces scored >= 0.5 at long side 320, several near the threshold.
+CROWD = "0--Parade/0_Parade_Parade_0_873"
+
+
+def _run(args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "fdq.device.run", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def data(shared_dir):
+    root = shared_dir / "data" / "widerface_val_subset" / "val"
+    if not (root / "images").is_dir():
+        pytest.skip(f"WIDER FACE subset not found under {root}")
+    return {"images": root / "images", "gt": root / "ground_truth", "weights": shared_dir / "weights" / "slim_Final.pth"}
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("runner")
+
+
+@pytest.fixture(scope="module")
+def eager(data):
+    from fdq.models import load_model
+
+    return load_model("slim", data["weights"])
+
+
+@pytest.fixture(scope="module")
+def ts_bundle(eager, data, workdir):
+    from fdq.host.artifacts import save_torchscript_bundle
+    from fdq.models import SPECS
+
+    weights = {"path": str(data["weights"]), "sha256": sha256_file(data["weights"])}
+    return save_torchscript_bundle(eager, SPECS["slim"], LONG_SIDE, str(workdir / "slim_ts"), engine=None,
+                                   dtype="fp32", quantization={"level": "float", "weights": weights})
+
+
+@pytest.fixture(scope="module")
+def gt_run(ts_bundle, data, workdir):
+    """One subprocess run over the whole subset with ground truth: (document, completed process)."""
+    out = workdir / "gt_run.json"
+    proc = _run(["--bundle", ts_bundle, "--source", data["images"], "--gt", data["gt"], "--warmup", 1,
+                 "--threads", 1, "--json", out])
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(out.read_text(encoding="utf-8")), proc
+
+
+# --------------------------------------------------------------------------------------------------
+# The JSON document
+# --------------------------------------------------------------------------------------------------
+
+
+def test_schema(gt_run, ts_bundle):
+    doc, proc = gt_run
+    assert doc["schema"] == "fdq.run/1"
+    b = doc["bundle"]
+    assert b["path"] == str(Path(ts_bundle).resolve())
+    assert (b["model"], b["runtime"], b["engine"], b["dtype"], b["quantization"]) == \
+        ("slim", "torchscript", None, "fp32", "float")
+    assert b["manifest_sha256"] == sha256_file(Path(ts_bundle) / "manifest.yaml")
+    d = doc["device"]
+    for key in ("machine", "cpu", "os", "python", "emulation", "runtime", "runtime_versions", "engine",
+                "threads", "kernels"):
+        assert key in d, key
+    assert d["runtime"] == "torchscript" and d["threads"] == 1 and d["runtime_versions"]["torch"]
+    assert isinstance(d["emulation"]["emulated"], bool) and d["emulation"]["how"]
+    assert d["cpu"]["cores"] >= 1
+    assert doc["source"]["kind"] == "images" and doc["source"]["images"] == 64
+    assert doc["settings"]["frames"] == 64 and doc["settings"]["long_side"] == LONG_SIDE
+    assert doc["memory"]["peak_rss_mib"] > 10
+    assert set(doc["thermal"]) == {"start_c", "end_c", "throttled_start", "throttled_end"}
+    det = doc["detections"]
+    assert len(det["per_frame"]) == 64 and len(det["candidates_per_frame"]) == 64
+    assert all(0 <= f <= c for f, c in zip(det["per_frame"], det["candidates_per_frame"]))
+    assert det["faces_total"] == sum(det["per_frame"]) > 0
+    acc = doc["accuracy"]
+    assert acc["images"] == 64 and acc["missing_images"] == 0
+    assert 0.5 < acc["easy"] <= 1 and 0 < acc["hard"] < acc["medium"] < acc["easy"]
+    assert "wrote" in proc.stdout and proc.stderr == ""
+
+
+def test_latency_stats_are_consistent(gt_run):
+    doc, _ = gt_run
+    lat = doc["latency_ms"]
+    assert set(lat) == set(STAGES)
+    for stage in STAGES:
+        s = lat[stage]
+        assert set(s) == set(STAT_KEYS)
+        assert len(s["frames"]) == doc["settings"]["frames"] == 64
+        assert s["min"] <= s["p50"] <= s["p90"] <= s["p99"] <= s["max"]
+        assert s["min"] <= s["mean"] <= s["max"] and s["min"] > 0
+        assert s["min"] == min(s["frames"]) and s["max"] == max(s["frames"])
+        assert s["mean"] == pytest.approx(float(np.mean(s["frames"])), rel=1e-9)
+    parts = np.sum([lat[s]["frames"] for s in STAGES[:3]], axis=0)
+    assert np.all(parts <= np.asarray(lat["total"]["frames"]) + 1e-6)
+    assert doc["fps"] == pytest.approx(1000.0 / lat["total"]["mean"])
+
+
+def test_accuracy_matches_in_process_runner_and_eager_model(gt_run, ts_bundle, data, eager):
+    from fdq.device.detector import FaceDetector
+    from fdq.device.run import build_parser, run
+    from fdq.host.evaluate import predict_folder
+    from fdq.host.torch_inference import torch_inference
+    from fdq.models import SPECS
+
+    doc, _ = gt_run
+    args = build_parser().parse_args(["--bundle", str(ts_bundle), "--source", str(data["images"]), "--gt",
+                                      str(data["gt"]), "--warmup", "0", "--json", "unused.json"])
+    same = run(args)["accuracy"]
+    for setting in ("easy", "medium", "hard"):
+        assert doc["accuracy"][setting] == pytest.approx(same[setting], abs=1e-6)
+    # The eager model differs from the frozen trace only in float rounding.
+    gt = load_ground_truth(data["gt"])
+    eager_detector = FaceDetector(torch_inference(eager), SPECS["slim"], LONG_SIDE)
+    ref = evaluate(predict_folder(eager_detector, str(data["images"])), gt)
+    for setting in ("easy", "medium", "hard"):
+        assert doc["accuracy"][setting] == pytest.approx(ref[setting], abs=0.005)
+
+
+def test_synthetic_source(ts_bundle, workdir):
+    out = workdir / "synthetic.json"
+    proc = _run(["--bundle", ts_bundle, "--frames", 3, "--warmup", 1, "--json", out])
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(out.read_text(encoding="utf-8"))
+    assert doc["source"]["kind"] == "synthetic" and doc["source"]["seed"] == 0
+    assert doc["source"]["width"] * 3 == doc["source"]["height"] * 4
+    assert doc["settings"]["frames"] == 3 and len(doc["latency_ms"]["total"]["frames"]) == 3
+    assert "accuracy" not in doc
+
+
+def test_image_folder_loops_when_more_frames_are_asked(ts_bundle, data, workdir):
+    folder = data["images"] / "5--Car_Accident"  # two images
+    out = workdir / "loop.json"
+    proc = _run(["--bundle", ts_bundle, "--source", folder, "--frames", 5, "--warmup", 0, "--json", out])
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(out.read_text(encoding="utf-8"))
+    per_frame = doc["detections"]["candidates_per_frame"]
+    assert len(per_frame) == 5 and per_frame[0] == per_frame[2] == per_frame[4] and per_frame[1] == per_frame[3]
+
+
+# --------------------------------------------------------------------------------------------------
+# Bad input and interruption: one line on stderr, no JSON
+# --------------------------------------------------------------------------------------------------
+
+
+def _assert_one_line_error(proc, out, needle):
+    assert proc.returncode == 1, (proc.returncode, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fdq-run: error: "), proc.stderr
+    assert needle in lines[0]
+    assert "Traceback" not in proc.stderr
+    assert not out.exists()
+    assert not list(out.parent.glob(f".{out.name}.*")), "temporary file left behind"
+
+
+def test_tampered_bundle(ts_bundle, workdir):
+    bad = workdir / "tampered"
+    shutil.copytree(ts_bundle, bad)
+    model = bad / "model.pt"
+    raw = bytearray(model.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    model.write_bytes(bytes(raw))
+    out = workdir / "tampered.json"
+    _assert_one_line_error(_run(["--bundle", bad, "--frames", 1, "--json", out]), out, "tampered")
+
+
+@pytest.mark.parametrize("case", ["missing_bundle", "missing_source", "empty_folder", "gt_wrong_folder"])
+def test_bad_input(case, ts_bundle, data, workdir):
+    out = workdir / f"{case}.json"
+    empty = workdir / "empty"
+    empty.mkdir(exist_ok=True)
+    args, needle = {
+        "missing_bundle": (["--bundle", workdir / "no_such_bundle"], "bundle not found"),
+        "missing_source": (["--bundle", ts_bundle, "--source", workdir / "nothing_here"], "source not found"),
+        "empty_folder": (["--bundle", ts_bundle, "--source", empty], "no images"),
+        "gt_wrong_folder": (["--bundle", ts_bundle, "--source", data["images"] / "0--Parade", "--gt", data["gt"]],
+                            "not the ground truth's image folder"),
+    }[case]
+    _assert_one_line_error(_run([*args, "--json", out]), out, needle)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_mid_run_writes_nothing(sig, ts_bundle, workdir):
+    out = workdir / f"signal_{sig.name}.json"
+    proc = subprocess.Popen([sys.executable, "-m", "fdq.device.run", "--bundle", str(ts_bundle), "--frames",
+                             "100000", "--warmup", "1", "--json", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stdout.readline()  # printed once the model is loaded, right before warm-up
+        assert first.startswith("fdq-run:"), first
+        time.sleep(1.0)
+        proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 128 + sig.value, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and sig.name in lines[0] and "no results written" in lines[0]
+    assert not out.exists() and not list(workdir.glob(f".{out.name}.*"))
+
+
+def test_device_package_imports_nothing_from_the_host():
+    code = ("import sys, fdq.device.run, fdq.device.runtimes, fdq.device.sysinfo, fdq.device.evaluation\n"
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('paramiko', 'rich') "
+            "or m == 'fdq.host' or m.startswith('fdq.host.'))\n"
+            "assert not bad, bad\n"
+            "assert 'torch' not in sys.modules, 'fdq.device.run must import its runtime lazily'\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_unsupported_quantized_engine_is_a_clear_error(ts_bundle):
+    from fdq.device.runtimes import load_inference
+
+    bundle = load_bundle(str(ts_bundle))
+    manifest = dict(bundle.manifest, backend={"engine": "no_such_engine", "dtype": "int8"})
+    with pytest.raises(BundleError, match="bundle needs engine no_such_engine, this torch supports: "):
+        load_inference(Bundle(bundle.path, manifest))
+
+
+def test_sysinfo_is_plain_json():
+    from fdq.device import sysinfo
+
+    info = sysinfo.system_info()
+    json.dumps(info)
+    assert info["python"].count(".") == 2 and set(info["emulation"]) == {"emulated", "how"}
+    assert sysinfo.peak_rss_mib() > 1
+    temp = sysinfo.cpu_temperature_c()
+    assert temp is None or -40 < temp < 150
+
+
+# --------------------------------------------------------------------------------------------------
+# Exports and cross-runtime agreement
+# --------------------------------------------------------------------------------------------------
+
+
+def _have(*modules):
+    return [m for m in modules if importlib.util.find_spec(m) is None]
+
+
+@pytest.fixture(scope="module")
+def exported(ts_bundle, data, workdir):
+    """ONNX fp32, ONNX int8 QDQ and NCNN fp32 bundles of the same float model (what is importable)."""
+    from fdq.host.export import export_bundle
+
+    out = {}
+    if not _have("onnx", "onnxruntime"):
+        out["onnx"] = export_bundle(ts_bundle, "onnx", workdir / "slim_onnx")
+        out["onnx-int8"] = export_bundle(ts_bundle, "onnx-int8", workdir / "slim_onnx_int8",
+                                         calib_dir=data["images"] / "0--Parade", calib_limit=4)
+    if not _have("ncnn", "pnnx"):
+        out["ncnn"] = export_bundle(ts_bundle, "ncnn", workdir / "slim_ncnn")
+    return out
+
+
+def _iou(a, b):
+    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area = lambda z: (z[:, 2] - z[:, 0]) * (z[:, 3] - z[:, 1])  # noqa: E731
+    return inter / (area(a)[:, None] + area(b)[None, :] - inter)
+
+
+def _match(ref, other, min_score, min_iou, score_tol):
+    """Faces of ``ref`` with score >= min_score that have no detection of ``other`` within tolerance."""
+    faces = ref.above(min_score)
+    if len(faces) == 0:
+        return []
+    if len(other) == 0:
+        return list(range(len(faces)))
+    iou = _iou(faces.boxes, other.boxes)
+    best = iou.argmax(1)
+    return [i for i in range(len(faces))
+            if iou[i, best[i]] < min_iou or abs(float(faces.scores[i]) - float(other.scores[best[i]])) > score_tol]
+
+
+def _detect(bundle_dir, image):
+    from fdq.device.run import build_detector
+
+    bundle = load_bundle(str(bundle_dir))
+    return build_detector(bundle, threads=1).detect(image)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "ncnn"])
+def test_same_boxes_in_every_float_runtime(fmt, exported, ts_bundle, data):
+    if fmt not in exported:
+        pytest.skip(f"{fmt} export needs {', '.join(_have(*(('onnx', 'onnxruntime') if fmt == 'onnx' else ('ncnn', 'pnnx'))))}")
+    manifest = load_bundle(str(exported[fmt])).manifest
+    assert manifest["runtime"] == {"onnx": "onnxruntime", "ncnn": "ncnn"}[fmt]
+    assert manifest["backend"]["dtype"] == "fp32" and manifest["input"].get("dynamic_hw") is True
+    image = read_image(dict(list_images(str(data["images"])))[CROWD])
+    ref, other = _detect(ts_bundle, image), _detect(exported[fmt], image)
+    assert len(ref.above(0.5)) >= 10
+    # Both directions: a face one runtime finds, the other finds too (same box, same score).
+    assert _match(ref, other, 0.5, 0.9, 0.02) == []
+    assert _match(other, ref, 0.5, 0.9, 0.02) == []
+
+
+def test_onnx_int8_detections_overlap_float(exported, ts_bundle, data):
+    """Tolerance: every float face (score > 0.5) on three images has an int8 detection with IoU >= 0.7
+    and a score within 0.15; the int8 face count (score > 0.5) is within 25 % of the float one."""
+    if "onnx-int8" not in exported:
+        pytest.skip(f"onnx export needs {', '.join(_have('onnx', 'onnxruntime'))}")
+    manifest = load_bundle(str(exported["onnx-int8"])).manifest
+    assert manifest["backend"]["dtype"] == "int8" and manifest["runtime"] == "onnxruntime"
+    calib = manifest["calibration"]
+    assert calib["images"] == 4 and len(calib["list_sha256"]) == 64
+    images = dict(list_images(str(data["images"])))
+    keys = [CROWD, "0--Parade/0_Parade_Parade_0_194", "7--Cheering/" + next(
+        Path(k).name for k in images if k.startswith("7--Cheering/"))]
+    n_float = n_int8 = 0
+    for key in keys:
+        image = read_image(images[key])
+        ref, q = _detect(ts_bundle, image), _detect(exported["onnx-int8"], image)
+        assert _match(ref, q, 0.5, 0.7, 0.15) == [], key
+        n_float += len(ref.above(0.5))
+        n_int8 += len(q.above(0.5))
+    assert n_float > 0 and abs(n_int8 - n_float) <= 0.25 * n_float
+
+
+def test_export_rejects_bad_input(ts_bundle, workdir, data):
+    from fdq.host.export import export_bundle
+
+    with pytest.raises(ValueError, match="unknown export format 'tflite'"):
+        export_bundle(ts_bundle, "tflite", workdir / "x")
+    with pytest.raises(ValueError, match="needs calib_dir"):
+        export_bundle(ts_bundle, "onnx-int8", workdir / "x")
+    with pytest.raises(ValueError, match="bundle not found"):
+        export_bundle(workdir / "nope", "onnx", workdir / "x")
+    with pytest.raises(ValueError, match="calibration: no images"):
+        empty = workdir / "empty_calib"
+        empty.mkdir(exist_ok=True)
+        export_bundle(ts_bundle, "onnx-int8", workdir / "x", calib_dir=empty)
+    assert not (workdir / "x").exists()
+
+
+def test_torchscript_reexport_is_a_verified_copy(ts_bundle, workdir):
+    from fdq.host.export import export_bundle
+
+    copy = load_bundle(str(export_bundle(ts_bundle, "torchscript", workdir / "slim_ts_copy")))
+    original = load_bundle(str(ts_bundle))
+    assert copy.manifest["files"] == original.manifest["files"]
+    assert copy.manifest["exported_from"]["manifest_sha256"] == sha256_file(Path(ts_bundle) / "manifest.yaml")
