@@ -22,7 +22,6 @@ import json
 import os
 import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -45,7 +44,11 @@ class RunError(Exception):
 
 
 class Interrupted(BaseException):
-    """Raised from the SIGINT / SIGTERM handler: unwinds everything, nothing gets written."""
+    """Raised at the next checkpoint after SIGINT / SIGTERM: unwinds everything, nothing gets written.
+
+    The signal handler only records the signal: raising inside it could land in the middle of a
+    ctypes call or a runtime's C++ code, which would wrap or swallow the exception.
+    """
 
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
@@ -269,39 +272,29 @@ def latency_stats(values: Sequence[float]) -> Dict[str, Any]:
             "max": float(arr.max()), "frames": [float(v) for v in arr]}
 
 
-_STATE = {"committed": False}
+_STATE: Dict[str, Any] = {"committed": False, "signal": None}
+
+
+def check_interrupted() -> None:
+    """Raise :class:`Interrupted` if SIGINT / SIGTERM arrived since the handlers were installed."""
+    if _STATE["signal"] is not None and not _STATE["committed"]:
+        raise Interrupted(_STATE["signal"])
+
+
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def write_json_atomic(path: Path, document: Dict[str, Any]) -> None:
-    """Temp file in the target folder, fsync, ``os.replace``: the file is complete or absent.
+    """Temp file in the target folder, fsync, rename: the file is complete or absent."""
+    from .atomic import atomic_output
 
-    SIGINT / SIGTERM are blocked only around the rename: a signal before it removes the temp file
-    (nothing written); once the rename is done the results are complete and a late signal is ignored.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+    with atomic_output(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
             json.dump(document, f, indent=1, allow_nan=True)
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
-        can_block = hasattr(signal, "pthread_sigmask")
-        if can_block:
-            signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
-        try:
-            os.replace(tmp, path)
-            _STATE["committed"] = True
-        finally:
-            if can_block:
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    _STATE["committed"] = True  # complete results: a signal from now on is ignored
 
 
 def _quantization_level(manifest: Dict[str, Any]) -> Optional[str]:
@@ -375,8 +368,10 @@ def run(args: argparse.Namespace, progress: Any = None) -> Dict[str, Any]:
         progress(f"{PROG}: {bundle.manifest['model']['name']} {bundle.runtime} "
                  f"{(bundle.manifest.get('backend') or {}).get('dtype')}, "
                  f"{frames if frames is not None else 'all'} frames (+{args.warmup} warm-up) from {source.kind}")
+    check_interrupted()
     for image in source.warmup(args.warmup):
         detector.detect(image)
+        check_interrupted()
 
     timings: Dict[str, List[float]] = {s: [] for s in STAGES}
     faces: List[int] = []
@@ -387,6 +382,7 @@ def run(args: argparse.Namespace, progress: Any = None) -> Dict[str, Any]:
     if gt is not None:
         from .evaluation import to_wider_rows as to_rows
     for index, (key, image) in enumerate(source.frames(frames)):
+        check_interrupted()
         dets = detector.detect(image)
         for stage in STAGES:
             timings[stage].append(detector.last_timings_ms[stage])
@@ -451,10 +447,11 @@ def run(args: argparse.Namespace, progress: Any = None) -> Dict[str, Any]:
 
 def _install_signal_handlers() -> Dict[int, Any]:
     def handler(signum: int, frame: Any) -> None:
-        if not _STATE["committed"]:
-            raise Interrupted(signum)
+        if _STATE["signal"] is None:
+            _STATE["signal"] = signum
 
     _STATE["committed"] = False
+    _STATE["signal"] = None
     previous = {}
     for sig in _SIGNALS:
         previous[sig] = signal.signal(sig, handler)
@@ -477,6 +474,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             sys.stdout.flush()
 
         document = run(args, progress)
+        check_interrupted()
         write_json_atomic(out, document)
         fps = document["fps"]
         summary = f"{PROG}: wrote {out} ({document['settings']['frames']} frames, " \

@@ -28,6 +28,17 @@ def _detector(model_name: str, weights: Optional[str], long_side: int):
     return FaceDetector(torch_inference(model), SPECS[model_name], long_side=long_side)
 
 
+def _bundle_detector(path: str, long_side: Optional[int], threads: int):
+    """A bundle through the same runner code the board uses (so a host number is a board number)."""
+    from fdq.device.bundle import load_bundle
+    from fdq.device.detector import FaceDetector
+    from fdq.device.runtimes import load_inference
+
+    bundle = load_bundle(path)
+    return FaceDetector(load_inference(bundle, threads=threads), bundle.spec,
+                        long_side=long_side or bundle.long_side)
+
+
 # ---------------------------------------------------------------- zoo
 def cmd_zoo(args: argparse.Namespace) -> int:
     from rich.console import Console
@@ -116,13 +127,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise CliError("give --images DIR (with --model) or --predictions DIR")
         from fdq.host.evaluate import evaluate_detector
 
-        detector = _detector(args.model or "slim", args.weights, args.long_side)
+        if args.bundle:
+            if args.model or args.weights:
+                raise CliError("--bundle carries its model: do not combine it with --model/--weights")
+            detector = _bundle_detector(args.bundle, args.long_side, args.threads)
+        else:
+            detector = _detector(args.model or "slim", args.weights, args.long_side or 320)
         result = evaluate_detector(detector, args.images, gt, args.predictions_out)
     curves = result.pop("curves")
     summary = {k: result[k] for k in ("easy", "medium", "hard", "images")}
     summary.update({k: v for k, v in result.items() if k not in summary})
-    if args.model:
-        summary.update(model=args.model, long_side=args.long_side)
+    if not args.predictions:
+        summary.update(model=args.model or ("slim" if not args.bundle else detector.spec.name),
+                       long_side=detector.long_side, bundle=args.bundle, kernels=detector.kernels)
     print(f"easy {summary['easy']:.4f}  medium {summary['medium']:.4f}  hard {summary['hard']:.4f}  "
           f"({summary['images']} images)")
     if args.json:
@@ -130,7 +147,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.plot:
         from fdq.host.plots import plot_pr_curves
 
-        plot_pr_curves(curves, args.plot, title=f"{args.model or 'predictions'} @ {args.long_side}")
+        plot_pr_curves(curves, args.plot, title=f"{summary.get('model', 'predictions')} @ {summary.get('long_side', '')}")
     return 0
 
 
@@ -166,11 +183,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="WIDER FACE easy/medium/hard AP (official protocol)")
     e.add_argument("--model", help="model to run (default slim)")
+    e.add_argument("--bundle", help="evaluate a bundle through the device runner's code")
+    e.add_argument("--threads", type=int, default=1, help="inference threads for --bundle")
     e.add_argument("--weights")
     e.add_argument("--images", help="WIDER-layout folder EVENT/NAME.jpg")
     e.add_argument("--predictions", help="existing prediction folder (official layout) to evaluate")
     e.add_argument("--gt", required=True, help="folder with the official .mat files (or a .json ground truth)")
-    e.add_argument("--long-side", type=int, default=320)
+    e.add_argument("--long-side", type=int, help="default 320, or the bundle's")
     e.add_argument("--predictions-out", help="also write the predictions in the official layout")
     e.add_argument("--json", help="write the AP summary as JSON")
     e.add_argument("--plot", help="write the precision-recall curves as PNG")

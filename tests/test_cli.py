@@ -90,3 +90,22 @@ def test_zoo_list_shows_all_weights(weights_env):
     assert r.returncode == 0, r.stderr
     for name in ("slim", "rfb", "mnet025"):
         assert name in r.stdout
+
+
+def test_eval_bundle_goes_through_the_runner_code(tmp_path, shared_dir, val):
+    from fdq.host.artifacts import save_torchscript_bundle
+    from fdq.models import SPECS, load_model
+
+    bundle = save_torchscript_bundle(load_model("slim", shared_dir / "weights" / "slim_Final.pth"), SPECS["slim"],
+                                     320, str(tmp_path / "b"), engine=None, dtype="fp32",
+                                     quantization={"level": 0, "method": "fp32"})
+    out = tmp_path / "ap.json"
+    r = run_fdq("eval", "--bundle", bundle, "--images", val / "images", "--gt", val / "ground_truth", "--json", out)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(out.read_text())
+    assert doc["long_side"] == 320 and doc["model"] == "slim"
+    for setting, expected in zip(("easy", "medium", "hard"), (0.7053, 0.5782, 0.2174)):
+        assert doc[setting] == pytest.approx(expected, abs=0.002)
+    (bundle / "model.pt").write_bytes((bundle / "model.pt").read_bytes()[:-10])
+    r = run_fdq("eval", "--bundle", bundle, "--images", val / "images", "--gt", val / "ground_truth")
+    assert r.returncode == 1 and "checksum" in r.stderr and len(r.stderr.strip().splitlines()) == 1
