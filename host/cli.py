@@ -195,6 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--plot", help="write the precision-recall curves as PNG")
     e.set_defaults(func=cmd_eval)
 
+    from fdq.host.quantize import register as register_quantize
+
+    register_quantize(sub)
+
     x = sub.add_parser("export", help="export a bundle's model as another runtime's bundle")
     x.add_argument("bundle")
     x.add_argument("--format", required=True, choices=("torchscript", "onnx", "onnx-int8", "ncnn"),

@@ -1,0 +1,505 @@
+"""Level 3: quantization-aware fine-tuning with labels (and the one training loop level 4 shares).
+
+On a few dozen images QAT must stay close to the float model, so the float model itself is the main
+teacher: the loss is :func:`~fdq.calibration.losses.distillation_loss` (its face scores by KL, its box and
+landmark regressions by smooth-L1 where it is confident) plus the ground-truth
+:func:`~fdq.calibration.losses.multibox_loss` with a small weight (``gt_weight``; 0 for level 4).
+
+One run (:func:`finetune`):
+
+1. images are split: every ``round(1 / holdout)``-th image (sorted keys) is held back for checkpoint
+   selection, the rest is trained on; inputs are preprocessed like inference (resize to ``long_side``,
+   BGR mean subtraction), lightly augmented (horizontal flip, optional scale jitter) and padded to a
+   common size per batch (padded anchors take part in no loss);
+2. the student is ``fuse(float_model, qat=True)``; with **StatAssist** it is first trained in float for
+   ``warmup_iters`` iterations, and the same optimizer object, momentum included, continues after
+   ``prepare_qat`` (:func:`~fdq.calibration.gradboost.carry_optimizer_state` re-points it when preparation
+   copies the parameters); without StatAssist the optimizer starts fresh at the fake-quant phase.
+   A float student equals its teacher, so the warm-up's gradient comes from the ground-truth loss
+   (level 3) or, without labels (level 4), from the teacher's own detections used as labels
+   (score >= ``agreement_score``, weight ``gt_weight``) in the warm-up only;
+3. after preparation, one pass over the training images with fake-quant off calibrates the observers
+   (histogram-type observers are then frozen at once: they are too slow to run every step), and this
+   untrained checkpoint is evaluated: it is the post-training-quantization baseline a fine-tuned
+   checkpoint must beat to be chosen;
+4. ``iters`` fake-quant iterations; **GradBoost** (if on) adds its noise from the first of them (its
+   statistics come from the warm-up; without StatAssist from the first ``warmup_iters`` QAT iterations,
+   which then run without noise); BatchNorm statistics freeze after ``freeze_bn_after`` and observers
+   after ``freeze_observers_after`` iterations;
+5. every ``eval_every`` iterations the model is converted to int8 and scored on the held-back images:
+   AP (mean of easy / medium / hard) against their ground truth when labels are given, else agreement
+   with the float model (AP against the float model's detections with score >= 0.5 as ground truth).
+   The best checkpoint's int8 model is returned.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from fdq.device.anchors import prior_boxes
+from fdq.device.detector import FaceDetector
+from fdq.device.evaluation import SETTINGS, GroundTruth, evaluate, to_wider_rows
+from fdq.device.images import list_images, read_image
+from fdq.device.postprocess import postprocess
+from fdq.device.preprocess import resize_image
+from fdq.device.spec import DetectorSpec
+from fdq.host.torch_inference import torch_inference
+
+from . import quant_api
+from .gradboost import GradBoost, carry_optimizer_state
+from .labels import LabelSource, ground_truth_of, load_labels, subset_ground_truth
+from .losses import distillation_loss, match, multibox_loss, stack_targets
+
+Log = Optional[Callable[[str], None]]
+
+#: Observers that are too slow to update at every training step: calibrated once, then frozen.
+SLOW_OBSERVERS = ("histogram", "entropy", "percentile")
+
+#: Fake-quant iterations of a default run (batch 4): slim at long side 320 on the 32 calibration images
+#: finishes in well under 10 minutes on 2 CPU cores; pass ``iters`` for longer runs.
+DEFAULT_ITERS = 100
+
+#: Learning rates that keep a few dozen images from pulling the model away from its pretrained weights.
+DEFAULT_LR = {"sgd": 5e-4, "adam": 1e-5}
+
+
+@dataclass
+class FinetuneOptions:
+    """Everything about a fine-tuning run besides model, data, backend and the four headline switches.
+
+    The defaults run slim at long side 320 on the 32 calibration images in a few minutes on 2 CPU cores.
+    """
+
+    warmup_iters: int = 20              # float warm-up (StatAssist) / GradBoost statistics iterations
+    optimizer: str = "sgd"              # "sgd" (momentum) or "adam"
+    lr: Optional[float] = None          # None: 5e-4 for SGD, 1e-5 for Adam
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 4
+    gt_weight: float = 0.1              # multibox loss weight: ground truth (level 3), pseudo labels in
+                                        # the float warm-up (level 4)
+    distill_weight: float = 1.0         # teacher (float model) loss weight
+    confident: float = 0.5              # teacher face score above which its boxes are soft targets
+    temperature: float = 1.0
+    match_threshold: float = 0.35
+    neg_pos_ratio: int = 3
+    freeze_bn_after: int = 0            # QAT iterations before BatchNorm statistics freeze (0: frozen)
+    freeze_observers_after: Optional[int] = None   # default: half of ``iters``
+    eval_every: int = 25
+    holdout: float = 0.25               # fraction of the images held back for checkpoint selection
+    flip: bool = True
+    scale_jitter: float = 0.0           # random downscale by up to this fraction
+    min_face: float = 2.0               # label boxes smaller than this (original pixels) are dropped
+    agreement_score: float = 0.5        # float detections above this are the level-4 pseudo ground truth
+    gradboost_decay: float = 0.01
+    gradboost_beta: float = 0.9
+    gradboost_clip: float = 1.0
+    seed: int = 0
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> "FinetuneOptions":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise TypeError(f"unknown fine-tuning option(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        return cls(**kwargs)
+
+
+# --------------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    key: str
+    image: np.ndarray                     # resized BGR float32 HWC (not mean-subtracted)
+    ratio: float
+    boxes: Optional[np.ndarray] = None    # (M, 4) x1 y1 x2 y2 in resized pixels, None without labels
+    original: Optional[np.ndarray] = field(default=None, repr=False)   # BGR uint8, held-back images only
+
+
+def held_indices(n: int, holdout: float) -> set:
+    """Indices (in sorted-key order) of the images held back: every ``round(1 / holdout)``-th one."""
+    if holdout <= 0 or n < 2:
+        return set()
+    every = max(2, int(round(1.0 / holdout)))
+    return {i for i in range(n) if i % every == every - 1} or {n - 1}
+
+
+def load_samples(images_dir: str, long_side: int,
+                 holdout: float = 0.0) -> Tuple[List[Sample], List[Sample], Dict[str, Tuple[int, int]]]:
+    """(training samples, held-back samples, original (height, width) per key) of an image folder.
+
+    Images are resized like inference; only the held-back ones keep their original pixels (they are
+    scored through the full detector), so a large folder costs about 1 MB per image at long side 320.
+    """
+    found = list_images(images_dir)          # sorted by key
+    held_idx = held_indices(len(found), holdout)
+    train, held, sizes = [], [], {}
+    for i, (key, path) in enumerate(found):
+        img = read_image(path)
+        sizes[key] = img.shape[:2]
+        resized, ratio = resize_image(img, long_side)
+        if i in held_idx:
+            held.append(Sample(key, resized, ratio, original=img))
+        else:
+            train.append(Sample(key, resized, ratio))
+    return train, held, sizes
+
+
+def make_batch(samples: Sequence[Sample], spec: DetectorSpec, rng: np.random.Generator, flip: bool,
+               scale_jitter: float) -> Tuple[torch.Tensor, np.ndarray, torch.Tensor, List[Optional[np.ndarray]]]:
+    """Augment, mean-subtract and zero-pad (= mean colour) to a common size.
+
+    Returns (input NCHW, priors (N, 4) for the padded size, valid (B, N) anchors whose centre lies in
+    the image, per-image boxes normalised to the padded size or None).
+    """
+    images, boxes = [], []
+    for s in samples:
+        img, b = s.image, None if s.boxes is None else s.boxes.copy()
+        if scale_jitter > 0:
+            f = float(rng.uniform(1.0 - scale_jitter, 1.0))
+            if f < 0.999:
+                img = cv2.resize(img, None, None, fx=f, fy=f, interpolation=cv2.INTER_LINEAR)
+                b = None if b is None else b * f
+        if flip and rng.random() < 0.5:
+            img = img[:, ::-1]
+            if b is not None:
+                b = np.stack([img.shape[1] - b[:, 2], b[:, 1], img.shape[1] - b[:, 0], b[:, 3]], axis=1)
+        images.append(np.ascontiguousarray(img))
+        boxes.append(b)
+    height = max(i.shape[0] for i in images)
+    width = max(i.shape[1] for i in images)
+    mean = np.asarray(spec.mean_bgr, dtype=np.float32)
+    batch = np.zeros((len(images), 3, height, width), dtype=np.float32)
+    for n, img in enumerate(images):
+        batch[n, :, :img.shape[0], :img.shape[1]] = (img - mean).transpose(2, 0, 1)
+    priors = prior_boxes(spec.min_sizes, spec.steps, height, width, spec.clip)
+    cx, cy = priors[:, 0] * width, priors[:, 1] * height
+    valid = np.stack([(cx < img.shape[1]) & (cy < img.shape[0]) for img in images])
+    scale = np.array([width, height, width, height], dtype=np.float32)
+    norm = [None if b is None else (b / scale).astype(np.float32) for b in boxes]
+    return torch.from_numpy(batch), priors, torch.from_numpy(valid), norm
+
+
+# --------------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------------
+
+
+def logits_mode(model: nn.Module) -> nn.Module:
+    """Training mode (the detectors then return logits) with every BatchNorm on running statistics."""
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+    return model
+
+
+def _freeze_activation_observers(model: nn.Module) -> None:
+    for name, m in model.named_modules():
+        if name.endswith("activation_post_process"):
+            quant_api.freeze_observers(m)
+
+
+def teacher_boxes(teacher_out: Tuple[torch.Tensor, torch.Tensor, torch.Tensor], priors: np.ndarray,
+                  valid: torch.Tensor, spec: DetectorSpec, size: Tuple[int, int],
+                  min_score: float) -> List[Tuple[np.ndarray, np.ndarray]]:
+    """The teacher's detections (score >= ``min_score``, after NMS) per image of a batch, as pseudo labels.
+
+    Returns (boxes (M, 4), landmarks (M, 10)) normalised to the padded ``size`` (width, height).
+    """
+    loc, logits, landm = (t.detach() for t in teacher_out)
+    scores = torch.softmax(logits, dim=-1)[..., 1] * valid
+    width, height = size
+    scale = np.array([width, height] * 5, dtype=np.float32)
+    out = []
+    for n in range(loc.shape[0]):
+        d = postprocess(loc[n].numpy(), scores[n].numpy(), landm[n].numpy(), priors, spec.variance,
+                        (width, height), 1.0, score_threshold=min_score)
+        out.append((d.boxes / scale[:4], d.landmarks / scale))
+    return out
+
+
+def _detector(model: nn.Module, spec: DetectorSpec, long_side: int) -> FaceDetector:
+    return FaceDetector(torch_inference(model), spec, long_side=long_side)
+
+
+def predict(model: nn.Module, samples: Sequence[Sample], spec: DetectorSpec, long_side: int) -> Dict[str, np.ndarray]:
+    """Official-format rows per key of an eval-mode model (float or int8) on original images."""
+    det = _detector(model, spec, long_side)
+    out = {}
+    for s in samples:
+        d = det.detect(s.original)
+        out[s.key] = to_wider_rows(d.boxes, d.scores)
+    return out
+
+
+def pseudo_ground_truth(predictions: Dict[str, np.ndarray], min_score: float) -> GroundTruth:
+    """Detections with score >= ``min_score`` as a ground truth in which every box counts in every setting."""
+    keys = sorted(predictions)
+    boxes = [predictions[k][predictions[k][:, 4] >= min_score, :4] for k in keys]
+    idx = [np.arange(1, len(b) + 1) for b in boxes]
+    return GroundTruth(keys=keys, boxes=boxes, easy=idx, medium=idx, hard=idx)
+
+
+def _score(predictions: Dict[str, np.ndarray], gt: GroundTruth) -> Dict[str, float]:
+    r = evaluate(predictions, gt)
+    out = {s: float(r[s]) for s in SETTINGS}
+    # An image subset can lack faces of a setting (AP nan): average the settings that have faces.
+    finite = [out[s] for s in SETTINGS if np.isfinite(out[s])]
+    out["mean"] = float(np.mean(finite)) if finite else 0.0
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------------
+
+
+def finetune(model_name: str, float_model: nn.Module, images_dir: str, labels: Optional[LabelSource] = None, *,
+             backend: str = "x86", long_side: int = 320, iters: int = DEFAULT_ITERS, statassist: bool = True,
+             gradboost: bool = True, observer: str = "moving-minmax", per_channel: bool = True,
+             use_gt_loss: bool = True, options: Optional[FinetuneOptions] = None,
+             log: Log = None) -> Tuple[nn.Module, Dict[str, Any]]:
+    """Fine-tune a fake-quantized copy of ``float_model`` and return (int8 model, report).
+
+    ``labels`` (a ground-truth folder, .json, *_bbx_gt.txt or GroundTruth) are used for the
+    ground-truth loss when ``use_gt_loss`` (level 3) and for checkpoint selection by AP; without
+    labels the loss is distillation only and selection is by agreement with the float model.
+    ``float_model`` itself is left untouched.
+    """
+    opts = options or FinetuneOptions()
+    say = log or (lambda msg: None)
+    t_start = time.perf_counter()
+    if iters < 0 or opts.warmup_iters < 0:
+        raise ValueError("iters and warmup_iters must be >= 0")
+    if opts.optimizer not in DEFAULT_LR:
+        raise ValueError(f"unknown optimizer {opts.optimizer!r} (choose from: {', '.join(DEFAULT_LR)})")
+    if use_gt_loss and labels is None:
+        raise ValueError("the ground-truth loss needs labels")
+    quant_api.set_engine(backend)
+    qconfig = quant_api.make_qconfig(backend, observer, per_channel, qat=True)
+    spec: DetectorSpec = getattr(float_model, "spec", None) or _spec_of(model_name)
+    torch.manual_seed(opts.seed)
+    rng = np.random.default_rng(opts.seed)
+    gen = torch.Generator().manual_seed(opts.seed + 1)
+
+    # ---- data ---------------------------------------------------------------------------------
+    train, held, sizes = load_samples(images_dir, long_side, opts.holdout)
+    samples = train + held
+    gt_eval: Optional[GroundTruth] = None
+    if labels is not None:
+        boxes = load_labels(labels, [s.key for s in samples], sizes, min_size=opts.min_face)
+        for s in samples:
+            s.boxes = boxes[s.key] * np.float32(s.ratio)
+        gt_eval = ground_truth_of(labels)
+        if gt_eval is None:   # a text file: every usable box counts in every setting
+            keys = [s.key for s in samples]
+            xywh = [np.concatenate([boxes[k][:, :2], boxes[k][:, 2:] - boxes[k][:, :2]], 1) for k in keys]
+            idx = [np.arange(1, len(b) + 1) for b in xywh]
+            gt_eval = GroundTruth(keys=keys, boxes=xywh, easy=idx, medium=idx, hard=idx)
+    say(f"{len(train)} training images, {len(held)} held back for checkpoint selection")
+
+    # The teacher runs with BatchNorm folded (same outputs, fewer operations) in logits mode.
+    teacher = logits_mode(quant_api.fuse(float_model, qat=False))
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    float_eval = copy.deepcopy(float_model).eval()
+    selection = "none"
+    held_gt: Optional[GroundTruth] = None
+    float_metric: Optional[Dict[str, float]] = None
+    if held:
+        float_pred = predict(float_eval, held, spec, long_side)
+        if gt_eval is not None:
+            held_gt = subset_ground_truth(gt_eval, [s.key for s in held])
+            selection = "heldout_ap"
+        else:
+            held_gt = pseudo_ground_truth(float_pred, opts.agreement_score)
+            selection = "float_agreement"
+        float_metric = _score(float_pred, held_gt)
+    del float_eval
+
+    # ---- student, optimizer, warm-up ----------------------------------------------------------
+    student = quant_api.fuse(float_model, qat=True)
+    optimizer: Any = None
+    lr = opts.lr if opts.lr is not None else DEFAULT_LR.get(opts.optimizer, DEFAULT_LR["sgd"])
+
+    def new_optimizer(model: nn.Module) -> Any:
+        params = [p for p in model.parameters() if p.requires_grad]
+        if opts.optimizer == "sgd":
+            inner = torch.optim.SGD(params, lr=lr, momentum=opts.momentum, weight_decay=opts.weight_decay)
+        elif opts.optimizer == "adam":
+            inner = torch.optim.Adam(params, lr=lr, weight_decay=opts.weight_decay)
+        else:
+            raise ValueError(f"unknown optimizer {opts.optimizer!r} (choose from: sgd, adam)")
+        if gradboost:
+            return GradBoost(inner, decay=opts.gradboost_decay, beta=opts.gradboost_beta,
+                             clip=opts.gradboost_clip, generator=gen)
+        return inner
+
+    batch_order: List[int] = []
+
+    def next_batch() -> List[Sample]:
+        nonlocal batch_order
+        out = []
+        while len(out) < min(opts.batch_size, len(train)):
+            if not batch_order:
+                batch_order = list(rng.permutation(len(train)))
+            out.append(train[batch_order.pop()])
+        return out
+
+    history: List[Dict[str, float]] = []
+
+    def train_step(model: nn.Module, phase: str, it: int) -> None:
+        x, priors_np, valid, norm_boxes = make_batch(next_batch(), spec, rng, opts.flip, opts.scale_jitter)
+        priors = torch.from_numpy(np.array(priors_np))
+        with torch.no_grad():
+            t_out = teacher(x)
+        s_out = model(x)
+        losses = distillation_loss(s_out, t_out, confident=opts.confident, temperature=opts.temperature,
+                                   valid=valid)
+        total = opts.distill_weight * losses["total"]
+        record = {"phase_qat": float(phase == "qat"), "iter": it, "distill": float(losses["total"])}
+        if use_gt_loss and opts.gt_weight > 0:
+            targets = stack_targets([match(torch.from_numpy(b), priors, opts.match_threshold) for b in norm_boxes])
+            gt_losses = multibox_loss(s_out[0], s_out[1], s_out[2], targets, opts.neg_pos_ratio, valid)
+            total = total + opts.gt_weight * gt_losses["total"]
+            record["gt"] = float(gt_losses["total"])
+        elif phase == "float" and opts.gt_weight > 0:
+            # Without labels, a float student still equals its teacher: distillation has no gradient
+            # and the warm-up would leave StatAssist's momentum and GradBoost's statistics at zero.
+            # The teacher's detections serve as labels for the warm-up only.
+            pseudo = teacher_boxes(t_out, priors_np, valid, spec, (x.shape[3], x.shape[2]), opts.agreement_score)
+            targets = stack_targets([match(torch.from_numpy(b), priors, opts.match_threshold,
+                                           landmarks=torch.from_numpy(pts)) for b, pts in pseudo])
+            gt_losses = multibox_loss(s_out[0], s_out[1], s_out[2], targets, opts.neg_pos_ratio, valid)
+            total = total + opts.gt_weight * gt_losses["total"]
+            record["pseudo"] = float(gt_losses["total"])
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+        record["total"] = float(total)
+        history.append(record)
+
+    t_warm = time.perf_counter()
+    warm_done = 0
+    carry = "fresh"
+    if statassist and opts.warmup_iters > 0:
+        optimizer = new_optimizer(student)
+        logits_mode(student)
+        for it in range(opts.warmup_iters):
+            train_step(student, "float", it)
+        warm_done = opts.warmup_iters
+        say(f"float warm-up: {warm_done} iterations, loss {history[-1]['total']:.4f}")
+    before = dict(student.named_parameters())
+    prepared = quant_api.prepare_qat(student, qconfig)
+    del student
+    if optimizer is not None:
+        carry = carry_optimizer_state(optimizer, before, prepared)
+    else:
+        optimizer = new_optimizer(prepared)
+    del before
+    t_warm = time.perf_counter() - t_warm
+
+    # ---- calibration pass and the PTQ checkpoint ----------------------------------------------
+    quant_api.disable_fake_quant(prepared)
+    prepared.eval()
+    with torch.no_grad():
+        for s in train:
+            x, _, _, _ = make_batch([s], spec, rng, flip=False, scale_jitter=0.0)
+            prepared(x)
+    quant_api.enable_fake_quant(prepared)
+    if observer in SLOW_OBSERVERS:
+        _freeze_activation_observers(prepared)
+    if opts.freeze_bn_after <= 0:
+        quant_api.freeze_bn_stats(prepared)
+
+    checkpoints: List[Dict[str, Any]] = []
+    best: Dict[str, Any] = {"metric": None, "model": None, "iter": None}
+
+    def checkpoint(it: int) -> None:
+        int8 = quant_api.convert(prepared)
+        entry: Dict[str, Any] = {"iter": it}
+        if held_gt is not None:
+            entry.update(_score(predict(int8, held, spec, long_side), held_gt))
+            metric = entry["mean"]
+        else:
+            metric = float(it)   # nothing held back: the last checkpoint wins
+        checkpoints.append(entry)
+        if best["metric"] is None or metric > best["metric"]:     # ties keep the earlier (closer to the float model) one
+            best.update(metric=metric, model=int8, iter=it)
+        say(f"checkpoint {it}: " + ", ".join(f"{k} {v:.4f}" for k, v in entry.items() if k != "iter"))
+
+    checkpoint(0)
+
+    # ---- fake-quant fine-tuning ----------------------------------------------------------------
+    freeze_obs = opts.freeze_observers_after if opts.freeze_observers_after is not None else iters // 2
+    boost_from = 0 if warm_done else (opts.warmup_iters if gradboost else 0)
+    t_qat = time.perf_counter()
+    for it in range(iters):
+        if gradboost and it == boost_from:
+            optimizer.start_boost()
+        if it == opts.freeze_bn_after and it > 0:
+            quant_api.freeze_bn_stats(prepared)
+        if it == freeze_obs:
+            quant_api.freeze_observers(prepared)
+        prepared.train()
+        train_step(prepared, "qat", it + 1)
+        if (it + 1) % max(1, opts.eval_every) == 0 or it + 1 == iters:
+            prepared.eval()
+            checkpoint(it + 1)
+    t_qat = time.perf_counter() - t_qat
+
+    int8_model = best["model"]
+    report: Dict[str, Any] = {
+        "model": model_name, "backend": backend, "long_side": long_side, "iters": iters,
+        "statassist": statassist, "gradboost": gradboost, "observer": observer, "per_channel": per_channel,
+        "gt_loss": bool(use_gt_loss and opts.gt_weight > 0),
+        "options": {**asdict(opts), "lr": lr}, "lr": lr,
+        "train_images": len(train), "heldout_images": len(held), "heldout_keys": [s.key for s in held],
+        "selection": selection, "float_heldout": float_metric,
+        "checkpoints": checkpoints, "best_iter": best["iter"], "best_heldout": _entry(checkpoints, best["iter"]),
+        "warmup_iters_done": warm_done, "optimizer_carry": carry,
+        "gradboost_boost_steps": optimizer.t if isinstance(optimizer, GradBoost) else 0,
+        "loss_first": history[0] if history else None, "loss_last": history[-1] if history else None,
+        "seconds": {"warmup": t_warm, "qat": t_qat, "total": time.perf_counter() - t_start},
+    }
+    say(f"best checkpoint: iteration {best['iter']} ({selection}); {report['seconds']['total']:.0f} s")
+    return int8_model, report
+
+
+def _entry(checkpoints: List[Dict[str, Any]], it: Optional[int]) -> Optional[Dict[str, Any]]:
+    return next((c for c in checkpoints if c["iter"] == it), None)
+
+
+def _spec_of(model_name: str) -> DetectorSpec:
+    from fdq.models import SPECS
+    return SPECS[model_name]
+
+
+def run_level3(model_name: str, float_model: nn.Module, images_dir: str, labels: LabelSource,
+               backend: str = "x86", long_side: int = 320, iters: int = DEFAULT_ITERS, statassist: bool = True,
+               gradboost: bool = True, observer: str = "moving-minmax", per_channel: bool = True,
+               log: Log = None, **options: Any) -> Tuple[nn.Module, Dict[str, Any]]:
+    """Level 3: QAT with labels (distillation from the float model + small-weight multibox loss).
+
+    ``options`` are :class:`FinetuneOptions` fields (``warmup_iters``, ``lr``, ``gt_weight``, ...).
+    Returns the converted int8 model of the best held-back checkpoint and a JSON-able report.
+    """
+    if labels is None:
+        raise ValueError("level 3 needs labels (a WIDER ground-truth folder, .json or *_bbx_gt.txt)")
+    opts = FinetuneOptions.from_kwargs(**options)
+    model, report = finetune(model_name, float_model, images_dir, labels, backend=backend, long_side=long_side,
+                             iters=iters, statassist=statassist, gradboost=gradboost, observer=observer,
+                             per_channel=per_channel, use_gt_loss=True, options=opts, log=log)
+    report["level"] = 3
+    return model, report

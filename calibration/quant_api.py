@@ -1,0 +1,248 @@
+"""The one module of fdq that calls ``torch.ao.quantization`` (eager mode).
+
+torch 2.13 deprecates eager-mode quantization (its calls warn; nothing here silences that), so
+everything fdq needs from it lives here: moving to PT2E / torchao is a change to this file only.
+The rest of fdq (PTQ, data-free, sensitivity, QAT, distillation) works through these functions.
+
+Weights are symmetric int8 (per channel by default), activations affine uint8. ``reduce_range``
+(7-bit activations) exists for x86/fbgemm CPUs *without* VNNI, where ``vpmaddubsw`` can saturate
+its int16 pair sums; it costs up to several AP points on these detectors, so fdq defaults to the
+full 8-bit range on every engine and records the choice in the bundle (``--reduce-range`` opts in
+for AVX2-only targets).
+"""
+from __future__ import annotations
+
+import copy
+from typing import Dict, Iterable, List, Mapping, Sequence, Tuple
+
+import torch
+from torch import nn
+from torch.ao import quantization as tq
+from torch.ao.nn import intrinsic as nni
+from torch.ao.nn.intrinsic import qat as nniqat
+
+from fdq.models import fusion_groups
+
+BACKENDS = ("qnnpack", "fbgemm", "x86")
+
+# Re-exported so that observer subclasses and float islands do not import torch.ao themselves.
+ObserverBase = tq.ObserverBase
+HistogramObserver = tq.HistogramObserver
+MinMaxObserver = tq.MinMaxObserver
+MovingAverageMinMaxObserver = tq.MovingAverageMinMaxObserver
+QConfig = tq.QConfig
+DeQuantStub = tq.DeQuantStub
+
+
+class UnsupportedBackendError(ValueError):
+    """A quantized engine fdq does not know, or this torch build lacks."""
+
+
+def check_backend(backend: str) -> str:
+    """``backend`` if fdq knows it and this torch supports it; one-line error otherwise."""
+    if backend not in BACKENDS:
+        raise UnsupportedBackendError(f"unknown backend {backend!r} (choose from: {', '.join(BACKENDS)})")
+    if backend not in torch.backends.quantized.supported_engines:
+        raise UnsupportedBackendError(f"backend {backend} is not supported by this torch build "
+                                      f"(supported: {', '.join(torch.backends.quantized.supported_engines)})")
+    return backend
+
+
+def set_engine(backend: str) -> None:
+    """Select the quantized engine used by prepare/convert and by running the converted model."""
+    torch.backends.quantized.engine = check_backend(backend)
+
+
+def _activation_range(reduce_range: bool) -> Tuple[int, int]:
+    return (0, 127) if reduce_range else (0, 255)
+
+
+def make_qconfig(backend: str, observer: str = "histogram", per_channel: bool = True, qat: bool = False,
+                 reduce_range: bool = False) -> tq.QConfig:
+    """QConfig for ``backend``: named activation observer, symmetric int8 weights.
+
+    ``qat=True`` wraps the same observers in fake-quantize modules (weights then use moving-average
+    observers, because they change every step). qnnpack never needs ``reduce_range``.
+    """
+    from .observers import activation_observer
+
+    check_backend(backend)
+    if reduce_range and backend == "qnnpack":
+        raise UnsupportedBackendError("reduce_range is an x86/fbgemm workaround; qnnpack has no use for it")
+    qmin, qmax = _activation_range(reduce_range)
+    act_cls = activation_observer(observer)
+    act_kwargs = dict(dtype=torch.quint8, qscheme=torch.per_tensor_affine, quant_min=qmin, quant_max=qmax)
+    if per_channel:
+        w_cls = tq.MovingAveragePerChannelMinMaxObserver if qat else tq.PerChannelMinMaxObserver
+        w_kwargs = dict(dtype=torch.qint8, qscheme=torch.per_channel_symmetric, ch_axis=0)
+    else:
+        w_cls = tq.MovingAverageMinMaxObserver if qat else tq.MinMaxObserver
+        w_kwargs = dict(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric)
+    if qat:
+        return tq.QConfig(activation=tq.FakeQuantize.with_args(observer=act_cls, **act_kwargs),
+                          weight=tq.FakeQuantize.with_args(observer=w_cls, quant_min=-128, quant_max=127,
+                                                           **w_kwargs))
+    return tq.QConfig(activation=act_cls.with_args(**act_kwargs), weight=w_cls.with_args(**w_kwargs))
+
+
+def fuse(model: nn.Module, qat: bool = False) -> nn.Module:
+    """A fused copy of ``model`` (Conv-BN(-ReLU) groups from :func:`fdq.models.fusion_groups`).
+
+    PTQ folds BN into the convolution (eval mode); QAT keeps BN as trainable ConvBn modules, which
+    needs a model in train mode.
+    """
+    groups = fusion_groups(model)
+    if qat:
+        return tq.fuse_modules_qat(copy.deepcopy(model).train(), groups, inplace=True)
+    return tq.fuse_modules(copy.deepcopy(model).eval(), groups, inplace=True)
+
+
+def prepare_ptq(model: nn.Module, qconfig: tq.QConfig) -> nn.Module:
+    """Observed copy of a fused eval model; modules whose ``qconfig`` is already None stay float."""
+    model = copy.deepcopy(model).eval()
+    model.qconfig = qconfig
+    return tq.prepare(model, inplace=True)
+
+
+def prepare_qat(model: nn.Module, qconfig: tq.QConfig) -> nn.Module:
+    """Fake-quantized trainable copy of a model fused with ``fuse(model, qat=True)``."""
+    model = copy.deepcopy(model).train()
+    model.qconfig = qconfig
+    return tq.prepare_qat(model, inplace=True)
+
+
+def convert(model: nn.Module) -> nn.Module:
+    """Integer model (eval mode) from a calibrated or QAT-trained copy, for the current engine."""
+    return tq.convert(copy.deepcopy(model).eval(), inplace=True)
+
+
+def freeze_observers(model: nn.Module) -> nn.Module:
+    """Stop updating quantization ranges (late QAT epochs)."""
+    return model.apply(tq.disable_observer)
+
+
+def freeze_bn_stats(model: nn.Module) -> nn.Module:
+    """Stop updating BatchNorm running statistics of fused QAT ConvBn modules."""
+    return model.apply(nniqat.freeze_bn_stats)
+
+
+def enable_fake_quant(model: nn.Module) -> nn.Module:
+    return model.apply(tq.enable_fake_quant)
+
+
+def disable_fake_quant(model: nn.Module) -> nn.Module:
+    return model.apply(tq.disable_fake_quant)
+
+
+# ------------------------------------------------------------------------------------------------
+# Inspection helpers used by data-free quantization, sensitivity and mixed precision
+# ------------------------------------------------------------------------------------------------
+
+
+def conv_units(model: nn.Module) -> List[str]:
+    """Names of the convolution units of a fused (float or prepared) model, in registration order.
+
+    A unit is a fused Conv(+ReLU) module or a lone Conv2d: what becomes one quantized convolution.
+    """
+    units: List[str] = []
+    for name, module in model.named_modules():
+        if any(name.startswith(u + ".") for u in units):
+            continue
+        if isinstance(module, nni._FusedModule) or isinstance(module, nn.Conv2d):
+            units.append(name)
+    return units
+
+
+def unit_conv(module: nn.Module) -> nn.Conv2d:
+    """The float convolution inside a unit (the unit itself or the first module of a fused one)."""
+    conv = module[0] if isinstance(module, nni._FusedModule) else module
+    if not isinstance(conv, nn.Conv2d):
+        raise TypeError(f"{type(module).__name__} is not a convolution unit")
+    return conv
+
+
+def fake_quantize_weight(weight: torch.Tensor, qconfig: tq.QConfig) -> torch.Tensor:
+    """``weight`` rounded to the grid ``convert`` will use for it (float tensor)."""
+    observer = qconfig.weight()
+    observer(weight.detach())
+    scale, zero_point = observer.calculate_qparams()
+    if observer.qscheme in (torch.per_channel_symmetric, torch.per_channel_affine):
+        return torch.fake_quantize_per_channel_affine(weight, scale, zero_point.to(torch.int32), observer.ch_axis,
+                                                      observer.quant_min, observer.quant_max)
+    return torch.fake_quantize_per_tensor_affine(weight, float(scale), int(zero_point),
+                                                 observer.quant_min, observer.quant_max)
+
+
+def observers(model: nn.Module) -> Dict[str, nn.Module]:
+    """Output observer of every observed module of a prepared model, by module name."""
+    return {name: m.activation_post_process for name, m in model.named_modules()
+            if hasattr(m, "activation_post_process") and isinstance(m.activation_post_process, tq.ObserverBase)}
+
+
+def activation_qparams(observer: nn.Module) -> Tuple[float, int, int, int]:
+    """(scale, zero point, quant_min, quant_max) of a calibrated activation observer."""
+    scale, zero_point = observer.calculate_qparams()
+    return float(scale), int(zero_point), int(observer.quant_min), int(observer.quant_max)
+
+
+def fake_quantize_activation(x: torch.Tensor, qparams: Tuple[float, int, int, int]) -> torch.Tensor:
+    """``x`` rounded to a calibrated grid (simulating one quantized output)."""
+    return torch.fake_quantize_per_tensor_affine(x, *qparams)
+
+
+def copy_observers(src: nn.Module, dst: nn.Module, rename: Mapping[str, str]) -> None:
+    """Give ``dst``'s observers the calibrated state of ``src``'s (``rename``: dst name -> src name).
+
+    Lets mixed precision re-use one calibration for every float-island choice.
+    """
+    source = observers(src)
+    modules = dict(dst.named_modules())
+    for name in observers(dst):
+        key = rename.get(name, name)
+        if key not in source:
+            raise KeyError(f"no calibrated observer for {name} (looked for {key})")
+        modules[name].activation_post_process = copy.deepcopy(source[key])
+
+
+class FloatIsland(nn.Module):
+    """Run one module in float inside a quantized model: dequantize -> module -> quantize.
+
+    Where the neighbour on a side is a float island too, that side's stub is left out, so a run
+    of float units passes float activations along instead of rounding them in between.
+    """
+
+    def __init__(self, body: nn.Module, dequantize_input: bool = True, quantize_output: bool = True) -> None:
+        super().__init__()
+        self.dequant = tq.DeQuantStub() if dequantize_input else nn.Identity()
+        self.body = body
+        self.body.qconfig = None
+        self.quant = tq.QuantStub() if quantize_output else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.quant(self.body(self.dequant(x)))
+
+
+def float_islands(model: nn.Module, names: Sequence[str], links: Iterable[Tuple[str, str]] = (),
+                  outputs: Iterable[str] = ()) -> Tuple[nn.Module, Dict[str, str]]:
+    """Copy of a fused float model with the named units wrapped in :class:`FloatIsland`.
+
+    ``links`` are (producer, consumer) unit pairs where the producer's output feeds only that
+    consumer; when both are float, the activation between them stays float. ``outputs`` are units
+    whose output only goes to a DeQuantStub (a model output): as islands they return float, which
+    the stub passes through. Returns the model and the observer rename map for
+    :func:`copy_observers` (an island's quantize stub takes over the observer of the unit it wraps).
+    """
+    chosen, model_outputs = set(names), set(outputs)
+    inner = [(a, b) for a, b in links if a in chosen and b in chosen]
+    model = copy.deepcopy(model)
+    modules = dict(model.named_modules())
+    rename: Dict[str, str] = {}
+    for name in names:
+        parent_name, _, attr = name.rpartition(".")
+        parent = modules[parent_name] if parent_name else model
+        quantize_output = name not in model_outputs and not any(a == name for a, _ in inner)
+        setattr(parent, attr, FloatIsland(modules[name], dequantize_input=not any(b == name for _, b in inner),
+                                          quantize_output=quantize_output))
+        if quantize_output:
+            rename[f"{name}.quant"] = name
+    return model, rename

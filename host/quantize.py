@@ -1,0 +1,324 @@
+"""``fdq quantize``: a float detector -> a self-describing TorchScript bundle, at a chosen data level.
+
+=====  ==================================================  =======================================
+level  data                                                method
+=====  ==================================================  =======================================
+0      none                                                float32 export (``--fp32``)
+1      none                                                fp16 weights (``--fp16``) or int8
+                                                           calibrated on BN-distilled inputs
+2      a folder of images (no labels)                      int8 post-training static quantization
+3      images + labels                                     quantization-aware training
+4      images                                              QAT distilled from the float model
+=====  ==================================================  =======================================
+
+Everything the user chose is validated before any work starts, so bad input costs one error line
+and leaves no bundle behind. Every int8 bundle carries a calibration report (float vs int8 on the
+held-back calibration images) and a collapse warning when int8 lost far more than it should.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+
+if TYPE_CHECKING:  # the CLI imports this module at start-up: torch is imported only when a command runs
+    import torch
+    from torch import nn
+
+    from fdq.calibration.data import CalibrationImages
+    from fdq.calibration.ptq import Calibrated
+    from fdq.device.evaluation import GroundTruth
+
+EXIT_OK = 0
+
+
+class QuantizeError(ValueError):
+    """Bad ``fdq quantize`` input, reported as one line before anything is written."""
+
+
+@dataclass
+class CalibrationSet:
+    """A calibration folder split for calibration and for the float-vs-int8 report."""
+
+    images: CalibrationImages
+    calibrate_on: CalibrationImages
+    held_back: CalibrationImages
+    gt: Optional[GroundTruth]   # of all images, when labels are given and evaluable
+    blobs: List[torch.Tensor]   # preprocessed ``calibrate_on`` images (level 1: all images)
+
+    @property
+    def in_sample(self) -> bool:
+        return self.held_back is self.calibrate_on
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Option combinations, checked before any file is read."""
+    from fdq.calibration.observers import activation_observer
+    from fdq.calibration.quant_api import check_backend
+    from fdq.models import SPECS
+
+    if args.model not in SPECS:
+        raise QuantizeError(f"unknown model '{args.model}' (choose from: {', '.join(SPECS)})")
+    if args.fp32:
+        if args.level not in (None, 0):
+            raise QuantizeError("--fp32 is level 0; do not combine it with --level")
+        args.level = 0
+    if args.level is None:
+        raise QuantizeError("give --level 0|1|2|3|4 (or --fp32)")
+    if args.fp16 and args.level != 1:
+        raise QuantizeError("--fp16 is a level-1 (no data) method: use --level 1 --fp16")
+    int8 = args.level >= 1 and not args.fp16
+    if int8:
+        if not args.backend:
+            raise QuantizeError("int8 needs --backend (qnnpack for ARM, x86 or fbgemm for Intel/AMD)")
+        check_backend(args.backend)
+        if args.observer:
+            activation_observer(args.observer)
+    if args.reduce_range and args.backend == "qnnpack":
+        raise QuantizeError("--reduce-range is an x86/fbgemm workaround; qnnpack has no use for it")
+    if args.level == 0 and args.calib:
+        raise QuantizeError("level 0 uses no data: drop --calib")
+    if args.level >= 2 and not args.calib:
+        raise QuantizeError(f"level {args.level} needs --calib DIR (a folder of images)")
+    if args.level == 3 and not args.labels:
+        raise QuantizeError("level 3 needs --labels (WIDER ground-truth folder, .json or *_bbx_gt.txt)")
+    if args.labels and not args.calib:
+        raise QuantizeError("--labels describe the --calib images: give --calib too")
+    if args.ap_budget is not None:
+        if args.ap_budget < 0:
+            raise QuantizeError("--ap-budget is a number of AP points >= 0")
+        if not (int8 and args.level in (1, 2) and args.calib):
+            raise QuantizeError("--ap-budget needs int8 level 1 or 2 and --calib images to measure the drop on")
+    if (args.sensitivity or args.cle is not None or args.bias_correction) and not (int8 and args.level in (1, 2)):
+        raise QuantizeError("--sensitivity, --cle and --bias-correction apply to int8 levels 1 and 2")
+    if args.long_side < 32:
+        raise QuantizeError("--long-side must be at least 32")
+    if args.iters is not None and args.iters < 1:
+        raise QuantizeError("--iters must be >= 1")
+
+
+def _calibration_set(args: argparse.Namespace, mean_bgr: Tuple[float, ...]) -> Optional[CalibrationSet]:
+    """The calibration images (and labels, checked against them), or None without --calib.
+
+    Level 1 calibrates on distilled inputs, so every image of the folder is a report image.
+    """
+    from fdq.calibration.data import find_images, split_holdout
+    from fdq.calibration.labels import ground_truth_of, load_labels
+
+    if not args.calib:
+        return None
+    images = find_images(args.calib)
+    blobs, sizes = images.load(args.long_side, mean_bgr)
+    gt = None
+    if args.labels:
+        load_labels(args.labels, images.keys, sizes)
+        gt = ground_truth_of(args.labels)
+    if args.level == 1:
+        return CalibrationSet(images, images.subset([]), images, gt, blobs)
+    calibrate_on, held_back = split_holdout(images)
+    by_key = dict(zip(images.keys, blobs))
+    return CalibrationSet(images, calibrate_on, held_back, gt, [by_key[k] for k in calibrate_on.keys])
+
+
+def _subset_gt(cset: CalibrationSet, images: CalibrationImages) -> Optional[GroundTruth]:
+    from fdq.calibration.labels import subset_ground_truth
+
+    return subset_ground_truth(cset.gt, images.keys) if cset.gt is not None else None
+
+
+def _ptq(args: argparse.Namespace, model: nn.Module, cset: Optional[CalibrationSet],
+         report: Dict[str, Any]) -> Tuple[nn.Module, Dict[str, Any]]:
+    """Levels 1 (int8) and 2: calibrate, optionally analyse and keep sensitive layers float."""
+    from fdq.calibration import ptq
+    from fdq.calibration.datafree import DISTILL_STEPS
+
+    options = ptq.PTQOptions(backend=args.backend, observer=args.observer or "histogram",
+                             per_channel=args.per_channel, reduce_range=args.reduce_range, cle=args.cle is not False,
+                             bias_correction=args.bias_correction)
+    steps = args.iters or DISTILL_STEPS
+    if args.level == 1:
+        calibrated = ptq.calibrate_datafree(model, options, steps=steps)
+    else:
+        calibrated = ptq.calibrate(model, options, cset.blobs)
+    section: Dict[str, Any] = {"method": "ptq-datafree" if args.level == 1 else "ptq", **options.to_dict(),
+                               "equalized_pairs": calibrated.equalized_pairs}
+    if args.level == 1:
+        section["distill_steps"] = steps
+    float_units: List[str] = []
+    quantized = calibrated.convert()
+    if args.sensitivity or args.ap_budget is not None:
+        float_units, quantized = _sensitivity(args, model, cset, calibrated, quantized, report)
+    section["ap_budget"] = args.ap_budget
+    section["float_units"] = float_units
+    return quantized, section
+
+
+def _sensitivity(args: argparse.Namespace, model: nn.Module, cset: CalibrationSet, calibrated: Calibrated,
+                 quantized: nn.Module, report: Dict[str, Any]) -> Tuple[List[str], nn.Module]:
+    """Per-layer report and, with --ap-budget, mixed precision; measured on every calibration image
+    (the AP of a handful of held-back images is too noisy to rank layers by)."""
+    from fdq.calibration import report as calib_report
+    from fdq.calibration import sensitivity
+
+    spec = model.spec
+    gt_all = _subset_gt(cset, cset.images)
+    float_dets = calib_report.detect(model, spec, args.long_side, cset.images)
+    truth = gt_all if gt_all is not None else calib_report.pseudo_ground_truth(float_dets)
+    float_ap = calib_report.ap_points(float_dets, truth)
+
+    def evaluate(candidate: nn.Module) -> Dict[str, float]:
+        return calib_report.ap_points(calib_report.detect(candidate, spec, args.long_side, cset.images), truth)
+
+    def drop(candidate: nn.Module) -> float:
+        ap = evaluate(candidate)
+        return max(float_ap[s] - ap.get(s, 0.0) for s in float_ap)
+
+    ranking = sensitivity.analyse(calibrated, quantized, cset.blobs[:4], evaluate)
+    report["sensitivity"] = {"measured_on_images": len(cset.images),
+                             "against": "labels" if gt_all is not None else "float detections",
+                             "layers": [vars(r) for r in ranking]}
+    if args.ap_budget is None:
+        return [], quantized
+    units, quantized, final_drop, search = sensitivity.choose_float_units(calibrated, ranking, drop, args.ap_budget)
+    report["mixed_precision"] = {"ap_budget": args.ap_budget, "ap_drop": round(final_drop, 3),
+                                 "met": final_drop <= args.ap_budget, "search": search}
+    if final_drop > args.ap_budget:
+        _warn(report, f"--ap-budget {args.ap_budget:g} not met: the best mix ({len(units)} float layers) "
+                      f"still loses {final_drop:.2f} AP points on the calibration images")
+    return units, quantized
+
+
+def _warn(report: Dict[str, Any], message: str) -> None:
+    """Record ``message`` in the bundle report and emit it as a QuantizationCollapseWarning."""
+    from fdq.calibration.report import QuantizationCollapseWarning
+
+    report["warnings"].append(message)
+    warnings.warn(message, QuantizationCollapseWarning, stacklevel=3)
+
+
+# What the training run reports about its effective settings (defaults included) for the manifest.
+_QAT_MANIFEST_KEYS = ("iters", "statassist", "gradboost", "observer", "per_channel", "gt_loss", "options")
+
+
+def _qat(args: argparse.Namespace, model: nn.Module, report: Dict[str, Any]) -> Tuple[nn.Module, Dict[str, Any]]:
+    """Levels 3 and 4, by :mod:`fdq.calibration.qat` / :mod:`fdq.calibration.distill`."""
+    try:
+        if args.level == 3:
+            from fdq.calibration.qat import run_level3 as run
+        else:
+            from fdq.calibration.distill import run_level4 as run
+    except ImportError as exc:
+        raise QuantizeError(f"level {args.level} is not available in this installation ({exc})") from None
+    options: Dict[str, Any] = {"backend": args.backend, "long_side": args.long_side,
+                               "statassist": args.statassist, "gradboost": args.gradboost,
+                               "per_channel": args.per_channel}
+    if args.iters:
+        options["iters"] = args.iters
+    if args.observer:
+        options["observer"] = args.observer
+    quantized, qat_report = run(args.model, model, args.calib, args.labels, **options)
+    report["training"] = qat_report
+    effective = {k: qat_report[k] for k in _QAT_MANIFEST_KEYS if k in qat_report}
+    return quantized, {"method": "qat" if args.level == 3 else "qat-distill", **options, **effective}
+
+
+def quantize_command(args: argparse.Namespace) -> Path:
+    """Run ``fdq quantize`` and return the bundle path; collapse warnings are emitted, never hidden."""
+    from fdq.calibration import report as calib_report
+    from fdq.calibration.datafree import to_fp16
+    from fdq.host.artifacts import save_torchscript_bundle
+    from fdq.host.zoo import resolve_weights
+    from fdq.models import SPECS, load_model
+
+    start = time.perf_counter()
+    _check_args(args)
+    spec = SPECS[args.model]
+    weights = resolve_weights(args.model, args.weights)
+    cset = _calibration_set(args, spec.mean_bgr)
+    model = load_model(args.model, weights)
+    int8 = args.level >= 1 and not args.fp16
+    report: Dict[str, Any] = {"model": args.model, "level": args.level, "warnings": []}
+    section: Dict[str, Any] = {"level": args.level}
+    if args.level == 0:
+        exported, dtype, engine = model, "fp32", None
+        section.update(method="float")
+    elif args.fp16:
+        exported, dtype, engine = to_fp16(model), "fp16", None
+        section.update(method="fp16-weights")
+    else:
+        engine, dtype = args.backend, "int8"
+        exported, method = _ptq(args, model, cset, report) if args.level <= 2 else _qat(args, model, report)
+        section.update(method)
+    if cset is not None and args.level >= 1:
+        check = calib_report.compare(model, exported, spec, args.long_side, cset.held_back,
+                                     _subset_gt(cset, cset.held_back), cset.in_sample)
+        report["calibration_report"] = check
+        for message in check["warnings"]:
+            _warn(report, message)
+    elif int8:
+        _warn(report, "int8 model was not checked against float on any image (give --calib images "
+                      "to get a float-vs-int8 report)")
+    calibration = None
+    if cset is not None:
+        calibration = {**cset.images.manifest(), "held_back_images": len(cset.held_back),
+                       "in_sample_report": cset.in_sample, "labels": bool(args.labels)}
+    elif args.level == 1 and int8:
+        calibration = {"images": 0, "data": "distilled from BatchNorm statistics"}
+    report["seconds"] = round(time.perf_counter() - start, 2)
+    return save_torchscript_bundle(exported, spec, args.long_side, args.out, engine=engine, dtype=dtype,
+                                   quantization=section, calibration=calibration, report=report)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from fdq.calibration.report import QuantizationCollapseWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", QuantizationCollapseWarning)
+        path = quantize_command(args)
+    collapse = [w for w in caught if issubclass(w.category, QuantizationCollapseWarning)]
+    for w in caught:
+        if w not in collapse:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    for w in collapse:
+        print(f"fdq quantize: WARNING: {w.message}", file=sys.stderr)
+    print(f"wrote {path}")
+    return EXIT_OK
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``quantize`` subcommand to ``fdq``'s subparsers."""
+    p = subparsers.add_parser("quantize", help="quantize a detector into a bundle (levels 0-4)",
+                              description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="slim, rfb or mnet025")
+    p.add_argument("--weights", help="weights file or zoo name (default: the model's zoo weights)")
+    p.add_argument("--level", type=int, choices=range(5), help="0 float, 1 no data, 2 images, 3 QAT, 4 distillation")
+    p.add_argument("--fp32", action="store_true", help="float32 export (same as --level 0)")
+    p.add_argument("--fp16", action="store_true", help="level 1 with fp16 weights instead of int8")
+    p.add_argument("--backend", help="quantized engine: qnnpack (ARM), x86 or fbgemm (Intel/AMD)")
+    p.add_argument("--calib", help="folder of calibration images (level >= 2; level 1: report only)")
+    p.add_argument("--labels", help="ground truth of the --calib images (WIDER .mat folder, .json, *_bbx_gt.txt)")
+    p.add_argument("--observer", help="activation observer: minmax, moving-minmax, histogram (default for "
+                                      "levels 1-2), entropy, percentile")
+    weights = p.add_mutually_exclusive_group()
+    weights.add_argument("--per-channel", dest="per_channel", action="store_true", default=True,
+                         help="per-channel int8 weights (default)")
+    weights.add_argument("--per-tensor", dest="per_channel", action="store_false", help="per-tensor int8 weights")
+    p.add_argument("--reduce-range", action="store_true",
+                   help="7-bit activations, for x86/fbgemm targets without VNNI (AVX2 only)")
+    p.add_argument("--cle", action=argparse.BooleanOptionalAction, default=None,
+                   help="cross-layer equalization before quantizing (default on for int8 levels 1-2)")
+    p.add_argument("--bias-correction", action="store_true", help="correct the mean error of weight rounding")
+    p.add_argument("--iters", type=int, help="level 1: BN-distillation steps (default 200); levels 3-4: QAT iterations")
+    p.add_argument("--statassist", action=argparse.BooleanOptionalAction, default=True, help="levels 3-4")
+    p.add_argument("--gradboost", action=argparse.BooleanOptionalAction, default=True, help="levels 3-4")
+    p.add_argument("--sensitivity", action="store_true", help="per-layer sensitivity report (needs --calib)")
+    p.add_argument("--ap-budget", type=float, help="keep the most sensitive layers in float until the AP drop "
+                                                   "on the calibration images is at most this many points")
+    p.add_argument("--long-side", type=int, default=320, help="input long side of the bundle (default 320)")
+    p.add_argument("--out", required=True, help="bundle folder to write")
+    p.set_defaults(func=_run)
+    return p

@@ -1,0 +1,297 @@
+#!/usr/bin/env python
+"""Benchmark every quantization level: WIDER val AP, bundle size and 1-thread latency.
+
+Every row is a real bundle written by ``fdq quantize`` (the product path), loaded back with the
+device loader and scored on the val images with the official protocol at each long side (a
+bundle per long side: calibration sees the resolution it will run at). Latency: median over
+``--runs`` calls after ``--warmup`` calls of a 320x240 input on one thread, for every bundle built
+at long side 320 and for the float model in eager PyTorch, all in this one process.
+
+Writes ``--json`` (every number) and ``--markdown`` (tables and the goal checks).
+
+Example (the full run)::
+
+    FDQ_WEIGHTS_PATH=/path/to/weights python scripts/bench_quant.py \\
+        --data /path/to/widerface_val_subset --json docs/bench_quant.json --markdown docs/RESULTS.md
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from fdq.calibration.observers import OBSERVER_NAMES
+from fdq.calibration.report import QuantizationCollapseWarning
+from fdq.device.bundle import load_bundle
+from fdq.device.detector import FaceDetector, InferenceFn
+from fdq.device.evaluation import SETTINGS, load_ground_truth
+from fdq.device.runtimes import load_inference
+from fdq.host.evaluate import evaluate_detector
+from fdq.host.quantize import quantize_command, register
+from fdq.host.torch_inference import torch_inference
+from fdq.host.zoo import resolve_weights
+from fdq.models import MODEL_NAMES, SPECS, load_model
+
+LATENCY_HW = (240, 320)
+GOAL_AP_POINTS = 1.0
+GOAL_LATENCY_RATIO = 0.25
+GOAL_SIZE_RATIO = 0.40
+
+
+@dataclass(frozen=True)
+class Row:
+    """One benchmark row: a quantize command line (without model, long side and output)."""
+
+    key: str
+    label: str
+    argv: Sequence[str]
+    backend: bool          # int8 rows run once per backend
+    level: int
+
+
+def rows_for(levels: Sequence[str], observers: Sequence[str], calib: str, labels: str, qat_iters: int) -> List[Row]:
+    data = ["--calib", calib, "--labels", labels]
+    qat = [*data, "--iters", str(qat_iters)]
+    table: Dict[str, List[Row]] = {
+        "fp32": [Row("fp32", "FP32", ["--fp32"], False, 0)],
+        "fp16": [Row("fp16", "fp16 weights", ["--level", "1", "--fp16"], False, 1)],
+        "l1": [Row("l1", "L1 data-free int8", ["--level", "1"], True, 1)],
+        "l2": [Row(f"l2-{o}", f"L2 {o}", ["--level", "2", "--observer", o, *data], True, 2) for o in observers]
+        + [Row("l2-histogram-per-tensor-nocle", "L2 histogram, per-tensor, no CLE",
+               ["--level", "2", "--per-tensor", "--no-cle", *data], True, 2)],
+        "l3": [Row("l3", "L3 QAT + StatAssist + GradBoost", ["--level", "3", *qat], True, 3),
+               Row("l3-plain", "L3 QAT (no StatAssist, no GradBoost)",
+                   ["--level", "3", "--no-statassist", "--no-gradboost", *qat], True, 3)],
+        "l4": [Row("l4", "L4 distillation QAT", ["--level", "4", *qat], True, 4)],
+    }
+    return [row for level in levels for row in table[level]]
+
+
+def level_available(level: int) -> bool:
+    """Levels 3/4 come from another module; skip them cleanly where it is missing."""
+    import importlib
+
+    module = {3: "fdq.calibration.qat", 4: "fdq.calibration.distill"}.get(level)
+    if module is None:
+        return True
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
+def paired_median_ms(reference: Callable[[], Any], candidate: Callable[[], Any], warmup: int, runs: int,
+                     block: int = 10) -> Tuple[float, float]:
+    """Median ms of ``reference`` and ``candidate``, timed in alternating blocks of ``block`` calls:
+    load from other processes on a shared machine hits both alike, and within a block each model
+    runs with its own weights in cache."""
+    times: Tuple[List[float], List[float]] = ([], [])
+    for _ in range(warmup):
+        reference()
+        candidate()
+    while len(times[1]) < runs:
+        for fn, out in ((reference, times[0]), (candidate, times[1])):
+            fn()
+            for _ in range(block):
+                t0 = time.perf_counter()
+                fn()
+                out.append((time.perf_counter() - t0) * 1e3)
+    return round(statistics.median(times[0]), 3), round(statistics.median(times[1]), 3)
+
+
+def latency_input() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.uniform(-120, 130, size=(1, 3, *LATENCY_HW)).astype(np.float32)
+
+
+def score(infer: InferenceFn, model_name: str, long_side: int, val_images: str, gt: Any) -> Dict[str, float]:
+    detector = FaceDetector(infer, SPECS[model_name], long_side=long_side)
+    result = evaluate_detector(detector, val_images, gt)
+    return {s: round(100.0 * float(result[s]), 2) for s in SETTINGS}
+
+
+def build(model: str, row: Row, backend: Optional[str], long_side: int, work: Path) -> Dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="fdq")
+    register(parser.add_subparsers(dest="command"))
+    argv = ["quantize", "--model", model, *row.argv, "--long-side", str(long_side),
+            "--out", str(work / f"{model}-{row.key}-{backend or 'float'}-{long_side}")]
+    if backend:
+        argv += ["--backend", backend]
+    args = parser.parse_args(argv)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", QuantizationCollapseWarning)
+        path = quantize_command(args)
+    collapse = [str(w.message) for w in caught if issubclass(w.category, QuantizationCollapseWarning)]
+    bundle = load_bundle(str(path))
+    report = json.loads(bundle.file("report").read_text())
+    return {"bundle": bundle, "warnings": collapse, "quantize_seconds": report.get("seconds"),
+            "command": "fdq " + " ".join(argv)}
+
+
+def run(args: argparse.Namespace) -> Dict[str, Any]:
+    torch.set_num_threads(1)
+    data = Path(args.data)
+    val_images, calib = str(data / "val" / "images"), str(data / "calib" / "images")
+    gt = load_ground_truth(data / "val" / "ground_truth")
+    rows = [r for r in rows_for(args.levels, args.observers, calib, str(data / "calib" / "ground_truth"),
+                                args.qat_iters) if level_available(r.level)]
+    skipped = sorted({r for r in args.levels if r in ("l3", "l4")} - {f"l{r.level}" for r in rows})
+    blob = latency_input()
+    results: List[Dict[str, Any]] = []
+    eager: Dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="bench_quant.") as tmp:
+        work = Path(tmp)
+        for model in args.models:
+            float_model = load_model(model, resolve_weights(model, None)).eval()
+            eager_infer = torch_inference(float_model)
+            eager_times: List[float] = []
+            for row in rows:
+                for backend in (args.backends if row.backend else [None]):
+                    entry: Dict[str, Any] = {"model": model, "row": row.key, "label": row.label, "level": row.level,
+                                             "backend": backend, "ap": {}, "warnings": {}}
+                    for long_side in args.long_sides:
+                        built = build(model, row, backend, long_side, work)
+                        bundle = built["bundle"]
+                        infer = load_inference(bundle, threads=1)
+                        torch.set_num_threads(1)
+                        entry["ap"][str(long_side)] = score(infer, model, long_side, val_images, gt)
+                        entry["warnings"][str(long_side)] = built["warnings"]
+                        entry.setdefault("quantize_seconds", {})[str(long_side)] = built["quantize_seconds"]
+                        entry.setdefault("commands", []).append(built["command"])
+                        if long_side == min(args.long_sides):
+                            entry["model_bytes"] = bundle.file("model").stat().st_size
+                            entry["eager_ms"], entry["latency_ms"] = paired_median_ms(
+                                lambda: eager_infer(blob), lambda: infer(blob), args.warmup, args.runs)
+                            entry["latency_vs_eager"] = round(entry["latency_ms"] / entry["eager_ms"], 3)
+                            eager_times.append(entry["eager_ms"])
+                    results.append(entry)
+                    print(json.dumps({k: entry.get(k) for k in ("model", "row", "backend", "ap", "latency_ms",
+                                                                "eager_ms")}), flush=True)
+            eager[model] = round(statistics.median(eager_times), 3)
+    return {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "environment": {"torch": torch.__version__, "python": platform.python_version(),
+                            "machine": platform.machine(), "processor": platform.processor() or platform.machine(),
+                            "threads": 1},
+            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "latency_input_hw": list(LATENCY_HW), "eager_fp32_ms": eager, "skipped_levels": skipped,
+            "rows": results}
+
+
+def add_goals(doc: Dict[str, Any]) -> None:
+    """Each row's AP drop vs FP32 (per setting and long side), size ratio and the goal verdicts."""
+    fp32 = {r["model"]: r for r in doc["rows"] if r["row"] == "fp32"}
+    for r in doc["rows"]:
+        ref = fp32.get(r["model"])
+        if ref is None:
+            continue
+        r["ap_drop"] = {ls: {s: round(ref["ap"][ls][s] - ap[s], 2) for s in SETTINGS}
+                        for ls, ap in r["ap"].items() if ls in ref["ap"]}
+        r["max_ap_drop"] = max((d for per in r["ap_drop"].values() for d in per.values()), default=None)
+        r["size_vs_fp32"] = round(r["model_bytes"] / ref["model_bytes"], 3)
+        if r["row"] == "l2-histogram":
+            r["goals"] = {"ap_within_1pt": r["max_ap_drop"] <= GOAL_AP_POINTS,
+                          "size_le_40pct": r["size_vs_fp32"] <= GOAL_SIZE_RATIO}
+            if r["backend"] == "x86":
+                r["goals"]["latency_le_0.25x_eager"] = r["latency_vs_eager"] <= GOAL_LATENCY_RATIO
+
+
+NOTES = [
+    "## Defaults and why", "",
+    "* **Activations: histogram observer** (torch's L2-optimal clipping). Min-max lets a few extreme "
+    "activations stretch the grid; entropy (KL) clips the regression heads too hard; percentile is close "
+    "to histogram but less consistent across models.",
+    "* **Weights: per-channel symmetric int8 on every backend.** torch 2.13's qnnpack runs per-channel "
+    "convolutions, depthwise included (checked by converting and running both), so the per-tensor default of "
+    "its qconfig is not needed; per-tensor weights collapse mnet025 (two folded depthwise layers have "
+    "per-channel ranges 62x and 27x their median).",
+    "* **Cross-layer equalization on by default** (`--no-cle` to disable): it makes per-tensor weights "
+    "usable and also evens activation ranges, which measurably helps per-channel int8 (slim x86 at 320: "
+    "drop 1.5 -> 0.25 easy AP).",
+    "* **No reduce_range**: 7-bit activations cost AP points; they only protect x86/fbgemm CPUs without "
+    "VNNI from int16 saturation. `--reduce-range` opts in for AVX2-only targets.",
+    "* Every int8 bundle's `report.json` compares float and int8 on held-back calibration images and "
+    "warns (QuantizationCollapseWarning, `warnings` list) when int8 loses more than 5 AP points or 20% of "
+    "the float faces.",
+    "",
+]
+
+
+def markdown(doc: Dict[str, Any]) -> str:
+    long_sides = sorted({ls for r in doc["rows"] for ls in r["ap"]}, key=int)
+    env = doc["environment"]
+    lines = ["# Quantization results", "",
+             f"Generated by `scripts/bench_quant.py` on {doc['created']} (torch {env['torch']}, "
+             f"{env['processor']}, 1 thread). Command: `{doc['command']}`.", "",
+             "AP: WIDER FACE val subset (64 images), official protocol, points. A bundle per long side "
+             "(calibrated at that side). Size: the bundle's model file. Latency: median ms of one "
+             f"{doc['latency_input_hw'][1]}x{doc['latency_input_hw'][0]} inference, 1 thread, after warm-up; "
+             "`/eager` is the ratio to the float model in eager PyTorch, timed alternately with the bundle "
+             "(so load from other processes affects both alike).", ""]
+    if doc["skipped_levels"]:
+        lines += [f"Skipped (not available in this installation): {', '.join(doc['skipped_levels'])}.", ""]
+    head = ["method", "backend"] + [f"{s} @{ls}" for ls in long_sides for s in ("easy", "med", "hard")] + \
+        ["max drop", "size KB", "size/FP32", "ms", "/eager", "warnings"]
+    for model in dict.fromkeys(r["model"] for r in doc["rows"]):
+        lines += [f"## {model}", "", f"FP32 eager: {doc['eager_fp32_ms'][model]:.2f} ms (median over rows)", "",
+                  "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in (r for r in doc["rows"] if r["model"] == model):
+            cells = [r["label"], r["backend"] or "-"]
+            cells += [f"{r['ap'][ls][s]:.2f}" if ls in r["ap"] else "" for ls in long_sides for s in SETTINGS]
+            warn = sum(len(v) for v in r["warnings"].values())
+            cells += [f"{r.get('max_ap_drop', 0):.2f}", f"{r['model_bytes'] / 1024:.0f}",
+                      f"{r.get('size_vs_fp32', 1):.2f}", f"{r['latency_ms']:.2f}", f"{r['latency_vs_eager']:.2f}",
+                      str(warn) if warn else ""]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += NOTES
+    goals = [(r["model"], r["backend"], g, ok) for r in doc["rows"] for g, ok in r.get("goals", {}).items()]
+    if goals:
+        lines += ["## Goals (level 2, default options: histogram, per-channel, CLE)", "",
+                  "| model | backend | goal | met |", "|---|---|---|---|"]
+        lines += [f"| {m} | {b} | {g} | {'yes' if ok else '**no**'} |" for m, b, g, ok in goals]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True, help="WIDER subset root with val/ and calib/ (images/, ground_truth/)")
+    p.add_argument("--models", type=lambda s: s.split(","), default=list(MODEL_NAMES))
+    p.add_argument("--backends", type=lambda s: s.split(","), default=["x86", "qnnpack"])
+    p.add_argument("--levels", type=lambda s: s.split(","), default=["fp32", "fp16", "l1", "l2", "l3", "l4"],
+                   help="rows: fp32,fp16,l1,l2,l3,l4 (fp32 is needed for the drop columns)")
+    p.add_argument("--observers", type=lambda s: s.split(","), default=list(OBSERVER_NAMES))
+    p.add_argument("--long-sides", type=lambda s: [int(v) for v in s.split(",")], default=[320, 640])
+    p.add_argument("--qat-iters", type=int, default=100)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--json", default="docs/bench_quant.json")
+    p.add_argument("--markdown", default="docs/RESULTS.md")
+    args = p.parse_args(argv)
+    unknown = sorted(set(args.levels) - {"fp32", "fp16", "l1", "l2", "l3", "l4"})
+    if unknown:
+        p.error(f"unknown rows: {', '.join(unknown)}")
+    doc = run(args)
+    add_goals(doc)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    Path(args.markdown).write_text(markdown(doc) + "\n", encoding="utf-8")
+    print(f"wrote {args.json} and {args.markdown}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,312 @@
+"""fdq quantize on real weights and real images: bundles load, int8 agrees with float, bad input fails cleanly.
+
+Detections agreement: faces the float model finds with score > 0.5 must be found by the bundle
+(IoU >= 0.5, any score above 0.25) with recall >= RECALL_TOLERANCE on three val images (28 faces).
+Calibration uses 8 images (6 calibrate, 2 held back for the report) to stay fast on 2 cores.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import warnings
+from pathlib import Path
+from typing import Iterator, List
+
+import pytest
+import torch
+
+from fdq.calibration import datafree, ptq, quant_api, sensitivity
+from fdq.calibration.data import CalibrationDataError, find_images, split_holdout
+from fdq.calibration.labels import LabelError
+from fdq.calibration.report import QuantizationCollapseWarning, agreement
+from fdq.device.bundle import BundleError, load_bundle
+from fdq.device.detector import FaceDetector
+from fdq.device.images import list_images, read_image
+from fdq.device.postprocess import Detections
+from fdq.device.runtimes import load_inference
+from fdq.host.artifacts import trace
+from fdq.host.quantize import QuantizeError, quantize_command, register
+from fdq.models import SPECS, load_model
+
+RECALL_TOLERANCE = 0.9
+CALIB_IMAGES = 8
+VAL_KEYS = ("0--Parade/0_Parade_Parade_0_873", "0--Parade/0_Parade_marchingband_1_172",
+            "0--Parade/0_Parade_Parade_0_194")   # 28 float faces at long side 320
+SUBSET = "data/widerface_val_subset"
+
+
+@pytest.fixture(scope="module")
+def weights_env(shared_dir: Path) -> Iterator[Path]:
+    """Weights come from the shared folder through the zoo's FDQ_WEIGHTS_PATH, as in CI."""
+    old = os.environ.get("FDQ_WEIGHTS_PATH")
+    os.environ["FDQ_WEIGHTS_PATH"] = str(shared_dir / "weights")
+    yield shared_dir / "weights"
+    if old is None:
+        del os.environ["FDQ_WEIGHTS_PATH"]
+    else:
+        os.environ["FDQ_WEIGHTS_PATH"] = old
+
+
+@pytest.fixture(scope="module")
+def calib_dir(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first CALIB_IMAGES calibration images, in their EVENT/ folders."""
+    src = shared_dir / SUBSET / "calib" / "images"
+    out = tmp_path_factory.mktemp("calib")
+    for _, path in list_images(str(src))[:CALIB_IMAGES]:
+        target = out / path.relative_to(src)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, target)
+    return out
+
+
+@pytest.fixture(scope="module")
+def calib_labels(shared_dir: Path) -> Path:
+    return shared_dir / SUBSET / "calib" / "ground_truth"
+
+
+@pytest.fixture(scope="module")
+def val_images(shared_dir: Path) -> List[Path]:
+    return [p for key, p in list_images(str(shared_dir / SUBSET / "val" / "images")) if key in VAL_KEYS]
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="fdq")
+    register(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["quantize", *argv])
+
+
+def bundle_detections(bundle_dir: Path, images: List[Path]) -> List[Detections]:
+    bundle = load_bundle(str(bundle_dir))
+    detector = FaceDetector(load_inference(bundle), bundle.spec, long_side=bundle.long_side)
+    return [detector.detect(read_image(p)) for p in images]
+
+
+def float_detections(model_name: str, images: List[Path], long_side: int) -> List[Detections]:
+    from fdq.host.torch_inference import torch_inference
+    from fdq.host.zoo import resolve_weights
+
+    model = load_model(model_name, resolve_weights(model_name, None))
+    detector = FaceDetector(torch_inference(model), SPECS[model_name], long_side=long_side)
+    return [detector.detect(read_image(p)) for p in images]
+
+
+def recall(reference: List[Detections], candidate: List[Detections]) -> float:
+    result = agreement(dict(enumerate(reference)), dict(enumerate(candidate)))
+    assert result["float_faces"] >= 20, "too few float faces to compare on"
+    return result["recall"]
+
+
+@pytest.fixture(scope="module")
+def slim_float(weights_env: Path, val_images: List[Path]) -> List[Detections]:
+    return float_detections("slim", val_images, 320)
+
+
+@pytest.fixture(scope="module")
+def fp32_bundle(weights_env: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return quantize_command(parse("--model", "slim", "--fp32", "--out", str(tmp_path_factory.mktemp("b") / "fp32")))
+
+
+def test_level0_fp32_bundle_matches_float(fp32_bundle: Path, slim_float: List[Detections],
+                                          val_images: List[Path]) -> None:
+    manifest = load_bundle(str(fp32_bundle)).manifest
+    assert manifest["quantization"] == {"level": 0, "method": "float"}
+    assert manifest["backend"] == {"engine": None, "dtype": "fp32"}
+    assert recall(slim_float, bundle_detections(fp32_bundle, val_images)) == 1.0
+
+
+@pytest.mark.parametrize("backend", ["x86", "qnnpack"])
+def test_level2_int8_bundle_matches_float(backend: str, calib_dir: Path, calib_labels: Path, tmp_path: Path,
+                                          slim_float: List[Detections], val_images: List[Path]) -> None:
+    out = tmp_path / "bundle"
+    args = parse("--model", "slim", "--level", "2", "--backend", backend, "--calib", str(calib_dir),
+                 "--labels", str(calib_labels), "--out", str(out))
+    assert args.func(args) == 0
+    bundle = load_bundle(str(out))
+    assert bundle.engine == backend and bundle.manifest["backend"]["dtype"] == "int8"
+    q = bundle.manifest["quantization"]
+    assert (q["level"], q["method"], q["observer"], q["per_channel"], q["reduce_range"], q["cle"]) == \
+        (2, "ptq", "histogram", True, False, True)
+    names = sorted(p.relative_to(calib_dir).as_posix() for p in calib_dir.rglob("*.jpg"))
+    assert bundle.manifest["calibration"]["images"] == CALIB_IMAGES
+    assert bundle.manifest["calibration"]["file_list_sha256"] == hashlib.sha256("\n".join(names).encode()).hexdigest()
+    report = json.loads(bundle.file("report").read_text())
+    assert report["calibration_report"]["images"] == CALIB_IMAGES // 4 and report["warnings"] == []
+    assert "hard" in report["calibration_report"]["ap_drop"]  # 2 held-back images: maybe no easy face
+    torch.jit.load(str(bundle.file("model")))
+    assert recall(slim_float, bundle_detections(out, val_images)) >= RECALL_TOLERANCE
+
+
+@pytest.mark.parametrize("backend", ["x86", "qnnpack"])
+def test_level1_datafree_int8_bundle_matches_float(backend: str, weights_env: Path, tmp_path: Path,
+                                                   slim_float: List[Detections], val_images: List[Path]) -> None:
+    out = tmp_path / "bundle"
+    with pytest.warns(QuantizationCollapseWarning, match="not checked against float"):
+        quantize_command(parse("--model", "slim", "--level", "1", "--backend", backend, "--iters", "40",
+                               "--out", str(out)))
+    manifest = load_bundle(str(out)).manifest
+    assert manifest["quantization"]["method"] == "ptq-datafree"
+    assert manifest["calibration"]["images"] == 0
+    assert recall(slim_float, bundle_detections(out, val_images)) >= RECALL_TOLERANCE
+
+
+def test_level1_fp16_bundle_matches_float(weights_env: Path, tmp_path: Path, slim_float: List[Detections],
+                                          val_images: List[Path], fp32_bundle: Path) -> None:
+    out = quantize_command(parse("--model", "slim", "--level", "1", "--fp16", "--out", str(tmp_path / "b")))
+    bundle = load_bundle(str(out))
+    assert bundle.manifest["backend"]["dtype"] == "fp16"
+    assert bundle.file("model").stat().st_size < 0.6 * (fp32_bundle / "model.pt").stat().st_size
+    assert recall(slim_float, bundle_detections(out, val_images)) >= RECALL_TOLERANCE
+
+
+def test_per_tensor_qnnpack_mnet025_collapse_is_reported(calib_dir: Path, calib_labels: Path, tmp_path: Path,
+                                                         weights_env: Path) -> None:
+    """torch's default qnnpack qconfig (per-tensor weights, no equalization) breaks mnet025: warned, recorded."""
+    out = tmp_path / "bundle"
+    with pytest.warns(QuantizationCollapseWarning, match="collapsed"):
+        quantize_command(parse("--model", "mnet025", "--level", "2", "--backend", "qnnpack", "--per-tensor",
+                               "--no-cle", "--calib", str(calib_dir), "--labels", str(calib_labels),
+                               "--out", str(out)))
+    bundle = load_bundle(str(out))
+    assert (bundle.manifest["quantization"]["per_channel"], bundle.manifest["quantization"]["cle"]) == (False, False)
+    report = json.loads(bundle.file("report").read_text())
+    assert report["warnings"] and report["calibration_report"]["agreement"]["recall"] < 0.8
+
+
+def test_cross_layer_equalization_rescues_per_tensor_mnet025(calib_dir: Path, calib_labels: Path, tmp_path: Path,
+                                                             weights_env: Path) -> None:
+    out = tmp_path / "bundle"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", QuantizationCollapseWarning)
+        quantize_command(parse("--model", "mnet025", "--level", "2", "--backend", "qnnpack", "--per-tensor",
+                               "--calib", str(calib_dir), "--labels", str(calib_labels), "--out", str(out)))
+    report = json.loads(load_bundle(str(out)).file("report").read_text())
+    assert report["calibration_report"]["agreement"]["recall"] >= RECALL_TOLERANCE
+
+
+def test_tampered_bundle_is_refused(fp32_bundle: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "tampered"
+    shutil.copytree(fp32_bundle, copy)
+    with open(copy / "model.pt", "r+b") as f:
+        f.seek(100)
+        byte = f.read(1)
+        f.seek(100)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(BundleError, match="tampered"):
+        load_bundle(str(copy))
+
+
+def _assert_nothing_written(out: Path) -> None:
+    assert not out.exists()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
+
+
+@pytest.mark.parametrize("argv, error, match", [
+    (["--backend", "tpu"], quant_api.UnsupportedBackendError, "unknown backend 'tpu'"),
+    (["--backend", "x86", "--observer", "median"], ValueError, "unknown observer 'median'"),
+    (["--backend", "qnnpack", "--reduce-range"], QuantizeError, "reduce-range"),
+    ([], QuantizeError, "needs --backend"),
+])
+def test_bad_options_fail_before_any_work(argv: List[str], error: type, match: str, tmp_path: Path,
+                                          calib_dir: Path) -> None:
+    out = tmp_path / "bundle"
+    with pytest.raises(error, match=match):
+        quantize_command(parse("--model", "slim", "--level", "2", "--calib", str(calib_dir), *argv, "--out", str(out)))
+    _assert_nothing_written(out)
+
+
+def test_empty_calibration_folder_is_one_clear_error(tmp_path: Path, weights_env: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "bundle"
+    with pytest.raises(CalibrationDataError, match="holds no images") as info:
+        quantize_command(parse("--model", "slim", "--level", "2", "--backend", "x86", "--calib", str(empty),
+                               "--out", str(out)))
+    assert "\n" not in str(info.value)
+    _assert_nothing_written(out)
+
+
+def test_labels_of_other_images_are_refused(calib_dir: Path, shared_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bundle"
+    with pytest.raises(LabelError, match="no labels"):
+        quantize_command(parse("--model", "slim", "--level", "2", "--backend", "x86", "--calib", str(calib_dir),
+                               "--labels", str(shared_dir / SUBSET / "val" / "ground_truth"), "--out", str(out)))
+    _assert_nothing_written(out)
+
+
+# ------------------------------------------------------------------------------------------------
+# Building blocks
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mnet(weights_env: Path) -> torch.nn.Module:
+    from fdq.host.zoo import resolve_weights
+
+    return load_model("mnet025", resolve_weights("mnet025", None))
+
+
+def test_cross_layer_equalization_keeps_the_float_function_and_evens_ranges(mnet: torch.nn.Module) -> None:
+    fused = quant_api.fuse(mnet)
+    x = torch.randn(1, 3, 96, 128) * 60
+    equalized, pairs = datafree.cross_layer_equalize(fused, x)
+    assert pairs > 10
+    with torch.no_grad():
+        for a, b in zip(fused(x), equalized(x)):
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+
+    def worst_spread(model: torch.nn.Module) -> float:
+        spreads = []
+        for name in quant_api.conv_units(model):
+            conv = quant_api.unit_conv(dict(model.named_modules())[name])
+            r = conv.weight.detach().abs().amax(dim=(1, 2, 3))
+            spreads.append(float(r.max() / r.median()))
+        return max(spreads)
+
+    assert worst_spread(equalized) < worst_spread(fused) / 3
+
+
+def test_float_islands_heads_and_percentile_observer(mnet: torch.nn.Module, calib_dir: Path) -> None:
+    images, _ = split_holdout(find_images(str(calib_dir)))
+    blobs, _ = images.load(160, mnet.spec.mean_bgr)
+    calibrated = ptq.calibrate(mnet, ptq.PTQOptions(backend="qnnpack", observer="percentile"), blobs)
+    assert len(calibrated.heads) == 9  # class, box and landmark heads at three strides
+    full, mixed = calibrated.convert(), calibrated.convert(calibrated.heads)
+    islands = [m for m in mixed.modules() if isinstance(m, quant_api.FloatIsland)]
+    assert len(islands) == 9 and all(isinstance(i.quant, torch.nn.Identity) for i in islands)
+    with torch.no_grad():
+        ref, a, b = mnet(blobs[0]), full(blobs[0]), mixed(blobs[0])
+    assert (b[0] - ref[0]).abs().mean() < (a[0] - ref[0]).abs().mean()
+    torch.testing.assert_close(trace(mixed, 160)(blobs[0])[0], b[0])   # islands survive TorchScript
+
+
+def test_ap_budget_search_adds_the_most_sensitive_layers_first(mnet: torch.nn.Module, calib_dir: Path) -> None:
+    blobs, _ = find_images(str(calib_dir)).load(128, mnet.spec.mean_bgr)
+    calibrated = ptq.calibrate(mnet, ptq.PTQOptions(backend="x86"), blobs[:4])
+    names = quant_api.conv_units(calibrated.fused)[:3]
+    ranking = [sensitivity.LayerSensitivity(n, 20.0, 30.0, {"hard": 1.0}) for n in names]
+
+    def drop(model: torch.nn.Module) -> float:   # each float layer recovers half a point
+        return 1.0 - 0.5 * sum(isinstance(m, quant_api.FloatIsland) for m in model.modules())
+
+    units, model, final, search = sensitivity.choose_float_units(calibrated, ranking, drop, 0.1)
+    assert units == names[:2] and final == 0.0 and [s["float_units"] for s in search] == [0, 1, 2]
+    # Units 0 and 1 are a single-consumer chain: one island dequantizes, the next quantizes.
+    islands = [m for m in model.modules() if isinstance(m, quant_api.FloatIsland)]
+    assert [type(i.quant).__name__ for i in islands] == ["Identity", "Quantize"]
+    with torch.no_grad():
+        model(blobs[0])
+
+
+def test_sensitivity_report_in_bundle(calib_dir: Path, calib_labels: Path, tmp_path: Path, weights_env: Path) -> None:
+    out = quantize_command(parse("--model", "slim", "--level", "2", "--backend", "x86", "--calib", str(calib_dir),
+                                 "--labels", str(calib_labels), "--sensitivity", "--ap-budget", "50",
+                                 "--long-side", "160", "--out", str(tmp_path / "b")))
+    bundle = load_bundle(str(out))
+    report = json.loads(bundle.file("report").read_text())
+    layers = report["sensitivity"]["layers"]
+    assert len({layer["name"] for layer in layers}) == len(layers) == 49   # every convolution of slim
+    assert {"name", "sqnr_db", "alone_output_sqnr_db", "alone_ap_drop"} <= set(layers[0])
+    assert report["mixed_precision"]["met"] and bundle.manifest["quantization"]["float_units"] == []
