@@ -36,7 +36,6 @@ import cv2
 import numpy as np
 
 from .bundle import BundleError, load_bundle
-from .detector import FaceDetector
 from .draw import draw_detections
 
 PROG = "fdq-demo"
@@ -491,22 +490,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _load_detector(args: argparse.Namespace) -> Any:
-    from .runtimes import load_inference  # imports only the runtime the bundle needs
+    from .runtimes import bundle_detector  # imports only the runtime the bundle needs
 
-    try:
-        bundle = load_bundle(args.bundle)
-        infer = load_inference(bundle, threads=args.threads)
-        long_side = int(args.long_side or bundle.long_side)
-        spec = bundle.spec
-    except BundleError as exc:
-        raise DemoError(str(exc)) from None
-    except (OSError, KeyError, ValueError, RuntimeError) as exc:
-        raise DemoError(f"cannot load bundle {args.bundle}: {exc}") from None
     # Postprocess keeps scores strictly above its threshold: the float32 just below --threshold keeps
     # exactly the faces scoring >= --threshold. Greedy NMS only lets higher scores suppress lower
     # ones, so thresholding first gives the same faces as NMS at 0.02 and filtering afterwards.
     below = float(np.nextafter(np.float32(args.threshold), np.float32(-np.inf)))
-    return FaceDetector(infer, spec, long_side, score_threshold=below)
+    try:
+        return bundle_detector(load_bundle(args.bundle), args.threads, args.long_side, score_threshold=below)
+    except BundleError as exc:
+        raise DemoError(str(exc)) from None
+    except (OSError, KeyError, ValueError, RuntimeError) as exc:
+        raise DemoError(f"cannot load bundle {args.bundle}: {exc}") from None
 
 
 def _run(args: argparse.Namespace, serve: Optional[Tuple[str, int]]) -> int:

@@ -16,7 +16,7 @@ import numpy as np
 from .anchors import prior_boxes
 from .kernels import normalize_c
 from .postprocess import Detections, PostprocessFn, select_postprocess
-from .preprocess import resize_image
+from .preprocess import resize_image, resize_ratio
 from .spec import DetectorSpec
 
 InferenceFn = Callable[[np.ndarray], Tuple[np.ndarray, np.ndarray, np.ndarray]]
@@ -49,7 +49,10 @@ class FaceDetector:
     def detect(self, image_bgr: np.ndarray) -> Detections:
         """Faces in an original-size BGR uint8 image; per-stage times land in ``last_timings_ms``."""
         t0 = time.perf_counter()
-        resized, ratio = resize_image(image_bgr, self.long_side)
+        if resize_ratio(image_bgr.shape[0], image_bgr.shape[1], self.long_side) == 1.0:
+            resized, ratio = image_bgr, 1.0  # a frame already at the input size: normalize reads uint8
+        else:
+            resized, ratio = resize_image(image_bgr, self.long_side)
         blob = self.normalize(resized, self.spec.mean_bgr)
         t1 = time.perf_counter()
         loc, scores, landm = self.infer(blob)

@@ -322,11 +322,9 @@ def _first_line(exc: BaseException) -> str:
 def build_detector(bundle: Any, threads: int = 1, long_side: Optional[int] = None,
                    threshold: float = 0.02) -> Any:
     """The FaceDetector the runner measures (also used in-process by tests and the host)."""
-    from .detector import FaceDetector
-    from .runtimes import load_inference
+    from .runtimes import bundle_detector
 
-    infer = load_inference(bundle, threads)
-    return FaceDetector(infer, bundle.spec, int(long_side or bundle.long_side), score_threshold=threshold)
+    return bundle_detector(bundle, threads, long_side, score_threshold=threshold)
 
 
 def run(args: argparse.Namespace, progress: Any = None) -> Dict[str, Any]:

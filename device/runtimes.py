@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import platform
 import warnings
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
 from .bundle import Bundle, BundleError
-from .detector import InferenceFn
+from .detector import FaceDetector, InferenceFn
 
 OUTPUT_ROLES = ("loc", "conf", "landm")
 _DEFAULT_IO = {
@@ -185,6 +185,13 @@ def load_inference(bundle: Bundle, threads: int = 1) -> InferenceFn:
     except KeyError:
         raise BundleError(f"unsupported runtime {bundle.runtime!r} (choose from: {', '.join(_LOADERS)})") from None
     return loader(bundle, threads)
+
+
+def bundle_detector(bundle: Bundle, threads: int = 1, long_side: Optional[int] = None,
+                    **options: Any) -> FaceDetector:
+    """The one way a bundle becomes a detector: the runner, the demo, host evaluation and benchmarks
+    all measure exactly this pipeline. ``long_side`` defaults to the bundle's own."""
+    return FaceDetector(load_inference(bundle, threads), bundle.spec, int(long_side or bundle.long_side), **options)
 
 
 def runtime_versions(bundle: Bundle) -> Dict[str, Any]:

@@ -31,12 +31,9 @@ def _detector(model_name: str, weights: Optional[str], long_side: int):
 def _bundle_detector(path: str, long_side: Optional[int], threads: int):
     """A bundle through the same runner code the board uses (so a host number is a board number)."""
     from fdq.device.bundle import load_bundle
-    from fdq.device.detector import FaceDetector
-    from fdq.device.runtimes import load_inference
+    from fdq.device.runtimes import bundle_detector
 
-    bundle = load_bundle(path)
-    return FaceDetector(load_inference(bundle, threads=threads), bundle.spec,
-                        long_side=long_side or bundle.long_side)
+    return bundle_detector(load_bundle(path), threads, long_side)
 
 
 # ---------------------------------------------------------------- zoo

@@ -85,6 +85,34 @@ def slim_outputs(image_path: Path, weights: Path):
     return image, outputs, priors, ratio
 
 
+def end_to_end(bundle_dir: Path, images_root: Path, warmup: int) -> Dict[str, object]:
+    """Per-stage medians of the runner's pipeline on camera-size frames (val images at 320x240).
+
+    A camera delivers frames at the input size, so no resize: normalize, inference, decode, NMS.
+    """
+    from fdq.device.bundle import load_bundle
+    from fdq.device.runtimes import bundle_detector
+
+    bundle = load_bundle(str(bundle_dir))
+    detector = bundle_detector(bundle, threads=1, long_side=WIDTH)
+    frames = [cv2.resize(cv2.imread(str(p)), (WIDTH, HEIGHT), interpolation=cv2.INTER_LINEAR)
+              for p in sorted(images_root.rglob("*.jpg"))]
+    for frame in frames[:warmup]:
+        detector.detect(frame)
+    stages: Dict[str, List[float]] = {}
+    for _ in range(3):
+        for frame in frames:
+            detector.detect(frame)
+            for stage, ms in detector.last_timings_ms.items():
+                stages.setdefault(stage, []).append(ms)
+    outside = [t - i for t, i in zip(stages["total"], stages["inference"])]
+    medians = {stage: float(np.median(v)) for stage, v in stages.items()}
+    return {"bundle": str(bundle_dir), "engine": bundle.engine, "dtype": bundle.manifest["backend"]["dtype"],
+            "frames": len(stages["total"]), "kernels": detector.kernels, "median_ms": medians,
+            "outside_inference_median_ms": float(np.median(outside)),
+            "outside_inference_share": float(np.median(outside)) / medians["total"]}
+
+
 def markdown(rows: List[List[str]]) -> str:
     lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows[1:]])
@@ -98,6 +126,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=500)
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--json", type=Path, default=REPO / "docs" / "bench_kernels.json")
+    parser.add_argument("--int8-bundle", type=Path, help="int8 x86 TorchScript bundle for the end-to-end share "
+                        "of everything outside inference (fdq quantize --level 2 --backend x86 ...)")
     args = parser.parse_args()
     if args.image is None:
         sys.exit("no validation image found: pass --image or set FDQ_SHARED")
@@ -165,6 +195,9 @@ def main() -> None:
                   "normalize_at_least_3x_numpy": min(norm[v]["numpy_over_c"] for v in ("float32", "uint8")) >= 3},
         "machine": machine_info(str(kernels.path)),
     }
+    if args.int8_bundle:
+        report["end_to_end_int8"] = end_to_end(args.int8_bundle, args.image.parent.parent, args.warmup)
+        report["goals"]["outside_inference_under_15pct"] = report["end_to_end_int8"]["outside_inference_share"] < 0.15
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")
 
@@ -180,6 +213,10 @@ def main() -> None:
     print(f"{report['image']}: {report['anchors']} anchors, {report['candidates']} candidates, "
           f"{report['kept']} kept; same kept set: {same}; normalize identical: {norm_identical}\n")
     print(markdown(rows))
+    if args.int8_bundle:
+        e2e = report["end_to_end_int8"]
+        print(f"\nend to end, int8 bundle: {e2e['median_ms']}; outside inference "
+              f"{e2e['outside_inference_median_ms']:.3f} ms = {100 * e2e['outside_inference_share']:.1f}% of a frame")
     print(f"\ngoals: {report['goals']}\nwrote {args.json}")
 
 
