@@ -224,5 +224,9 @@ class HalfPrecision(nn.Module):
 
 
 def to_fp16(model: nn.Module) -> nn.Module:
-    """Level-1 fp16: half the bundle size, no calibration; fast only where the CPU has fp16 arithmetic (ARMv8.2+)."""
-    return HalfPrecision(model)
+    """Level-1 fp16: half the bundle size, no calibration; fast only where the CPU has fp16 arithmetic (ARMv8.2+).
+
+    BatchNorm is folded into the convolutions first: evaluated in half precision, mnet025's BN
+    layers (tiny running variances) lost 38 AP points; folded, the outputs stay within 0.03.
+    """
+    return HalfPrecision(quant_api.fuse(model))

@@ -310,3 +310,17 @@ def test_sensitivity_report_in_bundle(calib_dir: Path, calib_labels: Path, tmp_p
     assert len({layer["name"] for layer in layers}) == len(layers) == 49   # every convolution of slim
     assert {"name", "sqnr_db", "alone_output_sqnr_db", "alone_ap_drop"} <= set(layers[0])
     assert report["mixed_precision"]["met"] and bundle.manifest["quantization"]["float_units"] == []
+
+
+@pytest.mark.parametrize("name", ["slim", "mnet025"])
+def test_fp16_tracks_float_on_a_real_image(weights_env: Path, shared_dir: Path, name: str) -> None:
+    """fp16 with BatchNorm evaluated in half precision once cost mnet025 38 AP points."""
+    from fdq.device.preprocess import normalize, resize_image
+
+    files = {"slim": "slim_Final.pth", "mnet025": "mobilenet0.25_Final.pth"}
+    model = load_model(name, weights_env / files[name])
+    image = read_image(sorted((shared_dir / SUBSET / "val" / "images").rglob("*.jpg"))[0])
+    x = torch.from_numpy(normalize(resize_image(image, 320)[0], SPECS[name].mean_bgr))
+    with torch.no_grad():
+        for ref, half in zip(model(x), datafree.to_fp16(model)(x)):
+            assert (ref - half).abs().max() < 0.1
