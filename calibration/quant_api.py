@@ -13,7 +13,7 @@ for AVX2-only targets).
 from __future__ import annotations
 
 import copy
-from typing import Dict, Iterable, List, Mapping, Sequence, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -246,3 +246,19 @@ def float_islands(model: nn.Module, names: Sequence[str], links: Iterable[Tuple[
         if quantize_output:
             rename[f"{name}.quant"] = name
     return model, rename
+
+
+def split_input_quantization(model: nn.Module) -> Tuple[nn.Module, Optional[Tuple[float, int]]]:
+    """A converted model whose first Quantize is removed, and that step's (scale, zero_point).
+
+    The board then feeds the quint8 input its C kernel writes straight from the camera frame,
+    instead of a float blob the model would quantize again. Float models come back unchanged.
+    """
+    from torch.ao.nn.quantized import Quantize
+
+    quant = getattr(model, "quant", None)
+    if not isinstance(quant, Quantize) or quant.dtype != torch.quint8:
+        return model, None
+    stripped = copy.deepcopy(model)
+    stripped.quant = nn.Identity()
+    return stripped, (float(quant.scale), int(quant.zero_point))

@@ -22,7 +22,7 @@ import tempfile
 import warnings
 from functools import lru_cache
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -284,6 +284,21 @@ def quantize_input_c(resized: np.ndarray, mean_bgr: Sequence[float], scale: floa
     if kernels is None:
         return quantize_input(resized, mean_bgr, scale, zero_point)
     return kernels.quantize_input(resized, mean_bgr, scale, zero_point)
+
+
+def quantized_normalizer(scale: float, zero_point: int) -> Callable[[np.ndarray, Sequence[float]], np.ndarray]:
+    """The normalize step of a bundle whose model takes a quint8 input.
+
+    A uint8 frame (a camera frame at the input size) goes straight to the quantized input in one
+    pass; a float32 image (after the reference protocol's float resize) gives the float blob,
+    which the runtime quantizes with the same scale and zero point: identical values either way.
+    """
+    def normalize_quantized(resized: np.ndarray, mean_bgr: Sequence[float]) -> np.ndarray:
+        if resized.dtype == np.uint8:
+            return quantize_input_c(resized, mean_bgr, scale, zero_point)
+        return normalize_c(resized, mean_bgr)
+
+    return normalize_quantized
 
 
 def postprocess_c(loc: np.ndarray, scores: np.ndarray, landm: np.ndarray, priors: np.ndarray,

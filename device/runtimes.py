@@ -88,13 +88,29 @@ def _torchscript(bundle: Bundle, threads: int) -> InferenceFn:
     except Exception as exc:  # torch raises RuntimeError / ValueError for corrupt archives
         raise BundleError(f"cannot load TorchScript model {path}: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
     model.eval()
+    quantized = input_quantization(bundle)
+
+    def to_input(blob: np.ndarray) -> Any:
+        if quantized is None:
+            return torch.from_numpy(np.ascontiguousarray(blob, dtype=np.float32))
+        scale, zero_point = quantized
+        if blob.dtype == np.uint8:  # already quantized by the C kernel: no float pass at all
+            return torch._make_per_tensor_quantized_tensor(torch.from_numpy(blob), scale, zero_point)
+        return torch.quantize_per_tensor(torch.from_numpy(np.ascontiguousarray(blob, dtype=np.float32)),
+                                         scale, zero_point, torch.quint8)
 
     def infer(blob: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         with torch.inference_mode():
-            loc, conf, landm = model(torch.from_numpy(np.ascontiguousarray(blob, dtype=np.float32)))
+            loc, conf, landm = model(to_input(blob))
         return _split_outputs(loc.numpy(), conf.numpy(), landm.numpy())
 
     return infer
+
+
+def input_quantization(bundle: Bundle) -> Optional[Tuple[float, int]]:
+    """(scale, zero_point) when the bundle's model takes a quint8 input, else None."""
+    q = (bundle.manifest.get("input") or {}).get("quantized")
+    return (float(q["scale"]), int(q["zero_point"])) if q else None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -191,6 +207,11 @@ def bundle_detector(bundle: Bundle, threads: int = 1, long_side: Optional[int] =
                     **options: Any) -> FaceDetector:
     """The one way a bundle becomes a detector: the runner, the demo, host evaluation and benchmarks
     all measure exactly this pipeline. ``long_side`` defaults to the bundle's own."""
+    quantized = input_quantization(bundle)
+    if quantized is not None and "normalize" not in options:
+        from .kernels import quantized_normalizer
+
+        options["normalize"] = quantized_normalizer(*quantized)
     return FaceDetector(load_inference(bundle, threads), bundle.spec, int(long_side or bundle.long_side), **options)
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from torch import nn
@@ -15,9 +15,15 @@ MODEL_FILE = "model.pt"
 REPORT_FILE = "report.json"
 
 
-def trace(model: nn.Module, long_side: int) -> torch.jit.ScriptModule:
-    """TorchScript by tracing at a 4:3 input; convolutions and the head reshapes stay size-generic."""
+def trace(model: nn.Module, long_side: int,
+          input_quant: Optional[Tuple[float, int]] = None) -> torch.jit.ScriptModule:
+    """TorchScript by tracing at a 4:3 input; convolutions and the head reshapes stay size-generic.
+
+    With ``input_quant`` (scale, zero point) the model takes a quint8 tensor instead of float32.
+    """
     example = torch.zeros(1, 3, max(8, long_side * 3 // 4), long_side)
+    if input_quant:
+        example = torch.quantize_per_tensor(example, input_quant[0], input_quant[1], torch.quint8)
     with torch.inference_mode():
         return torch.jit.freeze(torch.jit.trace(model.eval(), example, check_trace=False))
 
@@ -27,9 +33,13 @@ def save_torchscript_bundle(model: nn.Module, spec: DetectorSpec, long_side: int
                             calibration: Optional[Dict[str, Any]] = None,
                             report: Optional[Dict[str, Any]] = None) -> Path:
     """Write a self-describing TorchScript bundle; ``engine`` is the quantized engine (None for float)."""
+    input_quant = None
     if engine:
-        torch.backends.quantized.engine = engine
-    scripted = trace(model, long_side)
+        from fdq.calibration.quant_api import set_engine, split_input_quantization
+
+        set_engine(engine)
+        model, input_quant = split_input_quantization(model)
+    scripted = trace(model, long_side, input_quant)
 
     def write_files(folder: Path) -> None:
         torch.jit.save(scripted, str(folder / MODEL_FILE))
@@ -37,7 +47,9 @@ def save_torchscript_bundle(model: nn.Module, spec: DetectorSpec, long_side: int
 
     manifest = {
         "model": {"name": spec.name, "spec": spec.to_dict()},
-        "input": {"long_side": int(long_side), "mean_bgr": list(spec.mean_bgr), "color": "BGR", "layout": "NCHW"},
+        "input": {"long_side": int(long_side), "mean_bgr": list(spec.mean_bgr), "color": "BGR", "layout": "NCHW",
+                  "quantized": ({"dtype": "quint8", "scale": input_quant[0], "zero_point": input_quant[1]}
+                                if input_quant else None)},
         "runtime": "torchscript",
         "backend": {"engine": engine, "dtype": dtype},
         "quantization": quantization,

@@ -137,6 +137,26 @@ def test_level2_int8_bundle_matches_float(backend: str, calib_dir: Path, calib_l
     assert "hard" in report["calibration_report"]["ap_drop"]  # 2 held-back images: maybe no easy face
     torch.jit.load(str(bundle.file("model")))
     assert recall(slim_float, bundle_detections(out, val_images)) >= RECALL_TOLERANCE
+    assert_camera_frames_skip_the_float_blob(bundle, val_images)
+
+
+def assert_camera_frames_skip_the_float_blob(bundle, val_images: List[Path]) -> None:
+    """An int8 bundle's model takes quint8: a camera-size uint8 frame is quantized by the C kernel
+    in one pass, and detects exactly what the float blob quantized by torch detects."""
+    import cv2
+    import numpy as np
+
+    from fdq.device.kernels import normalize_c
+    from fdq.device.runtimes import bundle_detector
+
+    quantized = bundle.manifest["input"]["quantized"]
+    assert quantized["dtype"] == "quint8" and quantized["scale"] > 0
+    frame = cv2.resize(read_image(val_images[0]), (320, 240))
+    direct = bundle_detector(bundle, 1, 320).detect(frame)
+    via_float = bundle_detector(bundle, 1, 320, normalize=normalize_c).detect(frame)
+    assert len(direct) > 0
+    np.testing.assert_array_equal(direct.scores, via_float.scores)
+    np.testing.assert_array_equal(direct.boxes, via_float.boxes)
 
 
 @pytest.mark.parametrize("backend", ["x86", "qnnpack"])
