@@ -1,0 +1,222 @@
+#!/usr/bin/env python3
+"""fdq bundles against YuNet, the tiny detector users would pick instead: AP and latency, one run.
+
+For each model, runtime and long side: AP (easy/medium/hard) on the val split and the p50 latency per
+image at 1 thread, end to end from the resized image (fdq: normalize, inference, decode, NMS; YuNet:
+its whole ``FaceDetectorYN.detect`` call). YuNet runs as its README says is fair: score threshold
+0.02, NMS 0.3, top-k 5000, input size set to the resized image.
+
+    python scripts/bench_peers.py --shared ../shared
+
+Writes docs/bench_peers.json, docs/peers_ap_latency.svg, and the table in docs/BENCHMARKS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Tuple
+
+import cv2
+import numpy as np
+
+from fdq.device.anchors import prior_boxes
+from fdq.device.bundle import load_bundle
+from fdq.device.evaluation import evaluate, load_ground_truth, to_wider_rows
+from fdq.device.images import list_images, read_image
+from fdq.device.preprocess import resize_image, resize_ratio
+from fdq.device.runtimes import bundle_detector
+
+ROOT = Path(__file__).resolve().parents[1]
+MARK_BEGIN, MARK_END = "<!-- bench_peers:begin -->", "<!-- bench_peers:end -->"
+# name -> how to make the bundle from the model's float and int8 TorchScript bundles
+CONFIGS = ("torchscript-fp32", "torchscript-int8-x86", "onnx-fp32", "onnx-int8", "ncnn-fp32")
+
+
+def fdq(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "fdq.host.cli", *args], check=True, stdout=subprocess.DEVNULL)
+
+
+def build_bundles(model: str, work: Path, calib: Path) -> Dict[str, Path]:
+    """Float and int8 (level 2, x86) TorchScript bundles, then the ONNX and NCNN exports."""
+    paths = {c: work / f"{model}-{c}" for c in CONFIGS}
+    steps: List[Tuple[str, List[str]]] = [
+        ("torchscript-fp32", ["quantize", "--model", model, "--fp32", "--out"]),
+        ("torchscript-int8-x86", ["quantize", "--model", model, "--level", "2", "--backend", "x86",
+                                  "--calib", str(calib), "--out"]),
+        ("onnx-fp32", ["export", str(paths["torchscript-fp32"]), "--format", "onnx", "--out"]),
+        ("onnx-int8", ["export", str(paths["torchscript-fp32"]), "--format", "onnx-int8",
+                       "--calib", str(calib), "--out"]),
+        ("ncnn-fp32", ["export", str(paths["torchscript-fp32"]), "--format", "ncnn", "--out"]),
+    ]
+    for name, args in steps:
+        if not (paths[name] / "manifest.yaml").is_file():
+            fdq(*args, str(paths[name]))
+    return paths
+
+
+def run_split(detect: Callable[[np.ndarray], Tuple[np.ndarray, np.ndarray]], images, long_side: int,
+              gt, resize_float: bool) -> Dict[str, float]:
+    """AP over the split and p50 latency of ``detect(resized) -> (boxes_xyxy, scores)`` in resized pixels.
+
+    fdq resizes a float32 image (its reference protocol), YuNet a uint8 one (its own usage); the
+    resize is outside the timed call for both.
+    """
+    predictions, times = {}, []
+    for key, image in images:
+        if resize_float:
+            resized, ratio = resize_image(image, long_side)
+        else:
+            ratio = resize_ratio(image.shape[0], image.shape[1], long_side)
+            resized = cv2.resize(image, None, None, fx=ratio, fy=ratio, interpolation=cv2.INTER_LINEAR)
+        detect(resized)  # warm-up at this size
+        t = time.perf_counter()
+        boxes, scores = detect(resized)
+        times.append((time.perf_counter() - t) * 1e3)
+        predictions[key] = to_wider_rows(boxes / np.float32(ratio), scores)
+    ap = evaluate(predictions, gt)
+    return {"easy": ap["easy"], "medium": ap["medium"], "hard": ap["hard"], "p50_ms": statistics.median(times)}
+
+
+def fdq_detect(bundle_path: Path, long_side: int) -> Callable:
+    bundle = load_bundle(str(bundle_path))
+    detector = bundle_detector(bundle, threads=1, long_side=long_side)
+    def detect(resized: np.ndarray):
+        h, w = resized.shape[:2]
+        blob = detector.normalize(resized, bundle.spec.mean_bgr)
+        loc, scores, landm = detector.infer(blob)
+        priors = prior_boxes(bundle.spec.min_sizes, bundle.spec.steps, h, w, bundle.spec.clip)
+        dets = detector.postprocess(loc, scores, landm, priors, bundle.spec.variance, (w, h), 1.0,
+                                    detector.score_threshold, detector.nms_threshold)
+        return dets.boxes, dets.scores
+    return detect
+
+
+def yunet_detect(onnx_path: Path) -> Callable:
+    net = cv2.FaceDetectorYN.create(str(onnx_path), "", (320, 320), score_threshold=0.02,
+                                    nms_threshold=0.3, top_k=5000)
+
+    def detect(resized: np.ndarray):
+        net.setInputSize((resized.shape[1], resized.shape[0]))
+        _, faces = net.detect(resized)
+        if faces is None:
+            return np.zeros((0, 4), np.float32), np.zeros(0, np.float32)
+        boxes = faces[:, 0:4].copy()
+        boxes[:, 2:] += boxes[:, :2]
+        return boxes, faces[:, 14].astype(np.float32)
+    return detect
+
+
+def frontier(rows: List[dict]) -> List[dict]:
+    """For each YuNet-n operating point: the fastest fdq row at least as accurate (medium AP)."""
+    out = []
+    for peer in (r for r in rows if r["detector"] == "yunet_n"):
+        ok = [r for r in rows if r["detector"].startswith("fdq") and r["medium"] >= peer["medium"]
+              and r["p50_ms"] <= peer["p50_ms"]]
+        best = min(ok, key=lambda r: r["p50_ms"]) if ok else None
+        out.append({"yunet_n_long_side": peer["long_side"], "yunet_n_medium": peer["medium"],
+                    "yunet_n_p50_ms": peer["p50_ms"], "reached": best is not None, "fdq": best})
+    return out
+
+
+def write_outputs(rows: List[dict], args: argparse.Namespace, command: str) -> None:
+    from fdq.device.atomic import atomic_output, atomic_write_text
+
+    front = frontier(rows)
+    atomic_write_text(args.json, json.dumps({"command": command, "threads": 1, "rows": rows,
+                                             "frontier": front}, indent=2) + "\n")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=100)
+    for name in sorted({(r["detector"], r["runtime"]) for r in rows}):
+        pts = sorted((r["p50_ms"], r["medium"]) for r in rows if (r["detector"], r["runtime"]) == name)
+        style = "k--o" if name[0].startswith("yunet") else "-o"
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=f"{name[0]} {name[1]}", markersize=4)
+    ax.set_xscale("log")
+    ax.set_xlabel("p50 latency per image, ms (1 thread, from the resized image)")
+    ax.set_ylabel("medium AP (val split)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    with atomic_output(args.plot) as tmp:
+        fig.savefig(tmp, format=Path(args.plot).suffix.lstrip(".") or "svg")
+    plt.close(fig)
+
+    lines = [MARK_BEGIN, f"`{command}` (1 thread; points at long sides {args.long_sides}):", "",
+             "| detector | runtime | long side | easy | medium | hard | p50 ms |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        lines.append(f"| {r['detector']} | {r['runtime']} | {r['long_side']} | {r['easy']:.4f} | {r['medium']:.4f} "
+                     f"| {r['hard']:.4f} | {r['p50_ms']:.2f} |")
+    lines += ["", "Against YuNet-n, operating point by operating point (fastest fdq configuration at least as "
+              "accurate on medium AP and no slower):", ""]
+    for f in front:
+        if f["reached"]:
+            b = f["fdq"]
+            lines.append(f"- YuNet-n @ {f['yunet_n_long_side']} (medium {f['yunet_n_medium']:.4f}, "
+                         f"{f['yunet_n_p50_ms']:.2f} ms): reached by {b['detector']} {b['runtime']} @ {b['long_side']} "
+                         f"(medium {b['medium']:.4f}, {b['p50_ms']:.2f} ms)")
+        else:
+            lines.append(f"- YuNet-n @ {f['yunet_n_long_side']} (medium {f['yunet_n_medium']:.4f}, "
+                         f"{f['yunet_n_p50_ms']:.2f} ms): **not reached** by any fdq configuration")
+    lines += ["", f"![AP versus latency]({Path(args.plot).name})", MARK_END]
+    md = Path(args.markdown).read_text(encoding="utf-8") if Path(args.markdown).exists() else "# Benchmarks\n"
+    block = "\n".join(lines)
+    if MARK_BEGIN in md:
+        md = md[:md.index(MARK_BEGIN)] + block + md[md.index(MARK_END) + len(MARK_END):]
+    else:
+        md = md.rstrip("\n") + "\n\n## Against YuNet (peers)\n\n" + block + "\n"
+    atomic_write_text(args.markdown, md)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shared", default=os.environ.get("FDQ_SHARED", str(ROOT.parent / "shared")))
+    ap.add_argument("--models", default="slim,rfb,mnet025")
+    ap.add_argument("--long-sides", default="320,480,640")
+    ap.add_argument("--work", default=str(ROOT / "out" / "bench_peers"), help="bundles are built here once")
+    ap.add_argument("--json", default=str(ROOT / "docs" / "bench_peers.json"))
+    ap.add_argument("--plot", default=str(ROOT / "docs" / "peers_ap_latency.svg"))
+    ap.add_argument("--markdown", default=str(ROOT / "docs" / "BENCHMARKS.md"))
+    args = ap.parse_args()
+
+    cv2.setNumThreads(1)
+    shared = Path(args.shared)
+    os.environ.setdefault("FDQ_WEIGHTS_PATH", str(shared / "weights"))
+    split = shared / "data" / "widerface_val_subset" / "val"
+    calib = shared / "data" / "widerface_val_subset" / "calib" / "images"
+    gt = load_ground_truth(split / "ground_truth")
+    images = [(key, read_image(path)) for key, path in list_images(str(split / "images"))]
+    long_sides = [int(v) for v in args.long_sides.split(",")]
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+
+    rows = []
+    for peer in ("yunet_n", "yunet_s"):
+        detect = yunet_detect(shared / "peers" / f"{peer}_dynamic.onnx")
+        for side in long_sides:
+            rows.append({"detector": peer, "runtime": "opencv-dnn", "long_side": side,
+                         **run_split(detect, images, side, gt, resize_float=False)})
+            print(rows[-1], flush=True)
+    for model in args.models.split(","):
+        bundles = build_bundles(model, work, calib)
+        for config, path in bundles.items():
+            for side in long_sides:
+                detect = fdq_detect(path, side)
+                rows.append({"detector": f"fdq {model}", "runtime": config, "long_side": side,
+                             **run_split(detect, images, side, gt, resize_float=True)})
+                print(rows[-1], flush=True)
+    write_outputs(rows, args, "python scripts/bench_peers.py " + " ".join(sys.argv[1:]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
