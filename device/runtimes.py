@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import platform
 import warnings
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -149,40 +149,51 @@ def _onnxruntime(bundle: Bundle, threads: int) -> InferenceFn:
 # --------------------------------------------------------------------------------------------------
 
 
-def _ncnn(bundle: Bundle, threads: int) -> InferenceFn:
+def open_ncnn(param: str, weights: str, threads: int, fp32: bool) -> Any:
+    """An ncnn Net for a .param/.bin pair (also used by the host's export check)."""
     ncnn = _import("ncnn", "ncnn")
     net = ncnn.Net()
     net.opt.num_threads = max(1, int(threads))
     net.opt.use_vulkan_compute = False
-    if str((bundle.manifest.get("backend") or {}).get("dtype", "fp32")) == "fp32":
+    if fp32:
         # ncnn computes in fp16 / bf16 on CPUs that have it unless told not to: an "fp32" bundle
         # must measure fp32 arithmetic, or speed and accuracy would describe another model.
         for flag in ("use_fp16_packed", "use_fp16_storage", "use_fp16_arithmetic", "use_bf16_storage"):
             if hasattr(net.opt, flag):
                 setattr(net.opt, flag, False)
-    param, weights = bundle.file("param"), bundle.file("model")
     if net.load_param(str(param)) != 0:
         raise BundleError(f"ncnn cannot load {param}")
     if net.load_model(str(weights)) != 0:
         raise BundleError(f"ncnn cannot load {weights}")
+    return net
+
+
+def run_ncnn(net: Any, input_name: str, output_names: Sequence[str], blob: np.ndarray) -> List[np.ndarray]:
+    """One forward pass of a batch-of-one NCHW blob; the named outputs as numpy arrays."""
+    ncnn = _import("ncnn", "ncnn")
+    ex = net.create_extractor()
+    ex.input(input_name, ncnn.Mat(np.ascontiguousarray(blob[0], dtype=np.float32)))
+    arrays = []
+    for name in output_names:
+        ret, mat = ex.extract(name)
+        if ret != 0:
+            raise BundleError(f"ncnn could not compute output blob {name!r}")
+        arrays.append(np.array(mat))
+    return arrays
+
+
+def _ncnn(bundle: Bundle, threads: int) -> InferenceFn:
+    fp32 = str((bundle.manifest.get("backend") or {}).get("dtype", "fp32")) == "fp32"
+    net = open_ncnn(str(bundle.file("param")), str(bundle.file("model")), threads, fp32)
     input_name, outputs = _io_names(bundle)
     names = [outputs[r] for r in OUTPUT_ROLES]
     fixed = (bundle.manifest.get("input") or {}).get("fixed_hw")
 
     def infer(blob: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        chw = np.ascontiguousarray(blob[0], dtype=np.float32)
-        if fixed and tuple(chw.shape[1:]) != tuple(int(v) for v in fixed):
-            raise BundleError(f"this ncnn bundle takes a fixed {fixed[1]}x{fixed[0]} input, got "
-                              f"{chw.shape[2]}x{chw.shape[1]}")
-        ex = net.create_extractor()
-        ex.input(input_name, ncnn.Mat(chw))
-        arrays = []
-        for name in names:
-            ret, mat = ex.extract(name)
-            if ret != 0:
-                raise BundleError(f"ncnn could not compute output blob {name!r}")
-            arrays.append(np.array(mat))
-        return _split_outputs(*arrays)
+        height, width = blob.shape[2:]
+        if fixed and (height, width) != tuple(int(v) for v in fixed):
+            raise BundleError(f"this ncnn bundle takes a fixed {fixed[1]}x{fixed[0]} input, got {width}x{height}")
+        return _split_outputs(*run_ncnn(net, input_name, names, blob))
 
     return infer
 

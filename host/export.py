@@ -326,24 +326,10 @@ def ncnn_blob_names(param_path: Path) -> Tuple[str, List[str]]:
 
 
 def _ncnn_outputs(folder: Path, blob: np.ndarray, input_name: str, outputs: List[str]) -> Tuple[np.ndarray, ...]:
-    import ncnn
+    from fdq.device.runtimes import open_ncnn, run_ncnn
 
-    net = ncnn.Net()
-    net.opt.num_threads = 1
-    for flag in ("use_fp16_packed", "use_fp16_storage", "use_fp16_arithmetic", "use_bf16_storage"):
-        if hasattr(net.opt, flag):
-            setattr(net.opt, flag, False)
-    net.load_param(str(folder / NCNN_PARAM))
-    net.load_model(str(folder / NCNN_BIN))
-    ex = net.create_extractor()
-    ex.input(input_name, ncnn.Mat(np.ascontiguousarray(blob[0])))
-    result = []
-    for name in outputs:
-        ret, mat = ex.extract(name)
-        if ret != 0:
-            raise RuntimeError(f"ncnn could not compute {name}")
-        result.append(np.array(mat))
-    return tuple(result)
+    net = open_ncnn(str(folder / NCNN_PARAM), str(folder / NCNN_BIN), threads=1, fp32=True)
+    return tuple(run_ncnn(net, input_name, outputs, blob))
 
 
 def _verify_ncnn(model: nn.Module, folder: Path, blobs: List[np.ndarray], input_name: str,
