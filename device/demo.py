@@ -30,7 +30,7 @@ import time
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
@@ -64,10 +64,6 @@ INDEX_HTML = """<!doctype html>
 
 class DemoError(Exception):
     """A user-facing failure: printed as one ``fdq-demo: error:`` line, exit code 1."""
-
-
-class _Stop(Exception):
-    """SIGTERM: stop like Ctrl-C."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -453,20 +449,26 @@ def _info(message: str) -> None:
 
 
 @contextmanager
-def _sigterm_as_stop() -> Iterator[None]:
-    """In the main thread, SIGTERM stops the demo as cleanly as Ctrl-C."""
+def _stop_on_signals() -> Iterator[Dict[str, Optional[int]]]:
+    """SIGINT and SIGTERM ask the frame loop to stop; it checks between frames.
+
+    The handler only records the signal: an exception raised inside it could land in the middle of
+    a ctypes call (the C kernels) and come out wrapped as an unrelated error.
+    """
+    state: Dict[str, Optional[int]] = {"signal": None}
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield state
         return
 
     def handler(signum: int, frame: Any) -> None:
-        raise _Stop()
+        state["signal"] = signum
 
-    old = signal.signal(signal.SIGTERM, handler)
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield state
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -477,14 +479,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SystemExit as exc:  # usage error or --help: argparse already printed
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     try:
-        with _sigterm_as_stop():
-            return _run(args, serve)
-    except KeyboardInterrupt:
-        _info("interrupted")
-        return 130
-    except _Stop:
-        _info("terminated")
-        return 143
+        with _stop_on_signals() as stop:
+            code = _run(args, serve, stop)
+        if stop["signal"] is not None:
+            _info("interrupted" if stop["signal"] == signal.SIGINT else "terminated")
+            return 128 + int(stop["signal"])
+        return code
     except DemoError as exc:
         return _error(str(exc))
 
@@ -504,7 +504,7 @@ def _load_detector(args: argparse.Namespace) -> Any:
         raise DemoError(f"cannot load bundle {args.bundle}: {exc}") from None
 
 
-def _run(args: argparse.Namespace, serve: Optional[Tuple[str, int]]) -> int:
+def _run(args: argparse.Namespace, serve: Optional[Tuple[str, int]], stop: Dict[str, Optional[int]]) -> int:
     source = parse_source(args.source)
     cap, frame = open_source(source)  # fails fast, before the (slower) bundle loading
     server = None
@@ -522,27 +522,23 @@ def _run(args: argparse.Namespace, serve: Optional[Tuple[str, int]]) -> int:
             server, _, url = start_server(serve[0], serve[1], hub)
             _info(f"serving {url} (stream {url}stream.mjpg, still {url}frame.jpg)")
         t_start = time.perf_counter()
-        interrupted: Optional[BaseException] = None
-        try:
-            while frame is not None:
-                dets = detector.detect(frame).above(args.threshold)
-                timings = dict(detector.last_timings_ms)
-                detect_ms.append(timings.get("total", 0.0))
-                draw_detections(frame, dets, timings)
-                if output is not None:
-                    output.write(frame)
-                if server is not None:
-                    hub.publish(frame)  # cap.read() returns a fresh array: no copy needed
-                frames += 1
-                if args.max_frames is not None and frames >= args.max_frames:
-                    break
-                ok, frame = cap.read()
-                if not ok:
-                    frame = None
-        except (KeyboardInterrupt, _Stop) as exc:
-            interrupted = exc  # a clean stop: keep what was recorded
+        while frame is not None and stop["signal"] is None:
+            dets = detector.detect(frame).above(args.threshold)
+            timings = dict(detector.last_timings_ms)
+            detect_ms.append(timings.get("total", 0.0))
+            draw_detections(frame, dets, timings)
+            if output is not None:
+                output.write(frame)
+            if server is not None:
+                hub.publish(frame)  # cap.read() returns a fresh array: no copy needed
+            frames += 1
+            if args.max_frames is not None and frames >= args.max_frames:
+                break
+            ok, frame = cap.read()
+            if not ok:
+                frame = None
         cap.release()
-        if output is not None:
+        if output is not None and frames > 0:
             output.commit()
             committed = True
         elapsed = time.perf_counter() - t_start
@@ -550,12 +546,12 @@ def _run(args: argparse.Namespace, serve: Optional[Tuple[str, int]]) -> int:
         fps = frames / elapsed if elapsed > 0 else 0.0
         _info(f"{frames} frames, {fps:.1f} fps overall, detection {mean_ms:.1f} ms/frame"
               + (f", wrote {args.output}" if output is not None else ""))
-        if interrupted is not None:
-            raise interrupted
-        if server is not None and args.linger > 0:
+        if server is not None and args.linger > 0 and stop["signal"] is None:
             _info(f"source finished; serving the last frame for {args.linger:g} s (Ctrl-C to stop)")
-            time.sleep(args.linger)
-        return 0
+            deadline = time.monotonic() + args.linger
+            while time.monotonic() < deadline and stop["signal"] is None:
+                time.sleep(0.1)
+        return 0  # a signal is a clean stop: what was recorded is kept
     finally:
         cap.release()
         if output is not None and not committed:

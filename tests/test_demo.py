@@ -7,6 +7,7 @@ counted in its output, in the served JPEGs and in a browser screenshot of the pa
 from __future__ import annotations
 
 import queue
+import os
 import re
 import shutil
 import signal
@@ -152,19 +153,21 @@ def test_failure_removes_partial_output(bundle_dir, video, tmp_path, monkeypatch
 
 
 def test_ctrl_c_keeps_recorded_frames_and_exits_130(bundle_dir, video, tmp_path, monkeypatch, capsys):
+    """A real SIGINT during the third frame: that frame completes, the loop stops, the video is kept."""
     calls = []
+    real_draw = demo.draw_detections
 
     def interrupted_draw(image, dets, timings_ms=None):
         calls.append(1)
         if len(calls) == 3:
-            raise KeyboardInterrupt
-        return image
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_draw(image, dets, timings_ms)
 
     monkeypatch.setattr(demo, "draw_detections", interrupted_draw)
     out = tmp_path / "out.mp4"
     assert main(demo_args(bundle_dir, video, "--output", str(out))) == 130
     assert "Traceback" not in capsys.readouterr().err
-    assert len(read_all(out)) == 2
+    assert len(read_all(out)) == 3 and len(calls) == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]
 
 
