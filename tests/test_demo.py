@@ -18,7 +18,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import List, Tuple
+from typing import List
 
 import cv2
 import numpy as np
