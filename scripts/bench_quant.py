@@ -217,9 +217,9 @@ NOTES = [
     "convolutions, depthwise included (checked by converting and running both), so the per-tensor default of "
     "its qconfig is not needed; per-tensor weights collapse mnet025 (two folded depthwise layers have "
     "per-channel ranges 62x and 27x their median).",
-    "* **Cross-layer equalization on by default** (`--no-cle` to disable): it makes per-tensor weights "
-    "usable (compare the mnet025 rows `L2 histogram` and `L2 histogram, per-tensor, no CLE` above) and "
-    "evens activation ranges before per-channel int8.",
+    "* **Cross-layer equalization on by default** (`--no-cle` to disable): "
+    "without it, per-tensor weights collapse mnet025 (row `L2 histogram, per-tensor, no CLE` above); with "
+    "it they do not (checked by `tests/test_calibration.py`). It also evens activation ranges before per-channel int8.",
     "* **No reduce_range**: 7-bit activations cost AP points; they only protect x86/fbgemm CPUs without "
     "VNNI from int16 saturation. `--reduce-range` opts in for AVX2-only targets.",
     "* Every int8 bundle's `report.json` compares float and int8 on held-back calibration images and "
