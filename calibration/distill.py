@@ -19,7 +19,7 @@ from .qat import DEFAULT_ITERS, FinetuneOptions, Log, finetune
 
 def run_level4(model_name: str, float_model: nn.Module, images_dir: str, labels: Optional[LabelSource] = None,
                backend: str = "x86", long_side: int = 320, iters: int = DEFAULT_ITERS, statassist: bool = True,
-               gradboost: bool = True, observer: str = "moving-minmax", per_channel: bool = True,
+               gradboost: bool = True, observer: str = "histogram", per_channel: bool = True,
                log: Log = None, **options: Any) -> Tuple[nn.Module, Dict[str, Any]]:
     """Level 4: distillation-only QAT; returns (int8 model of the best checkpoint, report).
 

@@ -12,8 +12,9 @@ for AVX2-only targets).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -119,6 +120,20 @@ def convert(model: nn.Module) -> nn.Module:
 def freeze_observers(model: nn.Module) -> nn.Module:
     """Stop updating quantization ranges (late QAT epochs)."""
     return model.apply(tq.disable_observer)
+
+
+@contextlib.contextmanager
+def observers_paused(model: nn.Module) -> Iterator[nn.Module]:
+    """Fake-quantize ``model`` without updating any observer, then restore each one's previous state."""
+    fakes = [m for m in model.modules() if isinstance(m, tq.FakeQuantizeBase)]
+    enabled = [bool(m.observer_enabled[0]) for m in fakes]
+    model.apply(tq.disable_observer)
+    try:
+        yield model
+    finally:
+        for m, on in zip(fakes, enabled):
+            if on:
+                m.enable_observer()
 
 
 def freeze_bn_stats(model: nn.Module) -> nn.Module:

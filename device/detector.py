@@ -19,6 +19,9 @@ from .postprocess import Detections, PostprocessFn, select_postprocess
 from .preprocess import resize_image, resize_ratio
 from .spec import DetectorSpec
 
+# Batch-of-one NCHW blob -> (loc (N, 4), scores (N,), landmarks (N, 10)). The blob is float32, or the
+# uint8 quantized input of an int8 bundle, an NCHW-shaped view that may be channels-last in memory:
+# never assume it is C-contiguous.
 InferenceFn = Callable[[np.ndarray], Tuple[np.ndarray, np.ndarray, np.ndarray]]
 NormalizeFn = Callable[[np.ndarray, Sequence[float]], np.ndarray]
 

@@ -114,14 +114,15 @@ class Kernels:
 
     def quantize_input(self, resized: np.ndarray, mean_bgr: Sequence[float], scale: float,
                        zero_point: int) -> np.ndarray:
-        """uint8 HWC -> the quint8 NCHW input of an int8 model, skipping the float blob."""
+        """uint8 HWC -> the quint8 input of an int8 model, skipping the float blob: shape
+        (1, 3, H, W), channels-last in memory (see :func:`quantize_input`)."""
         height, width = _hwc3(resized)
         if resized.dtype != np.uint8:
             raise TypeError(f"quantize kernel takes a uint8 image, got {resized.dtype}")
-        out = np.empty((1, 3, height, width), dtype=np.uint8)
+        out = np.empty((1, height, width, 3), dtype=np.uint8)
         self._lib.fdq_quantize_u8(np.ascontiguousarray(resized), height, width, *_mean(mean_bgr),
                                   float(np.float32(scale)), int(zero_point), out)
-        return out
+        return out.transpose(0, 3, 1, 2)
 
     def decode(self, loc: np.ndarray, scores: np.ndarray, landm: np.ndarray, priors: np.ndarray,
                variances: Sequence[float], input_size: Tuple[int, int], ratio: float,
@@ -272,14 +273,22 @@ def normalize_c(resized: np.ndarray, mean_bgr: Sequence[float]) -> np.ndarray:
 
 def quantize_input(resized: np.ndarray, mean_bgr: Sequence[float], scale: float, zero_point: int) -> np.ndarray:
     """numpy reference of the quantized input: ``torch.quantize_per_tensor`` of the normalized
-    blob (multiply by ``1 / scale`` in float32, round half to even, add the zero point, saturate)."""
+    blob (multiply by ``1 / scale`` in float32, round half to even, add the zero point, saturate).
+
+    Shape (1, 3, H, W) as a view of (1, H, W, 3) memory: channels-last, the layout quantized
+    convolutions on x86 / onednn compute in, so the model's first one copies nothing. Computed in
+    HWC order with the same float32 operations as :func:`normalize`, hence the same values.
+    """
+    mean = np.asarray(mean_bgr, dtype=np.float32).reshape(3)
     inv_scale = np.float32(1) / np.float32(scale)
-    q = np.rint(normalize(resized, mean_bgr) * inv_scale) + np.float32(zero_point)
-    return np.clip(q, 0, 255).astype(np.uint8)
+    q = np.rint((resized.astype(np.float32, copy=False) - mean) * inv_scale) + np.float32(zero_point)
+    # reshape, not [None]: a 0 batch stride makes torch's quantized tensor fall back to NCHW
+    return np.clip(q, 0, 255).astype(np.uint8).reshape(1, *q.shape).transpose(0, 3, 1, 2)
 
 
 def quantize_input_c(resized: np.ndarray, mean_bgr: Sequence[float], scale: float, zero_point: int) -> np.ndarray:
-    """uint8 HWC -> quint8 NCHW model input in one pass when the C kernels are available."""
+    """uint8 HWC -> quint8 model input (NCHW shape, channels-last memory) in one pass when the C
+    kernels are available; identical to :func:`quantize_input` otherwise."""
     kernels = load_kernels()
     if kernels is None:
         return quantize_input(resized, mean_bgr, scale, zero_point)
@@ -290,8 +299,9 @@ def quantized_normalizer(scale: float, zero_point: int) -> Callable[[np.ndarray,
     """The normalize step of a bundle whose model takes a quint8 input.
 
     A uint8 frame (a camera frame at the input size) goes straight to the quantized input in one
-    pass; a float32 image (after the reference protocol's float resize) gives the float blob,
-    which the runtime quantizes with the same scale and zero point: identical values either way.
+    pass, channels-last as the int8 convolutions want it; a float32 image (after the reference
+    protocol's float resize) gives the float blob, which the runtime quantizes with the same scale
+    and zero point: identical values either way.
     """
     def normalize_quantized(resized: np.ndarray, mean_bgr: Sequence[float]) -> np.ndarray:
         if resized.dtype == np.uint8:

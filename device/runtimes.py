@@ -3,7 +3,10 @@
 :func:`load_inference` turns a verified :class:`~fdq.device.bundle.Bundle` into the
 :data:`~fdq.device.detector.InferenceFn` that :class:`~fdq.device.detector.FaceDetector` calls:
 a float32 NCHW blob (batch of one) -> ``(loc (N, 4), scores (N,), landmarks (N, 10))`` numpy
-arrays, ``scores`` being the softmax face probability.
+arrays, ``scores`` being the softmax face probability. A TorchScript bundle whose model takes a
+quint8 input (``input.quantized``) also accepts the uint8 blob of
+:func:`~fdq.device.kernels.quantize_input_c`: NCHW-shaped, usually a channels-last view, a layout
+passed on to the model as is (its int8 convolutions compute in channels-last).
 
 Each runtime is imported only when a bundle asks for it, so a board needs only the one it runs.
 
@@ -91,6 +94,8 @@ def _torchscript(bundle: Bundle, threads: int) -> InferenceFn:
     quantized = input_quantization(bundle)
 
     def to_input(blob: np.ndarray) -> Any:
+        """The model's input tensor; a uint8 blob keeps its strides: a channels-last one spares the
+        first quantized convolution its NCHW -> NHWC copy."""
         if quantized is None:
             return torch.from_numpy(np.ascontiguousarray(blob, dtype=np.float32))
         scale, zero_point = quantized

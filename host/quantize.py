@@ -93,8 +93,20 @@ def _check_args(args: argparse.Namespace) -> None:
             raise QuantizeError("--ap-budget is a number of AP points >= 0")
         if not (int8 and args.level in (1, 2) and args.calib):
             raise QuantizeError("--ap-budget needs int8 level 1 or 2 and --calib images to measure the drop on")
-    if (args.sensitivity or args.cle is not None or args.bias_correction) and not (int8 and args.level in (1, 2)):
-        raise QuantizeError("--sensitivity, --cle and --bias-correction apply to int8 levels 1 and 2")
+    if (args.sensitivity or args.bias_correction) and not (int8 and args.level in (1, 2)):
+        raise QuantizeError("--sensitivity and --bias-correction apply to int8 levels 1 and 2")
+    if args.cle is not None and not int8:
+        raise QuantizeError("--cle applies to int8 levels 1-4")
+    training = {"--warmup-iters": args.warmup_iters, "--lr": args.lr, "--freeze-bn-after": args.freeze_bn_after,
+                "--freeze-observers-after": args.freeze_observers_after}
+    given = [flag for flag, value in training.items() if value is not None]
+    if given and args.level not in (3, 4):
+        raise QuantizeError(f"{', '.join(given)} apply to levels 3 and 4 (fine-tuning)")
+    if any(value is not None and value < 0 for value in training.values()):
+        raise QuantizeError(f"{', '.join(given)} must be >= 0")
+    if args.freeze_bn_after and args.cle is not False:
+        raise QuantizeError("--freeze-bn-after N > 0 trains BatchNorm statistics, which cross-layer equalization "
+                            "folds into the convolutions first: add --no-cle")
     if args.long_side < 32:
         raise QuantizeError("--long-side must be at least 32")
     if args.iters is not None and args.iters < 1:
@@ -220,6 +232,9 @@ def _qat(args: argparse.Namespace, model: nn.Module, report: Dict[str, Any]) -> 
         options["iters"] = args.iters
     if args.observer:
         options["observer"] = args.observer
+    for name in ("cle", "warmup_iters", "lr", "freeze_bn_after", "freeze_observers_after"):
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
     quantized, qat_report = run(args.model, model, args.calib, args.labels, **options)
     report["training"] = qat_report
     effective = {k: qat_report[k] for k in _QAT_MANIFEST_KEYS if k in qat_report}
@@ -310,9 +325,16 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--reduce-range", action="store_true",
                    help="7-bit activations, for x86/fbgemm targets without VNNI (AVX2 only)")
     p.add_argument("--cle", action=argparse.BooleanOptionalAction, default=None,
-                   help="cross-layer equalization before quantizing (default on for int8 levels 1-2)")
+                   help="cross-layer equalization before quantizing (default on for int8; levels 3-4 "
+                        "then fine-tune the level-2 model)")
     p.add_argument("--bias-correction", action="store_true", help="correct the mean error of weight rounding")
     p.add_argument("--iters", type=int, help="level 1: BN-distillation steps (default 200); levels 3-4: QAT iterations")
+    p.add_argument("--warmup-iters", type=int, help="levels 3-4: StatAssist float warm-up iterations (default 20)")
+    p.add_argument("--lr", type=float, help="levels 3-4: learning rate (default 1e-5, Adam)")
+    p.add_argument("--freeze-bn-after", type=int,
+                   help="levels 3-4 with --no-cle: QAT iterations before BatchNorm statistics freeze (default 0)")
+    p.add_argument("--freeze-observers-after", type=int,
+                   help="levels 3-4: QAT iterations before weight observers freeze (default half of --iters)")
     p.add_argument("--statassist", action=argparse.BooleanOptionalAction, default=True, help="levels 3-4")
     p.add_argument("--gradboost", action=argparse.BooleanOptionalAction, default=True, help="levels 3-4")
     p.add_argument("--sensitivity", action="store_true", help="per-layer sensitivity report (needs --calib)")

@@ -4,8 +4,10 @@
 Every row is a real bundle written by ``fdq quantize`` (the product path), loaded back with the
 device loader and scored on the val images with the official protocol at each long side (a
 bundle per long side: calibration sees the resolution it will run at). Latency: median over
-``--runs`` calls after ``--warmup`` calls of a 320x240 input on one thread, for every bundle built
-at long side 320 and for the float model in eager PyTorch, all in this one process.
+``--runs`` calls after ``--warmup`` calls on one thread, for every bundle built at long side 320
+and for the float model in eager PyTorch, all in this one process. Each gets the input its own
+preprocessing makes of one 320x240 uint8 frame, as on the board: an int8 bundle the quint8
+channels-last blob of the C kernel, the others (and eager) the float32 NCHW blob.
 
 Writes ``--json`` (every number) and ``--markdown`` (tables and the goal checks).
 
@@ -37,7 +39,10 @@ from fdq.calibration.report import QuantizationCollapseWarning
 from fdq.device.bundle import load_bundle
 from fdq.device.detector import FaceDetector, InferenceFn
 from fdq.device.evaluation import SETTINGS, load_ground_truth
-from fdq.device.runtimes import load_inference
+from fdq.device.images import list_images, read_image
+from fdq.device.kernels import normalize_c
+from fdq.device.preprocess import resize_image
+from fdq.device.runtimes import bundle_detector
 from fdq.host.evaluate import evaluate_detector
 from fdq.host.quantize import quantize_command, register
 from fdq.host.torch_inference import torch_inference
@@ -46,6 +51,7 @@ from fdq.models import MODEL_NAMES, SPECS, load_model
 
 LATENCY_HW = (240, 320)
 GOAL_AP_POINTS = 1.0
+GOAL_QAT_AP_POINTS = 0.5
 GOAL_LATENCY_RATIO = 0.25
 GOAL_SIZE_RATIO = 0.40
 
@@ -112,9 +118,19 @@ def paired_median_ms(reference: Callable[[], Any], candidate: Callable[[], Any],
     return round(statistics.median(times[0]), 3), round(statistics.median(times[1]), 3)
 
 
-def latency_input() -> np.ndarray:
-    rng = np.random.default_rng(0)
-    return rng.uniform(-120, 130, size=(1, 3, *LATENCY_HW)).astype(np.float32)
+def latency_frame(val_images: str) -> Tuple[np.ndarray, str]:
+    """The frame every latency is measured on, as a camera delivers it (uint8 BGR, exactly
+    LATENCY_HW), so each runtime is timed on the input its own preprocessing makes: the first val
+    image resized to that long side, centred, cropped or zero-padded. Returns it and its key."""
+    key, path = list_images(val_images)[0]
+    resized, _ = resize_image(read_image(path), max(LATENCY_HW))
+    resized = np.clip(np.rint(resized), 0, 255).astype(np.uint8)
+    (out_h, out_w), (in_h, in_w) = LATENCY_HW, resized.shape[:2]
+    h, w = min(in_h, out_h), min(in_w, out_w)
+    top, left, y, x = (in_h - h) // 2, (in_w - w) // 2, (out_h - h) // 2, (out_w - w) // 2
+    frame = np.zeros((out_h, out_w, 3), np.uint8)
+    frame[y:y + h, x:x + w] = resized[top:top + h, left:left + w]
+    return frame, key
 
 
 def score(infer: InferenceFn, model_name: str, long_side: int, val_images: str, gt: Any) -> Dict[str, float]:
@@ -149,7 +165,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     rows = [r for r in rows_for(args.levels, args.observers, calib, str(data / "calib" / "ground_truth"),
                                 args.qat_iters) if level_available(r.level)]
     skipped = sorted({r for r in args.levels if r in ("l3", "l4")} - {f"l{r.level}" for r in rows})
-    blob = latency_input()
+    frame, frame_key = latency_frame(val_images)
     results: List[Dict[str, Any]] = []
     eager: Dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="bench_quant.") as tmp:
@@ -157,6 +173,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         for model in args.models:
             float_model = load_model(model, resolve_weights(model, None)).eval()
             eager_infer = torch_inference(float_model)
+            eager_blob = normalize_c(frame, SPECS[model].mean_bgr)
             eager_times: List[float] = []
             for row in rows:
                 for backend in (args.backends if row.backend else [None]):
@@ -165,16 +182,20 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                     for long_side in args.long_sides:
                         built = build(model, row, backend, long_side, work)
                         bundle = built["bundle"]
-                        infer = load_inference(bundle, threads=1)
-                        torch.set_num_threads(1)
-                        entry["ap"][str(long_side)] = score(infer, model, long_side, val_images, gt)
+                        entry["ap"][str(long_side)] = score(bundle_detector(bundle, threads=1).infer, model, long_side,
+                                                            val_images, gt)
                         entry["warnings"][str(long_side)] = built["warnings"]
                         entry.setdefault("quantize_seconds", {})[str(long_side)] = built["quantize_seconds"]
                         entry.setdefault("commands", []).append(built["command"])
                         if long_side == min(args.long_sides):
                             entry["model_bytes"] = bundle.file("model").stat().st_size
+                            # A fresh load: x86 (oneDNN) int8 convolutions keep a fast path for the first
+                            # input shape they see only, and scoring just fed them every val image's shape.
+                            timed = bundle_detector(bundle, threads=1)
+                            blob = timed.normalize(frame, bundle.spec.mean_bgr)
+                            entry["latency_input"] = str(blob.dtype)
                             entry["eager_ms"], entry["latency_ms"] = paired_median_ms(
-                                lambda: eager_infer(blob), lambda: infer(blob), args.warmup, args.runs)
+                                lambda: eager_infer(eager_blob), lambda: timed.infer(blob), args.warmup, args.runs)
                             entry["latency_vs_eager"] = round(entry["latency_ms"] / entry["eager_ms"], 3)
                             eager_times.append(entry["eager_ms"])
                     results.append(entry)
@@ -186,7 +207,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                             "machine": platform.machine(), "processor": platform.processor() or platform.machine(),
                             "threads": 1},
             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-            "latency_input_hw": list(LATENCY_HW), "eager_fp32_ms": eager, "skipped_levels": skipped,
+            "latency_input_hw": list(LATENCY_HW), "latency_image": frame_key, "eager_fp32_ms": eager,
+            "skipped_levels": skipped,
             "rows": results}
 
 
@@ -206,6 +228,22 @@ def add_goals(doc: Dict[str, Any]) -> None:
                           "size_le_40pct": r["size_vs_fp32"] <= GOAL_SIZE_RATIO}
             if r["backend"] == "x86":
                 r["goals"]["latency_le_0.25x_eager"] = r["latency_vs_eager"] <= GOAL_LATENCY_RATIO
+        if r["row"] == "l3":
+            r["goals"] = {"ap_within_0.5pt": r["max_ap_drop"] <= GOAL_QAT_AP_POINTS}
+
+
+def merge(docs: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    """One document from runs split over processes (e.g. one per backend): their rows, each float
+    row once per model, and the eager time of a model as the median over every run's rows."""
+    rows: List[Dict[str, Any]] = []
+    for doc in docs:
+        rows += [r for r in doc["rows"] if not (r["backend"] is None and any(
+            (q["model"], q["row"]) == (r["model"], r["row"]) for q in rows))]
+    eager = {m: round(statistics.median(r["eager_ms"] for r in rows if r["model"] == m and "eager_ms" in r), 3)
+             for m in dict.fromkeys(r["model"] for r in rows)}
+    return {**docs[0], "created": max(d["created"] for d in docs), "command": " and ".join(d["command"] for d in docs),
+            "eager_fp32_ms": eager, "skipped_levels": sorted({s for d in docs for s in d["skipped_levels"]}),
+            "rows": rows}
 
 
 NOTES = [
@@ -222,6 +260,12 @@ NOTES = [
     "it they do not (checked by `tests/test_calibration.py`). It also evens activation ranges before per-channel int8.",
     "* **No reduce_range**: 7-bit activations cost AP points; they only protect x86/fbgemm CPUs without "
     "VNNI from int16 saturation. `--reduce-range` opts in for AVX2-only targets.",
+    "* **Levels 3 and 4 fine-tune the level-2 model** (BatchNorm folded, CLE, histogram activations frozen "
+    "after calibration) with Adam at 1e-5: distillation from the float model on every anchor it scores >= "
+    "0.05 (plus the ground-truth multibox loss at weight 0.1 for level 3). StatAssist's float warm-up fills "
+    "the optimizer state and its weight updates are undone; GradBoost's noise decays by 5 % per iteration. "
+    "The checkpoint kept (the untrained level-2 one included) has the lowest distillation loss on the "
+    "held-back quarter of the calibration images.",
     "* Every int8 bundle's `report.json` compares float and int8 on held-back calibration images and "
     "warns (QuantizationCollapseWarning, `warnings` list) when int8 loses more than 5 AP points or 20% of "
     "the float faces.",
@@ -238,6 +282,9 @@ def markdown(doc: Dict[str, Any]) -> str:
              "AP: WIDER FACE val subset (64 images), official protocol, points. A bundle per long side "
              "(calibrated at that side). Size: the bundle's model file. Latency: median ms of one "
              f"{doc['latency_input_hw'][1]}x{doc['latency_input_hw'][0]} inference, 1 thread, after warm-up; "
+             "each runtime gets the input its preprocessing produces from the same uint8 frame "
+             f"(`{doc['latency_image']}`, centred): int8 bundles the quint8 channels-last blob straight from "
+             "the C kernel, the others and eager the float32 NCHW blob. "
              "`/eager` is the ratio to the float model in eager PyTorch, timed alternately with the bundle "
              "(so load from other processes affects both alike).", ""]
     if doc["skipped_levels"]:
@@ -257,18 +304,20 @@ def markdown(doc: Dict[str, Any]) -> str:
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     lines += NOTES
-    goals = [(r["model"], r["backend"], g, ok) for r in doc["rows"] for g, ok in r.get("goals", {}).items()]
+    goals = [(r["model"], r["label"], r["backend"], g, ok) for r in doc["rows"] for g, ok in r.get("goals", {}).items()]
     if goals:
-        lines += ["## Goals (level 2, default options: histogram, per-channel, CLE)", "",
-                  "| model | backend | goal | met |", "|---|---|---|---|"]
-        lines += [f"| {m} | {b} | {g} | {'yes' if ok else '**no**'} |" for m, b, g, ok in goals]
+        lines += ["## Goals (level 2 with default options: histogram, per-channel, CLE; level 3 with "
+                  "StatAssist + GradBoost)", "", "| model | row | backend | goal | met |", "|---|---|---|---|---|"]
+        lines += [f"| {m} | {row} | {b} | {g} | {'yes' if ok else '**no**'} |" for m, row, b, g, ok in goals]
         lines.append("")
     return "\n".join(lines)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", required=True, help="WIDER subset root with val/ and calib/ (images/, ground_truth/)")
+    p.add_argument("--data", help="WIDER subset root with val/ and calib/ (images/, ground_truth/)")
+    p.add_argument("--from-json", nargs="+", metavar="JSON",
+                   help="run nothing: merge these --json outputs (e.g. one per backend) into --json/--markdown")
     p.add_argument("--models", type=lambda s: s.split(","), default=list(MODEL_NAMES))
     p.add_argument("--backends", type=lambda s: s.split(","), default=["x86", "qnnpack"])
     p.add_argument("--levels", type=lambda s: s.split(","), default=["fp32", "fp16", "l1", "l2", "l3", "l4"],
@@ -284,7 +333,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     unknown = sorted(set(args.levels) - {"fp32", "fp16", "l1", "l2", "l3", "l4"})
     if unknown:
         p.error(f"unknown rows: {', '.join(unknown)}")
-    doc = run(args)
+    if args.from_json:
+        doc = merge([json.loads(Path(p).read_text(encoding="utf-8")) for p in args.from_json])
+    elif args.data:
+        doc = run(args)
+    else:
+        p.error("give --data (run) or --from-json (merge)")
     add_goals(doc)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")

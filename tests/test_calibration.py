@@ -142,7 +142,8 @@ def test_level2_int8_bundle_matches_float(backend: str, calib_dir: Path, calib_l
 
 def assert_camera_frames_skip_the_float_blob(bundle, val_images: List[Path]) -> None:
     """An int8 bundle's model takes quint8: a camera-size uint8 frame is quantized by the C kernel
-    in one pass, and detects exactly what the float blob quantized by torch detects."""
+    in one pass (channels-last), and detects exactly what the float blob (NCHW) quantized by torch
+    detects."""
     import cv2
     import numpy as np
 
@@ -157,6 +158,7 @@ def assert_camera_frames_skip_the_float_blob(bundle, val_images: List[Path]) -> 
     assert len(direct) > 0
     np.testing.assert_array_equal(direct.scores, via_float.scores)
     np.testing.assert_array_equal(direct.boxes, via_float.boxes)
+    np.testing.assert_array_equal(direct.landmarks, via_float.landmarks)
 
 
 @pytest.mark.parametrize("backend", ["x86", "qnnpack"])
@@ -228,6 +230,8 @@ def _assert_nothing_written(out: Path) -> None:
     (["--backend", "x86", "--observer", "median"], ValueError, "unknown observer 'median'"),
     (["--backend", "qnnpack", "--reduce-range"], QuantizeError, "reduce-range"),
     ([], QuantizeError, "needs --backend"),
+    (["--backend", "x86", "--lr", "1e-4"], QuantizeError, "apply to levels 3 and 4"),
+    (["--backend", "x86", "--level", "3", "--labels", "gt", "--freeze-bn-after", "5"], QuantizeError, "--no-cle"),
 ])
 def test_bad_options_fail_before_any_work(argv: List[str], error: type, match: str, tmp_path: Path,
                                           calib_dir: Path) -> None:
@@ -344,3 +348,26 @@ def test_fp16_tracks_float_on_a_real_image(weights_env: Path, shared_dir: Path, 
     with torch.no_grad():
         for ref, half in zip(model(x), datafree.to_fp16(model)(x)):
             assert (ref - half).abs().max() < 0.1
+
+
+@pytest.mark.parametrize("level, backend", [("3", "x86"), ("4", "qnnpack")])
+def test_finetuned_bundle_matches_float(level: str, backend: str, calib_dir: Path, calib_labels: Path,
+                                        tmp_path: Path, weights_env: Path, slim_float: List[Detections],
+                                        val_images: List[Path]) -> None:
+    """Levels 3 (labels) and 4 (none) through the CLI: a short run (3 warm-up + 6 QAT iterations on the
+    8 calibration images) writes a loadable bundle that records its training and agrees with float."""
+    out = tmp_path / "bundle"
+    labels = ["--labels", str(calib_labels)] if level == "3" else []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize_command(parse("--model", "slim", "--level", level, "--backend", backend, "--calib", str(calib_dir),
+                               *labels, "--iters", "6", "--warmup-iters", "3", "--freeze-observers-after", "4",
+                               "--out", str(out)))
+    bundle = load_bundle(str(out))
+    q = bundle.manifest["quantization"]
+    assert q["method"] == ("qat" if level == "3" else "qat-distill") and q["iters"] == 6 and q["options"]["cle"] is True
+    assert q["options"]["warmup_iters"] == 3 and q["options"]["freeze_observers_after"] == 4
+    assert bundle.engine == backend
+    training = json.loads(bundle.file("report").read_text())["training"]
+    assert training["warmup_iters_done"] == 3 and training["selection"] == "heldout_both"
+    assert recall(slim_float, bundle_detections(out, val_images)) >= RECALL_TOLERANCE

@@ -98,15 +98,22 @@ def test_normalize_kernel_on_the_resized_float_image(kernels, shared_dir):
 @pytest.mark.parametrize("scale,zero_point", [(2.0, 128), (1.0, 0), (0.5, 100), (0.7371, 131), (1.9921875, 255),
                                               (0.0123, 7)])
 def test_quantize_kernel_equals_torch(kernels, scale, zero_point):
-    """Scale 2 makes every half-integer a tie: rounding must be half to even, like torch."""
+    """Scale 2 makes every half-integer a tie: rounding must be half to even, like torch.
+    C and numpy give the same values in the same channels-last layout, which the quantized tensor
+    the TorchScript runtime builds from the blob keeps."""
     rng = np.random.default_rng(2)
     image = rng.integers(0, 256, size=(61, 47, 3), dtype=np.uint8)
     expected = torch.quantize_per_tensor(torch.from_numpy(normalize(image, SLIM.mean_bgr)), scale, zero_point,
                                          torch.quint8).int_repr().numpy()
-    out = kernels.quantize_input(image, SLIM.mean_bgr, scale, zero_point)
-    assert out.dtype == np.uint8 and out.shape == (1, 3, 61, 47)
-    np.testing.assert_array_equal(out, expected)
-    np.testing.assert_array_equal(kmod.quantize_input(image, SLIM.mean_bgr, scale, zero_point), expected)
+    for out in (kernels.quantize_input(image, SLIM.mean_bgr, scale, zero_point),
+                kmod.quantize_input(image, SLIM.mean_bgr, scale, zero_point)):
+        assert out.dtype == np.uint8 and out.shape == (1, 3, 61, 47)
+        assert out.strides == (61 * 47 * 3, 1, 47 * 3, 3)
+        np.testing.assert_array_equal(out, expected)
+        tensor = torch.from_numpy(out)
+        assert tensor.is_contiguous(memory_format=torch.channels_last)
+        quantized = torch._make_per_tensor_quantized_tensor(tensor, scale, zero_point)
+        assert quantized.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_kernels_reject_bad_inputs(kernels):

@@ -50,11 +50,11 @@ void fdq_quantize_u8(const uint8_t *src, int64_t height, int64_t width,
 {
     const int64_t plane = height * width;
     const float inv = 1.0f / scale, zp = (float)zero_point;
-    uint8_t *restrict b = dst, *restrict g = dst + plane, *restrict r = dst + 2 * plane;
+    uint8_t *restrict out = dst; /* same interleaved order as src: no transpose */
     for (int64_t i = 0; i < plane; ++i) {
-        b[i] = quantize_one((float)src[3 * i] - mean_b, inv, zp);
-        g[i] = quantize_one((float)src[3 * i + 1] - mean_g, inv, zp);
-        r[i] = quantize_one((float)src[3 * i + 2] - mean_r, inv, zp);
+        out[3 * i] = quantize_one((float)src[3 * i] - mean_b, inv, zp);
+        out[3 * i + 1] = quantize_one((float)src[3 * i + 1] - mean_g, inv, zp);
+        out[3 * i + 2] = quantize_one((float)src[3 * i + 2] - mean_r, inv, zp);
     }
 }
 

@@ -18,8 +18,10 @@ void fdq_normalize_u8(const uint8_t *src, int64_t height, int64_t width,
 void fdq_normalize_f32(const float *src, int64_t height, int64_t width,
                        float mean_b, float mean_g, float mean_r, float *dst);
 
-/* HWC BGR uint8 -> quantized NCHW uint8 input of an int8 model, as torch.quantize_per_tensor:
- * q = clamp(nearbyint((x - mean) * (1 / scale)) + zero_point, 0, 255). */
+/* HWC BGR uint8 -> quantized uint8 input of an int8 model, as torch.quantize_per_tensor:
+ * q = clamp(nearbyint((x - mean) * (1 / scale)) + zero_point, 0, 255). The output keeps the
+ * interleaved HWC order (dst[i] from src[i]): the channels-last (NHWC) memory of the NCHW tensor,
+ * which x86 / onednn quantized convolutions read without the copy an NCHW input costs. */
 void fdq_quantize_u8(const uint8_t *src, int64_t height, int64_t width,
                      float mean_b, float mean_g, float mean_r, float scale, int32_t zero_point, uint8_t *dst);
 
