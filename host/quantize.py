@@ -98,7 +98,7 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.cle is not None and not int8:
         raise QuantizeError("--cle applies to int8 levels 1-4")
     training = {"--warmup-iters": args.warmup_iters, "--lr": args.lr, "--freeze-bn-after": args.freeze_bn_after,
-                "--freeze-observers-after": args.freeze_observers_after}
+                "--freeze-observers-after": args.freeze_observers_after, "--seed": args.seed}
     given = [flag for flag, value in training.items() if value is not None]
     if given and args.level not in (3, 4):
         raise QuantizeError(f"{', '.join(given)} apply to levels 3 and 4 (fine-tuning)")
@@ -232,7 +232,7 @@ def _qat(args: argparse.Namespace, model: nn.Module, report: Dict[str, Any]) -> 
         options["iters"] = args.iters
     if args.observer:
         options["observer"] = args.observer
-    for name in ("cle", "warmup_iters", "lr", "freeze_bn_after", "freeze_observers_after"):
+    for name in ("cle", "warmup_iters", "lr", "freeze_bn_after", "freeze_observers_after", "seed"):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
     quantized, qat_report = run(args.model, model, args.calib, args.labels, **options)
@@ -335,6 +335,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    help="levels 3-4 with --no-cle: QAT iterations before BatchNorm statistics freeze (default 0)")
     p.add_argument("--freeze-observers-after", type=int,
                    help="levels 3-4: QAT iterations before weight observers freeze (default half of --iters)")
+    p.add_argument("--seed", type=int, help="levels 3-4: seed of the batch order, augmentation and GradBoost "
+                                            "noise (default 0)")
     p.add_argument("--statassist", action=argparse.BooleanOptionalAction, default=True, help="levels 3-4")
     p.add_argument("--gradboost", action=argparse.BooleanOptionalAction, default=True, help="levels 3-4")
     p.add_argument("--sensitivity", action="store_true", help="per-layer sensitivity report (needs --calib)")

@@ -362,11 +362,12 @@ def test_finetuned_bundle_matches_float(level: str, backend: str, calib_dir: Pat
         warnings.simplefilter("ignore")
         quantize_command(parse("--model", "slim", "--level", level, "--backend", backend, "--calib", str(calib_dir),
                                *labels, "--iters", "6", "--warmup-iters", "3", "--freeze-observers-after", "4",
-                               "--out", str(out)))
+                               "--seed", "3", "--out", str(out)))
     bundle = load_bundle(str(out))
     q = bundle.manifest["quantization"]
     assert q["method"] == ("qat" if level == "3" else "qat-distill") and q["iters"] == 6 and q["options"]["cle"] is True
     assert q["options"]["warmup_iters"] == 3 and q["options"]["freeze_observers_after"] == 4
+    assert q["options"]["seed"] == 3
     assert bundle.engine == backend
     training = json.loads(bundle.file("report").read_text())["training"]
     assert training["warmup_iters_done"] == 3 and training["selection"] == "heldout_both"
