@@ -11,9 +11,10 @@ One run (:func:`finetune`):
    selection, the rest is trained on; inputs are preprocessed like inference (resize to ``long_side``,
    BGR mean subtraction), lightly augmented (horizontal flip, optional scale jitter) and padded to a
    common size per batch (padded anchors take part in no loss);
-2. the student starts as the level-2 model: BatchNorm folded into the convolutions and cross-layer
-   equalized (``cle``; with ``cle=False`` it keeps trainable ConvBn modules, whose statistics freeze
-   after ``freeze_bn_after`` iterations). Folded weights see the raw input scale, so the default
+2. the student starts as the level-2 model: BatchNorm folded into the convolutions, cross-layer
+   equalized (``cle``) and, with ``bias_correction``, bias-corrected for weight rounding; with
+   ``cle=False`` it keeps trainable ConvBn modules, whose statistics freeze after
+   ``freeze_bn_after`` iterations. Folded weights see the raw input scale, so the default
    optimizer is Adam (per-element step sizes); SGD needs a far smaller ``lr``;
 3. with **StatAssist** the student is first trained in float for ``warmup_iters`` iterations, and the
    same optimizer object, its moments included, continues after ``prepare_qat``
@@ -65,7 +66,7 @@ from fdq.device.spec import DetectorSpec
 from fdq.host.torch_inference import torch_inference
 
 from . import quant_api
-from .datafree import cross_layer_equalize
+from .datafree import bias_correct, cross_layer_equalize
 from .gradboost import GradBoost, carry_optimizer_state
 from .labels import LabelSource, ground_truth_of, load_labels, subset_ground_truth
 from .losses import distillation_loss, match, multibox_loss, stack_targets
@@ -108,6 +109,7 @@ class FinetuneOptions:
     match_threshold: float = 0.35
     neg_pos_ratio: int = 3
     cle: bool = True                    # start from the level-2 model: BN folded, cross-layer equalized
+    bias_correction: bool = False       # ... with its biases corrected for weight rounding (needs cle)
     freeze_bn_after: int = 0            # QAT iterations before BatchNorm statistics freeze (0: frozen;
                                         # > 0 keeps trainable ConvBn modules and needs cle=False)
     freeze_observers_after: Optional[int] = None   # default: half of ``iters``
@@ -382,7 +384,12 @@ def finetune(model_name: str, float_model: nn.Module, images_dir: str, labels: O
                              "folds away: pass cle=False with it")
         example = make_batch(train[:1], spec, rng, flip=False, scale_jitter=0.0)[0]
         student, _ = cross_layer_equalize(quant_api.fuse(float_model), example)
+        if opts.bias_correction:  # measured on the training images, as level 2 does on its calibration images
+            inputs = [make_batch([s], spec, rng, flip=False, scale_jitter=0.0)[0] for s in train]
+            student = bias_correct(student, quant_api.make_qconfig(backend, observer, per_channel), inputs)
         logits_mode(student)
+    elif opts.bias_correction:
+        raise ValueError("bias correction needs the folded level-2 student: pass cle=True, or bias_correction=False")
     else:
         student = quant_api.fuse(float_model, qat=True)
     optimizer: Any = None

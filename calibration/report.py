@@ -5,7 +5,10 @@ folder), through the same :class:`~fdq.device.detector.FaceDetector` path the de
 
 * with labels, WIDER easy/medium/hard AP (points, 0-100) of float and quantized, and the drop;
 * always, *agreement*: the share of float faces (score > 0.5) that the quantized model also finds
-  (IoU >= 0.5), and the AP of the quantized detections against the float ones as ground truth.
+  (IoU >= 0.5), and the AP of the quantized detections against the float ones as ground truth;
+* always, the *output error*: mean |quantized - float| of the box offsets and of the face logit on
+  the anchors float scores >= 0.1. Thousands of anchors stand behind it, so it is steady where AP
+  on a few dozen images is not (``scripts/bench_ap_resolution.py``).
 
 A drop of several points means a broken quantization (per-tensor weights on mnet025 give AP 4-16
 instead of ~80): :func:`warn_if_collapsed` raises a :class:`QuantizationCollapseWarning` and the
@@ -14,13 +17,13 @@ bundle's ``report.json`` keeps the message, so such a model is never shipped sil
 from __future__ import annotations
 
 import warnings
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
-from fdq.device.detector import FaceDetector
+from fdq.device.detector import FaceDetector, InferenceFn
 from fdq.device.evaluation import SETTINGS, GroundTruth, evaluate, to_wider_rows
 from fdq.device.images import read_image
 from fdq.device.postprocess import Detections
@@ -33,6 +36,7 @@ AP_DROP_WARN = 5.0          # points on any setting
 AGREEMENT_WARN = 0.8        # share of float faces the quantized model must keep
 FACE_SCORE = 0.5
 MATCH_IOU = 0.5
+RELEVANT_SCORE = 0.1        # anchors the output error covers: those a detection can come from
 
 
 class QuantizationCollapseWarning(UserWarning):
@@ -88,6 +92,30 @@ def agreement(reference: Dict[str, Detections], candidate: Dict[str, Detections]
     return {"float_faces": total, "matched": matched, "recall": round(matched / total, 4) if total else None}
 
 
+def face_logit(scores: np.ndarray) -> np.ndarray:
+    """Face scores back to logits (clipped away from 0 and 1, so a saturated score stays finite)."""
+    s = np.clip(np.asarray(scores, dtype=np.float64), 1e-7, 1.0 - 1e-7)
+    return np.log(s) - np.log1p(-s)
+
+
+def output_error(reference: InferenceFn, candidate: InferenceFn, blobs: Iterable[np.ndarray],
+                 min_score: float = RELEVANT_SCORE) -> Dict[str, Any]:
+    """Mean |candidate - reference| of the box offsets and of the face logit over the anchors
+    ``reference`` scores >= ``min_score``, fed the same ``blobs``."""
+    offsets: List[np.ndarray] = []
+    logits: List[np.ndarray] = []
+    for blob in blobs:
+        ref, got = reference(blob), candidate(blob)
+        keep = ref[1] >= min_score
+        offsets.append(np.abs(got[0][keep] - ref[0][keep]).ravel())
+        logits.append(np.abs(face_logit(got[1][keep]) - face_logit(ref[1][keep])))
+    offset, logit = np.concatenate(offsets), np.concatenate(logits)
+    if not logit.size:
+        return {"anchors": 0, "min_score": min_score, "box_offset": None, "face_logit": None}
+    return {"anchors": int(logit.size), "min_score": min_score, "box_offset": round(float(offset.mean()), 4),
+            "face_logit": round(float(logit.mean()), 4)}
+
+
 def compare(float_model: nn.Module, quantized: nn.Module, spec: DetectorSpec, long_side: int,
             images: CalibrationImages, gt: Optional[GroundTruth], in_sample: bool,
             float_detections: Optional[Dict[str, Detections]] = None) -> Dict[str, Any]:
@@ -95,10 +123,13 @@ def compare(float_model: nn.Module, quantized: nn.Module, spec: DetectorSpec, lo
     ref = float_detections if float_detections is not None else detect(float_model, spec, long_side, images)
     quant = detect(quantized, spec, long_side, images)
     pseudo = pseudo_ground_truth(ref)
+    blobs, _ = images.load(long_side, spec.mean_bgr)
     report: Dict[str, Any] = {
         "images": len(images), "long_side": long_side, "in_sample": in_sample,
         "agreement": agreement(ref, quant),
         "float_agreement_ap": ap_points(ref, pseudo), "quantized_agreement_ap": ap_points(quant, pseudo),
+        "output_error": output_error(torch_inference(float_model), torch_inference(quantized),
+                                     (b.numpy() for b in blobs)),
     }
     if gt is not None:
         report["float_ap"] = ap_points(ref, gt)

@@ -93,8 +93,12 @@ def _check_args(args: argparse.Namespace) -> None:
             raise QuantizeError("--ap-budget is a number of AP points >= 0")
         if not (int8 and args.level in (1, 2) and args.calib):
             raise QuantizeError("--ap-budget needs int8 level 1 or 2 and --calib images to measure the drop on")
-    if (args.sensitivity or args.bias_correction) and not (int8 and args.level in (1, 2)):
-        raise QuantizeError("--sensitivity and --bias-correction apply to int8 levels 1 and 2")
+    if args.sensitivity and not (int8 and args.level in (1, 2)):
+        raise QuantizeError("--sensitivity applies to int8 levels 1 and 2")
+    if args.bias_correction is not None and not int8:
+        raise QuantizeError("--bias-correction applies to int8 levels 1-4")
+    if args.bias_correction and args.level >= 3 and args.cle is False:
+        raise QuantizeError("--bias-correction at levels 3-4 corrects the folded level-2 model: drop --no-cle")
     if args.cle is not None and not int8:
         raise QuantizeError("--cle applies to int8 levels 1-4")
     training = {"--warmup-iters": args.warmup_iters, "--lr": args.lr, "--freeze-bn-after": args.freeze_bn_after,
@@ -150,7 +154,7 @@ def _ptq(args: argparse.Namespace, model: nn.Module, cset: Optional[CalibrationS
 
     options = ptq.PTQOptions(backend=args.backend, observer=args.observer or "histogram",
                              per_channel=args.per_channel, reduce_range=args.reduce_range, cle=args.cle is not False,
-                             bias_correction=args.bias_correction)
+                             bias_correction=bool(args.bias_correction))
     steps = args.iters or DISTILL_STEPS
     if args.level == 1:
         calibrated = ptq.calibrate_datafree(model, options, steps=steps)
@@ -232,7 +236,7 @@ def _qat(args: argparse.Namespace, model: nn.Module, report: Dict[str, Any]) -> 
         options["iters"] = args.iters
     if args.observer:
         options["observer"] = args.observer
-    for name in ("cle", "warmup_iters", "lr", "freeze_bn_after", "freeze_observers_after", "seed"):
+    for name in ("cle", "bias_correction", "warmup_iters", "lr", "freeze_bn_after", "freeze_observers_after", "seed"):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
     quantized, qat_report = run(args.model, model, args.calib, args.labels, **options)
@@ -327,7 +331,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--cle", action=argparse.BooleanOptionalAction, default=None,
                    help="cross-layer equalization before quantizing (default on for int8; levels 3-4 "
                         "then fine-tune the level-2 model)")
-    p.add_argument("--bias-correction", action="store_true", help="correct the mean error of weight rounding")
+    p.add_argument("--bias-correction", action=argparse.BooleanOptionalAction, default=None,
+                   help="fold the mean error of weight rounding, measured on the calibration images, into the "
+                        "biases (int8 levels 1-4; off by default: lower output error, AP within noise)")
     p.add_argument("--iters", type=int, help="level 1: BN-distillation steps (default 200); levels 3-4: QAT iterations")
     p.add_argument("--warmup-iters", type=int, help="levels 3-4: StatAssist float warm-up iterations (default 20)")
     p.add_argument("--lr", type=float, help="levels 3-4: learning rate (default 1e-5, Adam)")

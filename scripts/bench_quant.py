@@ -34,15 +34,16 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from fdq.calibration.data import find_images
 from fdq.calibration.observers import OBSERVER_NAMES
-from fdq.calibration.report import QuantizationCollapseWarning
+from fdq.calibration.report import QuantizationCollapseWarning, output_error
 from fdq.device.bundle import load_bundle
 from fdq.device.detector import FaceDetector, InferenceFn
 from fdq.device.evaluation import SETTINGS, load_ground_truth
 from fdq.device.images import list_images, read_image
 from fdq.device.kernels import normalize_c
 from fdq.device.preprocess import resize_image
-from fdq.device.runtimes import bundle_detector
+from fdq.device.runtimes import bundle_detector, load_inference
 from fdq.host.evaluate import evaluate_detector
 from fdq.host.quantize import quantize_command, register
 from fdq.host.torch_inference import torch_inference
@@ -76,7 +77,9 @@ def rows_for(levels: Sequence[str], observers: Sequence[str], calib: str, labels
         "fp16": [Row("fp16", "fp16 weights", ["--level", "1", "--fp16"], False, 1)],
         "l1": [Row("l1", "L1 data-free int8", ["--level", "1"], True, 1)],
         "l2": [Row(f"l2-{o}", f"L2 {o}", ["--level", "2", "--observer", o, *data], True, 2) for o in observers]
-        + [Row("l2-histogram-per-tensor-nocle", "L2 histogram, per-tensor, no CLE",
+        + [Row("l2-histogram-bc", "L2 histogram, bias correction",
+               ["--level", "2", "--bias-correction", *data], True, 2),
+           Row("l2-histogram-per-tensor-nocle", "L2 histogram, per-tensor, no CLE",
                ["--level", "2", "--per-tensor", "--no-cle", *data], True, 2)],
         "l3": [Row("l3", "L3 QAT + StatAssist + GradBoost", ["--level", "3", *qat], True, 3),
                Row("l3-plain", "L3 QAT (no StatAssist, no GradBoost)",
@@ -175,6 +178,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         for model in args.models:
             float_model = load_model(model, resolve_weights(model, None)).eval()
             eager_infer = torch_inference(float_model)
+            val_blobs = {ls: [b.numpy() for b in find_images(val_images).load(ls, SPECS[model].mean_bgr)[0]]
+                         for ls in args.long_sides}
             eager_blob = normalize_c(frame, SPECS[model].mean_bgr)
             eager_times: List[float] = []
             for row in rows:
@@ -187,6 +192,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                         entry["ap"][str(long_side)] = score(bundle_detector(bundle, threads=1).infer, model, long_side,
                                                             val_images, gt)
                         entry["warnings"][str(long_side)] = built["warnings"]
+                        entry.setdefault("output_error", {})[str(long_side)] = output_error(
+                            eager_infer, load_inference(bundle, threads=1), val_blobs[long_side])
                         entry.setdefault("quantize_seconds", {})[str(long_side)] = built["quantize_seconds"]
                         entry.setdefault("commands", []).append(built["command"])
                         if long_side == min(args.long_sides):
@@ -247,11 +254,16 @@ def merge(docs: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
             same = next((q for q in rows if (q["model"], q["row"], q["backend"]) == (r["model"], r["row"], r["backend"])),
                         None)
             if same is None:
-                rows.append({**r, "ap_runs": [r["ap"]]})
+                rows.append({**r, "ap_runs": [r["ap"]], "error_runs": [r.get("output_error")]})
             elif r["backend"] is not None:
                 same["ap_runs"].append(r["ap"])
+                same["error_runs"].append(r.get("output_error"))
     for r in rows:
-        runs = r.pop("ap_runs")
+        runs, errors = r.pop("ap_runs"), r.pop("error_runs")
+        if len(errors) > 1 and all(errors):
+            r["output_error"] = {ls: {**errors[0][ls], **{k: round(statistics.mean(e[ls][k] for e in errors), 4)
+                                                          for k in ("box_offset", "face_logit")}}
+                                 for ls in errors[0]}
         if len(runs) > 1:
             r["ap_runs"] = runs
             r["ap"] = {ls: {s: round(statistics.mean(run[ls][s] for run in runs), 2) for s in SETTINGS}
@@ -275,6 +287,10 @@ NOTES = [
     "* **Cross-layer equalization on by default** (`--no-cle` to disable): "
     "without it, per-tensor weights collapse mnet025 (row `L2 histogram, per-tensor, no CLE` above); with "
     "it they do not (checked by `tests/test_calibration.py`). It also evens activation ranges before per-channel int8.",
+    "* **Bias correction off by default** (`--bias-correction` opts in, levels 1-4): taking the mean "
+    "error of weight rounding out of each convolution's bias lowers the `out err` of every model "
+    "(row `L2 histogram, bias correction`), but its AP drops are no smaller within what the choice of "
+    "calibration images alone moves them (`scripts/bench_ap_resolution.py`, docs/BENCHMARKS.md).",
     "* **No reduce_range**: 7-bit activations cost AP points; they only protect x86/fbgemm CPUs without "
     "VNNI from int16 saturation. `--reduce-range` opts in for AVX2-only targets.",
     "* **Levels 3 and 4 fine-tune the level-2 model** (BatchNorm folded, CLE, histogram activations frozen "
@@ -303,14 +319,16 @@ def markdown(doc: Dict[str, Any]) -> str:
              f"(`{doc['latency_image']}`, centred): int8 bundles the quint8 channels-last blob straight from "
              "the C kernel, the others and eager the float32 NCHW blob. "
              "`/eager` is the ratio to the float model in eager PyTorch, timed alternately with the bundle "
-             "(so load from other processes affects both alike).", ""]
+             "(so load from other processes affects both alike). `out err`: mean |bundle - eager float| of the "
+             "box offsets / of the face logit over the val anchors float scores >= 0.1 (thousands of anchors: "
+             "steady where the AP of 64 images is not, see `scripts/bench_ap_resolution.py`).", ""]
     if any("ap_runs" in r for r in doc["rows"]):
         lines += ["Rows built by several runs (one per `--seed`) show their mean AP; `max drop` is that of the "
                   "mean, followed by each run's own.", ""]
     if doc["skipped_levels"]:
         lines += [f"Skipped (not available in this installation): {', '.join(doc['skipped_levels'])}.", ""]
     head = ["method", "backend"] + [f"{s} @{ls}" for ls in long_sides for s in ("easy", "med", "hard")] + \
-        ["max drop", "size KB", "size/FP32", "ms", "/eager", "warnings"]
+        ["max drop", f"out err @{long_sides[0]}", "size KB", "size/FP32", "ms", "/eager", "warnings"]
     for model in dict.fromkeys(r["model"] for r in doc["rows"]):
         lines += [f"## {model}", "", f"FP32 eager: {doc['eager_fp32_ms'][model]:.2f} ms (median over rows)", "",
                   "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -321,7 +339,9 @@ def markdown(doc: Dict[str, Any]) -> str:
             drop = f"{r.get('max_ap_drop', 0):.2f}"
             if "max_ap_drop_runs" in r:
                 drop += " (runs: " + " / ".join(f"{d:.2f}" for d in r["max_ap_drop_runs"]) + ")"
-            cells += [drop, f"{r['model_bytes'] / 1024:.0f}",
+            err = (r.get("output_error") or {}).get(long_sides[0])
+            cells += [drop, f"{err['box_offset']:.3f} / {err['face_logit']:.3f}" if err and err["anchors"] else "",
+                      f"{r['model_bytes'] / 1024:.0f}",
                       f"{r.get('size_vs_fp32', 1):.2f}", f"{r['latency_ms']:.2f}", f"{r['latency_vs_eager']:.2f}",
                       str(warn) if warn else ""]
             lines.append("| " + " | ".join(cells) + " |")

@@ -1,0 +1,112 @@
+#!/usr/bin/env python
+"""How far the AP drop of one quantization method moves with the choice of calibration images.
+
+For each model and long side the script scores the float model on the val images, then the
+level-2 int8 model (the ``fdq quantize --level 2`` defaults: x86, histogram observer, per-channel
+weights, cross-layer equalization; bias correction with ``--bias-correction``) calibrated on ``--subsets`` draws of 24 of the 32 ``calib``
+images: first the 24 ``fdq quantize`` itself calibrates on, then random ones. For each draw it
+records the drop (the largest AP loss over the six settings, easy/medium/hard at each long side,
+as in the goals) and the int8 output error against float on the val anchors the float model
+scores >= 0.1 (:func:`fdq.calibration.report.output_error`): mean |delta| of the box offsets and
+of the face logit.
+
+The output error measures how close int8 is to float with thousands of anchors behind each
+number; the drop is what a 64-image split makes of it. Their spread over draws of the same method
+is the resolution any AP goal on this split can be checked at.
+
+    FDQ_WEIGHTS_PATH=/path/to/weights python scripts/bench_ap_resolution.py \\
+        --data /path/to/widerface_val_subset --json docs/bench_ap_resolution.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_quant import score  # noqa: E402  (the one way a benchmark scores AP)
+
+from fdq.calibration import ptq  # noqa: E402
+from fdq.calibration.data import find_images, split_holdout  # noqa: E402
+from fdq.calibration.report import output_error  # noqa: E402
+from fdq.device.evaluation import SETTINGS, load_ground_truth  # noqa: E402
+from fdq.host.torch_inference import torch_inference  # noqa: E402
+from fdq.host.zoo import resolve_weights  # noqa: E402
+from fdq.models import MODEL_NAMES, load_model  # noqa: E402
+
+GOAL_POINTS = 0.5
+
+
+def max_drop(reference: Dict[str, Dict[str, float]], candidate: Dict[str, Dict[str, float]]) -> float:
+    return max(reference[side][s] - candidate[side][s] for side in reference for s in SETTINGS)
+
+
+def run_model(model: str, data: Path, long_sides: List[int], subsets: int, seed: int,
+              options: ptq.PTQOptions) -> Dict[str, Any]:
+    val_images, gt = str(data / "val" / "images"), load_ground_truth(data / "val" / "ground_truth")
+    float_model = load_model(model, resolve_weights(model, None)).eval()
+    float_infer = torch_inference(float_model)
+    calib = find_images(str(data / "calib" / "images"))
+    own = split_holdout(calib)[0]  # what ``fdq quantize`` calibrates on
+    ap_float = {str(side): score(float_infer, model, side, val_images, gt) for side in long_sides}
+    val = find_images(val_images)
+    val_blobs = {side: [b.numpy() for b in val.load(side, float_model.spec.mean_bgr)[0]] for side in long_sides}
+    rng = np.random.default_rng(seed)
+    draws = []
+    for k in range(subsets):
+        picked = own if k == 0 else calib.subset(sorted(rng.choice(len(calib), len(own), replace=False).tolist()))
+        ap, errors = {}, {}
+        for side in long_sides:
+            blobs, _ = picked.load(side, float_model.spec.mean_bgr)
+            int8 = ptq.calibrate(float_model, options, blobs).convert()
+            int8_infer = torch_inference(int8)
+            ap[str(side)] = score(int8_infer, model, side, val_images, gt)
+            errors[str(side)] = output_error(float_infer, int8_infer, val_blobs[side])
+        draws.append({"images": list(picked.keys), "ap": ap, "max_drop": round(max_drop(ap_float, ap), 3),
+                      "error": errors})
+    drops = [d["max_drop"] for d in draws]
+    error_mean = {str(side): {k: round(statistics.mean(d["error"][str(side)][k] for d in draws), 4)
+                              for k in ("box_offset", "face_logit")} for side in long_sides}
+    return {"model": model, "ap_float": ap_float, "calibration_images": len(own), "draws": draws,
+            "output_error_mean": error_mean,
+            "max_drop": {"min": min(drops), "median": round(statistics.median(drops), 3), "max": max(drops)},
+            "share_within_goal": round(sum(d <= GOAL_POINTS for d in drops) / len(drops), 3)}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True, help="WIDER subset root with val/ and calib/ (images/, ground_truth/)")
+    p.add_argument("--models", default=",".join(MODEL_NAMES))
+    p.add_argument("--long-sides", default="320,640")
+    p.add_argument("--subsets", type=int, default=8, help="calibration subsets per model (the first: fdq quantize's own)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bias-correction", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument("--json", default="docs/bench_ap_resolution.json")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    sides = [int(s) for s in args.long_sides.split(",")]
+    options = ptq.PTQOptions(backend="x86", bias_correction=args.bias_correction)
+    results = []
+    for model in args.models.split(","):
+        results.append(run_model(model, Path(args.data), sides, args.subsets, args.seed, options))
+        print(json.dumps({k: results[-1][k] for k in ("model", "max_drop", "share_within_goal", "output_error_mean")}),
+              flush=True)
+    doc = {"command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+           "torch": torch.__version__, "goal_points": GOAL_POINTS, "ptq_options": options.to_dict(),
+           "results": results}
+    out = Path(args.json)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(out)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
