@@ -82,6 +82,8 @@ def rows_for(levels: Sequence[str], observers: Sequence[str], calib: str, labels
            Row("l2-histogram-per-tensor-nocle", "L2 histogram, per-tensor, no CLE",
                ["--level", "2", "--per-tensor", "--no-cle", *data], True, 2)],
         "l3": [Row("l3", "L3 QAT + StatAssist + GradBoost", ["--level", "3", *qat], True, 3),
+               Row("l3-bc", "L3 QAT + StatAssist + GradBoost, bias correction",
+                   ["--level", "3", "--bias-correction", *qat], True, 3),
                Row("l3-plain", "L3 QAT (no StatAssist, no GradBoost)",
                    ["--level", "3", "--no-statassist", "--no-gradboost", *qat], True, 3)],
         "l4": [Row("l4", "L4 distillation QAT", ["--level", "4", *qat], True, 4)],
