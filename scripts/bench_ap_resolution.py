@@ -3,8 +3,9 @@
 
 For each model and long side the script scores the float model on the val images, then the
 level-2 int8 model (the ``fdq quantize --level 2`` defaults: x86, histogram observer, per-channel
-weights, cross-layer equalization; bias correction with ``--bias-correction``) calibrated on ``--subsets`` draws of 24 of the 32 ``calib``
-images: first the 24 ``fdq quantize`` itself calibrates on, then random ones. For each draw it
+weights, cross-layer equalization; bias correction with ``--bias-correction``) calibrated on
+``--subsets`` draws of 24 of the 32 ``calib`` images: first the 24 ``fdq quantize`` itself
+calibrates on, then random ones. For each draw it
 records the drop (the largest AP loss over the six settings, easy/medium/hard at each long side,
 as in the goals) and the int8 output error against float on the val anchors the float model
 scores >= 0.1 (:func:`fdq.calibration.report.output_error`): mean |delta| of the box offsets and

@@ -43,7 +43,7 @@ from fdq.device.evaluation import SETTINGS, load_ground_truth
 from fdq.device.images import list_images, read_image
 from fdq.device.kernels import normalize_c
 from fdq.device.preprocess import resize_image
-from fdq.device.runtimes import bundle_detector, load_inference
+from fdq.device.runtimes import bundle_detector
 from fdq.host.evaluate import evaluate_detector
 from fdq.host.quantize import quantize_command, register
 from fdq.host.torch_inference import torch_inference
@@ -191,11 +191,11 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                     for long_side in args.long_sides:
                         built = build(model, row, backend, long_side, work)
                         bundle = built["bundle"]
-                        entry["ap"][str(long_side)] = score(bundle_detector(bundle, threads=1).infer, model, long_side,
-                                                            val_images, gt)
+                        scored = bundle_detector(bundle, threads=1).infer  # takes float blobs too
+                        entry["ap"][str(long_side)] = score(scored, model, long_side, val_images, gt)
                         entry["warnings"][str(long_side)] = built["warnings"]
                         entry.setdefault("output_error", {})[str(long_side)] = output_error(
-                            eager_infer, load_inference(bundle, threads=1), val_blobs[long_side])
+                            eager_infer, scored, val_blobs[long_side])
                         entry.setdefault("quantize_seconds", {})[str(long_side)] = built["quantize_seconds"]
                         entry.setdefault("commands", []).append(built["command"])
                         if long_side == min(args.long_sides):
