@@ -31,6 +31,8 @@ from .bundle import Bundle, BundleError
 from .detector import FaceDetector, InferenceFn
 
 OUTPUT_ROLES = ("loc", "conf", "landm")
+QNNPACK_INIT_HINT = (" (QNNPACK describes the CPU from /proc/cpuinfo and /sys/devices/system/cpu: in a chroot, "
+                     "as on an emulated board, mount /proc and /sys inside it)")
 _DEFAULT_IO = {
     "onnxruntime": {"input": "input", "outputs": {"loc": "loc", "conf": "conf", "landm": "landm"}},
     "ncnn": {"input": "in0", "outputs": {"loc": "out0", "conf": "out1", "landm": "out2"}},
@@ -89,7 +91,10 @@ def _torchscript(bundle: Bundle, threads: int) -> InferenceFn:
             warnings.simplefilter("ignore", DeprecationWarning)
             model = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:  # torch raises RuntimeError / ValueError for corrupt archives
-        raise BundleError(f"cannot load TorchScript model {path}: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
+        reason = str(exc).splitlines()[0] if str(exc) else repr(exc)
+        if "failed to initialize QNNPACK" in reason:
+            reason += QNNPACK_INIT_HINT
+        raise BundleError(f"cannot load TorchScript model {path}: {reason}") from None
     model.eval()
     quantized = input_quantization(bundle)
 

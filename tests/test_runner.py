@@ -248,6 +248,25 @@ def test_unsupported_quantized_engine_is_a_clear_error(ts_bundle):
         load_inference(Bundle(bundle.path, manifest))
 
 
+def test_qnnpack_that_cannot_see_the_cpu_says_what_to_mount(ts_bundle, monkeypatch):
+    """A chroot without /sys (the emulated board, set up by hand) makes torch's QNNPACK fail with
+    'failed to initialize QNNPACK' on ARM; x86 QNNPACK reads the CPU through cpuid and cannot be made
+    to fail that way, so the loader's own error is injected here."""
+    import torch
+
+    from fdq.device.runtimes import load_inference
+
+    def qnnpack_without_sys(*args, **kwargs):
+        raise RuntimeError("failed to initialize QNNPACK\nException raised from qnnpack_prepack")
+
+    monkeypatch.setattr(torch.jit, "load", qnnpack_without_sys)
+    with pytest.raises(BundleError) as caught:
+        load_inference(load_bundle(str(ts_bundle)))
+    message = str(caught.value)
+    assert "failed to initialize QNNPACK" in message and "mount /proc and /sys" in message
+    assert "\n" not in message and "Exception raised from" not in message
+
+
 def test_sysinfo_is_plain_json():
     from fdq.device import sysinfo
 
