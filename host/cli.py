@@ -9,8 +9,6 @@ from typing import Callable, List, Optional
 
 from fdq.device.atomic import atomic_output, atomic_write_text
 
-EXIT_USAGE = 2
-
 
 class CliError(Exception):
     """A user-facing failure: printed as one line, exit status 1."""
@@ -224,16 +222,85 @@ def main(argv: Optional[List[str]] = None) -> int:
     return _run(args.func, args, "fdq")
 
 
-def _placeholder_main(prog: str) -> Callable[[Optional[List[str]]], int]:
-    def entry(argv: Optional[List[str]] = None) -> int:
-        argparse.ArgumentParser(prog=prog).parse_known_args(argv)
-        print(f"{prog}: not available yet", file=sys.stderr)
-        return EXIT_USAGE
-    return entry
+def _target_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", required=True, help="a shipped profile (rpi4, local) or a profile YAML file")
+    p.add_argument("--host", help="override the profile's host")
+    p.add_argument("--port", type=int, help="override the profile's SSH port")
+    p.add_argument("--user", help="override the profile's user")
+    p.add_argument("--key", help="override the profile's private key file")
+    p.add_argument("--python", help="override the profile's Python on the target")
 
 
-deploy_main = _placeholder_main("fdq-deploy")
-profile_main = _placeholder_main("fdq-profile")
+def _connect(args: argparse.Namespace):
+    from fdq.host.remote import connect
+    from fdq.host.targets import load_target
+
+    return connect(load_target(args.target, host=args.host, port=args.port, user=args.user, key=args.key,
+                               python=args.python))
+
+
+def _deploy(conn, bundles: List[str]):
+    from fdq.host.deploy import deploy
+
+    done = deploy(conn, bundles)
+    print(f"{conn.target.name} ({conn.target.address}): {len(done.uploaded)} file(s) sent "
+          f"({done.uploaded_bytes / 1024:.0f} KiB), {done.unchanged} unchanged, {len(done.removed)} removed; "
+          f"workdir {done.workdir}", file=sys.stderr)
+    return done
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    conn = _connect(args)
+    try:
+        done = _deploy(conn, args.bundles)
+    finally:
+        conn.close()
+    for local, remote in done.bundles.items():
+        print(f"{local} -> {done.workdir}/{remote}")
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from fdq.host.deploy import profile
+
+    conn = _connect(args)
+    try:
+        done = _deploy(conn, [args.bundle])
+        remote = done.bundles[str(Path(args.bundle).resolve())]
+        out = Path(args.out or f"fdq-profile/{conn.target.name}/{Path(remote).name}.json")
+        doc = profile(conn, remote, out, args.frames, args.warmup, args.threads, args.source)
+    finally:
+        conn.close()
+    device, latency = doc["device"], doc["latency_ms"]
+    emulated = " (emulated: latency says nothing about the real board)" if device["emulation"]["emulated"] else ""
+    print(f"{conn.target.name}: {device['machine']['arch']}, {device['runtime']} {device.get('engine') or ''} "
+          f"{device['threads']} thread(s){emulated}: {doc['fps']:.1f} FPS, total p50 {latency['total']['p50']:.1f} ms "
+          f"(inference {latency['inference']['p50']:.1f}), peak RSS {doc['memory']['peak_rss_mib']:.0f} MiB -> {out}")
+    return 0
+
+
+def _board_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    _target_arguments(p)
+    return p
+
+
+def deploy_main(argv: Optional[List[str]] = None) -> int:
+    p = _board_parser("fdq-deploy", "Put the device runner and bundles on a target (only what changed travels).")
+    p.add_argument("bundles", nargs="+", metavar="BUNDLE")
+    return _run(cmd_deploy, p.parse_args(argv), "fdq-deploy")
+
+
+def profile_main(argv: Optional[List[str]] = None) -> int:
+    p = _board_parser("fdq-profile", "Deploy a bundle, run it on the target, fetch the result JSON.")
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--frames", type=int, default=100)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--threads", type=int, help="default: the profile's threads")
+    p.add_argument("--source", default="synthetic", help="on the target: an image folder, a video, or synthetic")
+    p.add_argument("--out", help="local JSON (default fdq-profile/TARGET/BUNDLE.json)")
+    return _run(cmd_profile, p.parse_args(argv), "fdq-profile")
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,132 @@
+"""Deploy the device runner and bundles to a target, and profile a bundle there.
+
+On the target everything lives under the profile's ``workdir``::
+
+    lib/fdq/device/...        the runner, alone (importable with PYTHONPATH=lib)
+    bundles/<name>-<hash>/    one folder per bundle, named by its manifest's sha256
+    results/                  the runner's JSON documents
+
+Deploy asks the target for the sha256 of what it already holds and sends only the files that
+differ; a bundle's manifest travels last, so a bundle cut short is one the runner refuses. It then
+has the target's own Python load every bundle, which verifies every checksum there.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Dict, List, Optional, Sequence
+
+from fdq.device.bundle import MANIFEST, load_bundle, sha256_file
+
+from .remote import Connection, RemoteError
+
+DEVICE_DIR = Path(__file__).resolve().parent.parent / "device"
+DEVICE_SUFFIXES = (".py", ".c", ".h")
+LIB = "lib"
+BUNDLES = "bundles"
+RESULTS = "results"
+RUN_TIMEOUT_S = 3600.0
+
+# Run by the target's Python: sha256 of every file under a folder, as JSON {relative path: digest}.
+_INVENTORY = """import hashlib, json, os, sys
+root, out = sys.argv[1], {}
+for folder, _, names in os.walk(root):
+    for name in names:
+        path = os.path.join(folder, name)
+        with open(path, 'rb') as f:
+            out[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
+print(json.dumps(out))
+"""
+_VERIFY = "import sys\nfrom fdq.device.bundle import load_bundle\nfor p in sys.argv[1:]: load_bundle(p)\n"
+
+
+@dataclass
+class Deployment:
+    """What a deploy did; ``bundles`` maps each local bundle folder to its folder on the target."""
+
+    workdir: str
+    bundles: Dict[str, str] = field(default_factory=dict)
+    uploaded: List[str] = field(default_factory=list)
+    uploaded_bytes: int = 0
+    unchanged: int = 0
+    removed: List[str] = field(default_factory=list)
+
+
+def bundle_id(path: Path) -> str:
+    """``<folder>-<first 12 hex of the manifest's sha256>``: two bundles never share a folder there."""
+    return f"{path.name}-{sha256_file(path / MANIFEST)[:12]}"
+
+
+def planned_files(bundles: Sequence[Path]) -> Dict[str, Path]:
+    """Remote path (relative to the workdir) -> local file, in upload order (manifests last)."""
+    plan = {f"{LIB}/fdq/device/{p.relative_to(DEVICE_DIR).as_posix()}": p
+            for p in sorted(DEVICE_DIR.rglob("*"))
+            if p.is_file() and p.suffix in DEVICE_SUFFIXES and "__pycache__" not in p.parts}
+    for folder in bundles:
+        files = sorted((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.name == MANIFEST)
+        plan.update({f"{BUNDLES}/{bundle_id(folder)}/{p.relative_to(folder).as_posix()}": p for p in files})
+    return plan
+
+
+def _python(conn: Connection) -> str:
+    return conn.target.python
+
+
+def _check(conn: Connection, command: str, what: str) -> str:
+    done = conn.run(command, timeout=RUN_TIMEOUT_S)
+    if done.returncode != 0:
+        raise RemoteError(f"{conn.target.name}: {what}: {done.last_error_line()}")
+    return done.stdout
+
+
+def inventory(conn: Connection, workdir: str) -> Dict[str, str]:
+    out = _check(conn, f"{shlex.quote(_python(conn))} -c {shlex.quote(_INVENTORY)} {shlex.quote(workdir)}",
+                 f"{_python(conn)} cannot list {workdir}")
+    return json.loads(out)
+
+
+def deploy(conn: Connection, bundles: Sequence[str]) -> Deployment:
+    """Put the runner and ``bundles`` (verified here first) on the target; verify them there."""
+    folders = [load_bundle(b).path.resolve() for b in bundles]
+    workdir = conn.path(conn.target.workdir)
+    conn.makedirs(workdir)
+    result = Deployment(workdir=workdir, bundles={str(f): f"{BUNDLES}/{bundle_id(f)}" for f in folders})
+    held = inventory(conn, workdir)
+    plan = planned_files(folders)
+    for remote, local in plan.items():
+        if held.get(remote) == sha256_file(local):
+            result.unchanged += 1
+            continue
+        conn.put(local, str(PurePosixPath(workdir, remote)))
+        result.uploaded.append(remote)
+        result.uploaded_bytes += local.stat().st_size
+    stale = sorted(r for r in held if r.startswith(f"{LIB}/fdq/device/") and r not in plan
+                   and "__pycache__" not in r)  # bytecode is Python's own business
+    if stale:  # an old module left beside the new ones could still be imported
+        _check(conn, "rm -f -- " + " ".join(shlex.quote(str(PurePosixPath(workdir, r))) for r in stale),
+               "cannot remove old runner files")
+        result.removed = stale
+    if result.bundles:
+        _check(conn, f"cd {shlex.quote(workdir)} && PYTHONPATH={LIB} {shlex.quote(_python(conn))} -c "
+                     f"{shlex.quote(_VERIFY)} " + " ".join(shlex.quote(b) for b in result.bundles.values()),
+               "a deployed bundle does not verify there")
+    return result
+
+
+def profile(conn: Connection, remote_bundle: str, out: Path, frames: int, warmup: int,
+            threads: Optional[int] = None, source: str = "synthetic") -> Dict[str, object]:
+    """Run the runner on a deployed bundle; fetch its JSON document to ``out`` and return it."""
+    workdir = conn.path(conn.target.workdir)
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+    remote_json = f"{RESULTS}/{PurePosixPath(remote_bundle).name}-{stamp}.json"
+    args = ["--bundle", remote_bundle, "--source", source, "--frames", str(frames), "--warmup", str(warmup),
+            "--threads", str(threads or conn.target.threads), "--json", remote_json]
+    conn.makedirs(str(PurePosixPath(workdir, RESULTS)))
+    _check(conn, f"cd {shlex.quote(workdir)} && PYTHONPATH={LIB} {shlex.quote(_python(conn))} -m fdq.device.run "
+                 + " ".join(shlex.quote(a) for a in args), "the runner failed")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    conn.get(str(PurePosixPath(workdir, remote_json)), out)
+    return json.loads(out.read_text(encoding="utf-8"))

@@ -1,0 +1,206 @@
+"""fdq-deploy and fdq-profile against a real OpenSSH server on 127.0.0.1 (and the local target).
+
+The server runs for this module only: a fresh host key, a fresh client key, a free port on
+loopback, this user's login, a config of its own; it is stopped at the end. Without sshd or root
+(sshd's privilege separation needs it) the SSH tests skip; CI installs openssh-server and runs as root.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fdq.device.bundle import sha256_file
+from fdq.host.cli import deploy_main, profile_main
+
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory, shared_dir):
+    from fdq.host.artifacts import save_torchscript_bundle
+    from fdq.models import SPECS, load_model
+
+    weights = shared_dir / "weights" / "slim_Final.pth"
+    folder = tmp_path_factory.mktemp("bundles") / "slim_fp32"
+    return save_torchscript_bundle(load_model("slim", weights), SPECS["slim"], 320, str(folder), engine=None,
+                                   dtype="fp32", quantization={"level": "float"})
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    if not os.path.exists(SSHD) or os.geteuid() != 0:
+        if os.environ.get("CI"):
+            pytest.fail("CI must test deploy against a real sshd (install openssh-server, run as root)")
+        pytest.skip("needs OpenSSH's sshd and root")
+    home = tmp_path_factory.mktemp("sshd")
+    for name in ("host_key", "client_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(home / name)], check=True)
+    (home / "authorized_keys").write_text((home / "client_key.pub").read_text())
+    port = _free_port()
+    config = home / "sshd_config"
+    config.write_text(f"""ListenAddress 127.0.0.1
+Port {port}
+HostKey {home / 'host_key'}
+AuthorizedKeysFile {home / 'authorized_keys'}
+PidFile {home / 'sshd.pid'}
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+StrictModes no
+UsePAM no
+Subsystem sftp internal-sftp
+""")
+    Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory
+    server = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                server.kill()
+                pytest.fail(f"sshd did not start: {server.stderr.read()[-500:]}")
+            time.sleep(0.1)
+    yield {"port": port, "key": home / "client_key", "home": home}
+    server.terminate()
+    server.wait(timeout=10)
+
+
+def _profile(tmp_path: Path, **fields) -> Path:
+    path = tmp_path / "board.yaml"
+    path.write_text(yaml.safe_dump(fields))
+    return path
+
+
+@pytest.fixture
+def board(sshd, tmp_path, monkeypatch):
+    monkeypatch.setenv("FDQ_HOME", str(tmp_path / "fdq-home"))  # known_hosts of this test only
+    workdir = tmp_path / "on-board"
+    profile = _profile(tmp_path, name="loopback-board", transport="ssh", host="127.0.0.1", port=sshd["port"],
+                       user="root", key=str(sshd["key"]), python=sys.executable, workdir=str(workdir), threads=1)
+    return {"profile": profile, "workdir": workdir}
+
+
+def test_deploy_sends_runner_and_bundle_then_only_what_changed(board, bundle, capsys):
+    assert deploy_main(["--target", str(board["profile"]), str(bundle)]) == 0
+    out, err = capsys.readouterr()
+    remote = Path(out.split(" -> ")[1].strip())
+    assert remote.parent == board["workdir"] / "bundles"
+    for f in bundle.iterdir():
+        assert sha256_file(remote / f.name) == sha256_file(f)
+    runner = board["workdir"] / "lib" / "fdq" / "device"
+    assert (runner / "run.py").is_file() and (runner / "kernels" / "fdq_kernels.c").is_file()
+    assert not any(runner.rglob("*.part")) and not (board["workdir"] / "lib" / "fdq" / "host").exists()
+    sent = int(err.split(" file(s) sent")[0].rsplit(" ", 1)[1])
+    shipped = [p for p in runner.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    assert sent == len(shipped) + len(list(bundle.iterdir()))
+
+    (runner / "run.py").write_text("# damaged\n")         # a file that differs travels again
+    (runner / "left_over.py").write_text("import os\n")    # an old module is removed
+    assert deploy_main(["--target", str(board["profile"]), str(bundle)]) == 0
+    err = capsys.readouterr().err
+    assert ": 1 file(s) sent" in err and "1 removed" in err
+    assert sha256_file(runner / "run.py") == sha256_file(Path(__file__).parents[1] / "device" / "run.py")
+    assert not (runner / "left_over.py").exists()
+
+
+def test_profile_runs_the_bundle_there_and_fetches_the_result(board, bundle, tmp_path, capsys):
+    out = tmp_path / "result.json"
+    assert profile_main(["--target", str(board["profile"]), "--bundle", str(bundle), "--frames", "3",
+                         "--warmup", "1", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["schema"] == "fdq.run/1" and doc["settings"]["frames"] == 3
+    assert len(doc["latency_ms"]["total"]["frames"]) == 3 and doc["fps"] > 0
+    assert doc["bundle"]["path"].startswith(str(board["workdir"] / "bundles"))
+    assert list((board["workdir"] / "results").glob("*.json"))
+    assert "loopback-board: " in capsys.readouterr().out
+
+
+def test_a_file_damaged_on_the_board_travels_again(board, bundle, tmp_path, capsys):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(bundle, damaged)
+    assert deploy_main(["--target", str(board["profile"]), str(damaged)]) == 0
+    remote = Path(capsys.readouterr().out.split(" -> ")[1].strip())
+    (remote / "model.pt").write_bytes(b"not a model")
+    assert profile_main(["--target", str(board["profile"]), "--bundle", str(damaged), "--frames", "1"]) == 0
+    # profile deploys first: the target's sha256 differed, so the good file went again
+    assert sha256_file(remote / "model.pt") == sha256_file(bundle / "model.pt")
+
+
+@pytest.mark.parametrize("case, needle", [
+    ("wrong-key", "refused the key"),
+    ("closed-port", "cannot connect to 127.0.0.1"),
+    ("missing-key", "key file"),
+    ("bad-python", "cannot list"),
+])
+def test_target_problems_are_one_clear_line(case, needle, board, sshd, bundle, tmp_path, capsys):
+    args = ["--target", str(board["profile"]), str(bundle)]
+    if case == "wrong-key":
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other")], check=True)
+        args += ["--key", str(tmp_path / "other")]
+    elif case == "closed-port":
+        args += ["--port", str(_free_port())]
+    elif case == "missing-key":
+        args += ["--key", str(tmp_path / "nope")]
+    else:
+        args += ["--python", "/no/such/python"]
+    assert deploy_main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    errors = [line for line in err if line.startswith("fdq-deploy")]  # besides "first connection ..."
+    assert len(errors) == 1 and errors[0] == err[-1], err
+    assert errors[0].startswith("fdq-deploy: error: ") and needle in errors[0], err
+
+
+def test_changed_host_key_is_refused(board, sshd, bundle, tmp_path, capsys):
+    known = tmp_path / "fdq-home" / "known_hosts"
+    assert deploy_main(["--target", str(board["profile"]), str(bundle)]) == 0
+    line = known.read_text().split()
+    forged = tmp_path / "forged"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(forged)], check=True)
+    known.write_text(f"{line[0]} {' '.join(Path(str(forged) + '.pub').read_text().split()[:2])}\n")
+    capsys.readouterr()
+    assert deploy_main(["--target", str(board["profile"]), str(bundle)]) == 1
+    assert "host key of 127.0.0.1" in capsys.readouterr().err
+
+
+def test_unknown_target_and_bad_profiles(tmp_path, bundle, capsys):
+    assert deploy_main(["--target", "no-such-board", str(bundle)]) == 1
+    assert "unknown target 'no-such-board'" in capsys.readouterr().err
+    typo = _profile(tmp_path, name="x", transport="ssh", host="127.0.0.1", user="pi", python="python3",
+                    workdir="~/fdq", prot=22)
+    assert deploy_main(["--target", str(typo), str(bundle)]) == 1
+    assert "unknown field(s) prot" in capsys.readouterr().err
+
+
+def test_local_target_needs_no_network(tmp_path, bundle, capsys):
+    profile = _profile(tmp_path, name="here", transport="local", python=sys.executable,
+                       workdir=str(tmp_path / "work"), threads=1)
+    out = tmp_path / "r.json"
+    assert profile_main(["--target", str(profile), "--bundle", str(bundle), "--frames", "2", "--warmup", "0",
+                         "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["settings"]["frames"] == 2
+
+
+def test_shipped_profiles_load():
+    from fdq.host.targets import load_target, shipped_profiles
+
+    assert {"rpi4", "local"} <= set(shipped_profiles())
+    rpi4 = load_target("rpi4")
+    assert rpi4.transport == "ssh" and rpi4.host == "127.0.0.1" and rpi4.engine == "qnnpack"
+    assert load_target("rpi4", port=2200).port == 2200
