@@ -138,7 +138,8 @@ def test_a_file_damaged_on_the_board_travels_again(board, bundle, tmp_path, caps
     assert deploy_main(["--target", str(board["profile"]), str(damaged)]) == 0
     remote = Path(capsys.readouterr().out.split(" -> ")[1].strip())
     (remote / "model.pt").write_bytes(b"not a model")
-    assert profile_main(["--target", str(board["profile"]), "--bundle", str(damaged), "--frames", "1"]) == 0
+    assert profile_main(["--target", str(board["profile"]), "--bundle", str(damaged), "--frames", "1",
+                         "--out", str(tmp_path / "r.json")]) == 0
     # profile deploys first: the target's sha256 differed, so the good file went again
     assert sha256_file(remote / "model.pt") == sha256_file(bundle / "model.pt")
 
