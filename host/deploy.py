@@ -40,7 +40,17 @@ for folder, _, names in os.walk(root):
             out[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
 print(json.dumps(out))
 """
-_VERIFY = "import sys\nfrom fdq.device.bundle import load_bundle\nfor p in sys.argv[1:]: load_bundle(p)\n"
+# Run by the target's Python on the deployed bundles: every checksum, and the int8 engine its torch must have.
+_VERIFY = """import sys
+from fdq.device.bundle import load_bundle
+bundles = [load_bundle(p) for p in sys.argv[1:]]
+if any(b.runtime == 'torchscript' and b.engine for b in bundles):
+    import torch
+    have = list(torch.backends.quantized.supported_engines)
+    for b in bundles:
+        if b.runtime == 'torchscript' and b.engine and b.engine not in have:
+            sys.exit(f"{b.path.name} needs the {b.engine} engine; this torch has {', '.join(have)}")
+"""
 
 
 @dataclass
@@ -112,7 +122,7 @@ def deploy(conn: Connection, bundles: Sequence[str]) -> Deployment:
     if result.bundles:
         _check(conn, f"cd {shlex.quote(workdir)} && PYTHONPATH={LIB} {shlex.quote(_python(conn))} -c "
                      f"{shlex.quote(_VERIFY)} " + " ".join(shlex.quote(b) for b in result.bundles.values()),
-               "a deployed bundle does not verify there")
+               "a deployed bundle does not run there")
     return result
 
 

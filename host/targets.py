@@ -70,7 +70,8 @@ def load_target(name_or_path: str, **overrides: Any) -> Target:
     if missing:
         raise TargetError(f"profile {path}: missing field(s) {', '.join(missing)}")
     if data["transport"] not in TRANSPORTS:
-        raise TargetError(f"profile {path}: transport must be one of {', '.join(TRANSPORTS)}, got {data['transport']!r}")
+        raise TargetError(f"profile {path}: transport must be one of {', '.join(TRANSPORTS)}, "
+                          f"got {data['transport']!r}")
     if "runtimes" in data:
         data["runtimes"] = tuple(data["runtimes"])
     target = replace(Target(**data), **{k: v for k, v in overrides.items() if v is not None})

@@ -168,6 +168,18 @@ def test_target_problems_are_one_clear_line(case, needle, board, sshd, bundle, t
     assert errors[0].startswith("fdq-deploy: error: ") and needle in errors[0], err
 
 
+def test_a_bundle_for_an_engine_the_target_lacks_is_refused_at_deploy(board, bundle, tmp_path, capsys):
+    other = tmp_path / "slim_other_engine"
+    shutil.copytree(bundle, other)
+    manifest = yaml.safe_load((other / "manifest.yaml").read_text())
+    manifest["backend"]["engine"] = "no_such_engine"  # the manifest is the bundle's root of trust: still loadable
+    (other / "manifest.yaml").write_text(yaml.safe_dump(manifest))
+    assert deploy_main(["--target", str(board["profile"]), str(other)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("fdq-deploy: error: loopback-board: a deployed bundle does not run there: ")
+    assert f"{other.name}-" in err and "needs the no_such_engine engine; this torch has " in err
+
+
 def test_changed_host_key_is_refused(board, sshd, bundle, tmp_path, capsys):
     known = tmp_path / "fdq-home" / "known_hosts"
     assert deploy_main(["--target", str(board["profile"]), str(bundle)]) == 0
