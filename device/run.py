@@ -66,7 +66,8 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _positive(kind: str, minimum: int):
+def int_at_least(kind: str, minimum: int):
+    """An argparse type: an integer >= ``minimum``, or an error naming ``kind``."""
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -94,13 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bundle", required=True, help="bundle folder (verified against its manifest)")
     p.add_argument("--source", default="synthetic",
                    help="image folder (WIDER layout), video file, or 'synthetic' (default: synthetic)")
-    p.add_argument("--frames", type=_positive("--frames", 1), default=None,
+    p.add_argument("--frames", type=int_at_least("--frames", 1), default=None,
                    help="frames to measure (default: every image once / the whole video / "
                         f"{SYNTHETIC_DEFAULT_FRAMES} synthetic); image folders and videos loop if needed")
-    p.add_argument("--warmup", type=_positive("--warmup", 0), default=5, help="unrecorded warm-up frames (default 5)")
-    p.add_argument("--threads", type=_positive("--threads", 1), default=1, help="CPU threads (default 1)")
+    p.add_argument("--warmup", type=int_at_least("--warmup", 0), default=5, help="unrecorded warm-up frames (default 5)")
+    p.add_argument("--threads", type=int_at_least("--threads", 1), default=1, help="CPU threads (default 1)")
     p.add_argument("--gt", default=None, help="WIDER FACE ground truth (.mat folder or .json): adds AP")
-    p.add_argument("--long-side", type=_positive("--long-side", 1), default=None,
+    p.add_argument("--long-side", type=int_at_least("--long-side", 1), default=None,
                    help="network input long side (default: the bundle's)")
     p.add_argument("--threshold", type=_probability, default=0.02, help="score threshold before NMS (default 0.02)")
     p.add_argument("--json", required=True, dest="json_out", help="where to write the results")

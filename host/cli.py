@@ -292,11 +292,13 @@ def deploy_main(argv: Optional[List[str]] = None) -> int:
 
 
 def profile_main(argv: Optional[List[str]] = None) -> int:
+    from fdq.device.run import int_at_least  # the runner's own checks, before anything travels
+
     p = _board_parser("fdq-profile", "Deploy a bundle, run it on the target, fetch the result JSON.")
     p.add_argument("--bundle", required=True)
-    p.add_argument("--frames", type=int, default=100)
-    p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--threads", type=int, help="default: the profile's threads")
+    p.add_argument("--frames", type=int_at_least("--frames", 1), default=100)
+    p.add_argument("--warmup", type=int_at_least("--warmup", 0), default=10)
+    p.add_argument("--threads", type=int_at_least("--threads", 1), help="default: the profile's threads")
     p.add_argument("--source", default="synthetic", help="on the target: an image folder, a video, or synthetic")
     p.add_argument("--out", help="local JSON (default fdq-profile/TARGET/BUNDLE.json)")
     return _run(cmd_profile, p.parse_args(argv), "fdq-profile")
