@@ -30,14 +30,16 @@ BUNDLES = "bundles"
 RESULTS = "results"
 RUN_TIMEOUT_S = 3600.0
 
-# Run by the target's Python: sha256 of every file under a folder, as JSON {relative path: digest}.
+# Run by the target's Python in the workdir: sha256 of every file under the folders it is given,
+# as JSON {path relative to the workdir: digest}.
 _INVENTORY = """import hashlib, json, os, sys
-root, out = sys.argv[1], {}
-for folder, _, names in os.walk(root):
-    for name in names:
-        path = os.path.join(folder, name)
-        with open(path, 'rb') as f:
-            out[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
+out = {}
+for top in sys.argv[1:]:
+    for folder, _, names in os.walk(top):
+        for name in names:
+            path = os.path.join(folder, name)
+            with open(path, 'rb') as f:
+                out[os.path.relpath(path)] = hashlib.sha256(f.read()).hexdigest()
 print(json.dumps(out))
 """
 # Run by the target's Python on the deployed bundles: every checksum, and the int8 engine its torch must have.
@@ -81,8 +83,10 @@ def planned_files(bundles: Sequence[Path]) -> Dict[str, Path]:
     return plan
 
 
-def _python(conn: Connection) -> str:
-    return conn.target.python
+def _in_workdir(conn: Connection, workdir: str, *python_args: str) -> str:
+    """A shell command running the target's Python in ``workdir``, with the runner importable."""
+    return (f"cd {shlex.quote(workdir)} && PYTHONPATH={LIB} "
+            + " ".join(shlex.quote(a) for a in (conn.target.python, *python_args)))
 
 
 def _check(conn: Connection, command: str, what: str) -> str:
@@ -93,8 +97,9 @@ def _check(conn: Connection, command: str, what: str) -> str:
 
 
 def inventory(conn: Connection, workdir: str) -> Dict[str, str]:
-    out = _check(conn, f"{shlex.quote(_python(conn))} -c {shlex.quote(_INVENTORY)} {shlex.quote(workdir)}",
-                 f"{_python(conn)} cannot list {workdir}")
+    """sha256 of what the target already holds of the runner and the bundles."""
+    out = _check(conn, _in_workdir(conn, workdir, "-c", _INVENTORY, LIB, BUNDLES),
+                 f"{conn.target.python} cannot list {workdir}")
     return json.loads(out)
 
 
@@ -120,8 +125,7 @@ def deploy(conn: Connection, bundles: Sequence[str]) -> Deployment:
                "cannot remove old runner files")
         result.removed = stale
     if result.bundles:
-        _check(conn, f"cd {shlex.quote(workdir)} && PYTHONPATH={LIB} {shlex.quote(_python(conn))} -c "
-                     f"{shlex.quote(_VERIFY)} " + " ".join(shlex.quote(b) for b in result.bundles.values()),
+        _check(conn, _in_workdir(conn, workdir, "-c", _VERIFY, *result.bundles.values()),
                "a deployed bundle does not run there")
     return result
 
@@ -135,8 +139,7 @@ def profile(conn: Connection, remote_bundle: str, out: Path, frames: int, warmup
     args = ["--bundle", remote_bundle, "--source", source, "--frames", str(frames), "--warmup", str(warmup),
             "--threads", str(threads or conn.target.threads), "--json", remote_json]
     conn.makedirs(str(PurePosixPath(workdir, RESULTS)))
-    _check(conn, f"cd {shlex.quote(workdir)} && PYTHONPATH={LIB} {shlex.quote(_python(conn))} -m fdq.device.run "
-                 + " ".join(shlex.quote(a) for a in args), "the runner failed")
+    _check(conn, _in_workdir(conn, workdir, "-m", "fdq.device.run", *args), "the runner failed")
     out.parent.mkdir(parents=True, exist_ok=True)
     conn.get(str(PurePosixPath(workdir, remote_json)), out)
     return json.loads(out.read_text(encoding="utf-8"))
