@@ -1,8 +1,9 @@
 """Connections to a target: run a command, put and get files. SSH (paramiko) or this machine.
 
 Both kinds offer the same four calls, so deploy and profile never ask which one they hold. Files
-arrive under a temporary name and are renamed into place: a cut connection leaves no half file
-that a later deploy would take for a good one.
+arrive under a temporary name and are renamed into place (on this machine with
+``fdq.device.atomic``): a cut connection leaves no half file that a later deploy would take for a
+good one.
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from pathlib import Path, PurePosixPath
 from typing import Optional, Union
 
 import paramiko
+
+from fdq.device.atomic import atomic_output
 
 from .targets import Target
 
@@ -138,13 +141,11 @@ class SSHConnection:
             raise RemoteError(f"{self.target.name}: upload of {local.name} to {remote} failed ({exc})") from None
 
     def get(self, remote: str, local: Path) -> None:
-        partial = local.with_name(local.name + ".part")
         try:
-            self.sftp.get(self.path(remote), str(partial))
+            with atomic_output(local) as partial:
+                self.sftp.get(self.path(remote), str(partial))
         except (OSError, paramiko.SSHException) as exc:
-            partial.unlink(missing_ok=True)
             raise RemoteError(f"{self.target.name}: download of {remote} failed ({exc})") from None
-        partial.replace(local)
 
     def close(self) -> None:
         self.sftp.close()
@@ -171,20 +172,15 @@ class LocalConnection:
         Path(self.path(remote)).mkdir(parents=True, exist_ok=True)
 
     def put(self, local: Path, remote: str) -> None:
-        _copy_atomic(local, Path(self.path(remote)))
+        with atomic_output(self.path(remote)) as partial:
+            shutil.copyfile(local, partial)
 
     def get(self, remote: str, local: Path) -> None:
-        _copy_atomic(Path(self.path(remote)), local)
+        with atomic_output(local) as partial:
+            shutil.copyfile(self.path(remote), partial)
 
     def close(self) -> None:
         pass
-
-
-def _copy_atomic(source: Path, dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    partial = dest.with_name(dest.name + ".part")
-    shutil.copyfile(source, partial)
-    partial.replace(dest)
 
 
 Connection = Union[SSHConnection, LocalConnection]

@@ -36,6 +36,7 @@ from bench_quant import score  # noqa: E402  (the one way a benchmark scores AP)
 from fdq.calibration import ptq  # noqa: E402
 from fdq.calibration.data import find_images, split_holdout  # noqa: E402
 from fdq.calibration.report import output_error  # noqa: E402
+from fdq.device.atomic import atomic_write_text  # noqa: E402
 from fdq.device.evaluation import SETTINGS, load_ground_truth  # noqa: E402
 from fdq.host.torch_inference import torch_inference  # noqa: E402
 from fdq.host.zoo import resolve_weights  # noqa: E402
@@ -102,9 +103,7 @@ def main(argv: Optional[List[str]] = None) -> int:
            "torch": torch.__version__, "goal_points": GOAL_POINTS, "ptq_options": options.to_dict(),
            "results": results}
     out = Path(args.json)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(out)
+    atomic_write_text(out, json.dumps(doc, indent=2) + "\n")
     print(f"wrote {out}")
     return 0
 

@@ -38,6 +38,7 @@ from typing import Any, Dict, List, Optional
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_quant import build, rows_for  # noqa: E402  (the one way a benchmark builds bundles)
 
+from fdq.device.atomic import atomic_write_text  # noqa: E402
 from fdq.device.evaluation import SETTINGS, load_ground_truth, save_ground_truth_json  # noqa: E402
 from fdq.models import MODEL_NAMES  # noqa: E402
 
@@ -184,10 +185,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         p.error("give --python and --data (run) or --from-json (print a table)")
     doc = run(args)
     out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(out)
+    atomic_write_text(out, json.dumps(doc, indent=2) + "\n")
     failed = [r for r in doc["results"] if not r["agree"]]
     print(markdown(doc))
     print(f"wrote {out}: {len(doc['results']) - len(failed)} of {len(doc['results'])} bundles agree")
