@@ -31,7 +31,7 @@ def trace(model: nn.Module, long_side: int,
 def save_torchscript_bundle(model: nn.Module, spec: DetectorSpec, long_side: int, out: str, *,
                             engine: Optional[str], dtype: str, quantization: Dict[str, Any],
                             calibration: Optional[Dict[str, Any]] = None,
-                            report: Optional[Dict[str, Any]] = None) -> Path:
+                            report: Optional[Dict[str, Any]] = None, force: bool = False) -> Path:
     """Write a self-describing TorchScript bundle; ``engine`` is the quantized engine (None for float)."""
     input_quant = None
     if engine:
@@ -57,4 +57,4 @@ def save_torchscript_bundle(model: nn.Module, spec: DetectorSpec, long_side: int
         "torch_version": str(torch.__version__),
         "entry": {"model": MODEL_FILE, "report": REPORT_FILE},
     }
-    return write_bundle(out, manifest, write_files)
+    return write_bundle(out, manifest, write_files, force=force)

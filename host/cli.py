@@ -150,7 +150,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from fdq.host.export import export_bundle
 
-    path = export_bundle(args.bundle, args.format, args.out, args.calib, weights=args.weights)
+    path = export_bundle(args.bundle, args.format, args.out, args.calib, weights=args.weights, force=args.force)
     print(f"{args.format} bundle written to {path}")
     return 0
 
@@ -198,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("bundle")
     x.add_argument("--format", required=True, choices=("torchscript", "onnx", "onnx-int8", "ncnn"),
                    help="onnx-int8: QDQ through onnxruntime's static quantization (needs --calib)")
-    x.add_argument("--out", required=True)
+    x.add_argument("--out", required=True, help="bundle folder to write (a new path or an empty folder)")
+    x.add_argument("--force", action="store_true", help="replace an existing fdq bundle at --out")
     x.add_argument("--calib", help="calibration images for onnx-int8 (use the bundle's own set)")
     x.add_argument("--weights", help="float weights, if the bundle does not record them")
     x.set_defaults(func=cmd_export)

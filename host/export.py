@@ -33,6 +33,7 @@ from torch import nn
 from fdq.device.bundle import MANIFEST, Bundle, BundleError, load_bundle, sha256_file
 from fdq.device.images import list_images, read_image
 from fdq.device.preprocess import normalize, resize_image
+from fdq.device.outputs import check_folder_output
 from fdq.host.bundles import write_bundle
 
 FORMATS = ("torchscript", "onnx", "onnx-int8", "ncnn")
@@ -369,7 +370,7 @@ def _source_record(bundle: Bundle) -> Dict[str, Any]:
 
 
 def export_bundle(bundle_dir: PathLike, fmt: str, out: PathLike, calib_dir: Optional[PathLike] = None, *,
-                  weights: Optional[PathLike] = None, calib_limit: Optional[int] = None) -> Path:
+                  weights: Optional[PathLike] = None, calib_limit: Optional[int] = None, force: bool = False) -> Path:
     """Export the model of bundle ``bundle_dir`` as a new ``fmt`` bundle at ``out``; returns its path.
 
     ``fmt``: ``torchscript``, ``onnx``, ``onnx-int8`` (needs ``calib_dir``) or ``ncnn``.
@@ -385,6 +386,7 @@ def export_bundle(bundle_dir: PathLike, fmt: str, out: PathLike, calib_dir: Opti
         raise _fail(str(exc)) from None
     if Path(out).resolve() == bundle.path.resolve():
         raise _fail(f"export target {out} is the source bundle itself")
+    check_folder_output(out, force)
     if fmt_key == "onnx-int8" and calib_dir is None:
         raise _fail("int8 ONNX export needs calib_dir: a folder of calibration images")
     if fmt_key != "onnx-int8" and calib_dir is not None:
@@ -393,16 +395,16 @@ def export_bundle(bundle_dir: PathLike, fmt: str, out: PathLike, calib_dir: Opti
     source = _source_record(bundle)
 
     if fmt_key == "torchscript":
-        return _resave(bundle, out, source)
+        return _resave(bundle, out, source, force)
 
     model, weights_info = float_model(bundle, weights)
     if fmt_key in ("onnx", "onnx-int8"):
         return _export_onnx(bundle, model, weights_info, out, long_side, source,
-                            calib_dir if fmt_key == "onnx-int8" else None, calib_limit)
-    return _export_ncnn(bundle, model, weights_info, out, long_side, source)
+                            calib_dir if fmt_key == "onnx-int8" else None, calib_limit, force)
+    return _export_ncnn(bundle, model, weights_info, out, long_side, source, force)
 
 
-def _resave(bundle: Bundle, out: PathLike, source: Dict[str, Any]) -> Path:
+def _resave(bundle: Bundle, out: PathLike, source: Dict[str, Any], force: bool) -> Path:
     manifest = {k: v for k, v in bundle.manifest.items() if k not in _MANIFEST_OWN}
     manifest["exported_from"] = source
     names = list((bundle.manifest.get("files") or {}).keys())
@@ -413,11 +415,12 @@ def _resave(bundle: Bundle, out: PathLike, source: Dict[str, Any]) -> Path:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(bundle.path / name, target)
 
-    return write_bundle(str(out), manifest, write_files)
+    return write_bundle(str(out), manifest, write_files, force=force)
 
 
 def _export_onnx(bundle: Bundle, model: nn.Module, weights_info: Dict[str, Any], out: PathLike, long_side: int,
-                 source: Dict[str, Any], calib_dir: Optional[PathLike], calib_limit: Optional[int]) -> Path:
+                 source: Dict[str, Any], calib_dir: Optional[PathLike], calib_limit: Optional[int],
+                 force: bool) -> Path:
     import onnxruntime
 
     int8 = calib_dir is not None
@@ -455,11 +458,11 @@ def _export_onnx(bundle: Bundle, model: nn.Module, weights_info: Dict[str, Any],
 
     manifest.update({"quantization": quant, "calibration": calib_info, "exported_from": source,
                      "export": export, "entry": {"model": ONNX_FILE}})
-    return write_bundle(str(out), manifest, write_files)
+    return write_bundle(str(out), manifest, write_files, force=force)
 
 
 def _export_ncnn(bundle: Bundle, model: nn.Module, weights_info: Dict[str, Any], out: PathLike, long_side: int,
-                 source: Dict[str, Any]) -> Path:
+                 source: Dict[str, Any], force: bool) -> Path:
     import ncnn
 
     h, w = _example_hw(long_side)
@@ -498,4 +501,4 @@ def _export_ncnn(bundle: Bundle, model: nn.Module, weights_info: Dict[str, Any],
                      "io": io, "exported_from": source, "export": export,
                      "entry": {"param": NCNN_PARAM, "model": NCNN_BIN}})
     # ``io`` and ``export`` are filled while the files are written, before write_bundle dumps the manifest.
-    return write_bundle(str(out), manifest, write_files)
+    return write_bundle(str(out), manifest, write_files, force=force)

@@ -253,8 +253,11 @@ def quantize_command(args: argparse.Namespace) -> Path:
     from fdq.host.zoo import resolve_weights
     from fdq.models import SPECS, load_model
 
+    from fdq.device.outputs import check_folder_output
+
     start = time.perf_counter()
     _check_args(args)
+    check_folder_output(args.out, args.force)
     spec = SPECS[args.model]
     weights = resolve_weights(args.model, args.weights)
     cset = _calibration_set(args, spec.mean_bgr)
@@ -289,7 +292,8 @@ def quantize_command(args: argparse.Namespace) -> Path:
         calibration = {"images": 0, "data": "distilled from BatchNorm statistics"}
     report["seconds"] = round(time.perf_counter() - start, 2)
     return save_torchscript_bundle(exported, spec, args.long_side, args.out, engine=engine, dtype=dtype,
-                                   quantization=section, calibration=calibration, report=report)
+                                   quantization=section, calibration=calibration, report=report,
+                                   force=args.force)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -349,6 +353,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--ap-budget", type=float, help="keep the most sensitive layers in float until the AP drop "
                                                    "on the calibration images is at most this many points")
     p.add_argument("--long-side", type=int, default=320, help="input long side of the bundle (default 320)")
-    p.add_argument("--out", required=True, help="bundle folder to write")
+    p.add_argument("--out", required=True, help="bundle folder to write (a new path or an empty folder)")
+    p.add_argument("--force", action="store_true", help="replace an existing fdq bundle at --out")
     p.set_defaults(func=_run)
     return p
