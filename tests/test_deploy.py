@@ -1,18 +1,12 @@
-"""fdq-deploy and fdq-profile against a real OpenSSH server on 127.0.0.1 (and the local target).
-
-The server runs for this module only: a fresh host key, a fresh client key, a free port on
-loopback, this user's login, a config of its own; it is stopped at the end. Without sshd or root
-(sshd's privilege separation needs it) the SSH tests skip; CI installs openssh-server and runs as root.
-"""
+"""fdq-deploy and fdq-profile against a real OpenSSH server on 127.0.0.1 (``sshd`` in conftest.py)
+and the local target."""
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,65 +15,10 @@ import yaml
 from fdq.device.bundle import sha256_file
 from fdq.host.cli import deploy_main, profile_main
 
-SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory, shared_dir):
-    from fdq.host.artifacts import save_torchscript_bundle
-    from fdq.models import SPECS, load_model
-
-    weights = shared_dir / "weights" / "slim_Final.pth"
-    folder = tmp_path_factory.mktemp("bundles") / "slim_fp32"
-    return save_torchscript_bundle(load_model("slim", weights), SPECS["slim"], 320, str(folder), engine=None,
-                                   dtype="fp32", quantization={"level": "float"})
-
-
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
-    if not os.path.exists(SSHD) or os.geteuid() != 0:
-        if os.environ.get("CI"):
-            pytest.fail("CI must test deploy against a real sshd (install openssh-server, run as root)")
-        pytest.skip("needs OpenSSH's sshd and root")
-    home = tmp_path_factory.mktemp("sshd")
-    for name in ("host_key", "client_key"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(home / name)], check=True)
-    (home / "authorized_keys").write_text((home / "client_key.pub").read_text())
-    port = _free_port()
-    config = home / "sshd_config"
-    config.write_text(f"""ListenAddress 127.0.0.1
-Port {port}
-HostKey {home / 'host_key'}
-AuthorizedKeysFile {home / 'authorized_keys'}
-PidFile {home / 'sshd.pid'}
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PermitRootLogin prohibit-password
-StrictModes no
-UsePAM no
-Subsystem sftp internal-sftp
-""")
-    Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory
-    server = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if server.poll() is not None or time.monotonic() > deadline:
-                server.kill()
-                pytest.fail(f"sshd did not start: {server.stderr.read()[-500:]}")
-            time.sleep(0.1)
-    yield {"port": port, "key": home / "client_key", "home": home}
-    server.terminate()
-    server.wait(timeout=10)
+@pytest.fixture
+def bundle(slim_fp32_bundle):
+    return slim_fp32_bundle
 
 
 def _profile(tmp_path: Path, **fields) -> Path:
@@ -150,13 +89,13 @@ def test_a_file_damaged_on_the_board_travels_again(board, bundle, tmp_path, caps
     ("missing-key", "key file"),
     ("bad-python", "cannot list"),
 ])
-def test_target_problems_are_one_clear_line(case, needle, board, sshd, bundle, tmp_path, capsys):
+def test_target_problems_are_one_clear_line(case, needle, board, sshd, bundle, tmp_path, capsys, free_port):
     args = ["--target", str(board["profile"]), str(bundle)]
     if case == "wrong-key":
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other")], check=True)
         args += ["--key", str(tmp_path / "other")]
     elif case == "closed-port":
-        args += ["--port", str(_free_port())]
+        args += ["--port", str(free_port())]
     elif case == "missing-key":
         args += ["--key", str(tmp_path / "nope")]
     else:
