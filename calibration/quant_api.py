@@ -1,7 +1,9 @@
 """The one module of fdq that calls ``torch.ao.quantization`` (eager mode).
 
-torch 2.13 deprecates eager-mode quantization (its calls warn; nothing here silences that), so
-everything fdq needs from it lives here: moving to PT2E / torchao is a change to this file only.
+torch 2.13 deprecates eager-mode quantization, so everything fdq needs from it lives here: moving to
+PT2E / torchao is a change to this file only. That one deprecation notice is for fdq's maintainers,
+not its users (docs/ARCHITECTURE.md records it and what replaces the API), so this module filters
+exactly that message; every other warning stays visible.
 The rest of fdq (PTQ, data-free, sensitivity, QAT, distillation) works through these functions.
 
 Weights are symmetric int8 (per channel by default), activations affine uint8. ``reduce_range``
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import warnings
 from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -23,6 +26,10 @@ from torch.ao.nn import intrinsic as nni
 from torch.ao.nn.intrinsic import qat as nniqat
 
 from fdq.models import fusion_groups
+
+warnings.filterwarnings("ignore", message=r"torch\.ao\.quantization is deprecated", category=DeprecationWarning)
+warnings.filterwarnings("ignore", category=UserWarning,
+                        message=r"torch\.quantize_per_tensor, torch\.quantize_per_channel and other quantized tensor")
 
 BACKENDS = ("qnnpack", "fbgemm", "x86")
 

@@ -36,6 +36,8 @@ import cv2
 import numpy as np
 
 from .bundle import BundleError, load_bundle
+from .cliargs import Parser, int_at_least
+from .outputs import OutputRefused, check_file_output
 from .draw import draw_detections
 
 PROG = "fdq-demo"
@@ -389,9 +391,7 @@ class VideoOutput:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="Live face detection on a camera, video file or stream with an fdq bundle.")
+    parser = Parser(prog=PROG, description="Live face detection on a camera, video file or stream with an fdq bundle.")
     parser.add_argument("--bundle", required=True, help="bundle folder (with manifest.yaml)")
     parser.add_argument("--source", required=True,
                         help="camera index (0), video file, or stream URL (rtsp://...)")
@@ -401,10 +401,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="allow --serve on a non-loopback address (anyone on that network can watch)")
     parser.add_argument("--linger", type=float, default=0.0, metavar="SECONDS",
                         help="with --serve, keep serving the last frame this long after the source ends")
-    parser.add_argument("--output", metavar="OUT.mp4", help="write the annotated video (mp4v)")
-    parser.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
-    parser.add_argument("--threshold", type=float, default=0.5, help="minimum face score drawn (default 0.5)")
-    parser.add_argument("--threads", type=int, default=1, help="inference threads (default 1)")
+    parser.add_argument("--output", metavar="OUT.mp4", help="write the annotated video (mp4v; a new file)")
+    parser.add_argument("--force", action="store_true", help="replace an existing file at --output")
+    parser.add_argument("--max-frames", type=int_at_least("--max-frames", 1), metavar="N", help="stop after N frames")
+    parser.add_argument("--threshold", type=float, default=0.5, help="minimum face score drawn")
+    parser.add_argument("--threads", type=int_at_least("--threads", 1), default=1, help="inference threads")
     parser.add_argument("--long-side", type=int, metavar="L",
                         help="network input long side (default: the bundle's)")
     return parser
@@ -412,10 +413,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Optional[Tuple[str, int]]:
     """Usage errors (argparse's exit code 2); returns the parsed --serve address."""
-    if args.max_frames is not None and args.max_frames < 1:
-        parser.error("--max-frames must be at least 1")
-    if args.threads < 1:
-        parser.error("--threads must be at least 1")
+    if args.output:
+        try:
+            check_file_output(args.output, args.force, "--output")
+        except OutputRefused as exc:
+            parser.error(str(exc))
     if args.long_side is not None and args.long_side < 16:
         parser.error("--long-side must be at least 16")
     if not 0.0 <= args.threshold <= 1.0:

@@ -30,7 +30,7 @@ import yaml
 from .bundle import MANIFEST, SCHEMA
 
 PathLike = Union[str, "os.PathLike[str]"]
-MARKER = ".fdq-output.json"
+MARKER = ".fdq-output"  # JSON inside; no suffix, so that globbing *.json never meets it
 MARKER_SCHEMA = "fdq.output/1"
 
 

@@ -89,6 +89,8 @@ def _torchscript(bundle: Bundle, threads: int) -> InferenceFn:
     try:
         with warnings.catch_warnings():  # torch >= 2.9 deprecates TorchScript; the board output stays clean
             warnings.simplefilter("ignore", DeprecationWarning)
+            if engine:
+                _consume_quantized_tensor_notice(torch)
             model = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:  # torch raises RuntimeError / ValueError for corrupt archives
         reason = str(exc).splitlines()[0] if str(exc) else repr(exc)
@@ -115,6 +117,15 @@ def _torchscript(bundle: Bundle, threads: int) -> InferenceFn:
         return _split_outputs(loc.numpy(), conf.numpy(), landm.numpy())
 
     return infer
+
+
+def _consume_quantized_tensor_notice(torch: Any) -> None:
+    """torch >= 2.13 deprecates quantized tensors with a once-per-process notice (a note for fdq's
+    maintainers, see docs/ARCHITECTURE.md). Loading an int8 model would print it from C++, where no
+    Python filter reaches; one quantized tensor made here under a filter uses up that once."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, message=r"torch\.quantize_per_tensor, ")
+        torch._make_per_tensor_quantized_tensor(torch.zeros(1, dtype=torch.uint8), 1.0, 0)
 
 
 def input_quantization(bundle: Bundle) -> Optional[Tuple[float, int]]:
@@ -233,7 +244,7 @@ def bundle_detector(bundle: Bundle, threads: int = 1, long_side: Optional[int] =
         from .kernels import quantized_normalizer
 
         options["normalize"] = quantized_normalizer(*quantized)
-    return FaceDetector(load_inference(bundle, threads), bundle.spec, int(long_side or bundle.long_side), **options)
+    return FaceDetector(load_inference(bundle, threads), bundle.spec, int(bundle.long_side if long_side is None else long_side), **options)
 
 
 def runtime_versions(bundle: Bundle) -> Dict[str, Any]:

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 from fdq.device.atomic import atomic_output, atomic_write_text
+from fdq.device.cliargs import Parser, describe_long_side, int_at_least, long_side
+from fdq.device.outputs import OutputRefused, atomic_folder, check_file_output, write_marker
 
 
 class CliError(Exception):
@@ -48,12 +50,17 @@ def cmd_zoo(args: argparse.Namespace) -> int:
         return 0
     table = Table(title="fdq weights")
     for column in ("name", "file", "size", "sha256", "where", "verified"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")  # a narrow terminal wraps the path, never cuts it
     for name in zoo.ZOO:
         s = zoo.status(name)
         table.add_row(name, s["filename"], str(s["size"]), s["sha256"][:16] + "...",
                       str(s["path"] or "not fetched"), "yes" if s["verified"] else "no")
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:  # a file or a pipe: as wide as the table needs
+        from rich.measure import Measurement
+
+        console = Console(width=Measurement.get(console, console.options.update_width(10_000), table).maximum)
+    console.print(table)
     return 0
 
 
@@ -83,35 +90,39 @@ def cmd_detect(args: argparse.Namespace) -> int:
         else:
             raise CliError(f"input not found: {args.input}")
     detector = _detector(args.model, args.weights, args.long_side)
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    for key, path in items:
-        image = read_image(path) if path is not None else sample_image()
-        path = path or "scikit-image astronaut (public domain sample)"
-        dets = detector.detect(image).above(args.threshold)
-        faces = [{"box": [round(float(v), 2) for v in b], "score": round(float(s), 5),
-                  "landmarks": [[round(float(x), 2), round(float(y), 2)] for x, y in p.reshape(5, 2)]}
-                 for b, s, p in zip(dets.boxes, dets.scores, dets.landmarks)]
-        doc = {"image": str(path), "width": image.shape[1], "height": image.shape[0], "model": args.model,
-               "long_side": args.long_side, "threshold": args.threshold, "faces": faces,
-               "timings_ms": {k: round(v, 3) for k, v in detector.last_timings_ms.items()}}
-        target = out / key
-        target.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(str(target) + ".json", json.dumps(doc, indent=2))
-        annotated = draw_detections(image, dets)
-        ok, encoded = cv2.imencode(".jpg", annotated)
-        if not ok:
-            raise CliError(f"cannot encode annotated image for {path}")
-        with atomic_output(str(target) + ".jpg") as tmp:
-            encoded.tofile(str(tmp))
-        print(f"{path}: {len(dets)} faces -> {target}.jpg")
+    with atomic_folder(args.output, args.force, "--output") as out:  # all images or nothing
+        for key, path in items:
+            image = read_image(path) if path is not None else sample_image()
+            path = path or "scikit-image astronaut (public domain sample)"
+            dets = detector.detect(image).above(args.threshold)
+            faces = [{"box": [round(float(v), 2) for v in b], "score": round(float(s), 5),
+                      "landmarks": [[round(float(x), 2), round(float(y), 2)] for x, y in p.reshape(5, 2)]}
+                     for b, s, p in zip(dets.boxes, dets.scores, dets.landmarks)]
+            doc = {"image": str(path), "width": image.shape[1], "height": image.shape[0], "model": args.model,
+                   "long_side": describe_long_side(args.long_side), "threshold": args.threshold, "faces": faces,
+                   "timings_ms": {k: round(v, 3) for k, v in detector.last_timings_ms.items()}}
+            target = out / key
+            target.parent.mkdir(parents=True, exist_ok=True)
+            Path(str(target) + ".json").write_text(json.dumps(doc, indent=2), encoding="utf-8")
+            ok, encoded = cv2.imencode(".jpg", draw_detections(image, dets))
+            if not ok:
+                raise CliError(f"cannot encode annotated image for {path}")
+            encoded.tofile(str(target) + ".jpg")
+            print(f"{path}: {len(dets)} faces -> {Path(args.output) / key}.jpg")
+        write_marker(out, {"command": "fdq detect", "images": len(items)})
     return 0
 
 
 # ---------------------------------------------------------------- eval
 def cmd_eval(args: argparse.Namespace) -> int:
     from fdq.device.evaluation import evaluate, load_ground_truth, read_prediction_dir
+    from fdq.device.outputs import check_folder_output
 
+    for option, path in (("--json", args.json), ("--plot", args.plot)):
+        if path:
+            check_file_output(path, args.force, option)
+    if args.predictions_out:
+        check_folder_output(args.predictions_out, args.force, "--predictions-out")
     gt = load_ground_truth(args.gt)
     if args.predictions:
         if args.images or args.model:
@@ -127,21 +138,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 raise CliError("--bundle carries its model: do not combine it with --model/--weights")
             detector = _bundle_detector(args.bundle, args.long_side, args.threads)
         else:
-            detector = _detector(args.model or "slim", args.weights, args.long_side or 320)
-        result = evaluate_detector(detector, args.images, gt, args.predictions_out)
+            detector = _detector(args.model or "slim", args.weights, 320 if args.long_side is None else args.long_side)
+        result = evaluate_detector(detector, args.images, gt, args.predictions_out, args.force)
     curves = result.pop("curves")
     summary = {k: result[k] for k in ("easy", "medium", "hard", "images")}
     summary.update({k: v for k, v in result.items() if k not in summary})
     if not args.predictions:
         summary.update(model=args.model or ("slim" if not args.bundle else detector.spec.name),
-                       long_side=detector.long_side, bundle=args.bundle, kernels=detector.kernels)
+                       long_side=describe_long_side(detector.long_side), bundle=args.bundle, kernels=detector.kernels)
     print(f"easy {summary['easy']:.4f}  medium {summary['medium']:.4f}  hard {summary['hard']:.4f}  "
           f"({summary['images']} images)")
     if args.json:
+        check_file_output(args.json, args.force, "--json")
         atomic_write_text(args.json, json.dumps(summary, indent=2) + "\n")
     if args.plot:
         from fdq.host.plots import plot_pr_curves
 
+        check_file_output(args.plot, args.force, "--plot")
         plot_pr_curves(curves, args.plot, title=f"{summary.get('model', 'predictions')} @ {summary.get('long_side', '')}")
     return 0
 
@@ -157,37 +170,41 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fdq", description="Quantize face detectors and measure them on the device.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = Parser(prog="fdq", description="Quantize face detectors and measure them on the device.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     z = sub.add_parser("zoo", help="pretrained weights: list, fetch")
-    zsub = z.add_subparsers(dest="zoo_cmd", required=True)
+    zsub = z.add_subparsers(dest="zoo_cmd", required=True, metavar="ACTION")
     zsub.add_parser("list", help="known weights and where they are cached")
     zf = zsub.add_parser("fetch", help="download and verify weights (NAME or 'all')")
-    zf.add_argument("name")
+    zf.add_argument("name", help="slim, rfb, mnet025, or all")
     z.set_defaults(func=cmd_zoo)
 
     d = sub.add_parser("detect", help="detect faces in an image or a folder")
-    d.add_argument("--model", default="slim")
+    d.add_argument("--model", default="slim", help="slim, rfb or mnet025")
     d.add_argument("--weights", help="weights file or zoo name (default: the model's zoo weights)")
     d.add_argument("--input", help="image file or folder (default: a public-domain sample photo)")
-    d.add_argument("--output", default="fdq-out", help="folder for annotated images and JSON")
-    d.add_argument("--long-side", type=int, default=320)
+    d.add_argument("--output", default="fdq-out", help="folder for annotated images and JSON (new or empty)")
+    d.add_argument("--force", action="store_true", help="replace an earlier fdq detect output at --output")
+    d.add_argument("--long-side", type=long_side, default=320,
+                   help="network input long side in pixels, or 'native' for the image's own size")
     d.add_argument("--threshold", type=float, default=0.5, help="score to report a face")
     d.set_defaults(func=cmd_detect)
 
     e = sub.add_parser("eval", help="WIDER FACE easy/medium/hard AP (official protocol)")
-    e.add_argument("--model", help="model to run (default slim)")
+    e.add_argument("--model", help="model to run: slim, rfb or mnet025 (default slim)")
     e.add_argument("--bundle", help="evaluate a bundle through the device runner's code")
-    e.add_argument("--threads", type=int, default=1, help="inference threads for --bundle")
-    e.add_argument("--weights")
+    e.add_argument("--threads", type=int_at_least("--threads", 1), default=1, help="inference threads for --bundle")
+    e.add_argument("--weights", help="weights file or zoo name for --model (default: the model's zoo weights)")
     e.add_argument("--images", help="WIDER-layout folder EVENT/NAME.jpg")
     e.add_argument("--predictions", help="existing prediction folder (official layout) to evaluate")
     e.add_argument("--gt", required=True, help="folder with the official .mat files (or a .json ground truth)")
-    e.add_argument("--long-side", type=int, help="default 320, or the bundle's")
-    e.add_argument("--predictions-out", help="also write the predictions in the official layout")
+    e.add_argument("--long-side", type=long_side,
+                   help="network input long side in pixels, or 'native' (default 320, or the bundle's)")
+    e.add_argument("--predictions-out", help="also write the predictions in the official layout (new folder)")
     e.add_argument("--json", help="write the AP summary as JSON")
     e.add_argument("--plot", help="write the precision-recall curves as PNG")
+    e.add_argument("--force", action="store_true", help="replace earlier fdq outputs at --json/--plot/--predictions-out")
     e.set_defaults(func=cmd_eval)
 
     from fdq.host.quantize import register as register_quantize
@@ -195,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_quantize(sub)
 
     x = sub.add_parser("export", help="export a bundle's model as another runtime's bundle")
-    x.add_argument("bundle")
+    x.add_argument("bundle", help="the bundle folder to export")
     x.add_argument("--format", required=True, choices=("torchscript", "onnx", "onnx-int8", "ncnn"),
                    help="onnx-int8: QDQ through onnxruntime's static quantization (needs --calib)")
     x.add_argument("--out", required=True, help="bundle folder to write (a new path or an empty folder)")
@@ -212,7 +229,7 @@ def _run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace, pr
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
-    except (CliError, ValueError, OSError, RuntimeError, KeyError) as exc:
+    except (CliError, OutputRefused, ValueError, OSError, RuntimeError, KeyError) as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"{prog}: error: {message}", file=sys.stderr)
         return 1
@@ -281,7 +298,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def _board_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=description)
+    p = Parser(prog=prog, description=description)
     _target_arguments(p)
     return p
 

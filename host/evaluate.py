@@ -9,30 +9,37 @@ import numpy as np
 from fdq.device.detector import FaceDetector
 from fdq.device.evaluation import GroundTruth, evaluate, to_wider_rows, write_prediction_file
 from fdq.device.images import list_images, read_image
+from fdq.device.outputs import atomic_folder, write_marker
 
 
-def predict_folder(detector: FaceDetector, images_dir: str,
-                   predictions_out: Optional[str] = None) -> Dict[str, np.ndarray]:
-    """Official-format rows (x, y, w, h, score) per ``EVENT/NAME`` key; optionally written to disk."""
+def predict_folder(detector: FaceDetector, images_dir: str) -> Dict[str, np.ndarray]:
+    """Official-format rows (x, y, w, h, score) per ``EVENT/NAME`` key."""
     predictions: Dict[str, np.ndarray] = {}
     for key, path in list_images(images_dir):
         dets = detector.detect(read_image(path))
-        rows = to_wider_rows(dets.boxes, dets.scores)
-        predictions[key] = rows
-        if predictions_out:
-            write_prediction_file(predictions_out, key, rows)
+        predictions[key] = to_wider_rows(dets.boxes, dets.scores)
     return predictions
 
 
+def write_predictions(predictions: Dict[str, np.ndarray], folder: str, force: bool = False) -> None:
+    """The official prediction layout (``EVENT/NAME.txt``), all files or none (fdq.device.outputs' rule)."""
+    with atomic_folder(folder, force, "--predictions-out") as tmp:
+        for key, rows in predictions.items():
+            write_prediction_file(tmp, key, rows)
+        write_marker(tmp, {"command": "fdq eval --predictions-out", "images": len(predictions)})
+
+
 def evaluate_detector(detector: FaceDetector, images_dir: str, gt: GroundTruth,
-                      predictions_out: Optional[str] = None) -> dict:
+                      predictions_out: Optional[str] = None, force: bool = False) -> dict:
     """AP per setting for the detector on the folder's images, plus the wall time it took."""
     start = time.perf_counter()
-    predictions = predict_folder(detector, images_dir, predictions_out)
+    predictions = predict_folder(detector, images_dir)
     missing = [key for key in gt.keys if key not in predictions]
     if missing:
         raise ValueError(f"{len(missing)} ground-truth images are not in {images_dir} "
                          f"(first: {missing[0]}); point --images at the split the ground truth describes")
+    if predictions_out:
+        write_predictions(predictions, predictions_out, force)
     result = evaluate(predictions, gt)
     result["seconds"] = time.perf_counter() - start
     return result

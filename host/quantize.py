@@ -18,12 +18,15 @@ held-back calibration images) and a collapse warning when int8 lost far more tha
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+
+from fdq.device.cliargs import int_at_least
 
 if TYPE_CHECKING:  # the CLI imports this module at start-up: torch is imported only when a command runs
     import torch
@@ -111,8 +114,6 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.freeze_bn_after and args.cle is not False:
         raise QuantizeError("--freeze-bn-after N > 0 trains BatchNorm statistics, which cross-layer equalization "
                             "folds into the convolutions first: add --no-cle")
-    if args.long_side < 32:
-        raise QuantizeError("--long-side must be at least 32")
     if args.iters is not None and args.iters < 1:
         raise QuantizeError("--iters must be >= 1")
 
@@ -308,27 +309,59 @@ def _run(args: argparse.Namespace) -> int:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     for w in collapse:
         print(f"fdq quantize: WARNING: {w.message}", file=sys.stderr)
-    print(f"wrote {path}")
+    print_summary(json.loads((path / "report.json").read_text(encoding="utf-8")), path)
     return EXIT_OK
+
+
+def print_summary(report: Dict[str, Any], path: Path) -> None:
+    """The bundle's own report in a table: float vs quantized on the held-back images, and warnings."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    check = report.get("calibration_report")
+    if check:
+        where = "in-sample" if check["in_sample"] else "held-back"
+        table = Table(title=f"{report['model']} level {report['level']}: float vs quantized on "
+                            f"{check['images']} {where} calibration images (long side {check['long_side']})")
+        for column in ("measure", "easy", "medium", "hard"):
+            table.add_column(column, justify="left" if column == "measure" else "right")
+        rows = [("AP float (labels)", check.get("float_ap")), ("AP quantized (labels)", check.get("quantized_ap")),
+                ("AP drop (points)", check.get("ap_drop")),
+                ("AP against float faces", check["quantized_agreement_ap"])]
+        for name, values in rows:
+            if values is not None:
+                table.add_row(name, *(f"{values[s]:.2f}" if s in values else "-" for s in ("easy", "medium", "hard")))
+        console.print(table)
+        agreement, error = check["agreement"], check["output_error"]
+        recall = "n/a" if agreement["recall"] is None else f"{100 * agreement['recall']:.1f}%"
+        console.print(f"faces of float found by the quantized model: {agreement['matched']}/"
+                      f"{agreement['float_faces']} ({recall}); output error: box offset {error['box_offset']}, "
+                      f"face logit {error['face_logit']} over {error['anchors']} anchors", highlight=False)
+    for message in report.get("warnings", []):
+        console.print(f"[bold red]WARNING:[/] {message}")
+    console.print(f"wrote {path}", highlight=False)
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``quantize`` subcommand to ``fdq``'s subparsers."""
     p = subparsers.add_parser("quantize", help="quantize a detector into a bundle (levels 0-4)",
-                              description=__doc__.split("\n\n")[0])
+                              description=__doc__.split("\n\n")[0].replace("``", ""))
     p.add_argument("--model", required=True, help="slim, rfb or mnet025")
     p.add_argument("--weights", help="weights file or zoo name (default: the model's zoo weights)")
-    p.add_argument("--level", type=int, choices=range(5), help="0 float, 1 no data, 2 images, 3 QAT, 4 distillation")
+    p.add_argument("--level", type=int, choices=range(5),
+                   help="0 float, 1 no data, 2 images, 3 QAT, 4 distillation (required unless --fp32)")
     p.add_argument("--fp32", action="store_true", help="float32 export (same as --level 0)")
     p.add_argument("--fp16", action="store_true", help="level 1 with fp16 weights instead of int8")
-    p.add_argument("--backend", help="quantized engine: qnnpack (ARM), x86 or fbgemm (Intel/AMD)")
+    p.add_argument("--backend",
+                   help="quantized engine: qnnpack (ARM), x86 or fbgemm (Intel/AMD) (required for int8)")
     p.add_argument("--calib", help="folder of calibration images (level >= 2; level 1: report only)")
     p.add_argument("--labels", help="ground truth of the --calib images (WIDER .mat folder, .json, *_bbx_gt.txt)")
-    p.add_argument("--observer", help="activation observer: minmax, moving-minmax, histogram (default for "
-                                      "levels 1-2), entropy, percentile")
+    p.add_argument("--observer", help="activation observer: minmax, moving-minmax, histogram (the default), "
+                                      "entropy (KL), percentile")
     weights = p.add_mutually_exclusive_group()
     weights.add_argument("--per-channel", dest="per_channel", action="store_true", default=True,
-                         help="per-channel int8 weights (default)")
+                         help="per-channel int8 weights (the default)")
     weights.add_argument("--per-tensor", dest="per_channel", action="store_false", help="per-tensor int8 weights")
     p.add_argument("--reduce-range", action="store_true",
                    help="7-bit activations, for x86/fbgemm targets without VNNI (AVX2 only)")
@@ -352,7 +385,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--sensitivity", action="store_true", help="per-layer sensitivity report (needs --calib)")
     p.add_argument("--ap-budget", type=float, help="keep the most sensitive layers in float until the AP drop "
                                                    "on the calibration images is at most this many points")
-    p.add_argument("--long-side", type=int, default=320, help="input long side of the bundle (default 320)")
+    p.add_argument("--long-side", type=int_at_least("--long-side", 32), default=320, help="input long side of the bundle")
     p.add_argument("--out", required=True, help="bundle folder to write (a new path or an empty folder)")
     p.add_argument("--force", action="store_true", help="replace an existing fdq bundle at --out")
     p.set_defaults(func=_run)

@@ -109,3 +109,94 @@ def test_eval_bundle_goes_through_the_runner_code(tmp_path, shared_dir, val):
     (bundle / "model.pt").write_bytes((bundle / "model.pt").read_bytes()[:-10])
     r = run_fdq("eval", "--bundle", bundle, "--images", val / "images", "--gt", val / "ground_truth")
     assert r.returncode == 1 and "checksum" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def _all_parsers():
+    """Every parser of every fdq command line, subcommands included."""
+    import argparse
+
+    from fdq.device.demo import build_parser as demo_parser
+    from fdq.device.run import build_parser as run_parser
+    from fdq.host.cli import build_parser
+
+    todo, seen = [build_parser(), run_parser(), demo_parser()], []
+    while todo:
+        parser = todo.pop()
+        seen.append(parser)
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                todo.extend(action.choices.values())
+    return seen
+
+
+def test_every_option_has_a_help_line_and_required_ones_say_so():
+    import argparse
+
+    from fdq.device.cliargs import HelpFormatter
+
+    parsers = _all_parsers()
+    assert len(parsers) >= 9  # fdq, zoo, zoo list/fetch, detect, eval, quantize, export, runner, demo
+    for parser in parsers:
+        formatter = parser._get_formatter()
+        assert isinstance(formatter, HelpFormatter), parser.prog  # defaults shown, required marked
+        for action in parser._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+                continue
+            assert action.help, f"{parser.prog} {action.option_strings or action.dest} has no help line"
+            if action.required and action.option_strings:
+                assert "(required" in formatter._expand_help(action), (parser.prog, action.option_strings)
+
+
+def test_help_shows_defaults_and_what_is_required():
+    r = run_fdq("quantize", "--help")
+    text = " ".join(r.stdout.split())
+    assert r.returncode == 0
+    assert "slim, rfb or mnet025 (required)" in text
+    assert "(required unless --fp32)" in text and "(required for int8)" in text
+    assert "input long side of the bundle (default: 320)" in text
+    text = " ".join(run_fdq("detect", "--help").stdout.split())
+    assert "slim, rfb or mnet025 (default: slim)" in text and "(default: fdq-out)" in text
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["detect", "--long-side", "0"], "--long-side must be >= 32, got 0"),
+    (["detect", "--long-side", "-5"], "--long-side must be >= 32, got -5"),
+    (["eval", "--gt", "x", "--threads", "-2"], "--threads must be >= 1, got -2"),
+    (["eval", "--gt", "x", "--long-side", "-5"], "--long-side must be >= 32, got -5"),
+    (["quantize", "--model", "slim", "--fp32"], "the following arguments are required: --out"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+])
+def test_usage_errors_are_one_line_with_a_pointer_to_help(args, needle):
+    r = run_fdq(*args)
+    assert r.returncode == 2
+    assert r.stderr.splitlines() == [r.stderr.strip()], r.stderr
+    assert r.stderr.startswith("fdq: error: ") and needle in r.stderr and r.stderr.strip().endswith("(see --help)")
+
+
+def test_native_size_has_its_own_spelling(tmp_path, weights_env):
+    r = run_fdq("detect", "--long-side", "native", "--output", tmp_path / "o", env_extra=weights_env)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads((tmp_path / "o" / "astronaut.json").read_text())
+    assert doc["long_side"] == "native" and doc["width"] == 512  # the photo's own size, not resized
+    assert max(face["score"] for face in doc["faces"]) > 0.9
+
+
+def test_zoo_list_into_a_pipe_keeps_whole_paths(weights_env, shared_dir):
+    r = run_fdq("zoo", "list", env_extra=dict(weights_env, COLUMNS="60"))
+    assert r.returncode == 0, r.stderr
+    assert str(shared_dir / "weights" / "mobilenet0.25_Final.pth") in r.stdout
+
+
+def test_quantize_prints_its_report_and_no_torch_deprecation(tmp_path, weights_env, shared_dir):
+    calib = shared_dir / "data" / "widerface_val_subset" / "calib"
+    r = run_fdq("quantize", "--model", "slim", "--level", "1", "--backend", "qnnpack", "--iters", "5",
+                "--calib", calib / "images", "--labels", calib / "ground_truth", "--out", tmp_path / "b",
+                env_extra=weights_env)
+    assert r.returncode == 0, r.stderr
+    report = json.loads((tmp_path / "b" / "report.json").read_text())["calibration_report"]
+    out = " ".join(r.stdout.split())
+    assert "float vs quantized on" in out and "AP drop (points)" in out and "AP against float faces" in out
+    assert f"{report['quantized_ap']['easy']:.2f}" in out
+    assert f"{report['agreement']['matched']}/{report['agreement']['float_faces']}" in out
+    assert out.endswith(f"wrote {tmp_path / 'b'}")
+    assert "deprecated" not in r.stderr, r.stderr

@@ -1,0 +1,66 @@
+"""What every fdq command line shares: one-line errors, defaults shown in --help, checked numbers.
+
+Lives on the device side because the board's runner and demo use it too (they import nothing from
+the host side); the host's ``fdq``, ``fdq-deploy`` and ``fdq-profile`` use the same class.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, NoReturn
+
+NATIVE = "native"
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default (when it has a meaningful one) and marks required options."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.required and action.option_strings:
+            text += " (required)"
+        shows_default = action.option_strings and action.default not in (None, False, argparse.SUPPRESS)
+        if shows_default and "%(default)" not in text and not isinstance(action, argparse._HelpAction):
+            text += " (default: %(default)s)"
+        return text
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with fdq's error style: ``PROG: error: MESSAGE (see --help)`` on one line, exit 2.
+
+    Subcommands report under the program's own name (``fdq``), not ``fdq quantize``.
+    """
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog.split()[0]}: error: {message} (see --help)\n")
+        raise SystemExit(2)
+
+
+def int_at_least(kind: str, minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``minimum``, or an error naming ``kind``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{kind} must be an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{kind} must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def long_side(text: str) -> int:
+    """An argparse type for ``--long-side``: pixels >= 32, or ``native`` (kept as 0: no resize)."""
+    if text.strip().lower() == NATIVE:
+        return 0
+    return int_at_least("--long-side", 32)(text)
+
+
+def describe_long_side(value: int) -> object:
+    """How a long side is recorded in results: its pixels, or ``"native"``."""
+    return value if value > 0 else NATIVE
