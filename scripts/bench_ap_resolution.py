@@ -16,7 +16,7 @@ number; the drop is what a 64-image split makes of it. Their spread over draws o
 is the resolution any AP goal on this split can be checked at.
 
     FDQ_WEIGHTS_PATH=/path/to/weights python scripts/bench_ap_resolution.py \\
-        --data /path/to/widerface_val_subset --json docs/bench_ap_resolution.json
+        --data /path/to/widerface_val_subset --json docs/results/bench_ap_resolution.json
 """
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--subsets", type=int, default=8, help="calibration subsets per model (the first: fdq quantize's own)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bias-correction", action=argparse.BooleanOptionalAction, default=False)
-    p.add_argument("--json", default="docs/bench_ap_resolution.json")
+    p.add_argument("--json", default="docs/results/bench_ap_resolution.json")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     sides = [int(s) for s in args.long_sides.split(",")]

@@ -5,7 +5,7 @@ Compares, on the same real network outputs, fdq's post-processing (whichever pat
 ``FaceDetector`` selects) with the upstream reference's (decode every anchor in torch, filter,
 sort, NMS in Python/numpy). Medians after warm-up, 1 thread, within one run.
 
-    python scripts/bench_eval.py --shared ../shared --json docs/bench_eval.json
+    python scripts/bench_eval.py --shared ../shared --json docs/results/bench_eval.json
 """
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def main() -> int:
     ap.add_argument("--shared", default=os.environ.get("FDQ_SHARED", "../shared"))
     ap.add_argument("--model", default="slim")
     ap.add_argument("--long-side", type=int, default=320)
-    ap.add_argument("--json", default="docs/bench_eval.json")
+    ap.add_argument("--json", default="docs/results/bench_eval.json")
     args = ap.parse_args()
 
     torch.set_num_threads(1)

@@ -6,7 +6,7 @@ bundle twice: one copy first sees 320x240, the other first sees 320x213 (an imag
 aspect ratio); both are then timed at 320x240 alternately (medians after warm-up, 1 thread). It
 also profiles the first copy and reports the share of time in the quantized convolutions.
 
-    python scripts/bench_first_shape.py --bundle out/slim-int8 [--json docs/bench_first_shape.json]
+    python scripts/bench_first_shape.py --bundle out/slim-int8 [--json docs/results/bench_first_shape.json]
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--bundle", required=True, help="an int8 TorchScript bundle (fdq quantize --level 2 ...)")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--runs", type=int, default=60)
-    p.add_argument("--json", default="docs/bench_first_shape.json")
+    p.add_argument("--json", default="docs/results/bench_first_shape.json")
     args = p.parse_args(argv)
     bundle = load_bundle(args.bundle)
     rng = np.random.default_rng(0)

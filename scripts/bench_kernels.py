@@ -4,7 +4,7 @@ The issue's bar: C decode + NMS must beat numpy decode + cv2.dnn.NMSBoxes on the
 with the same kept set (and be >= 20x numpy and < 0.2 ms); the normalize kernel >= 3x numpy.
 Medians of many timed calls after a warm-up, each call timed alone with ``time.perf_counter``.
 
-    python scripts/bench_kernels.py [--image IMG] [--repeats 500] [--json docs/bench_kernels.json]
+    python scripts/bench_kernels.py [--image IMG] [--repeats 500] [--json docs/results/bench_kernels.json]
 """
 from __future__ import annotations
 
@@ -125,7 +125,7 @@ def main() -> None:
     parser.add_argument("--weights", type=Path, default=shared_dir() / "weights" / "slim_Final.pth")
     parser.add_argument("--repeats", type=int, default=500)
     parser.add_argument("--warmup", type=int, default=50)
-    parser.add_argument("--json", type=Path, default=REPO / "docs" / "bench_kernels.json")
+    parser.add_argument("--json", type=Path, default=REPO / "docs" / "results" / "bench_kernels.json")
     parser.add_argument("--int8-bundle", type=Path, help="int8 x86 TorchScript bundle for the end-to-end share "
                         "of everything outside inference (fdq quantize --level 2 --backend x86 ...)")
     args = parser.parse_args()

@@ -8,7 +8,7 @@ its whole ``FaceDetectorYN.detect`` call). YuNet runs as its README says is fair
 
     python scripts/bench_peers.py --shared ../shared
 
-Writes docs/bench_peers.json, docs/peers_ap_latency.svg, and the table in docs/BENCHMARKS.md.
+Writes docs/results/bench_peers.json, docs/results/peers_ap_latency.svg, and the table in docs/BENCHMARKS.md.
 """
 from __future__ import annotations
 
@@ -167,7 +167,7 @@ def write_outputs(rows: List[dict], args: argparse.Namespace, command: str) -> N
         else:
             lines.append(f"- YuNet-n @ {f['yunet_n_long_side']} (medium {f['yunet_n_medium']:.4f}, "
                          f"{f['yunet_n_p50_ms']:.2f} ms): **not reached** by any fdq configuration")
-    lines += ["", f"![AP versus latency]({Path(args.plot).name})", MARK_END]
+    lines += ["", f"![AP versus latency]({os.path.relpath(args.plot, Path(args.markdown).parent)})", MARK_END]
     md = Path(args.markdown).read_text(encoding="utf-8") if Path(args.markdown).exists() else "# Benchmarks\n"
     block = "\n".join(lines)
     if MARK_BEGIN in md:
@@ -183,8 +183,8 @@ def main() -> int:
     ap.add_argument("--models", default="slim,rfb,mnet025")
     ap.add_argument("--long-sides", default="320,480,640")
     ap.add_argument("--work", default=str(ROOT / "out" / "bench_peers"), help="bundles are built here once")
-    ap.add_argument("--json", default=str(ROOT / "docs" / "bench_peers.json"))
-    ap.add_argument("--plot", default=str(ROOT / "docs" / "peers_ap_latency.svg"))
+    ap.add_argument("--json", default=str(ROOT / "docs" / "results" / "bench_peers.json"))
+    ap.add_argument("--plot", default=str(ROOT / "docs" / "results" / "peers_ap_latency.svg"))
     ap.add_argument("--markdown", default=str(ROOT / "docs" / "BENCHMARKS.md"))
     args = ap.parse_args()
 

@@ -14,7 +14,7 @@ Writes ``--json`` (every number) and ``--markdown`` (tables and the goal checks)
 Example (the full run)::
 
     FDQ_WEIGHTS_PATH=/path/to/weights python scripts/bench_quant.py \\
-        --data /path/to/widerface_val_subset --json docs/bench_quant.json --markdown docs/RESULTS.md
+        --data /path/to/widerface_val_subset --json docs/results/bench_quant.json --markdown docs/RESULTS.md
 """
 from __future__ import annotations
 
@@ -375,7 +375,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                                                        "(--from-json) into one row with every run's drop")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--runs", type=int, default=50)
-    p.add_argument("--json", default="docs/bench_quant.json")
+    p.add_argument("--json", default="docs/results/bench_quant.json")
     p.add_argument("--markdown", default="docs/RESULTS.md")
     args = p.parse_args(argv)
     unknown = sorted(set(args.levels) - {"fp32", "fp16", "l1", "l2", "l3", "l4"})

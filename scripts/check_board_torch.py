@@ -15,10 +15,10 @@ AP of every setting matches within ``--ap-tolerance`` points.
 Exit status 1 when a bundle fails to run or disagrees, so the script doubles as a check.
 
     python scripts/check_board_torch.py --python /path/to/torch-2.9.1/bin/python \\
-        --data ../shared/data/widerface_val_subset --json docs/board_torch_compat.json
+        --data ../shared/data/widerface_val_subset --json docs/results/board_torch_compat.json
     sudo scripts/make_board_root.sh /srv/fdq-board
     sudo python scripts/check_board_torch.py --chroot /srv/fdq-board --python /opt/fdq/bin/python \\
-        --data ../shared/data/widerface_val_subset --json docs/board_arm64_compat.json
+        --data ../shared/data/widerface_val_subset --json docs/results/board_arm64_compat.json
 """
 from __future__ import annotations
 
@@ -175,7 +175,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--long-side", type=int, default=320)
     p.add_argument("--ap-tolerance", type=float, default=0.5,
                    help="largest AP difference that agrees (points; int8 kernels of another CPU round differently)")
-    p.add_argument("--json", default="docs/board_torch_compat.json")
+    p.add_argument("--json", default="docs/results/board_torch_compat.json")
     p.add_argument("--from-json", metavar="JSON", help="run nothing: print the table of an earlier --json")
     args = p.parse_args(argv)
     if args.from_json:
