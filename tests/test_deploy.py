@@ -84,10 +84,10 @@ def test_a_file_damaged_on_the_board_travels_again(board, bundle, tmp_path, caps
 
 
 @pytest.mark.parametrize("case, needle", [
-    ("wrong-key", "refused the key"),
-    ("closed-port", "cannot connect to 127.0.0.1"),
+    ("wrong-key", "authentication failed for root@127.0.0.1"),
+    ("closed-port", "connection refused: nothing listens on 127.0.0.1:"),
     ("missing-key", "key file"),
-    ("bad-python", "cannot list"),
+    ("bad-python", "/no/such/python cannot run in "),
 ])
 def test_target_problems_are_one_clear_line(case, needle, board, sshd, bundle, tmp_path, capsys, free_port):
     args = ["--target", str(board["profile"]), str(bundle)]
@@ -115,8 +115,9 @@ def test_a_bundle_for_an_engine_the_target_lacks_is_refused_at_deploy(board, bun
     (other / "manifest.yaml").write_text(yaml.safe_dump(manifest))
     assert deploy_main(["--target", str(board["profile"]), str(other)]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("fdq-deploy: error: loopback-board: a deployed bundle does not run there: ")
-    assert f"{other.name}-" in err and "needs the no_such_engine engine; this torch has " in err
+    assert err.startswith("fdq-deploy: error: loopback-board: refused before sending: ")
+    assert f"{other.name} needs the no_such_engine engine; torch " in err and " has " in err
+    assert not (board["workdir"] / "bundles").exists()  # refused before any byte of it travelled
 
 
 def test_changed_host_key_is_refused(board, sshd, bundle, tmp_path, capsys):
