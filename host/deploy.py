@@ -150,7 +150,7 @@ def refusal(target_name: str, python: str, bundle: Bundle, facts: Dict[str, Any]
     """Why ``bundle`` cannot run on a board with these facts and profile fields (None: it can)."""
     name, modules = bundle.path.name, facts["modules"]
     if bundle.runtime not in runtimes:
-        return (f"{name} is a {bundle.runtime} bundle; the profile of {target_name} lists runtimes "
+        return (f"{name} is a bundle for {bundle.runtime}; the profile of {target_name} lists runtimes "
                 f"{', '.join(runtimes)}")
     lacking = [m for m in (*RUNNER_MODULES, RUNTIME_MODULES[bundle.runtime]) if not modules.get(m)]
     if lacking:
