@@ -18,6 +18,8 @@ from .spec import DetectorSpec
 SCHEMA = "fdq.bundle/1"
 MANIFEST = "manifest.yaml"
 RUNTIMES = ("torchscript", "onnxruntime", "ncnn")
+# The Python module each runtime imports (what a board must have to run such a bundle).
+RUNTIME_MODULES = {"torchscript": "torch", "onnxruntime": "onnxruntime", "ncnn": "ncnn"}
 
 
 class BundleError(ValueError):

@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .bundle import Bundle, BundleError
+from .bundle import RUNTIME_MODULES, Bundle, BundleError
 from .detector import FaceDetector, InferenceFn
 
 OUTPUT_ROLES = ("loc", "conf", "landm")
@@ -259,7 +259,7 @@ def runtime_versions(bundle: Bundle) -> Dict[str, Any]:
         out["opencv"] = cv2.__version__
     except ImportError:  # pragma: no cover - preprocess needs it anyway
         out["opencv"] = None
-    module = {"torchscript": "torch", "onnxruntime": "onnxruntime", "ncnn": "ncnn"}.get(bundle.runtime)
+    module = RUNTIME_MODULES.get(bundle.runtime)
     if module:
         try:
             mod = importlib.import_module(module)

@@ -268,36 +268,110 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _target_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--target", required=True, help="a shipped profile (rpi4, local) or a profile YAML file")
+    from fdq.device.run import int_at_least
+
+    p.add_argument("--target", required=True,
+                   help="a shipped profile (rpi4, local), a profile YAML file (one board or hosts: a fleet) or an "
+                        "Ansible INI inventory")
     p.add_argument("--host", help="override the profile's host")
-    p.add_argument("--port", type=int, help="override the profile's SSH port")
+    p.add_argument("--port", type=int_at_least("--port", 1), help="override the profile's SSH port")
     p.add_argument("--user", help="override the profile's user")
     p.add_argument("--key", help="override the profile's private key file")
     p.add_argument("--python", help="override the profile's Python on the target")
+    p.add_argument("--workdir", help="override the profile's work directory on the target")
+    p.add_argument("--strict-host-keys", action="store_true", default=None,
+                   help="refuse a host whose key is not yet in $FDQ_HOME/known_hosts (default: the profile's "
+                        "strict_host_keys, else trust and record a first-seen key)")
+    p.add_argument("--timeout", type=_seconds("--timeout"),
+                   help="seconds one network step may wait: connect, SSH banner, login, each SFTP operation "
+                        "(default: the profile's timeout, else 15)")
+
+
+def _seconds(option: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{option} takes seconds, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"{option} must be above 0 s, got {text}")
+        return value
+    return parse
+
+
+def _duration(text: str) -> float:
+    """``30m``, ``12h``, ``7d`` or plain seconds -> seconds (for --prune-older-than)."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], units[text[-1]]) if text[-1:] in units else (text, 1)
+    try:
+        value = float(number) * unit
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--prune-older-than takes an age such as 30m, 12h or 7d, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"--prune-older-than must not be negative, got {text}")
+    return value
+
+
+def _targets(args: argparse.Namespace):
+    """Every target ``--target`` names (one per host of a fleet), with the command line's overrides."""
+    from fdq.host.targets import load_targets
+
+    return load_targets(args.target, host=args.host, port=args.port, user=args.user, key=args.key,
+                        python=args.python, workdir=args.workdir, strict_host_keys=args.strict_host_keys,
+                        timeout=args.timeout)
 
 
 def _connect(args: argparse.Namespace):
     from fdq.host.remote import connect
-    from fdq.host.targets import load_target
+    from fdq.host.targets import TargetError
 
-    return connect(load_target(args.target, host=args.host, port=args.port, user=args.user, key=args.key,
-                               python=args.python))
+    targets = _targets(args)
+    if len(targets) != 1:
+        raise TargetError(f"target {args.target} lists {len(targets)} hosts; this command takes one")
+    return connect(targets[0])
 
 
-def _deploy(conn, bundles: List[str]):
+def _deploy_summary(done) -> str:
+    return (f"{len(done.uploaded)} file(s) sent ({done.uploaded_bytes / 1024:.0f} KiB), {done.unchanged} unchanged, "
+            f"{len(done.removed)} removed")
+
+
+def _deploy(conn, bundles: List[str], prune_older_than_s: Optional[float] = None):
     from fdq.host.deploy import deploy
 
-    done = deploy(conn, bundles)
-    print(f"{conn.target.name} ({conn.target.address}): {len(done.uploaded)} file(s) sent "
-          f"({done.uploaded_bytes / 1024:.0f} KiB), {done.unchanged} unchanged, {len(done.removed)} removed; "
-          f"workdir {done.workdir}", file=sys.stderr)
+    done = deploy(conn, bundles, prune_older_than_s)
+    name = conn.target.name
+    for path in done.replaced:
+        print(f"fdq: {name}: the board's copy of {path} did not match (changed there); replaced", file=sys.stderr)
+    if done.pruned:
+        print(f"fdq: {name}: pruned {len(done.pruned)} bundle(s) and result(s): {', '.join(done.pruned)}",
+              file=sys.stderr)
+    print(f"{name} ({conn.target.address}): {_deploy_summary(done)}; workdir {done.workdir}", file=sys.stderr)
     return done
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    conn = _connect(args)
+    from fdq.device.bundle import load_bundle
+    from fdq.host.fleet import on_each, print_table
+
+    prune = args.prune_older_than if args.prune_older_than is not None else (0.0 if args.prune else None)
+    for bundle in args.bundles:  # one error line for a bad bundle, not one per host
+        load_bundle(bundle)
+    targets = _targets(args)
+    if len(targets) > 1:
+        results = on_each(targets, lambda conn: _deploy(conn, args.bundles, prune))
+        print_table(f"fdq-deploy: {args.target}", results,
+                    [("sent", _deploy_summary), ("workdir", lambda done: done.workdir)])
+        failed = [r for r in results if not r.ok]
+        if failed:
+            print(f"fdq-deploy: error: {len(failed)} of {len(results)} host(s) failed: "
+                  f"{', '.join(r.target.name for r in failed)}", file=sys.stderr)
+        return 1 if failed else 0
+    from fdq.host.remote import connect
+
+    conn = connect(targets[0])
     try:
-        done = _deploy(conn, args.bundles)
+        done = _deploy(conn, args.bundles, prune)
     finally:
         conn.close()
     for local, remote in done.bundles.items():
@@ -332,7 +406,11 @@ def _board_parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 def deploy_main(argv: Optional[List[str]] = None) -> int:
     p = _board_parser("fdq-deploy", "Put the device runner and bundles on a target (only what changed travels).")
-    p.add_argument("bundles", nargs="+", metavar="BUNDLE")
+    p.add_argument("bundles", nargs="+", metavar="BUNDLE", help="bundle folder(s) to put on the target")
+    p.add_argument("--prune", action="store_true",
+                   help="first remove the bundles and results on the target that this deploy does not name")
+    p.add_argument("--prune-older-than", type=_duration, metavar="AGE",
+                   help="as --prune, only those older than AGE (30m, 12h, 7d)")
     return _run(cmd_deploy, p.parse_args(argv), "fdq-deploy")
 
 

@@ -6,20 +6,24 @@ On the target everything lives under the profile's ``workdir``::
     bundles/<name>-<hash>/    one folder per bundle, named by its manifest's sha256
     results/                  the runner's JSON documents
 
-Deploy asks the target for the sha256 of what it already holds and sends only the files that
-differ; a bundle's manifest travels last, so a bundle cut short is one the runner refuses. It then
-has the target's own Python load every bundle, which verifies every checksum there.
+Deploy first asks the target's Python for the board's facts (machine, Python, the runtimes there
+and their versions, torch's int8 engines, free space) and the sha256 of what it already holds, and
+removes ``.part`` files a cut upload left. A bundle that cannot run there, or a deploy that does not
+fit, is refused before any byte travels. Only the files that differ are sent, a bundle's manifest
+last, so a bundle cut short is one the runner refuses; the target's own Python then loads every
+bundle, which verifies every checksum there.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import json
 import shlex
+import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
-from fdq.device.bundle import MANIFEST, load_bundle, sha256_file
+from fdq.device.bundle import MANIFEST, RUNTIME_MODULES, Bundle, load_bundle, sha256_file
 
 from .remote import Connection, RemoteError
 
@@ -29,29 +33,61 @@ LIB = "lib"
 BUNDLES = "bundles"
 RESULTS = "results"
 RUN_TIMEOUT_S = 3600.0
+# One deploy step on the board (its Python importing torch under emulation takes a while).
+STEP_TIMEOUT_S = 600.0
+RUNNER_MODULES = ("numpy", "yaml")   # what fdq.device needs besides the bundle's runtime
+BLOCK = 4096                         # files take whole blocks on the board's file system
 
-# Run by the target's Python in the workdir: sha256 of every file under the folders it is given,
-# as JSON {path relative to the workdir: digest}.
-_INVENTORY = """import hashlib, json, os, sys
-out = {}
-for top in sys.argv[1:]:
+# Run by the target's Python (standard library only: it runs before the runner is there) with
+# argv: workdir, "1" when torch's int8 engines are wanted, then the folders to hash. Prints the
+# board's facts and {path relative to the workdir: [sha256 or None, size, mtime]} as JSON, and
+# removes the .part files a cut upload left.
+_FACTS = """import hashlib, importlib.util, json, os, platform, sys
+from importlib import metadata
+work, want_engines, tops = sys.argv[1], sys.argv[2] == '1', sys.argv[3:]
+os.makedirs(work, exist_ok=True)
+os.chdir(work)
+dists = {'yaml': ['PyYAML'], 'cv2': ['opencv-python-headless', 'opencv-python'], 'onnxruntime': ['onnxruntime']}
+modules = {}
+for mod in ('numpy', 'yaml', 'cv2', 'torch', 'onnxruntime', 'ncnn'):
+    if importlib.util.find_spec(mod) is None:
+        modules[mod] = None
+        continue
+    modules[mod] = 'unknown'
+    for dist in dists.get(mod, [mod]):
+        try:
+            modules[mod] = metadata.version(dist)
+            break
+        except metadata.PackageNotFoundError:
+            pass
+engines = None
+if want_engines and modules['torch']:
+    import torch
+    engines = list(torch.backends.quantized.supported_engines)
+files, removed = {}, []
+for top in tops + ['results']:
     for folder, _, names in os.walk(top):
         for name in names:
             path = os.path.join(folder, name)
-            with open(path, 'rb') as f:
-                out[os.path.relpath(path)] = hashlib.sha256(f.read()).hexdigest()
-print(json.dumps(out))
+            if name.endswith('.part'):
+                os.unlink(path)
+                removed.append(path)
+                continue
+            digest = None
+            if top != 'results':
+                with open(path, 'rb') as f:
+                    digest = hashlib.sha256(f.read()).hexdigest()
+            st = os.stat(path)
+            files[os.path.relpath(path)] = [digest, st.st_size, st.st_mtime]
+vfs = os.statvfs('.')
+print(json.dumps({'machine': platform.machine(), 'python': platform.python_version(), 'modules': modules,
+                  'engines': engines, 'free': vfs.f_bavail * vfs.f_frsize, 'files': files, 'removed_parts': removed}))
 """
-# Run by the target's Python on the deployed bundles: every checksum, and the int8 engine its torch must have.
+# Run by the target's Python on the deployed bundles: every checksum.
 _VERIFY = """import sys
 from fdq.device.bundle import load_bundle
-bundles = [load_bundle(p) for p in sys.argv[1:]]
-if any(b.runtime == 'torchscript' and b.engine for b in bundles):
-    import torch
-    have = list(torch.backends.quantized.supported_engines)
-    for b in bundles:
-        if b.runtime == 'torchscript' and b.engine and b.engine not in have:
-            sys.exit(f"{b.path.name} needs the {b.engine} engine; this torch has {', '.join(have)}")
+for p in sys.argv[1:]:
+    load_bundle(p)
 """
 
 
@@ -61,10 +97,13 @@ class Deployment:
 
     workdir: str
     bundles: Dict[str, str] = field(default_factory=dict)
+    facts: Dict[str, Any] = field(default_factory=dict)
     uploaded: List[str] = field(default_factory=list)
     uploaded_bytes: int = 0
     unchanged: int = 0
     removed: List[str] = field(default_factory=list)
+    replaced: List[str] = field(default_factory=list)   # bundle files whose copy there did not match
+    pruned: List[str] = field(default_factory=list)
 
 
 def bundle_id(path: Path) -> str:
@@ -89,32 +128,104 @@ def _in_workdir(conn: Connection, workdir: str, *python_args: str) -> str:
             + " ".join(shlex.quote(a) for a in (conn.target.python, *python_args)))
 
 
-def _check(conn: Connection, command: str, what: str) -> str:
-    done = conn.run(command, timeout=RUN_TIMEOUT_S)
+def _check(conn: Connection, command: str, what: str, timeout: float = RUN_TIMEOUT_S) -> str:
+    done = conn.run(command, timeout=timeout)
     if done.returncode != 0:
         raise RemoteError(f"{conn.target.name}: {what}: {done.last_error_line()}")
     return done.stdout
 
 
-def inventory(conn: Connection, workdir: str) -> Dict[str, str]:
-    """sha256 of what the target already holds of the runner and the bundles."""
-    out = _check(conn, _in_workdir(conn, workdir, "-c", _INVENTORY, LIB, BUNDLES),
-                 f"{conn.target.python} cannot list {workdir}")
+def board_facts(conn: Connection, workdir: str, engines: bool = False) -> Dict[str, Any]:
+    """The board's machine, Python, runtime modules and versions, free bytes in ``workdir`` (made if
+    missing), torch's int8 engines (with ``engines``; importing torch is slow on a small board) and
+    ``files``: [sha256, size, mtime] of what it holds of the runner, the bundles and the results."""
+    command = (f"{shlex.quote(conn.target.python)} -c {shlex.quote(_FACTS)} {shlex.quote(workdir)} "
+               f"{int(engines)} {LIB} {BUNDLES}")
+    out = _check(conn, command, f"{conn.target.python} cannot run in {workdir}", STEP_TIMEOUT_S)
     return json.loads(out)
 
 
-def deploy(conn: Connection, bundles: Sequence[str]) -> Deployment:
-    """Put the runner and ``bundles`` (verified here first) on the target; verify them there."""
-    folders = [load_bundle(b).path.resolve() for b in bundles]
-    workdir = conn.path(conn.target.workdir)
+def refusal(target_name: str, python: str, bundle: Bundle, facts: Dict[str, Any],
+            runtimes: Sequence[str], engine: Optional[str]) -> Optional[str]:
+    """Why ``bundle`` cannot run on a board with these facts and profile fields (None: it can)."""
+    name, modules = bundle.path.name, facts["modules"]
+    if bundle.runtime not in runtimes:
+        return (f"{name} is a bundle for {bundle.runtime}; the profile of {target_name} lists runtimes "
+                f"{', '.join(runtimes)}")
+    lacking = [m for m in (*RUNNER_MODULES, RUNTIME_MODULES[bundle.runtime]) if not modules.get(m)]
+    if lacking:
+        return (f"{python} there ({facts['machine']}, Python {facts['python']}) lacks {', '.join(lacking)}, "
+                f"which {name} needs (install it there, or deploy with --setup)")
+    if bundle.runtime == "torchscript" and bundle.engine:
+        if engine and bundle.engine != engine:
+            return f"{name} is for the {bundle.engine} engine; {target_name} runs int8 on {engine} (its profile)"
+        have = facts.get("engines") or []
+        if bundle.engine not in have:
+            return (f"{name} needs the {bundle.engine} engine; torch {modules['torch']} there "
+                    f"({facts['machine']}) has {', '.join(have)}")
+    return None
+
+
+def _blocks(size: int) -> int:
+    return -(-size // BLOCK) * BLOCK
+
+
+def prunable(files: Dict[str, List[Any]], keep: Sequence[str], older_than_s: float) -> Dict[str, int]:
+    """Bundle folders and results there that no bundle in ``keep`` (bundle ids) names, older than
+    ``older_than_s`` seconds: {path relative to the workdir: bytes}."""
+    now, found, newest = time.time(), {}, {}
+    for path, (_, size, mtime) in files.items():
+        parts = PurePosixPath(path).parts
+        if parts[0] == BUNDLES and len(parts) > 2 and parts[1] not in keep:
+            top = f"{BUNDLES}/{parts[1]}"
+        elif parts[0] == RESULTS and not any(parts[-1].startswith(k + "-") for k in keep):
+            top = path
+        else:
+            continue
+        found[top] = found.get(top, 0) + _blocks(size)
+        newest[top] = max(newest.get(top, 0.0), mtime)
+    return {top: size for top, size in found.items() if now - newest[top] >= older_than_s}
+
+
+def deploy(conn: Connection, bundles: Sequence[str], prune_older_than_s: Optional[float] = None) -> Deployment:
+    """Put the runner and ``bundles`` (verified here first) on the target and verify them there.
+
+    Refused before anything travels (:class:`RemoteError`, one line): a bundle that cannot run there
+    (:func:`refusal`), or files that do not fit in the free space. With ``prune_older_than_s``
+    (0: all), the bundles and results there that this deploy does not name go first.
+    """
+    loaded = [load_bundle(b) for b in bundles]
+    folders = [b.path.resolve() for b in loaded]
+    target = conn.target
+    workdir = conn.path(target.workdir)
     conn.makedirs(workdir)
     result = Deployment(workdir=workdir, bundles={str(f): f"{BUNDLES}/{bundle_id(f)}" for f in folders})
-    held = inventory(conn, workdir)
+    wants_engines = any(b.runtime == "torchscript" and b.engine for b in loaded)
+    facts = result.facts = board_facts(conn, workdir, engines=wants_engines)
+    for bundle in loaded:
+        why = refusal(target.name, target.python, bundle, facts, target.runtimes, target.engine)
+        if why:
+            raise RemoteError(f"{target.name}: refused before sending: {why}")
+    free = int(facts["free"])
+    files = facts["files"]
+    if prune_older_than_s is not None:
+        doomed = prunable(files, [PurePosixPath(r).name for r in result.bundles.values()], prune_older_than_s)
+        if doomed:
+            _check(conn, "rm -rf -- " + " ".join(shlex.quote(str(PurePosixPath(workdir, r))) for r in sorted(doomed)),
+                   "cannot remove old bundles and results", STEP_TIMEOUT_S)
+            result.pruned = sorted(doomed)
+            free += sum(doomed.values())
+    held = {path: meta[0] for path, meta in files.items() if meta[0] is not None}
     plan = planned_files(folders)
-    for remote, local in plan.items():
-        if held.get(remote) == sha256_file(local):
-            result.unchanged += 1
-            continue
+    send = {remote: local for remote, local in plan.items() if held.get(remote) != sha256_file(local)}
+    needed = sum(_blocks(local.stat().st_size) for local in send.values())
+    if needed > free:
+        raise RemoteError(f"no space on {target.name}:{workdir}: {free / 2**20:.1f} MiB free, "
+                          f"{needed / 2**20:.1f} MiB needed (--prune removes bundles this deploy does not name)")
+    result.unchanged = len(plan) - len(send)
+    for remote, local in send.items():
+        if remote.startswith(f"{BUNDLES}/") and remote in held:  # same name, same manifest: damaged there
+            result.replaced.append(remote)
         conn.put(local, str(PurePosixPath(workdir, remote)))
         result.uploaded.append(remote)
         result.uploaded_bytes += local.stat().st_size
@@ -122,11 +233,11 @@ def deploy(conn: Connection, bundles: Sequence[str]) -> Deployment:
                    and "__pycache__" not in r)  # bytecode is Python's own business
     if stale:  # an old module left beside the new ones could still be imported
         _check(conn, "rm -f -- " + " ".join(shlex.quote(str(PurePosixPath(workdir, r))) for r in stale),
-               "cannot remove old runner files")
+               "cannot remove old runner files", STEP_TIMEOUT_S)
         result.removed = stale
     if result.bundles:
         _check(conn, _in_workdir(conn, workdir, "-c", _VERIFY, *result.bundles.values()),
-               "a deployed bundle does not run there")
+               "a deployed bundle does not verify there", STEP_TIMEOUT_S)
     return result
 
 

@@ -32,7 +32,8 @@ def board(sshd, tmp_path, monkeypatch):
     monkeypatch.setenv("FDQ_HOME", str(tmp_path / "fdq-home"))  # known_hosts of this test only
     workdir = tmp_path / "on-board"
     profile = _profile(tmp_path, name="loopback-board", transport="ssh", host="127.0.0.1", port=sshd["port"],
-                       user="root", key=str(sshd["key"]), python=sys.executable, workdir=str(workdir), threads=1)
+                       user="root", key=str(sshd["key"]), python=sys.executable, workdir=str(workdir), threads=1,
+                       runtimes=["torchscript", "onnxruntime", "ncnn"])
     return {"profile": profile, "workdir": workdir}
 
 
@@ -84,10 +85,10 @@ def test_a_file_damaged_on_the_board_travels_again(board, bundle, tmp_path, caps
 
 
 @pytest.mark.parametrize("case, needle", [
-    ("wrong-key", "refused the key"),
-    ("closed-port", "cannot connect to 127.0.0.1"),
+    ("wrong-key", "authentication failed for root@127.0.0.1"),
+    ("closed-port", "connection refused: nothing listens on 127.0.0.1:"),
     ("missing-key", "key file"),
-    ("bad-python", "cannot list"),
+    ("bad-python", "/no/such/python cannot run in "),
 ])
 def test_target_problems_are_one_clear_line(case, needle, board, sshd, bundle, tmp_path, capsys, free_port):
     args = ["--target", str(board["profile"]), str(bundle)]
@@ -115,8 +116,9 @@ def test_a_bundle_for_an_engine_the_target_lacks_is_refused_at_deploy(board, bun
     (other / "manifest.yaml").write_text(yaml.safe_dump(manifest))
     assert deploy_main(["--target", str(board["profile"]), str(other)]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("fdq-deploy: error: loopback-board: a deployed bundle does not run there: ")
-    assert f"{other.name}-" in err and "needs the no_such_engine engine; this torch has " in err
+    assert err.startswith("fdq-deploy: error: loopback-board: refused before sending: ")
+    assert f"{other.name} needs the no_such_engine engine; torch " in err and " has " in err
+    assert not (board["workdir"] / "bundles").exists()  # refused before any byte of it travelled
 
 
 def test_changed_host_key_is_refused(board, sshd, bundle, tmp_path, capsys):
@@ -156,3 +158,155 @@ def test_shipped_profiles_load():
     rpi4 = load_target("rpi4")
     assert rpi4.transport == "ssh" and rpi4.host == "127.0.0.1" and rpi4.engine == "qnnpack"
     assert load_target("rpi4", port=2200).port == 2200
+
+
+def _errors(err: str):
+    """stderr's lines but the one that records a first-seen host key."""
+    return [ln for ln in err.strip().splitlines() if not ln.startswith("fdq: first connection to ")]
+
+
+def _known_host_fingerprint(sshd, tmp_path: Path) -> str:
+    """The board's host key fingerprint as OpenSSH prints it (``ssh-keygen -l``)."""
+    line = (sshd["home"] / "known_hosts").read_text().splitlines()[0].split()
+    pub = tmp_path / "board_host_key.pub"
+    pub.write_text(f"{line[1]} {line[2]}\n")
+    return subprocess.run(["ssh-keygen", "-l", "-f", str(pub)], capture_output=True, text=True,
+                          check=True).stdout.split()[1]
+
+
+def test_host_key_is_recorded_only_after_login_with_its_fingerprint(board, sshd, bundle, tmp_path, capsys):
+    known = tmp_path / "fdq-home" / "known_hosts"
+    assert deploy_main(["--target", str(board["profile"]), "--user", "nobody", str(bundle)]) == 1
+    err = capsys.readouterr().err
+    assert "authentication failed for nobody@127.0.0.1" in err and str(sshd["key"]) in err
+    assert not known.exists() and "first connection" not in err  # a failed login pins nothing
+    assert deploy_main(["--target", str(board["profile"]), str(bundle)]) == 0
+    first = [ln for ln in capsys.readouterr().err.splitlines() if "first connection" in ln]
+    fingerprint = _known_host_fingerprint(sshd, tmp_path)
+    assert fingerprint.startswith("SHA256:") and not fingerprint.endswith("=")
+    assert len(first) == 1 and fingerprint in first[0] and str(known) in first[0]
+    assert known.read_text().startswith(f"[127.0.0.1]:{sshd['port']} ssh-ed25519 ")
+
+
+def test_strict_host_keys_refuse_an_unknown_host(board, sshd, bundle, tmp_path, capsys):
+    args = ["--target", str(board["profile"]), str(bundle)]
+    assert deploy_main(args + ["--strict-host-keys"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not in" in err[0] and "--strict-host-keys" in err[0]
+    assert _known_host_fingerprint(sshd, tmp_path) in err[0]
+    assert not (board["workdir"]).exists() and not (tmp_path / "fdq-home" / "known_hosts").exists()
+    assert deploy_main(args) == 0  # first contact without strictness records it ...
+    strict = _profile(tmp_path, **{**yaml.safe_load(board["profile"].read_text()), "strict_host_keys": True})
+    capsys.readouterr()
+    assert deploy_main(["--target", str(strict), str(bundle)]) == 0  # ... then strict is satisfied
+    assert "first connection" not in capsys.readouterr().err
+
+
+def test_remote_arguments_are_quoted(board, bundle, tmp_path, capsys):
+    odd = tmp_path / "it's a bundle" / "slim fp32 'q'"
+    shutil.copytree(bundle, odd)
+    workdir = tmp_path / "work dir" / "it's here; $(touch pwned)"
+    assert deploy_main(["--target", str(board["profile"]), "--workdir", str(workdir), str(odd)]) == 0
+    remote = Path(capsys.readouterr().out.split(" -> ")[1].strip())
+    assert remote.parent == workdir / "bundles" and remote.name.startswith("slim fp32 'q'-")
+    assert sha256_file(remote / "model.pt") == sha256_file(bundle / "model.pt")
+    assert not list(tmp_path.rglob("pwned")) and not Path("pwned").exists()
+
+
+def _with_manifest(bundle: Path, folder: Path, **backend) -> Path:
+    shutil.copytree(bundle, folder)
+    manifest = yaml.safe_load((folder / "manifest.yaml").read_text())
+    manifest["backend"].update(backend)  # the manifest is the bundle's root of trust: still loadable
+    (folder / "manifest.yaml").write_text(yaml.safe_dump(manifest))
+    return folder
+
+
+def test_an_x86_bundle_is_refused_on_a_qnnpack_board_before_sending(board, bundle, tmp_path, capsys):
+    x86 = _with_manifest(bundle, tmp_path / "slim_x86", engine="x86")
+    arm = _profile(tmp_path, **{**yaml.safe_load(board["profile"].read_text()), "engine": "qnnpack"})
+    assert deploy_main(["--target", str(arm), str(x86)]) == 1
+    err = _errors(capsys.readouterr().err)
+    assert err == ["fdq-deploy: error: loopback-board: refused before sending: slim_x86 is for the x86 engine; "
+                   "loopback-board runs int8 on qnnpack (its profile)"]
+    assert not (board["workdir"] / "bundles").exists() and not (board["workdir"] / "lib").exists()
+
+
+@pytest.fixture(scope="module")
+def onnx_bundle(slim_fp32_bundle, tmp_path_factory):
+    from fdq.host.export import export_bundle
+
+    return Path(export_bundle(slim_fp32_bundle, "onnx", tmp_path_factory.mktemp("onnx") / "slim_onnx"))
+
+
+def _python_without_onnxruntime(tmp_path: Path) -> Path:
+    """A venv (no system site packages) holding only what the runner itself needs: numpy, PyYAML."""
+    import importlib.util
+    import venv
+
+    venv.EnvBuilder(with_pip=False).create(tmp_path / "venv")
+    site = next((tmp_path / "venv" / "lib").glob("python3*/site-packages"))
+    for module in ("numpy", "yaml", "_yaml"):
+        spec = importlib.util.find_spec(module)
+        if spec is None:
+            continue
+        source = Path(spec.origin).parent if spec.submodule_search_locations else Path(spec.origin)
+        (site / source.name).symlink_to(source)
+        for libs in source.parent.glob(f"{module}.libs"):
+            (site / libs.name).symlink_to(libs)
+    python = tmp_path / "venv" / "bin" / "python"
+    check = subprocess.run([str(python), "-c", "import numpy, yaml, importlib.util as u; "
+                            "assert u.find_spec('onnxruntime') is None"], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    return python
+
+
+def test_an_onnx_bundle_is_refused_where_onnxruntime_is_missing(board, onnx_bundle, tmp_path, capsys):
+    python = _python_without_onnxruntime(tmp_path)
+    assert deploy_main(["--target", str(board["profile"]), "--python", str(python), str(onnx_bundle)]) == 1
+    err = _errors(capsys.readouterr().err)
+    assert len(err) == 1 and err[0].startswith("fdq-deploy: error: loopback-board: refused before sending: ")
+    assert "lacks onnxruntime, which slim_onnx needs (install it there, or deploy with --setup)" in err[0]
+    assert f"{python} there (x86_64, Python " in err[0]
+    assert not (board["workdir"] / "bundles").exists()
+
+
+def test_the_profile_runtimes_take_part(board, onnx_bundle, tmp_path, capsys):
+    fields = {**yaml.safe_load(board["profile"].read_text()), "runtimes": ["torchscript"]}
+    assert deploy_main(["--target", str(_profile(tmp_path, **fields)), str(onnx_bundle)]) == 1
+    assert capsys.readouterr().err.strip().endswith(
+        "slim_onnx is a bundle for onnxruntime; the profile of loopback-board lists runtimes torchscript")
+    fields["runtimes"] = ["torchscript", "onnxruntime"]
+    assert deploy_main(["--target", str(_profile(tmp_path, **fields)), str(onnx_bundle)]) == 0
+
+
+def test_prune_removes_what_this_deploy_does_not_name(board, bundle, tmp_path, capsys):
+    other = _with_manifest(bundle, tmp_path / "slim_other", dtype="fp32")  # same files, another bundle id
+    (other / "manifest.yaml").write_text((other / "manifest.yaml").read_text() + "# another build\n")
+    target = ["--target", str(board["profile"])]
+    assert deploy_main(target + [str(bundle)]) == 0
+    first = Path(capsys.readouterr().out.split(" -> ")[1].strip())
+    results = board["workdir"] / "results"
+    results.mkdir()
+    (results / f"{first.name}-20261201T000000000000.json").write_text("{}")
+    (results / "notes.txt").write_text("not named by any deploy")
+    assert deploy_main(target + ["--prune-older-than", "1d", str(other)]) == 0
+    assert first.is_dir() and len(list(results.iterdir())) == 2  # all of it is younger than a day
+    assert deploy_main(target + ["--prune", str(other)]) == 0
+    out, err = capsys.readouterr()
+    second = Path(out.strip().splitlines()[-1].split(" -> ")[1])
+    assert not first.exists() and second.is_dir() and not list(results.iterdir())
+    assert "pruned 3 bundle(s) and result(s)" in err
+    with pytest.raises(SystemExit) as stop:
+        deploy_main(target + ["--prune-older-than", "soon", str(other)])
+    assert stop.value.code == 2
+    assert "--prune-older-than takes an age such as 30m, 12h or 7d" in capsys.readouterr().err
+
+
+def test_missing_target_file_and_local_workdir_under_fdq_home(tmp_path, monkeypatch, bundle, capsys):
+    from fdq.host.targets import load_target
+
+    missing = tmp_path / "boards" / "pi.yaml"
+    assert deploy_main(["--target", str(missing), str(bundle)]) == 1
+    assert capsys.readouterr().err.strip() == f"fdq-deploy: error: target file {missing} does not exist"
+    monkeypatch.setenv("FDQ_HOME", str(tmp_path / "home"))
+    assert load_target("local").workdir == str(tmp_path / "home" / "local-target")
