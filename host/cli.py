@@ -16,20 +16,6 @@ class CliError(Exception):
     """A user-facing failure: printed as one line, exit status 1."""
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows every default that says something; marks required options instead of "default: None"."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if action.required and action.option_strings:
-            return text + " (required)"
-        if action.default is False:
-            return text + " (default: off)"
-        if action.default is None or "default" in text:
-            return text
-        return super()._get_help_string(action)
-
-
 def _detector(model_name: str, weights: Optional[str], long_side: int):
     from fdq.device.detector import FaceDetector
     from fdq.host.torch_inference import torch_inference
