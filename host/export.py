@@ -412,9 +412,9 @@ def _check_request(bundle: Bundle, fmt: str, calib_dir: Optional[PathLike], floa
     if fmt in ("onnx", "ncnn") and source != "fp32" and not float_ok:
         better = "use --format onnx-int8 for the int8 model, or " if source == "int8" else ""
         raise _fail(f"bundle {bundle.path} is {source}: --format {fmt} writes an fp32 model (the float weights it "
-                    f"came from), not this model; {better}add --float to export that float model")
+                    f"came from), not this model; {better}add --float to export that float model (see --help)")
     if float_ok and fmt not in ("onnx", "ncnn"):
-        raise _fail(f"--float applies to the float formats onnx and ncnn, not {fmt}")
+        raise _fail(f"--float applies to the float formats onnx and ncnn, not {fmt} (see --help)")
     if fmt == "onnx-int8" and source == "int8":
         if calib_dir is not None:
             raise _fail(f"onnx-int8 of int8 bundle {bundle.path} carries that bundle's own scales and zero points: "
