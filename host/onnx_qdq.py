@@ -13,7 +13,10 @@ convolution the int8 weights, per-channel weight scales and int32 bias torch run
 * float ops after ``aten::dequantize`` (the head reshapes, concatenation, the two-way softmax):
   their ONNX equivalents, shape-generic (``aten::size`` becomes ``Shape`` + ``Gather``).
 
-An unsupported node is an error naming it, never a silently different model.
+The integers are the same; what can differ is the last rounding of a requantization: both runtimes
+scale the int32 accumulator in float32, with multipliers rounded differently, so a value within
+~1e-6 of a .5 tie occasionally rounds the other way (and propagates). docs/RESULTS.md measures what
+that does to AP. An unsupported node is an error naming it, never a silently different model.
 """
 from __future__ import annotations
 
@@ -253,12 +256,8 @@ _OPS: Dict[str, Callable[[_Builder, List[Any]], Any]] = {
 }
 
 
-def _constant(value: torch.Value) -> Any:
-    return value.toIValue()
-
-
 def graph_to_qdq(module: torch.jit.ScriptModule, input_quant: Optional[Tuple[float, int]],
-                 output_names: Sequence[str], producer: str = "fdq") -> Any:
+                 output_names: Sequence[str]) -> Any:
     """An ``onnx.ModelProto`` computing what ``module`` (a frozen int8 TorchScript model) computes.
 
     ``input_quant``: the (scale, zero point) of the quint8 input the bundle's model takes (its first
@@ -277,27 +276,27 @@ def graph_to_qdq(module: torch.jit.ScriptModule, input_quant: Optional[Tuple[flo
     for node in graph.nodes():
         kind = node.kind()
         if kind == "prim::Constant":
-            env[node.output()] = _constant(node.output())
+            env[node.output()] = node.output().toIValue()
         elif kind == "prim::ListConstruct":
             env[node.output()] = [env[v] for v in node.inputs()]
         elif kind == "prim::TupleConstruct":
             outputs = [env[v] for v in node.inputs()]
         elif kind in _OPS:
-            env[node.output()] = _OPS[kind](b, [env[v] for v in node.inputs()])
+            args = list(node.inputs())
+            env[node.output()] = _OPS[kind](b, [env[v] for v in args])
+            if kind.endswith("_"):  # in place (relu_): later readers of the input see the result
+                env[args[0]] = env[node.output()]
         else:
             raise UnsupportedGraph(f"no ONNX translation for TorchScript op {kind}")
-    if not outputs:
-        returned = list(graph.return_node().inputs())
-        outputs = [env[v] for v in returned]
     if len(outputs) != len(output_names):
         raise UnsupportedGraph(f"the model returns {len(outputs)} tensors, expected {len(output_names)}")
     for value, name in zip(outputs, output_names):
         b.nodes.append(helper.make_node("Identity", [_tensor(value)], [name], name=f"output_{name}"))
-    dims = [1, 3, "height", "width"]
-    onnx_graph = helper.make_graph(
-        b.nodes, "fdq_int8", [helper.make_tensor_value_info("input", TensorProto.FLOAT, dims)],
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, "anchors", f"{n}_values"]) for n in output_names], b.initializers)
-    model = helper.make_model(onnx_graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name=producer)
+    graph_input = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, "height", "width"])
+    graph_outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, "anchors", f"{n}_values"])
+                     for n in output_names]
+    onnx_graph = helper.make_graph(b.nodes, "fdq_int8", [graph_input], graph_outputs, b.initializers)
+    model = helper.make_model(onnx_graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="fdq")
     model.ir_version = min(model.ir_version, 8)  # readable by older onnxruntime builds (boards)
     checker.check_model(model)
     return model
