@@ -4,6 +4,7 @@
 #   sudo scripts/testboard.sh up native|arm64 [--name NAME] [--hosts N] [--python PATH] [--bare]
 #   sudo scripts/testboard.sh down NAME|all
 #   sudo scripts/testboard.sh pids NAME [HOST]      (listener first, then its connections)
+#   sudo scripts/testboard.sh build arm64           (only build or find the cached root; its path)
 #
 # `up` prints, as its last line, the path of a profile YAML that `--target` takes; with --hosts N it
 # starts N boards (one port each) and the profile lists them all under `hosts:`. Every board is a
@@ -30,7 +31,7 @@ ROOTS=/var/lib/fdq-testboard        # unpacked arm64 roots (a chroot needs a roo
 CACHE="${FDQ_BOARD_CACHE:-/var/cache/fdq}"
 SSHD=/usr/sbin/sshd
 A72=cortex-a72
-USAGE="usage: testboard.sh up native|arm64 [--name NAME] [--hosts N] [--python PATH] [--bare] | down NAME|all | pids NAME [HOST]"
+USAGE="usage: testboard.sh up native|arm64 [--name NAME] [--hosts N] [--python PATH] [--bare] | down NAME|all | pids NAME [HOST] | build arm64"
 
 die() { echo "$PROG: error: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "needs root (sshd, chroot, mount namespaces): run it with sudo"
@@ -292,6 +293,7 @@ case "${1:-}" in
   up) shift; cmd_up "$@" ;;
   down) shift; cmd_down "$@" ;;
   pids) shift; cmd_pids "$@" ;;
+  build) [ "${2:-}" = arm64 ] || die "build takes arm64 (see --help)"; . "$SCRIPTS/board_binfmt.sh"; ensure_arm64_binfmt; arm64_tarball ;;
   -h|--help) echo "$USAGE" ;;
   *) die "$USAGE" ;;
 esac
