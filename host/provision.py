@@ -199,6 +199,7 @@ def prepare(conn: Connection, with_setup: bool) -> None:
     if board.executable == _venv_python(conn):
         conn.target = replace(conn.target, python=board.executable)
     if board.missing:
-        names = ", ".join(f"{m} (from {Requirement(RUNNER_PACKAGES[m]).name})" for m in board.missing)
+        dists = {m: Requirement(RUNNER_PACKAGES[m]).name for m in board.missing}
+        names = ", ".join(m if d == m else f"{m} (from {d})" for m, d in dists.items())
         raise SetupError(f"{conn.target.name}: {conn.target.python} there lacks {names}; "
                          f"fdq-deploy --setup installs the runner's packages into {conn.path(conn.target.workdir)}/{VENV}")

@@ -11,7 +11,8 @@
 # private OpenSSH sshd (its own config, client key, a free port on 127.0.0.1, UsePAM no, internal
 # sftp) started in a private mount namespace: `down` ends every process in that namespace by pid
 # (live connections too, which outlive the listener), and the mounts inside end with it.
-#   native: the board is this machine; its Python is PATH (default: the repository's .venv).
+#   native: the board is this machine; its Python is PATH (default: the repository's .venv; with
+#           --bare /usr/bin/python3, as it comes: fdq-deploy --setup).
 #   arm64:  an emulated Raspberry Pi 4. The root from make_board_root.sh, built once and cached as
 #           $FDQ_BOARD_CACHE/board-arm64-KEY.tar.zst (default /var/cache/fdq: machine-wide, so CI
 #           and every later run on this machine reuse it; KEY follows make_board_root.sh), is
@@ -37,7 +38,7 @@ die() { echo "$PROG: error: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "needs root (sshd, chroot, mount namespaces): run it with sudo"
 [ -x "$SSHD" ] || die "OpenSSH's sshd is missing (Debian: apt-get install openssh-server)"
 
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+free_port() { /usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 lock() { mkdir -p "$STATE"; exec 9>"$STATE/.lock-$1"; flock 9; }  # one board at a time, others go on
 
@@ -185,13 +186,13 @@ cmd_up() {
   name="${name:-$kind}"
   [[ "$name" =~ ^[A-Za-z0-9][A-Za-z0-9_.-]*$ ]] && [ "$name" != all ] || die "--name takes letters, digits, _ . - (not 'all')"
   [[ "$hosts" =~ ^[0-9]+$ ]] && [ "$hosts" -ge 1 ] && [ "$hosts" -le 32 ] || die "--hosts takes 1 to 32 (see --help)"
-  [ -z "$bare" ] || [ "$kind" = arm64 ] || die "--bare is for arm64 boards (see --help)"
+  [ -z "$bare" ] || [ -z "$python" ] || die "--bare takes the system's python3, not --python (see --help)"
   [ -z "$python" ] || [ "$kind" = native ] || die "--python is for native boards; arm64 has /opt/fdq/bin/python (see --help)"
   dir="$STATE/$name"
   root="$ROOTS/$name/root"
   lock "$name"
   if [ -f "$dir/profile.yaml" ]; then
-    [ "$(cat "$dir/kind")" = "$kind$bare" ] && [ "$(cat "$dir/hosts")" = "$hosts" ] \
+    [ "$(cat "$dir/kind")" = "$kind${bare:+ --bare}" ] && [ "$(cat "$dir/hosts")" = "$hosts" ] \
       || die "board $name is up as $(cat "$dir/kind") with $(cat "$dir/hosts") host(s); run: testboard.sh down $name"
     for i in $(seq "$hosts"); do
       listener "$dir/host$i" >/dev/null || start_host "$dir/host$i" "$kind" "$root"
@@ -201,9 +202,9 @@ cmd_up() {
   fi
   [ ! -e "$dir" ] || down_board "$name" >/dev/null  # a board whose up was cut short
   if [ "$kind" = native ]; then
-    python="${python:-$REPO/.venv/bin/python}"
+    if [ -n "$bare" ]; then python=/usr/bin/python3; else python="${python:-$REPO/.venv/bin/python}"; fi
     [ -x "$python" ] || die "no Python at $python: make the venv (scripts/test.sh) or give --python"
-    "$python" -c 'import numpy, cv2, yaml, psutil' 2>/dev/null \
+    [ -n "$bare" ] || "$python" -c 'import numpy, cv2, yaml, psutil' 2>/dev/null \
       || die "$python lacks the runner's packages (numpy, opencv-python-headless, pyyaml, psutil): give --python one that has them"
   else
     # shellcheck source=board_binfmt.sh
@@ -220,7 +221,7 @@ cmd_up() {
   fi
   mkdir -p "$dir"
   chmod 755 "$STATE" "$dir"
-  echo "$kind$bare" > "$dir/kind"
+  echo "$kind${bare:+ --bare}" > "$dir/kind"
   echo "$hosts" > "$dir/hosts"
   [ -f "$ROOTS/host_key" ] || { mkdir -p "$ROOTS" && ssh-keygen -q -t ed25519 -N "" -C fdq-testboard -f "$ROOTS/host_key"; }
   ssh-keygen -q -t ed25519 -N "" -C "fdq-testboard-$name" -f "$dir/client_key"
