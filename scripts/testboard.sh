@@ -64,6 +64,7 @@ listener() {  # the host's sshd pid, when it runs in the host's namespace
 start_host() {  # host folder, kind, root (arm64): start its sshd, wait until it answers
   local host="$1" kind="$2" root="$3" pid ns i
   rm -f "$host/sshd.pid"
+  mkdir -p /run/sshd  # sshd's privilege separation directory
   if [ "$kind" = arm64 ]; then
     unshare --mount --propagation private -- sh -c 'mount -t proc proc "$1/proc" && mount -t sysfs sysfs "$1/sys" \
       && mount --bind /dev "$1/dev" && exec "$2" -f "$3" -E "$4"' sh "$root" "$SSHD" "$host/sshd_config" "$host/sshd.log" \
@@ -126,7 +127,7 @@ arm64_tarball() {  # the cached root, built once (make_board_root.sh) under a lo
       trap 'rm -rf --one-file-system "$build"' EXIT
       echo "$PROG: building the arm64 root once (make_board_root.sh, about 6 min), cached as $tarball" >&2
       "$SCRIPTS/make_board_root.sh" "$build/root" >&2
-      tar --zstd --numeric-owner -cpf "$build/root.tar.zst" -C "$build/root" .
+      tar -I 'zstd -T0' --numeric-owner -cpf "$build/root.tar.zst" -C "$build/root" .
       mv "$build/root.tar.zst" "$tarball"
     fi
   ) 8>"$CACHE/.lock"
@@ -290,11 +291,16 @@ cmd_pids() {
   done
 }
 
-case "${1:-}" in
-  up) shift; cmd_up "$@" ;;
-  down) shift; cmd_down "$@" ;;
-  pids) shift; cmd_pids "$@" ;;
-  build) [ "${2:-}" = arm64 ] || die "build takes arm64 (see --help)"; . "$SCRIPTS/board_binfmt.sh"; ensure_arm64_binfmt; arm64_tarball ;;
-  -h|--help) echo "$USAGE" ;;
-  *) die "$USAGE" ;;
-esac
+main() {
+  case "${1:-}" in
+    up) shift; cmd_up "$@" ;;
+    down) shift; cmd_down "$@" ;;
+    pids) shift; cmd_pids "$@" ;;
+    build) [ "${2:-}" = arm64 ] || die "build takes arm64 (see --help)"; . "$SCRIPTS/board_binfmt.sh"; ensure_arm64_binfmt
+           arm64_tarball ;;
+    -h|--help) echo "$USAGE" ;;
+    *) die "$USAGE" ;;
+  esac
+}
+
+main "$@"; exit  # one line, read whole: an edit of this file cannot reach a run in progress
