@@ -201,7 +201,10 @@ cmd_up() {
     echo "$dir/profile.yaml"
     return 0
   fi
-  [ ! -e "$dir" ] || down_board "$name" >/dev/null  # a board whose up was cut short
+  if [ -e "$dir" ] || [ -e "$ROOTS/$name" ]; then down_board "$name" >/dev/null; fi  # an up cut short
+  # The profile is written last: an up that fails or is interrupted takes down what it started.
+  trap "[ -f '$dir/profile.yaml' ] || down_board '$name' >/dev/null 2>&1" EXIT  # (a checked name: no quotes)
+  trap 'exit 130' INT TERM
   if [ "$kind" = native ]; then
     if [ -n "$bare" ]; then python=/usr/bin/python3; else python="${python:-$REPO/.venv/bin/python}"; fi
     [ -x "$python" ] || die "no Python at $python: make the venv (scripts/test.sh) or give --python"
