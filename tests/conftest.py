@@ -3,11 +3,10 @@
 ``sshd`` and ``arm64_board``: the test boards of ``scripts/testboard.sh`` for the session, each a
 real OpenSSH server on a free port of 127.0.0.1 with its own keys, taken down at the end. ``sshd``
 is this machine (its Python is the one running the tests), ``arm64_board`` the emulated Raspberry
-Pi 4, ``bare_arm64_board`` the same without /opt/fdq (a fresh Pi's python3). Each yields ``port``,
-``key`` (the client key), ``home`` (the board's state folder), ``profile`` (a YAML file for
-``--target``), ``name``, ``fields`` (the profile read) and ``root`` (an arm64 board's root). Without
-root, sshd or qemu-user the tests that use them skip; CI installs what they need, runs as root,
-and fails instead of skipping.
+Pi 4. Each yields ``port``, ``key`` (the client key), ``home`` (the board's state folder),
+``profile`` (a YAML file for ``--target``), ``name``, ``fields`` (the profile read) and ``root``
+(an arm64 board's root). Without root, sshd or qemu-user the tests that use them skip; CI
+installs what they need, runs as root, and fails instead of skipping.
 """
 from __future__ import annotations
 
@@ -113,12 +112,3 @@ def arm64_board():
     with _testboard("arm64", f"pytest-arm64-{os.getpid()}") as board:
         yield board
 
-
-@pytest.fixture(scope="session")
-def bare_arm64_board():
-    """The emulated Pi 4 as it comes: Debian's python3 only, no /opt/fdq (``testboard.sh up arm64 --bare``)."""
-    missing = _arm64_missing()
-    if missing:
-        _needs(missing)
-    with _testboard("arm64", f"pytest-bare-{os.getpid()}", "--bare") as board:
-        yield board

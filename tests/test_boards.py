@@ -116,11 +116,12 @@ def onnx_bundle(tmp_path_factory, slim_fp32_bundle) -> Path:
     return out
 
 
-def test_setup_makes_a_bare_pi_a_board(bare_arm64_board, onnx_bundle, tmp_path, monkeypatch, capsys):
-    """A board with nothing but Debian's python3: refused in one line naming --setup; --setup
-    installs the runner's packages and onnxruntime (the profile's runtimes) offline; the bundle runs."""
+def test_setup_makes_a_bare_pi_a_board(arm64_board, onnx_bundle, tmp_path, monkeypatch, capsys):
+    """The board's stock python3 (Debian's, nothing installed; /opt/fdq left alone): refused in one
+    line naming --setup; --setup installs the runner's packages and onnxruntime (the profile's
+    runtimes) offline into a venv of its own work directory; the bundle runs there."""
     monkeypatch.setenv("FDQ_HOME", str(tmp_path / "fdq-home"))  # an empty wheel cache: every wheel is fetched
-    fields = {**bare_arm64_board["fields"], "runtimes": ["onnxruntime"]}
+    fields = {**arm64_board["fields"], "python": "/usr/bin/python3", "workdir": "~/bare", "runtimes": ["onnxruntime"]}
     profile = tmp_path / "bare.yaml"
     profile.write_text(yaml.safe_dump(fields))
     assert deploy_main(["--target", str(profile), str(onnx_bundle)]) == 1
