@@ -1,0 +1,248 @@
+"""Faults on the native test board (``scripts/testboard.sh``): each is one line within its time-out,
+nothing half-written stays, and the next deploy recovers.
+
+Tests that kill, freeze or fill a board start a board of their own; the others use the session's.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+from conftest import TESTBOARD, _testboard
+from fdq.device.bundle import load_bundle, sha256_file
+from fdq.host.cli import deploy_main
+from fdq.host.remote import RemoteError, connect
+from fdq.host.targets import load_target
+
+CLI = "import sys; from fdq.host.cli import deploy_main; sys.exit(deploy_main(sys.argv[1:]))"
+
+
+def _deploy_process(*args: str, home: Path) -> subprocess.Popen:
+    """fdq-deploy in a process of its own: its whole stderr (paramiko's threads included) is seen."""
+    return subprocess.Popen([sys.executable, "-c", CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "FDQ_HOME": str(home)})
+
+
+def _errors(err: str):
+    return [ln for ln in err.strip().splitlines() if not ln.startswith("fdq: first connection to ")]
+
+
+def _workdir(board) -> Path:
+    """``~/fdq`` of the board's first host, as this machine sees it."""
+    return board["home"] / "host1" / "home" / "fdq"
+
+
+@pytest.fixture
+def own_board(sshd, tmp_path, monkeypatch):
+    """A native board of this test alone (it gets killed or frozen); ``sshd`` first, for its skip rule."""
+    monkeypatch.setenv("FDQ_HOME", str(tmp_path / "fdq-home"))
+    with _testboard("native", f"faults-{uuid.uuid4().hex[:8]}", "--python", sys.executable) as board:
+        yield board
+
+
+def _board_pids(board) -> list:
+    out = subprocess.run(["bash", str(TESTBOARD), "pids", board["name"]], capture_output=True, text=True, check=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def _restart(board) -> None:
+    subprocess.run(["bash", str(TESTBOARD), "up", "native", "--name", board["name"], "--python", sys.executable],
+                   capture_output=True, text=True, check=True)
+
+
+@pytest.fixture
+def big_bundle(slim_fp32_bundle, tmp_path) -> Path:
+    """The slim bundle with 64 MiB of extra data it lists in its manifest: an upload that lasts."""
+    folder = tmp_path / "slim_big"
+    subprocess.run(["cp", "-r", str(slim_fp32_bundle), str(folder)], check=True)
+    (folder / "data.bin").write_bytes(os.urandom(64 << 20))
+    manifest = yaml.safe_load((folder / "manifest.yaml").read_text())
+    manifest["files"]["data.bin"] = {"size": 64 << 20, "sha256": sha256_file(folder / "data.bin")}
+    (folder / "manifest.yaml").write_text(yaml.safe_dump(manifest))
+    load_bundle(str(folder))
+    return folder
+
+
+def test_sshd_killed_mid_upload_then_the_next_deploy_completes(own_board, big_bundle, tmp_path):
+    proc = _deploy_process("--target", str(own_board["profile"]), str(big_bundle), home=tmp_path / "fdq-home")
+    deadline = time.monotonic() + 120
+    while not list(_workdir(own_board).glob("bundles/*/data.bin.part")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.01)
+    for pid in _board_pids(own_board):  # the listener and its connection processes
+        os.kill(pid, signal.SIGKILL)
+    _, err = proc.communicate(timeout=60)
+    errors = _errors(err)
+    assert proc.returncode == 1 and len(errors) == 1, err
+    assert errors[0].startswith("fdq-deploy: error: ") and "data.bin" in errors[0], err
+    remote = next(_workdir(own_board).glob("bundles/slim_big-*"))
+    assert not (remote / "manifest.yaml").exists()  # cut short: no manifest, so it cannot load
+
+    _restart(own_board)
+    done = subprocess.run([sys.executable, "-c", CLI, "--target", str(own_board["profile"]), str(big_bundle)],
+                          capture_output=True, text=True, env={**os.environ, "FDQ_HOME": str(tmp_path / "fdq-home")})
+    assert done.returncode == 0, done.stderr
+    sent = int(done.stderr.split(" file(s) sent")[0].rsplit(" ", 1)[1])
+    assert 2 <= sent <= len(list(big_bundle.iterdir()))  # the runner was there: only the bundle's rest went
+    assert not list(_workdir(own_board).rglob("*.part"))
+    assert load_bundle(str(remote)).manifest["files"]["data.bin"]["size"] == 64 << 20
+
+
+class _SilentServer:
+    """Accepts connections on 127.0.0.1 and never says a word (closed after ``limit_s``)."""
+
+    def __init__(self, limit_s: float = 30.0) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(4)
+        self.sock.settimeout(limit_s)
+        self.port = self.sock.getsockname()[1]
+        self.accepted: list = []
+        self.thread = threading.Thread(target=self._serve, args=(limit_s,), daemon=True)
+        self.thread.start()
+
+    def _serve(self, limit_s: float) -> None:
+        end = time.monotonic() + limit_s
+        try:
+            while time.monotonic() < end:
+                self.accepted.append(self.sock.accept()[0])
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.accepted:
+            conn.close()
+        self.thread.join(timeout=5)
+
+
+@pytest.mark.parametrize("case", ["changed-host-key", "unknown-user", "closed-port", "silent-port", "unknown-name"])
+def test_connection_faults_are_one_line_within_their_timeout(case, sshd, slim_fp32_bundle, tmp_path, free_port):
+    home = tmp_path / "fdq-home"
+    args = ["--target", str(sshd["profile"]), "--timeout", "3", str(slim_fp32_bundle)]
+    silent = None
+    if case == "changed-host-key":
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "forged")], check=True)
+        home.mkdir()
+        forged = (tmp_path / "forged.pub").read_text().split()[:2]
+        (home / "known_hosts").write_text(f"[127.0.0.1]:{sshd['port']} {' '.join(forged)}\n")
+        needle = f"the host key of 127.0.0.1:{sshd['port']} changed since it was trusted (now SHA256:"
+    elif case == "unknown-user":
+        args += ["--user", "nobody-here"]
+        needle = f"authentication failed for nobody-here@127.0.0.1:{sshd['port']} with key {sshd['key']}"
+    elif case == "closed-port":
+        port = free_port()
+        args += ["--port", str(port)]
+        needle = f"connection refused: nothing listens on 127.0.0.1:{port}"
+    elif case == "silent-port":
+        silent = _SilentServer()
+        args += ["--port", str(silent.port)]
+        needle = f"127.0.0.1:{silent.port} accepted but did not answer as an SSH server within 3 s"
+    else:
+        args += ["--host", "no-such-board.invalid"]
+        needle = "unknown host name no-such-board.invalid"
+    started = time.monotonic()
+    proc = _deploy_process(*args, home=home)
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if silent:
+            silent.close()
+    elapsed = time.monotonic() - started
+    lines = err.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1, err  # no paramiko line, no traceback
+    assert lines[0].startswith(f"fdq-deploy: error: {sshd['name']}: ") and needle in lines[0], err
+    assert elapsed < 3 + 15, elapsed  # its time-out (3 s) plus starting Python
+    if case != "changed-host-key":
+        assert not (home / "known_hosts").exists()
+
+
+def _processes_with(token: str) -> list:
+    return [p for p in psutil.process_iter(["cmdline"]) if token in " ".join(p.info["cmdline"] or [])]
+
+
+def _gone(processes, within_s: float = 10.0) -> bool:
+    _, alive = psutil.wait_procs(processes, timeout=within_s)
+    return not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+
+
+def _connect_with_room(board):
+    """A connection whose time-outs leave room for the board's login shell to start (its rc files can
+    be slow on a busy machine), and that start time."""
+    conn = connect(load_target(str(board["profile"])))
+    started = time.monotonic()
+    conn.run("true", timeout=300)
+    shell_s = time.monotonic() - started
+    conn.close()
+    return connect(load_target(str(board["profile"]), timeout=15 + 2 * shell_s)), shell_s
+
+
+def test_a_frozen_board_trips_the_run_timeout_and_the_remote_process_is_stopped(own_board):
+    token = f"fdq-frozen-{uuid.uuid4().hex}"
+    conn, shell_s = _connect_with_room(own_board)
+    limit = round(6 + 2 * shell_s)
+    try:
+        code = f"import subprocess, time; subprocess.Popen(['sleep', '300']); time.sleep(300)  # {token}"
+        frozen: list = []
+
+        def freeze() -> None:  # the runner and its child stop, as on a board that hangs
+            deadline = time.monotonic() + limit
+            while not frozen and time.monotonic() < deadline:
+                for p in _processes_with(token):  # the runner itself, once its child runs (not the login shell)
+                    family = [p, *p.children(recursive=True)]
+                    if p.info["cmdline"][0] == sys.executable and any(c.name() == "sleep" for c in family):
+                        for q in family:
+                            q.send_signal(signal.SIGSTOP)
+                        frozen.extend(family)
+                time.sleep(0.1)
+
+        helper = threading.Thread(target=freeze)
+        helper.start()
+        started = time.monotonic()
+        with pytest.raises(RemoteError) as caught:
+            conn.run(f"{shlex.quote(sys.executable)} -c {shlex.quote(code)}", timeout=limit)
+        elapsed = time.monotonic() - started
+        helper.join()
+        assert elapsed < limit + conn.target.timeout + 5  # the limit, then the session that stops it
+        message = str(caught.value)
+        assert "\n" not in message and f"did not finish within {limit} s" in message
+        assert message.endswith("stopped it and its child processes on the board")
+        assert len(frozen) >= 2 and _gone(frozen)  # runner and child: stopped ones are killed too
+        assert conn.run("echo still here", timeout=10).stdout == "still here\n"  # the connection still works
+    finally:
+        conn.close()
+
+
+def test_interrupting_a_remote_run_stops_it_there(own_board):
+    token = f"fdq-interrupted-{uuid.uuid4().hex}"
+    conn, shell_s = _connect_with_room(own_board)
+
+    family: list = []
+
+    def interrupt(*_):  # Ctrl-C, once the remote shell and its sleep run
+        for p in _processes_with(token):
+            family.extend([p, *p.children(recursive=True)])
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 2.0 + 2 * shell_s)
+        with pytest.raises(KeyboardInterrupt):
+            conn.run(f"sleep 300; echo {token}", timeout=60)
+        assert len(family) >= 2 and _gone(family)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        conn.close()
