@@ -246,3 +246,75 @@ def test_interrupting_a_remote_run_stops_it_there(own_board):
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
         conn.close()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs: room for the runner and one slim bundle, not two. Mounted before the board
+    starts (its private mount namespace copies the mounts it finds), unmounted after it stopped."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "fdq-test-disk", str(disk)], check=True)
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_full_disk_is_refused_before_sending_and_prune_frees_it(sshd, small_disk, slim_fp32_bundle, tmp_path,
+                                                                   monkeypatch, capsys):
+    monkeypatch.setenv("FDQ_HOME", str(tmp_path / "fdq-home"))
+    second = tmp_path / "slim_second"
+    subprocess.run(["cp", "-r", str(slim_fp32_bundle), str(second)], check=True)
+    (second / "manifest.yaml").write_text((second / "manifest.yaml").read_text() + "# a second build\n")
+    with _testboard("native", f"disk-{uuid.uuid4().hex[:8]}", "--python", sys.executable) as board:
+        target = ["--target", str(board["profile"]), "--workdir", str(small_disk / "fdq")]
+        assert deploy_main(target + [str(slim_fp32_bundle)]) == 0
+        before = sorted(p.relative_to(small_disk) for p in small_disk.rglob("*"))
+        capsys.readouterr()
+
+        assert deploy_main(target + [str(second)]) == 1
+        err = _errors(capsys.readouterr().err)
+        assert len(err) == 1 and err[0].startswith(f"fdq-deploy: error: no space on {board['name']}:{small_disk}/fdq: ")
+        assert " MiB free, 1.3 MiB needed (--prune removes bundles this deploy does not name)" in err[0]
+        assert sorted(p.relative_to(small_disk) for p in small_disk.rglob("*")) == before  # nothing sent
+
+        conn = connect(load_target(str(board["profile"])))  # an SFTP write that still meets a full disk
+        try:
+            with pytest.raises(RemoteError) as caught:
+                conn.put(second / "model.pt", str(small_disk / "fdq" / "extra" / "model.pt"))
+        finally:
+            conn.close()
+        assert str(caught.value).startswith(f"{board['name']}: no space left on {board['name']}:{small_disk}/fdq/extra "
+                                            f"while sending model.pt: ")
+        assert not list(small_disk.rglob("*.part")) and not (small_disk / "fdq" / "extra" / "model.pt").exists()
+
+        assert deploy_main(target + ["--prune", str(second)]) == 0
+        out = capsys.readouterr().out
+        remote = Path(out.split(" -> ")[1].strip())
+        assert remote.name.startswith("slim_second-") and load_bundle(str(remote))
+        assert [p.name for p in (small_disk / "fdq" / "bundles").iterdir()] == [remote.name]
+
+
+def test_a_byte_changed_on_the_board_is_reported_and_replaced(sshd, slim_fp32_bundle, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("FDQ_HOME", str(tmp_path / "fdq-home"))
+    target = ["--target", str(sshd["profile"]), "--workdir", str(tmp_path / "work")]
+    assert deploy_main(target + [str(slim_fp32_bundle)]) == 0
+    remote = Path(capsys.readouterr().out.split(" -> ")[1].strip())
+    model = bytearray((remote / "model.pt").read_bytes())
+    model[len(model) // 2] ^= 0x01
+    (remote / "model.pt").write_bytes(bytes(model))
+
+    conn = connect(load_target(str(sshd["profile"]), workdir=str(tmp_path / "work")))
+    try:  # a run there of the tampered bundle is refused by the runner itself
+        done = conn.run(f"cd {shlex.quote(str(tmp_path / 'work'))} && PYTHONPATH=lib {shlex.quote(sys.executable)} "
+                        f"-m fdq.device.run --bundle {shlex.quote(str(remote))} --frames 1 --json r.json", timeout=300)
+    finally:
+        conn.close()
+    assert done.returncode != 0 and "model.pt does not match its manifest checksum" in done.stderr
+
+    assert deploy_main(target + [str(slim_fp32_bundle)]) == 0
+    err = capsys.readouterr().err
+    assert (f"fdq: {sshd['name']}: the board's copy of bundles/{remote.name}/model.pt did not match (changed there); "
+            "replaced") in err
+    assert sha256_file(remote / "model.pt") == sha256_file(slim_fp32_bundle / "model.pt")
