@@ -65,4 +65,7 @@ def print_table(title: str, results: Sequence[HostResult[Any]],
         cells = [Text(fn(r.value) if r.ok else "") for _, fn in columns]
         table.add_row(Text(r.target.name), Text(r.target.address), *cells,
                       Text("ok") if r.ok else Text(f"failed: {r.error}", style="red"))
-    Console(stderr=False, width=max(120, Console().width)).print(table)
+    console = Console()
+    if not console.is_terminal:  # a file or a pipe: the width the table needs, one line per host
+        console = Console(width=10_000)
+    console.print(table)
