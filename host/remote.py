@@ -265,17 +265,19 @@ class SSHConnection:
             self.sftp.put(str(local), partial)
             self.sftp.posix_rename(partial, remote)
         except (OSError, EOFError, paramiko.SSHException) as exc:
-            why = self._why(exc)
-            try:
-                self.sftp.remove(partial)
-            except (OSError, EOFError, paramiko.SSHException):
-                pass  # the connection is gone: the next deploy removes the .part
-            free = self._free_mib(str(PurePosixPath(remote).parent))
-            if free is not None and free * 2**20 < local.stat().st_size:
-                raise RemoteError(f"{self.target.name}: no space left on {self.target.name}:"
-                                  f"{PurePosixPath(remote).parent} while sending {local.name}: {free:.1f} MiB free, "
-                                  f"{local.stat().st_size / 2**20:.1f} MiB needed") from None
-            raise RemoteError(f"{self.target.name}: upload of {local.name} to {remote} failed ({why})") from None
+            failed = RemoteError(f"{self.target.name}: upload of {local.name} to {remote} failed ({self._why(exc)})")
+            answers = not isinstance(exc, (socket.timeout, EOFError)) and self.client.get_transport().is_active()
+            if answers:  # else the board cannot clean up now: the next deploy removes the .part
+                try:
+                    self.sftp.remove(partial)
+                except (OSError, EOFError, paramiko.SSHException):
+                    pass
+                free = self._free_mib(str(PurePosixPath(remote).parent))
+                if free is not None and free * 2**20 < local.stat().st_size:
+                    raise RemoteError(f"{self.target.name}: no space left on {self.target.name}:"
+                                      f"{PurePosixPath(remote).parent} while sending {local.name}: {free:.1f} MiB "
+                                      f"free, {local.stat().st_size / 2**20:.1f} MiB needed") from None
+            raise failed from None
 
     def _free_mib(self, folder: str) -> Optional[float]:
         """Free space there, when the board still answers."""

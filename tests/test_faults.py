@@ -75,24 +75,39 @@ def big_bundle(slim_fp32_bundle, tmp_path) -> Path:
     return folder
 
 
-def test_sshd_killed_mid_upload_then_the_next_deploy_completes(own_board, big_bundle, tmp_path):
-    proc = _deploy_process("--target", str(own_board["profile"]), str(big_bundle), home=tmp_path / "fdq-home")
+@pytest.mark.parametrize("fault", ["killed", "frozen"])
+def test_sshd_killed_or_frozen_mid_upload_then_the_next_deploy_completes(fault, own_board, big_bundle, tmp_path):
+    """``killed``: the listener and its connection processes die. ``frozen``: they stop (SIGSTOP), so
+    the SFTP time-out must trip; they go on afterwards."""
+    home = tmp_path / "fdq-home"
+    proc = _deploy_process("--target", str(own_board["profile"]), "--timeout", "5", str(big_bundle), home=home)
     deadline = time.monotonic() + 120
     while not list(_workdir(own_board).glob("bundles/*/data.bin.part")):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.01)
-    for pid in _board_pids(own_board):  # the listener and its connection processes
-        os.kill(pid, signal.SIGKILL)
-    _, err = proc.communicate(timeout=60)
+    pids = _board_pids(own_board)  # the listener and its connection processes
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL if fault == "killed" else signal.SIGSTOP)
+    started = time.monotonic()
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if fault == "frozen":
+            for pid in pids:
+                os.kill(pid, signal.SIGCONT)
     errors = _errors(err)
     assert proc.returncode == 1 and len(errors) == 1, err
-    assert errors[0].startswith("fdq-deploy: error: ") and "data.bin" in errors[0], err
+    assert errors[0].startswith(f"fdq-deploy: error: {own_board['name']}: upload of data.bin to "), err
+    if fault == "frozen":
+        assert errors[0].endswith("failed (no answer within 5 s)"), err
+        assert time.monotonic() - started < 5 + 15  # the SFTP time-out, then giving up on the .part
     remote = next(_workdir(own_board).glob("bundles/slim_big-*"))
     assert not (remote / "manifest.yaml").exists()  # cut short: no manifest, so it cannot load
 
-    _restart(own_board)
+    if fault == "killed":
+        _restart(own_board)
     done = subprocess.run([sys.executable, "-c", CLI, "--target", str(own_board["profile"]), str(big_bundle)],
-                          capture_output=True, text=True, env={**os.environ, "FDQ_HOME": str(tmp_path / "fdq-home")})
+                          capture_output=True, text=True, env={**os.environ, "FDQ_HOME": str(home)})
     assert done.returncode == 0, done.stderr
     sent = int(done.stderr.split(" file(s) sent")[0].rsplit(" ", 1)[1])
     assert 2 <= sent <= len(list(big_bundle.iterdir()))  # the runner was there: only the bundle's rest went
