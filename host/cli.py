@@ -234,6 +234,9 @@ def _target_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--user", help="override the profile's user")
     p.add_argument("--key", help="override the profile's private key file")
     p.add_argument("--python", help="override the profile's Python on the target")
+    p.add_argument("--setup", action="store_true",
+                   help="install the runner's packages and the profile's runtimes into a venv in the work directory "
+                        "(wheels fetched here for the board's platform, installed there offline)")
     p.add_argument("--workdir", help="override the profile's work directory on the target")
     p.add_argument("--strict-host-keys", action="store_true", default=None,
                    help="refuse a host whose key is not yet in $FDQ_HOME/known_hosts (default: the profile's "
@@ -292,9 +295,11 @@ def _deploy_summary(done) -> str:
             f"{len(done.removed)} removed")
 
 
-def _deploy(conn, bundles: List[str], prune_older_than_s: Optional[float] = None):
+def _deploy(conn, bundles: List[str], setup: bool = False, prune_older_than_s: Optional[float] = None):
     from fdq.host.deploy import deploy
+    from fdq.host.provision import prepare
 
+    prepare(conn, setup)
     done = deploy(conn, bundles, prune_older_than_s)
     name = conn.target.name
     for path in done.replaced:
@@ -315,7 +320,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         load_bundle(bundle)
     targets = _targets(args)
     if len(targets) > 1:
-        results = on_each(targets, lambda conn: _deploy(conn, args.bundles, prune))
+        results = on_each(targets, lambda conn: _deploy(conn, args.bundles, args.setup, prune))
         print_table(f"fdq-deploy: {args.target}", results,
                     [("sent", _deploy_summary), ("workdir", lambda done: done.workdir)])
         failed = [r for r in results if not r.ok]
@@ -327,7 +332,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
     conn = connect(targets[0])
     try:
-        done = _deploy(conn, args.bundles, prune)
+        done = _deploy(conn, args.bundles, args.setup, prune)
     finally:
         conn.close()
     for local, remote in done.bundles.items():
@@ -340,7 +345,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
     conn = _connect(args)
     try:
-        done = _deploy(conn, [args.bundle])
+        done = _deploy(conn, [args.bundle], args.setup)
         remote = done.bundles[str(Path(args.bundle).resolve())]
         out = Path(args.out or f"fdq-profile/{conn.target.name}/{Path(remote).name}.json")
         doc = profile(conn, remote, out, args.frames, args.warmup, args.threads, args.source)

@@ -4,13 +4,15 @@
 #   sudo scripts/testboard.sh up native|arm64 [--name NAME] [--hosts N] [--python PATH] [--bare]
 #   sudo scripts/testboard.sh down NAME|all
 #   sudo scripts/testboard.sh pids NAME [HOST]      (listener first, then its connections)
+#   sudo scripts/testboard.sh build arm64           (only build or find the cached root; its path)
 #
 # `up` prints, as its last line, the path of a profile YAML that `--target` takes; with --hosts N it
 # starts N boards (one port each) and the profile lists them all under `hosts:`. Every board is a
 # private OpenSSH sshd (its own config, client key, a free port on 127.0.0.1, UsePAM no, internal
 # sftp) started in a private mount namespace: `down` ends every process in that namespace by pid
 # (live connections too, which outlive the listener), and the mounts inside end with it.
-#   native: the board is this machine; its Python is PATH (default: the repository's .venv).
+#   native: the board is this machine; its Python is PATH (default: the repository's .venv; with
+#           --bare /usr/bin/python3, as it comes: fdq-deploy --setup).
 #   arm64:  an emulated Raspberry Pi 4. The root from make_board_root.sh, built once and cached as
 #           $FDQ_BOARD_CACHE/board-arm64-KEY.tar.zst (default /var/cache/fdq: machine-wide, so CI
 #           and every later run on this machine reuse it; KEY follows make_board_root.sh), is
@@ -30,13 +32,13 @@ ROOTS=/var/lib/fdq-testboard        # unpacked arm64 roots (a chroot needs a roo
 CACHE="${FDQ_BOARD_CACHE:-/var/cache/fdq}"
 SSHD=/usr/sbin/sshd
 A72=cortex-a72
-USAGE="usage: testboard.sh up native|arm64 [--name NAME] [--hosts N] [--python PATH] [--bare] | down NAME|all | pids NAME [HOST]"
+USAGE="usage: testboard.sh up native|arm64 [--name NAME] [--hosts N] [--python PATH] [--bare] | down NAME|all | pids NAME [HOST] | build arm64"
 
 die() { echo "$PROG: error: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "needs root (sshd, chroot, mount namespaces): run it with sudo"
 [ -x "$SSHD" ] || die "OpenSSH's sshd is missing (Debian: apt-get install openssh-server)"
 
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+free_port() { /usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 lock() { mkdir -p "$STATE"; exec 9>"$STATE/.lock-$1"; flock 9; }  # one board at a time, others go on
 
@@ -62,6 +64,7 @@ listener() {  # the host's sshd pid, when it runs in the host's namespace
 start_host() {  # host folder, kind, root (arm64): start its sshd, wait until it answers
   local host="$1" kind="$2" root="$3" pid ns i
   rm -f "$host/sshd.pid"
+  mkdir -p /run/sshd  # sshd's privilege separation directory
   if [ "$kind" = arm64 ]; then
     unshare --mount --propagation private -- sh -c 'mount -t proc proc "$1/proc" && mount -t sysfs sysfs "$1/sys" \
       && mount --bind /dev "$1/dev" && exec "$2" -f "$3" -E "$4"' sh "$root" "$SSHD" "$host/sshd_config" "$host/sshd.log" \
@@ -124,7 +127,7 @@ arm64_tarball() {  # the cached root, built once (make_board_root.sh) under a lo
       trap 'rm -rf --one-file-system "$build"' EXIT
       echo "$PROG: building the arm64 root once (make_board_root.sh, about 6 min), cached as $tarball" >&2
       "$SCRIPTS/make_board_root.sh" "$build/root" >&2
-      tar --zstd --numeric-owner -cpf "$build/root.tar.zst" -C "$build/root" .
+      tar -I 'zstd -T0' --numeric-owner -cpf "$build/root.tar.zst" -C "$build/root" .
       mv "$build/root.tar.zst" "$tarball"
     fi
   ) 8>"$CACHE/.lock"
@@ -184,13 +187,13 @@ cmd_up() {
   name="${name:-$kind}"
   [[ "$name" =~ ^[A-Za-z0-9][A-Za-z0-9_.-]*$ ]] && [ "$name" != all ] || die "--name takes letters, digits, _ . - (not 'all')"
   [[ "$hosts" =~ ^[0-9]+$ ]] && [ "$hosts" -ge 1 ] && [ "$hosts" -le 32 ] || die "--hosts takes 1 to 32 (see --help)"
-  [ -z "$bare" ] || [ "$kind" = arm64 ] || die "--bare is for arm64 boards (see --help)"
+  [ -z "$bare" ] || [ -z "$python" ] || die "--bare takes the system's python3, not --python (see --help)"
   [ -z "$python" ] || [ "$kind" = native ] || die "--python is for native boards; arm64 has /opt/fdq/bin/python (see --help)"
   dir="$STATE/$name"
   root="$ROOTS/$name/root"
   lock "$name"
   if [ -f "$dir/profile.yaml" ]; then
-    [ "$(cat "$dir/kind")" = "$kind$bare" ] && [ "$(cat "$dir/hosts")" = "$hosts" ] \
+    [ "$(cat "$dir/kind")" = "$kind${bare:+ --bare}" ] && [ "$(cat "$dir/hosts")" = "$hosts" ] \
       || die "board $name is up as $(cat "$dir/kind") with $(cat "$dir/hosts") host(s); run: testboard.sh down $name"
     for i in $(seq "$hosts"); do
       listener "$dir/host$i" >/dev/null || start_host "$dir/host$i" "$kind" "$root"
@@ -200,9 +203,9 @@ cmd_up() {
   fi
   [ ! -e "$dir" ] || down_board "$name" >/dev/null  # a board whose up was cut short
   if [ "$kind" = native ]; then
-    python="${python:-$REPO/.venv/bin/python}"
+    if [ -n "$bare" ]; then python=/usr/bin/python3; else python="${python:-$REPO/.venv/bin/python}"; fi
     [ -x "$python" ] || die "no Python at $python: make the venv (scripts/test.sh) or give --python"
-    "$python" -c 'import numpy, cv2, yaml, psutil' 2>/dev/null \
+    [ -n "$bare" ] || "$python" -c 'import numpy, cv2, yaml, psutil' 2>/dev/null \
       || die "$python lacks the runner's packages (numpy, opencv-python-headless, pyyaml, psutil): give --python one that has them"
   else
     # shellcheck source=board_binfmt.sh
@@ -219,7 +222,7 @@ cmd_up() {
   fi
   mkdir -p "$dir"
   chmod 755 "$STATE" "$dir"
-  echo "$kind$bare" > "$dir/kind"
+  echo "$kind${bare:+ --bare}" > "$dir/kind"
   echo "$hosts" > "$dir/hosts"
   [ -f "$ROOTS/host_key" ] || { mkdir -p "$ROOTS" && ssh-keygen -q -t ed25519 -N "" -C fdq-testboard -f "$ROOTS/host_key"; }
   ssh-keygen -q -t ed25519 -N "" -C "fdq-testboard-$name" -f "$dir/client_key"
@@ -288,10 +291,16 @@ cmd_pids() {
   done
 }
 
-case "${1:-}" in
-  up) shift; cmd_up "$@" ;;
-  down) shift; cmd_down "$@" ;;
-  pids) shift; cmd_pids "$@" ;;
-  -h|--help) echo "$USAGE" ;;
-  *) die "$USAGE" ;;
-esac
+main() {
+  case "${1:-}" in
+    up) shift; cmd_up "$@" ;;
+    down) shift; cmd_down "$@" ;;
+    pids) shift; cmd_pids "$@" ;;
+    build) [ "${2:-}" = arm64 ] || die "build takes arm64 (see --help)"; . "$SCRIPTS/board_binfmt.sh"; ensure_arm64_binfmt
+           arm64_tarball ;;
+    -h|--help) echo "$USAGE" ;;
+    *) die "$USAGE" ;;
+  esac
+}
+
+main "$@"; exit  # one line, read whole: an edit of this file cannot reach a run in progress

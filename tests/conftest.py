@@ -3,8 +3,9 @@
 ``sshd`` and ``arm64_board``: the test boards of ``scripts/testboard.sh`` for the session, each a
 real OpenSSH server on a free port of 127.0.0.1 with its own keys, taken down at the end. ``sshd``
 is this machine (its Python is the one running the tests), ``arm64_board`` the emulated Raspberry
-Pi 4. Both yield ``port``, ``key`` (the client key), ``home`` (the board's state folder),
-``profile`` (a YAML file for ``--target``), ``name`` and ``fields`` (the profile read). Without
+Pi 4, ``bare_arm64_board`` the same without /opt/fdq (a fresh Pi's python3). Each yields ``port``,
+``key`` (the client key), ``home`` (the board's state folder), ``profile`` (a YAML file for
+``--target``), ``name``, ``fields`` (the profile read) and ``root`` (an arm64 board's root). Without
 root, sshd or qemu-user the tests that use them skip; CI installs what they need, runs as root,
 and fails instead of skipping.
 """
@@ -60,6 +61,7 @@ def slim_fp32_bundle(tmp_path_factory, shared_dir):
 
 
 TESTBOARD = REPO_ROOT / "scripts" / "testboard.sh"
+BOARD_ROOTS = Path("/var/lib/fdq-testboard")  # where testboard.sh unpacks an arm64 board's root
 
 
 def _needs(missing: str) -> None:
@@ -80,7 +82,7 @@ def _testboard(kind: str, name: str, *options: str) -> Iterator[Dict[str, Any]]:
         profile = Path(done.stdout.strip().splitlines()[-1])
         fields = yaml.safe_load(profile.read_text())
         yield {"port": fields["port"], "key": Path(fields["key"]), "home": profile.parent, "profile": profile,
-               "name": name, "fields": fields}
+               "name": name, "fields": fields, "root": BOARD_ROOTS / name / "root"}
     finally:
         subprocess.run(["bash", str(TESTBOARD), "down", name], capture_output=True, text=True)
 
@@ -109,4 +111,14 @@ def arm64_board():
     if missing:
         _needs(missing)
     with _testboard("arm64", f"pytest-arm64-{os.getpid()}") as board:
+        yield board
+
+
+@pytest.fixture(scope="session")
+def bare_arm64_board():
+    """The emulated Pi 4 as it comes: Debian's python3 only, no /opt/fdq (``testboard.sh up arm64 --bare``)."""
+    missing = _arm64_missing()
+    if missing:
+        _needs(missing)
+    with _testboard("arm64", f"pytest-bare-{os.getpid()}", "--bare") as board:
         yield board
