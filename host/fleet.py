@@ -9,10 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, List, Optional, Sequence, Tuple, TypeVar
 
-from fdq.device.bundle import BundleError
-
-from .remote import Connection, RemoteError, connect
-from .targets import Target, TargetError
+from .remote import Connection, connect
+from .targets import Target
 
 MAX_WORKERS = 8
 T = TypeVar("T")
@@ -38,7 +36,7 @@ def _on_one(target: Target, work: Callable[[Connection], T]) -> HostResult[T]:
             return HostResult(target, value=work(conn))
         finally:
             conn.close()
-    except (RemoteError, BundleError, TargetError, OSError, ValueError) as exc:
+    except (RuntimeError, ValueError, OSError) as exc:  # RemoteError, BundleError, TargetError, SetupError...
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         prefix = f"{target.name}: "
         return HostResult(target, error=text[len(prefix):] if text.startswith(prefix) else text)
