@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from fdq.device.atomic import atomic_output, atomic_write_text
 from fdq.device.cliargs import Parser, describe_long_side, int_at_least, long_side
@@ -301,23 +301,24 @@ def _duration(text: str) -> float:
     return value
 
 
+def _overrides(args: argparse.Namespace) -> Dict[str, Any]:
+    """The profile fields the command line replaces (None: keep the profile's)."""
+    return dict(host=args.host, port=args.port, user=args.user, key=args.key, python=args.python,
+                workdir=args.workdir, strict_host_keys=args.strict_host_keys, timeout=args.timeout)
+
+
 def _targets(args: argparse.Namespace):
     """Every target ``--target`` names (one per host of a fleet), with the command line's overrides."""
     from fdq.host.targets import load_targets
 
-    return load_targets(args.target, host=args.host, port=args.port, user=args.user, key=args.key,
-                        python=args.python, workdir=args.workdir, strict_host_keys=args.strict_host_keys,
-                        timeout=args.timeout)
+    return load_targets(args.target, **_overrides(args))
 
 
 def _connect(args: argparse.Namespace):
     from fdq.host.remote import connect
-    from fdq.host.targets import TargetError
+    from fdq.host.targets import load_target
 
-    targets = _targets(args)
-    if len(targets) != 1:
-        raise TargetError(f"target {args.target} lists {len(targets)} hosts; this command takes one")
-    return connect(targets[0])
+    return connect(load_target(args.target, **_overrides(args)))
 
 
 def _deploy_summary(done) -> str:
@@ -325,7 +326,7 @@ def _deploy_summary(done) -> str:
             f"{len(done.removed)} removed")
 
 
-def _deploy(conn, bundles: List[str], prune_older_than_s: Optional[float] = None, setup: bool = False):
+def _deploy(conn, bundles: List[str], setup: bool = False, prune_older_than_s: Optional[float] = None):
     from fdq.host.deploy import deploy
     from fdq.host.provision import prepare
 
@@ -350,7 +351,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         load_bundle(bundle)
     targets = _targets(args)
     if len(targets) > 1:
-        results = on_each(targets, lambda conn: _deploy(conn, args.bundles, prune, args.setup))
+        results = on_each(targets, lambda conn: _deploy(conn, args.bundles, args.setup, prune))
         print_table(f"fdq-deploy: {args.target}", results,
                     [("sent", _deploy_summary), ("workdir", lambda done: done.workdir)])
         failed = [r for r in results if not r.ok]
@@ -362,7 +363,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
     conn = connect(targets[0])
     try:
-        done = _deploy(conn, args.bundles, prune, args.setup)
+        done = _deploy(conn, args.bundles, args.setup, prune)
     finally:
         conn.close()
     for local, remote in done.bundles.items():

@@ -35,7 +35,6 @@ RESULTS = "results"
 RUN_TIMEOUT_S = 3600.0
 # One deploy step on the board (its Python importing torch under emulation takes a while).
 STEP_TIMEOUT_S = 600.0
-RUNNER_MODULES = ("numpy", "yaml")   # what fdq.device needs besides the bundle's runtime
 BLOCK = 4096                         # files take whole blocks on the board's file system
 
 # Run by the target's Python (standard library only: it runs before the runner is there) with
@@ -152,9 +151,9 @@ def refusal(target_name: str, python: str, bundle: Bundle, facts: Dict[str, Any]
     if bundle.runtime not in runtimes:
         return (f"{name} is a bundle for {bundle.runtime}; the profile of {target_name} lists runtimes "
                 f"{', '.join(runtimes)}")
-    lacking = [m for m in (*RUNNER_MODULES, RUNTIME_MODULES[bundle.runtime]) if not modules.get(m)]
-    if lacking:
-        return (f"{python} there ({facts['machine']}, Python {facts['python']}) lacks {', '.join(lacking)}, "
+    module = RUNTIME_MODULES[bundle.runtime]  # the runner's own packages: fdq.host.provision.prepare
+    if not modules.get(module):
+        return (f"{python} there ({facts['machine']}, Python {facts['python']}) lacks {module}, "
                 f"which {name} needs (install it there, or deploy with --setup)")
     if bundle.runtime == "torchscript" and bundle.engine:
         if engine and bundle.engine != engine:

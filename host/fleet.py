@@ -9,10 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, List, Optional, Sequence, Tuple, TypeVar
 
-from fdq.device.bundle import BundleError
-
-from .remote import Connection, RemoteError, connect
-from .targets import Target, TargetError
+from .remote import Connection, connect
+from .targets import Target
 
 MAX_WORKERS = 8
 T = TypeVar("T")
@@ -38,7 +36,7 @@ def _on_one(target: Target, work: Callable[[Connection], T]) -> HostResult[T]:
             return HostResult(target, value=work(conn))
         finally:
             conn.close()
-    except (RemoteError, BundleError, TargetError, OSError, ValueError) as exc:
+    except (RuntimeError, ValueError, OSError) as exc:  # RemoteError, BundleError, TargetError, SetupError...
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         prefix = f"{target.name}: "
         return HostResult(target, error=text[len(prefix):] if text.startswith(prefix) else text)
@@ -65,4 +63,7 @@ def print_table(title: str, results: Sequence[HostResult[Any]],
         cells = [Text(fn(r.value) if r.ok else "") for _, fn in columns]
         table.add_row(Text(r.target.name), Text(r.target.address), *cells,
                       Text("ok") if r.ok else Text(f"failed: {r.error}", style="red"))
-    Console(stderr=False, width=max(120, Console().width)).print(table)
+    console = Console()
+    if not console.is_terminal:  # a file or a pipe: the width the table needs, one line per host
+        console = Console(width=10_000)
+    console.print(table)

@@ -142,12 +142,13 @@ class SSHConnection:
             raise RemoteError(f"{target.name}: authentication failed for {target.user}@{where} with {tried} "
                               f"(the user does not exist there or does not accept that key)") from None
         except (OSError, EOFError, paramiko.SSHException) as exc:
+            transport = client.get_transport()
+            answered = bool(transport and transport.remote_version)  # the server's SSH banner came
             client.close()
-            waited = time.monotonic() - started
-            if "banner" in str(exc) and waited >= target.timeout * 0.9:
+            if not answered and time.monotonic() - started >= target.timeout * 0.9:
                 raise RemoteError(f"{target.name}: {where} accepted but did not answer as an SSH server within "
                                   f"{target.timeout:.0f} s") from None
-            if "banner" in str(exc):
+            if not answered:
                 raise RemoteError(f"{target.name}: {where} accepted and closed the connection without answering "
                                   f"as an SSH server") from None
             raise RemoteError(f"{target.name}: SSH to {where} failed ({str(exc).strip() or type(exc).__name__})") from None
@@ -205,14 +206,14 @@ class SSHConnection:
                     busy = True
                 if deadline is not None and time.monotonic() > deadline:
                     raise RemoteError(f"{self.target.name}: {_summary(command)} did not finish within "
-                                      f"{timeout:.0f} s; {self._stop(out)}")
+                                      f"{timeout:.0f} s; {self._stop(channel, out)}")
                 if not transport.is_active():
                     raise RemoteError(f"{self.target.name}: the connection was lost while running "
                                       f"{_summary(command)}")
                 if not busy:
                     time.sleep(0.01)
         except KeyboardInterrupt:
-            print(f"fdq: interrupted: {self._stop(out)}", file=sys.stderr)
+            print(f"fdq: interrupted: {self._stop(channel, out)}", file=sys.stderr)
             raise
         finally:
             channel.close()
@@ -222,11 +223,18 @@ class SSHConnection:
         _, _, rest = bytes(out).partition(b"\n")  # the first line is the shell's pid
         return Completed(status, rest.decode(errors="replace"), err.decode(errors="replace"))
 
-    def _stop(self, out: bytearray) -> str:
-        """Stop the process group whose leader's pid is the first line of ``out``; what happened."""
+    def _stop(self, channel: paramiko.Channel, out: bytearray) -> str:
+        """Stop the process group whose leader's pid is the first line of ``out`` (waiting up to the
+        target's timeout for it: a slow login shell prints it late); what happened."""
+        until = time.monotonic() + self.target.timeout
+        while b"\n" not in out and time.monotonic() < until and not channel.exit_status_ready():
+            if channel.recv_ready():
+                out += channel.recv(65536)
+            else:
+                time.sleep(0.05)
         first = bytes(out).split(b"\n", 1)[0]
         if not first.isdigit():
-            return "it had not started yet"
+            return f"its process id did not come back within {self.target.timeout:.0f} s, so it may still run there"
         try:
             channel = self.client.get_transport().open_session(timeout=self.target.timeout)
             channel.settimeout(self.target.timeout + STOP_GRACE_S + 5)
@@ -257,17 +265,19 @@ class SSHConnection:
             self.sftp.put(str(local), partial)
             self.sftp.posix_rename(partial, remote)
         except (OSError, EOFError, paramiko.SSHException) as exc:
-            why = self._why(exc)
-            try:
-                self.sftp.remove(partial)
-            except (OSError, EOFError, paramiko.SSHException):
-                pass  # the connection is gone: the next deploy removes the .part
-            free = self._free_mib(str(PurePosixPath(remote).parent))
-            if free is not None and free * 2**20 < local.stat().st_size:
-                raise RemoteError(f"{self.target.name}: no space left on {self.target.name}:"
-                                  f"{PurePosixPath(remote).parent} while sending {local.name}: {free:.1f} MiB free, "
-                                  f"{local.stat().st_size / 2**20:.1f} MiB needed") from None
-            raise RemoteError(f"{self.target.name}: upload of {local.name} to {remote} failed ({why})") from None
+            failed = RemoteError(f"{self.target.name}: upload of {local.name} to {remote} failed ({self._why(exc)})")
+            answers = not isinstance(exc, (socket.timeout, EOFError)) and self.client.get_transport().is_active()
+            if answers:  # else the board cannot clean up now: the next deploy removes the .part
+                try:
+                    self.sftp.remove(partial)
+                except (OSError, EOFError, paramiko.SSHException):
+                    pass
+                free = self._free_mib(str(PurePosixPath(remote).parent))
+                if free is not None and free * 2**20 < local.stat().st_size:
+                    raise RemoteError(f"{self.target.name}: no space left on {self.target.name}:"
+                                      f"{PurePosixPath(remote).parent} while sending {local.name}: {free:.1f} MiB "
+                                      f"free, {local.stat().st_size / 2**20:.1f} MiB needed") from None
+            raise failed from None
 
     def _free_mib(self, folder: str) -> Optional[float]:
         """Free space there, when the board still answers."""

@@ -14,6 +14,7 @@ import yaml
 
 from fdq.device.bundle import sha256_file
 from fdq.host.cli import deploy_main, profile_main
+from fdq.host.provision import RUNNER_PACKAGES
 
 
 @pytest.fixture
@@ -239,22 +240,22 @@ def onnx_bundle(slim_fp32_bundle, tmp_path_factory):
 
 
 def _python_without_onnxruntime(tmp_path: Path) -> Path:
-    """A venv (no system site packages) holding only what the runner itself needs: numpy, PyYAML."""
+    """A venv (no system site packages) holding only what the runner itself needs."""
     import importlib.util
     import venv
 
     venv.EnvBuilder(with_pip=False).create(tmp_path / "venv")
     site = next((tmp_path / "venv" / "lib").glob("python3*/site-packages"))
-    for module in ("numpy", "yaml", "_yaml"):
+    for module in (*RUNNER_PACKAGES, "_yaml"):
         spec = importlib.util.find_spec(module)
         if spec is None:
             continue
         source = Path(spec.origin).parent if spec.submodule_search_locations else Path(spec.origin)
         (site / source.name).symlink_to(source)
-        for libs in source.parent.glob(f"{module}.libs"):
-            (site / libs.name).symlink_to(libs)
+    for libs in source.parent.glob("*.libs"):  # the shared libraries of manylinux wheels
+        (site / libs.name).symlink_to(libs)
     python = tmp_path / "venv" / "bin" / "python"
-    check = subprocess.run([str(python), "-c", "import numpy, yaml, importlib.util as u; "
+    check = subprocess.run([str(python), "-c", f"import {', '.join(RUNNER_PACKAGES)}, importlib.util as u; "
                             "assert u.find_spec('onnxruntime') is None"], capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
     return python
