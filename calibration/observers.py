@@ -4,8 +4,8 @@ Both new observers reuse torch's HistogramObserver accumulation (a 2048-bin hist
 re-binned as the range grows) and only choose the clipping range differently:
 
 * ``percentile``: the 0.01th / 99.99th percentiles (a few extreme activations stop stretching the grid);
-* ``entropy``: the zero-anchored range whose 8-bit version of the histogram has the least KL
-  divergence from the full one (TensorRT's calibration);
+* ``entropy``: the range whose 8-bit version of the histogram has the least KL divergence from
+  the full one (TensorRT's calibration, adapted to torch's affine uint8 grid: see the class);
 * ``histogram`` is torch's own: the range minimising the L2 quantization error.
 """
 from __future__ import annotations
@@ -55,8 +55,8 @@ class EntropyObserver(HistogramObserver):
     thresholds ``T = i / 2048 * max|x|`` for i = 128..2048, P the histogram inside the range with
     the clipped mass piled on its edge bins, Q that range merged into the quantization levels and
     spread back over P's non-empty bins, Q floored at 1e-4 where P has mass (the reference's
-    smoothing), and the T of least KL(P || Q). Departures, each one a cause of the 16-25 AP points
-    the first version lost on these detectors (docs/RESULTS.md):
+    smoothing), and the T of least KL(P || Q). Departures, and what the first version of this
+    observer (16-25 AP points lost on these detectors) got wrong without them:
 
     * The range is ``[max(lo, -T), min(hi, T)]`` on torch's affine uint8 grid (256 levels, zero point
       rounded so that 0 is a level), not ``[-T, T]`` with 128 levels a side: ReLU outputs get all 256
@@ -111,10 +111,10 @@ def kl_divergences(hist: np.ndarray, lo_full: float, hi_full: float, lo: np.ndar
         atom = min(zeros, hist[zero_bin])
         hist[zero_bin] -= atom
     cdf = np.concatenate([[0.0], np.cumsum(hist)])
-    step = (hi - lo) / (levels - 1)
-    grid_lo = -np.rint(-lo / step) * step                      # torch rounds the zero point: 0 is a level
-    sub = (np.arange(levels * resolution + 1) / resolution - 0.5)
-    cuts = np.interp(grid_lo[:, None] + sub[None, :] * step[:, None], edges, cdf)   # mass below each sub-bin edge
+    scale = (hi - lo) / (levels - 1)
+    grid_lo = -np.rint(-lo / scale) * scale                    # torch rounds the zero point: 0 is a level
+    sub = np.arange(levels * resolution + 1) / resolution - 0.5   # sub-bin edges, in levels from grid_lo
+    cuts = np.interp(grid_lo[:, None] + sub[None, :] * scale[:, None], edges, cdf)   # mass below each edge
     window = np.diff(cuts, axis=1)
     p = window.copy()
     p[:, 0] += cuts[:, 0]                                      # clipped mass piled on the edge bins

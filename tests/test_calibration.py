@@ -148,7 +148,8 @@ def test_level2_entropy_bundle_matches_float(calib_dir: Path, calib_labels: Path
                                              slim_float: List[Detections], val_images: List[Path]) -> None:
     """KL calibration (the first version lost 16-25 AP points: its face-logit error was 1.8)."""
     out = quantize_command(parse("--model", "slim", "--level", "2", "--backend", "qnnpack", "--observer", "entropy",
-                                 "--calib", str(calib_dir), "--labels", str(calib_labels), "--out", str(tmp_path / "b")))
+                                 "--calib", str(calib_dir), "--labels", str(calib_labels),
+                                 "--out", str(tmp_path / "b")))
     bundle = load_bundle(str(out))
     assert bundle.manifest["quantization"]["observer"] == "entropy"
     report = json.loads(bundle.file("report").read_text())
