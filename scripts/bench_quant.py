@@ -15,6 +15,9 @@ Example (the full run)::
 
     FDQ_WEIGHTS_PATH=/path/to/weights python scripts/bench_quant.py \\
         --data /path/to/widerface_val_subset --json docs/results/bench_quant.json --markdown docs/RESULTS.md
+
+Rows of one method only (``--only``, with ``fp32`` for the drop columns), one run per backend merged
+by ``--from-json``, as the entropy rows of docs/RESULTS.md were made (docs/results/bench_quant_entropy*.json).
 """
 from __future__ import annotations
 
@@ -280,8 +283,9 @@ def merge(docs: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
 NOTES = [
     "## Defaults and why", "",
     "* **Activations: histogram observer** (torch's L2-optimal clipping). Min-max lets a few extreme "
-    "activations stretch the grid; entropy (KL) clips the regression heads too hard; percentile is close "
-    "to histogram but less consistent across models.",
+    "activations stretch the grid; entropy (KL: TensorRT's search on torch's uint8 grid, "
+    "`calibration/observers.py`) keeps slightly tighter ranges than histogram and loses a little more "
+    "(up to 1.5 points on qnnpack); percentile is close to histogram but less consistent across models.",
     "* **Weights: per-channel symmetric int8 on every backend.** torch 2.13's qnnpack runs per-channel "
     "convolutions, depthwise included (checked by converting and running both), so the per-tensor default of "
     "its qconfig is not needed; per-tensor weights collapse mnet025 (two folded depthwise layers have "

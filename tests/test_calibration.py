@@ -144,6 +144,21 @@ def test_level2_int8_bundle_matches_float(backend: str, calib_dir: Path, calib_l
     assert_camera_frames_skip_the_float_blob(bundle, val_images)
 
 
+def test_level2_entropy_bundle_matches_float(calib_dir: Path, calib_labels: Path, tmp_path: Path,
+                                             slim_float: List[Detections], val_images: List[Path]) -> None:
+    """KL calibration (the first version lost 16-25 AP points: its face-logit error was 1.8)."""
+    out = quantize_command(parse("--model", "slim", "--level", "2", "--backend", "qnnpack", "--observer", "entropy",
+                                 "--calib", str(calib_dir), "--labels", str(calib_labels),
+                                 "--out", str(tmp_path / "b")))
+    bundle = load_bundle(str(out))
+    assert bundle.manifest["quantization"]["observer"] == "entropy"
+    report = json.loads(bundle.file("report").read_text())
+    error = report["calibration_report"]["output_error"]
+    assert report["warnings"] == [] and error["anchors"] >= 100
+    assert error["box_offset"] < OFFSET_ERROR_MAX and error["face_logit"] < LOGIT_ERROR_MAX
+    assert recall(slim_float, bundle_detections(out, val_images)) >= RECALL_TOLERANCE
+
+
 def assert_camera_frames_skip_the_float_blob(bundle, val_images: List[Path]) -> None:
     """An int8 bundle's model takes quint8: a camera-size uint8 frame is quantized by the C kernel
     in one pass (channels-last), and detects exactly what the float blob (NCHW) quantized by torch
@@ -214,8 +229,13 @@ def test_cross_layer_equalization_rescues_per_tensor_mnet025(calib_dir: Path, ca
 
 
 def test_bias_correction_brings_int8_closer_to_float(calib_dir: Path, weights_env: Path, shared_dir: Path) -> None:
-    """Bias correction lowers both output errors of level-2 int8 on unseen val images (on the full
-    val split: on every model and backend, docs/RESULTS.md)."""
+    """Bias correction lowers both output errors of level-2 int8 on unseen val images by over 10 %.
+
+    qnnpack, whose integer arithmetic is exact on every CPU (8 val images: box offset 0.068 -> 0.057,
+    face logit 0.172 -> 0.118; all 64: 0.071 -> 0.060, 0.167 -> 0.145). On an x86 CPU without VNNI
+    (AVX2 only, as this project's machine), the x86 engine without ``reduce_range`` saturates its
+    int16 pair sums: the error is 5x larger (box 0.30) and bias correction moves it by under 1 %
+    either way, so that engine tells nothing about bias correction there."""
     from fdq.host.torch_inference import torch_inference
     from fdq.host.zoo import resolve_weights
 
@@ -225,10 +245,10 @@ def test_bias_correction_brings_int8_closer_to_float(calib_dir: Path, weights_en
            .load(320, model.spec.mean_bgr)[0]]
     errors = {}
     for corrected in (False, True):
-        int8 = ptq.calibrate(model, ptq.PTQOptions(backend="x86", bias_correction=corrected), calib).convert()
+        int8 = ptq.calibrate(model, ptq.PTQOptions(backend="qnnpack", bias_correction=corrected), calib).convert()
         errors[corrected] = output_error(torch_inference(model), torch_inference(int8), val)
-    assert errors[True]["box_offset"] < errors[False]["box_offset"]
-    assert errors[True]["face_logit"] < errors[False]["face_logit"]
+    assert errors[True]["box_offset"] < 0.9 * errors[False]["box_offset"]
+    assert errors[True]["face_logit"] < 0.9 * errors[False]["face_logit"]
 
 
 def test_output_error_measures_known_shifts_on_scored_anchors(weights_env: Path, shared_dir: Path) -> None:
