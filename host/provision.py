@@ -159,7 +159,9 @@ def wheel_cache() -> Path:
     return Path(os.environ.get("FDQ_HOME") or Path.home() / ".cache" / "fdq") / "wheels"
 
 
-_SIZES = "import json, os, sys; print(json.dumps({n: os.path.getsize(os.path.join(sys.argv[1], n)) for n in os.listdir(sys.argv[1])}))"
+# Run by the board's Python: {file name: size} of the wheels folder it already holds.
+_SIZES = ("import json, os, sys; d = sys.argv[1]; "
+          "print(json.dumps({n: os.path.getsize(os.path.join(d, n)) for n in os.listdir(d)}))")
 
 
 def setup(conn: Connection) -> str:
@@ -201,5 +203,6 @@ def prepare(conn: Connection, with_setup: bool) -> None:
     if board.missing:
         dists = {m: Requirement(RUNNER_PACKAGES[m]).name for m in board.missing}
         names = ", ".join(m if d == m else f"{m} (from {d})" for m, d in dists.items())
+        venv = f"{conn.path(conn.target.workdir)}/{VENV}"
         raise SetupError(f"{conn.target.name}: {conn.target.python} there lacks {names}; "
-                         f"fdq-deploy --setup installs the runner's packages into {conn.path(conn.target.workdir)}/{VENV}")
+                         f"fdq-deploy --setup installs the runner's packages into {venv}")
