@@ -331,7 +331,7 @@ def _deploy(conn, bundles: List[str], setup: bool = False, prune_older_than_s: O
     from fdq.host.provision import prepare
 
     prepare(conn, setup)
-    done = deploy(conn, bundles, prune_older_than_s)
+    done = deploy(conn, bundles, prune_older_than_s=prune_older_than_s)
     name = conn.target.name
     for path in done.replaced:
         print(f"fdq: {name}: the board's copy of {path} did not match (changed there); replaced", file=sys.stderr)

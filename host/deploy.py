@@ -4,6 +4,7 @@ On the target everything lives under the profile's ``workdir``::
 
     lib/fdq/device/...        the runner, alone (importable with PYTHONPATH=lib)
     bundles/<name>-<hash>/    one folder per bundle, named by its manifest's sha256
+    data/<name>-<hash>/       images and ground truth for accuracy on the target (``extra`` files)
     results/                  the runner's JSON documents
 
 Deploy first asks the target's Python for the board's facts (machine, Python, the runtimes there
@@ -21,7 +22,7 @@ import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from fdq.device.bundle import MANIFEST, RUNTIME_MODULES, Bundle, load_bundle, sha256_file
 
@@ -31,6 +32,7 @@ DEVICE_DIR = Path(__file__).resolve().parent.parent / "device"
 DEVICE_SUFFIXES = (".py", ".c", ".h")
 LIB = "lib"
 BUNDLES = "bundles"
+DATA = "data"
 RESULTS = "results"
 RUN_TIMEOUT_S = 3600.0
 # One deploy step on the board (its Python importing torch under emulation takes a while).
@@ -110,14 +112,16 @@ def bundle_id(path: Path) -> str:
     return f"{path.name}-{sha256_file(path / MANIFEST)[:12]}"
 
 
-def planned_files(bundles: Sequence[Path]) -> Dict[str, Path]:
-    """Remote path (relative to the workdir) -> local file, in upload order (manifests last)."""
+def planned_files(bundles: Sequence[Path], extra: Optional[Mapping[str, Path]] = None) -> Dict[str, Path]:
+    """Remote path (relative to the workdir) -> local file, in upload order (manifests last, then
+    ``extra``: more remote path -> local file)."""
     plan = {f"{LIB}/fdq/device/{p.relative_to(DEVICE_DIR).as_posix()}": p
             for p in sorted(DEVICE_DIR.rglob("*"))
             if p.is_file() and p.suffix in DEVICE_SUFFIXES and "__pycache__" not in p.parts}
     for folder in bundles:
         files = sorted((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.name == MANIFEST)
         plan.update({f"{BUNDLES}/{bundle_id(folder)}/{p.relative_to(folder).as_posix()}": p for p in files})
+    plan.update(extra or {})
     return plan
 
 
@@ -134,12 +138,12 @@ def _check(conn: Connection, command: str, what: str, timeout: float = RUN_TIMEO
     return done.stdout
 
 
-def board_facts(conn: Connection, workdir: str, engines: bool = False) -> Dict[str, Any]:
+def board_facts(conn: Connection, workdir: str, engines: bool = False, tops: Sequence[str] = ()) -> Dict[str, Any]:
     """The board's machine, Python, runtime modules and versions, free bytes in ``workdir`` (made if
     missing), torch's int8 engines (with ``engines``; importing torch is slow on a small board) and
-    ``files``: [sha256, size, mtime] of what it holds of the runner, the bundles and the results."""
+    ``files``: [sha256, size, mtime] of what it holds of the runner, the bundles, ``tops`` and the results."""
     command = (f"{shlex.quote(conn.target.python)} -c {shlex.quote(_FACTS)} {shlex.quote(workdir)} "
-               f"{int(engines)} {LIB} {BUNDLES}")
+               f"{int(engines)} " + " ".join(shlex.quote(t) for t in (LIB, BUNDLES, *tops)))
     out = _check(conn, command, f"{conn.target.python} cannot run in {workdir}", STEP_TIMEOUT_S)
     return json.loads(out)
 
@@ -186,8 +190,10 @@ def prunable(files: Dict[str, List[Any]], keep: Sequence[str], older_than_s: flo
     return {top: size for top, size in found.items() if now - newest[top] >= older_than_s}
 
 
-def deploy(conn: Connection, bundles: Sequence[str], prune_older_than_s: Optional[float] = None) -> Deployment:
-    """Put the runner and ``bundles`` (verified here first) on the target and verify them there.
+def deploy(conn: Connection, bundles: Sequence[str], extra: Optional[Mapping[str, Path]] = None,
+           prune_older_than_s: Optional[float] = None) -> Deployment:
+    """Put the runner and ``bundles`` (verified here first) on the target and verify them there;
+    ``extra`` (workdir path -> local file) travels the same way, only what differs there.
 
     Refused before anything travels (:class:`RemoteError`, one line): a bundle that cannot run there
     (:func:`refusal`), or files that do not fit in the free space. With ``prune_older_than_s``
@@ -200,7 +206,8 @@ def deploy(conn: Connection, bundles: Sequence[str], prune_older_than_s: Optiona
     conn.makedirs(workdir)
     result = Deployment(workdir=workdir, bundles={str(f): f"{BUNDLES}/{bundle_id(f)}" for f in folders})
     wants_engines = any(b.runtime == "torchscript" and b.engine for b in loaded)
-    facts = result.facts = board_facts(conn, workdir, engines=wants_engines)
+    tops = sorted({PurePosixPath(r).parts[0] for r in extra or {}} - {LIB, BUNDLES, RESULTS})
+    facts = result.facts = board_facts(conn, workdir, engines=wants_engines, tops=tops)
     for bundle in loaded:
         why = refusal(target.name, target.python, bundle, facts, target.runtimes, target.engine)
         if why:
@@ -215,7 +222,7 @@ def deploy(conn: Connection, bundles: Sequence[str], prune_older_than_s: Optiona
             result.pruned = sorted(doomed)
             free += sum(doomed.values())
     held = {path: meta[0] for path, meta in files.items() if meta[0] is not None}
-    plan = planned_files(folders)
+    plan = planned_files(folders, extra)
     send = {remote: local for remote, local in plan.items() if held.get(remote) != sha256_file(local)}
     needed = sum(_blocks(local.stat().st_size) for local in send.values())
     if needed > free:

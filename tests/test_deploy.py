@@ -311,3 +311,20 @@ def test_missing_target_file_and_local_workdir_under_fdq_home(tmp_path, monkeypa
     assert capsys.readouterr().err.strip() == f"fdq-deploy: error: target file {missing} does not exist"
     monkeypatch.setenv("FDQ_HOME", str(tmp_path / "home"))
     assert load_target("local").workdir == str(tmp_path / "home" / "local-target")
+
+
+def test_extra_files_travel_like_bundle_files(board, bundle, tmp_path):
+    from fdq.host.deploy import deploy
+    from fdq.host.remote import connect
+    from fdq.host.targets import load_target
+
+    local = tmp_path / "truth.json"
+    local.write_text('{"faces": 1}')
+    conn = connect(load_target(str(board["profile"])))
+    try:
+        first = deploy(conn, [str(bundle)], {"data/set-1/truth.json": local})
+        again = deploy(conn, [str(bundle)], {"data/set-1/truth.json": local})
+    finally:
+        conn.close()
+    assert "data/set-1/truth.json" in first.uploaded and again.uploaded == []
+    assert (board["workdir"] / "data" / "set-1" / "truth.json").read_text() == '{"faces": 1}'
