@@ -1,9 +1,10 @@
-"""Deploy the device runner and bundles to a target, and profile a bundle there.
+"""Deploy the device runner and bundles (and data files, for ``fdq-profile --images``) to a target.
 
 On the target everything lives under the profile's ``workdir``::
 
     lib/fdq/device/...        the runner, alone (importable with PYTHONPATH=lib)
     bundles/<name>-<hash>/    one folder per bundle, named by its manifest's sha256
+    data/<name>-<hash>/       images and ground truth for accuracy on the target (fdq.host.profiling)
     results/                  the runner's JSON documents
 
 Deploy asks the target for the sha256 of what it already holds and sends only the files that
@@ -12,12 +13,11 @@ has the target's own Python load every bundle, which verifies every checksum the
 """
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 from fdq.device.bundle import MANIFEST, load_bundle, sha256_file
 
@@ -27,6 +27,7 @@ DEVICE_DIR = Path(__file__).resolve().parent.parent / "device"
 DEVICE_SUFFIXES = (".py", ".c", ".h")
 LIB = "lib"
 BUNDLES = "bundles"
+DATA = "data"
 RESULTS = "results"
 RUN_TIMEOUT_S = 3600.0
 
@@ -72,14 +73,16 @@ def bundle_id(path: Path) -> str:
     return f"{path.name}-{sha256_file(path / MANIFEST)[:12]}"
 
 
-def planned_files(bundles: Sequence[Path]) -> Dict[str, Path]:
-    """Remote path (relative to the workdir) -> local file, in upload order (manifests last)."""
+def planned_files(bundles: Sequence[Path], extra: Optional[Mapping[str, Path]] = None) -> Dict[str, Path]:
+    """Remote path (relative to the workdir) -> local file, in upload order (manifests last, then
+    ``extra``: more remote path -> local file)."""
     plan = {f"{LIB}/fdq/device/{p.relative_to(DEVICE_DIR).as_posix()}": p
             for p in sorted(DEVICE_DIR.rglob("*"))
             if p.is_file() and p.suffix in DEVICE_SUFFIXES and "__pycache__" not in p.parts}
     for folder in bundles:
         files = sorted((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.name == MANIFEST)
         plan.update({f"{BUNDLES}/{bundle_id(folder)}/{p.relative_to(folder).as_posix()}": p for p in files})
+    plan.update(extra or {})
     return plan
 
 
@@ -96,21 +99,23 @@ def _check(conn: Connection, command: str, what: str) -> str:
     return done.stdout
 
 
-def inventory(conn: Connection, workdir: str) -> Dict[str, str]:
-    """sha256 of what the target already holds of the runner and the bundles."""
-    out = _check(conn, _in_workdir(conn, workdir, "-c", _INVENTORY, LIB, BUNDLES),
+def inventory(conn: Connection, workdir: str, *tops: str) -> Dict[str, str]:
+    """sha256 of what the target already holds of the runner and the bundles (and of ``tops``)."""
+    out = _check(conn, _in_workdir(conn, workdir, "-c", _INVENTORY, LIB, BUNDLES, *tops),
                  f"{conn.target.python} cannot list {workdir}")
     return json.loads(out)
 
 
-def deploy(conn: Connection, bundles: Sequence[str]) -> Deployment:
-    """Put the runner and ``bundles`` (verified here first) on the target; verify them there."""
+def deploy(conn: Connection, bundles: Sequence[str], extra: Optional[Mapping[str, Path]] = None) -> Deployment:
+    """Put the runner and ``bundles`` (verified here first) on the target; verify them there.
+
+    ``extra`` (workdir path -> local file) travels the same way, only what differs there."""
     folders = [load_bundle(b).path.resolve() for b in bundles]
     workdir = conn.path(conn.target.workdir)
     conn.makedirs(workdir)
     result = Deployment(workdir=workdir, bundles={str(f): f"{BUNDLES}/{bundle_id(f)}" for f in folders})
-    held = inventory(conn, workdir)
-    plan = planned_files(folders)
+    held = inventory(conn, workdir, *sorted({PurePosixPath(r).parts[0] for r in extra or {}}))
+    plan = planned_files(folders, extra)
     for remote, local in plan.items():
         if held.get(remote) == sha256_file(local):
             result.unchanged += 1
@@ -128,18 +133,3 @@ def deploy(conn: Connection, bundles: Sequence[str]) -> Deployment:
         _check(conn, _in_workdir(conn, workdir, "-c", _VERIFY, *result.bundles.values()),
                "a deployed bundle does not run there")
     return result
-
-
-def profile(conn: Connection, remote_bundle: str, out: Path, frames: int, warmup: int,
-            threads: Optional[int] = None, source: str = "synthetic") -> Dict[str, object]:
-    """Run the runner on a deployed bundle; fetch its JSON document to ``out`` and return it."""
-    workdir = conn.path(conn.target.workdir)
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
-    remote_json = f"{RESULTS}/{PurePosixPath(remote_bundle).name}-{stamp}.json"
-    args = ["--bundle", remote_bundle, "--source", source, "--frames", str(frames), "--warmup", str(warmup),
-            "--threads", str(threads or conn.target.threads), "--json", remote_json]
-    conn.makedirs(str(PurePosixPath(workdir, RESULTS)))
-    _check(conn, _in_workdir(conn, workdir, "-m", "fdq.device.run", *args), "the runner failed")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    conn.get(str(PurePosixPath(workdir, remote_json)), out)
-    return json.loads(out.read_text(encoding="utf-8"))
