@@ -105,22 +105,27 @@ def quantized_bundle(model: str, backend: str, level: int, *, weights: Optional[
     return done
 
 
-def runtime_bundle(bundle: Path, runtime: str, calib: Optional[str] = None) -> Path:
-    """``bundle`` for ``runtime``: itself for TorchScript, else its export (cached)."""
-    from fdq.host.export import export_bundle
-    from fdq.host.zoo import fdq_home
-
+def check_runtime(runtime: str, int8: bool, calib: Optional[str]) -> None:
+    """Raise :class:`CacheError` unless an (``int8`` or float) bundle can be exported for ``runtime``."""
     if runtime not in RUNTIMES:
         raise CacheError(f"unknown runtime {runtime!r} (choose from: {', '.join(RUNTIMES)})")
-    source = load_bundle(str(bundle))
-    if runtime == source.runtime:
-        return source.path
-    int8 = (source.manifest.get("backend") or {}).get("dtype") == "int8"
     if runtime == "ncnn" and int8:
         raise CacheError("ncnn bundles are float: use --backend fp32 with --runtime ncnn")
     if runtime == "onnxruntime" and int8 and not calib:
         raise CacheError("--runtime onnxruntime with an int8 backend quantizes the ONNX model on images: "
                          "give --calib DIR (or use --backend fp32)")
+
+
+def runtime_bundle(bundle: Path, runtime: str, calib: Optional[str] = None) -> Path:
+    """``bundle`` for ``runtime``: itself for TorchScript, else its export (cached)."""
+    from fdq.host.export import export_bundle
+    from fdq.host.zoo import fdq_home
+
+    source = load_bundle(str(bundle))
+    if runtime == source.runtime:
+        return source.path
+    int8 = (source.manifest.get("backend") or {}).get("dtype") == "int8"
+    check_runtime(runtime, int8, calib)
     fmt = "ncnn" if runtime == "ncnn" else ("onnx-int8" if int8 else "onnx")
     key = _key({"source": sha256_file(source.path / MANIFEST), "format": fmt, "calib": _tree(calib) if int8 else None})
     path = fdq_home() / "bundles" / f"{source.path.name}-{fmt}-{key}"

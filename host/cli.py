@@ -273,15 +273,18 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 def _profile_plans(args: argparse.Namespace) -> List[Tuple[Any, List[Path]]]:
     """(target, bundles) for the --against target first (the baseline), then the --target."""
-    from fdq.host.bundle_cache import quantized_bundle, runtime_bundle
+    from fdq.host.bundle_cache import FLOAT, check_runtime, quantized_bundle, runtime_bundle
     from fdq.host.targets import load_target
 
     main = _load_target(args)
-    plans = [(main, None if args.bundle else (args.backend or [main.engine or "fp32"]))]
+    plans = [(main, None if args.bundle else (args.backend or [main.engine or FLOAT]))]
     if args.against:
         backends, name = args.against
         other = load_target(name)
-        plans.insert(0, (other, backends or [other.engine or "fp32"]))
+        plans.insert(0, (other, backends or [other.engine or FLOAT]))
+    for _, backends in plans:  # before any quantization: a bad combination costs one line, at once
+        for backend in backends or ():
+            check_runtime(args.runtime, backend != FLOAT, args.calib)
     level = args.level if args.level is not None else (2 if args.calib else 1)
     made = []
     for target, backends in plans:
@@ -384,10 +387,12 @@ def _backend(name: str) -> str:
 
 
 def _runtime(name: str) -> str:
-    from fdq.host.bundle_cache import RUNTIMES
+    from fdq.host.bundle_cache import check_runtime
 
-    if name not in RUNTIMES:
-        raise argparse.ArgumentTypeError(f"unknown runtime {name!r} (choose from: {', '.join(RUNTIMES)})")
+    try:
+        check_runtime(name, int8=False, calib=None)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return name
 
 

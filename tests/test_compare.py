@@ -42,7 +42,7 @@ def runs(tmp_path_factory, slim_fp32_bundle, shared_dir):
         assert profile_main(["--target", str(profile), "--bundle", str(slim_fp32_bundle), "--threads", "1,2",
                              "--images", str(root / "images"), "--gt", str(root / "gt.json"), "--frames", "6",
                              "--warmup", "1", "--per-op", "--runs", str(root / "fdq-runs")]) == 0
-    files = sorted((root / "fdq-runs").glob("*.json"), key=lambda p: json.loads(p.read_text())["device"]["threads"])
+    files = sorted((root / "fdq-runs").glob("[!.]*.json"), key=lambda p: json.loads(p.read_text())["device"]["threads"])
     assert len(files) == 2
     return {"dir": root / "fdq-runs", "files": files, "root": root}
 

@@ -71,7 +71,7 @@ def few_images(tmp_path_factory, shared_dir):
 
 
 def _runs(folder: Path):
-    return sorted((json.loads(p.read_text()) for p in folder.glob("*.json")), key=lambda d: d["device"]["threads"])
+    return sorted((json.loads(p.read_text()) for p in folder.glob("[!.]*.json")), key=lambda d: d["device"]["threads"])
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,7 @@ def two_backends(local, home, tmp_path_factory):
 def test_two_backends_give_two_runs_with_their_engines_and_a_report(two_backends):
     proc, runs = two_backends["proc"], two_backends["runs"]
     assert proc.returncode == 0, proc.stderr
-    docs = sorted((json.loads(p.read_text()) for p in runs.glob("*.json")), key=lambda d: d["bundle"]["engine"])
+    docs = sorted((json.loads(p.read_text()) for p in runs.glob("[!.]*.json")), key=lambda d: d["bundle"]["engine"])
     assert [d["bundle"]["engine"] for d in docs] == ["qnnpack", "x86"]
     for doc in docs:
         assert doc["bundle"]["dtype"] == "int8" and doc["bundle"]["quantization"] == "1"
@@ -96,7 +96,7 @@ def test_two_backends_give_two_runs_with_their_engines_and_a_report(two_backends
         cold = doc["cold_start"]
         assert cold["load_ms"] > 0 and cold["first_frame_ms"] > 0
         assert set(cold["first_frame_stages_ms"]) == {"preprocess", "inference", "postprocess", "total"}
-    names = sorted(p.name for p in runs.glob("*.json"))
+    names = sorted(p.name for p in runs.glob("[!.]*.json"))
     assert all(n.startswith("here-") and "-torchscript-t1-" in n for n in names)
     lines = proc.stdout.strip().splitlines()
     report = Path(lines[-1].removeprefix("report: "))
@@ -111,7 +111,7 @@ def test_a_second_call_quantizes_nothing(two_backends, capsys):
     assert profile_main(argv) == 0
     err = capsys.readouterr().err
     assert "quantizing" not in err, err
-    assert len(list(two_backends["runs"].glob("*.json"))) == 4  # runs accumulate, none replaced
+    assert len(list(two_backends["runs"].glob("[!.]*.json"))) == 4  # runs accumulate, none replaced
 
 
 def test_threads_list_gives_one_run_per_thread_count(local, slim_fp32_bundle, tmp_path, capsys):
@@ -242,7 +242,7 @@ def test_ctrl_c_stops_the_runner_there_and_leaves_no_half_result(where, request,
     while any(_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(_alive(p) for p in pids), "the runner still runs on the target"
-    assert not out.exists() and not list(runs.glob("*.json"))
+    assert not out.exists() and not list(runs.glob("[!.]*.json"))
     assert not [p.name for p in (workdir / "results").iterdir()], "a half result is left on the target"
 
 
@@ -300,4 +300,4 @@ def test_a_failed_run_does_not_lose_the_others(local, slim_fp32_bundle, tmp_path
     captured = capsys.readouterr()
     errors = [line for line in captured.err.splitlines() if line.startswith("fdq-profile: error:")]
     assert len(errors) == 1 and "slim_other_engine" in errors[0] and "no_such_engine" in errors[0]
-    assert len(list(runs.glob("*.json"))) == 1 and captured.out.strip().splitlines()[-1].startswith("report: ")
+    assert len(list(runs.glob("[!.]*.json"))) == 1 and captured.out.strip().splitlines()[-1].startswith("report: ")

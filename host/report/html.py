@@ -61,7 +61,7 @@ def stage_plot(runs: Sequence[Run]) -> str:
     fig, axes = plt.subplots(len(STAGES), 1, figsize=(7.5, 1.0 + 0.45 * len(runs) * len(STAGES)), squeeze=False)
     labels = [str(i + 1) for i in range(len(runs))]
     for ax, stage in zip(axes[:, 0], STAGES):
-        ax.boxplot([run.doc["latency_ms"][stage]["frames"] for run in runs], vert=False, tick_labels=labels,
+        ax.boxplot([run.doc["latency_ms"][stage]["frames"] for run in runs], orientation="horizontal", tick_labels=labels,
                    showfliers=True, flierprops={"markersize": 2})
         ax.set_title(f"{stage} (ms per frame)", loc="left")
         ax.invert_yaxis()
