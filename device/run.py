@@ -72,32 +72,27 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def int_at_least(kind: str, minimum: int):
-    """An argparse type: an integer >= ``minimum``, or an error naming ``kind``."""
-    def parse(text: str) -> int:
+def _at_least(kind: str, minimum: float, cast: Any, noun: str):
+    def parse(text: str) -> Any:
         try:
-            value = int(text)
+            value = cast(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{kind} must be an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{kind} must be >= {minimum}, got {value}")
-        return value
-
-    return parse
-
-
-def float_at_least(kind: str, minimum: float):
-    """An argparse type: a number >= ``minimum``, or an error naming ``kind``."""
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{kind} must be a number, got {text!r}") from None
-        if not value >= minimum:
+            raise argparse.ArgumentTypeError(f"{kind} must be {noun}, got {text!r}") from None
+        if not value >= minimum:  # also refuses nan
             raise argparse.ArgumentTypeError(f"{kind} must be >= {minimum:g}, got {text}")
         return value
 
     return parse
+
+
+def int_at_least(kind: str, minimum: int):
+    """An argparse type: an integer >= ``minimum``, or an error naming ``kind``."""
+    return _at_least(kind, minimum, int, "an integer")
+
+
+def float_at_least(kind: str, minimum: float):
+    """An argparse type: a number >= ``minimum``, or an error naming ``kind``."""
+    return _at_least(kind, minimum, float, "a number")
 
 
 def _probability(text: str) -> float:
