@@ -302,3 +302,30 @@ def test_a_failed_run_does_not_lose_the_others(local, slim_fp32_bundle, tmp_path
     errors = [line for line in captured.err.splitlines() if line.startswith("fdq-profile: error:")]
     assert len(errors) == 1 and "slim_other_engine" in errors[0] and "no_such_engine" in errors[0]
     assert len(list(runs.glob("[!.]*.json"))) == 1 and captured.out.strip().splitlines()[-1].startswith("report: ")
+
+
+@pytest.fixture(scope="module")  # module scope: set up before the module's costly fixtures
+def arm64_board():
+    profile = os.environ.get("FDQ_TEST_BOARD_ARM64")
+    if not profile:
+        pytest.skip("set FDQ_TEST_BOARD_ARM64 to the profile `scripts/testboard.sh up arm64` prints")
+    return profile
+
+
+def test_arm64_board_gives_the_hosts_ap_within_one_point(arm64_board, home, two_backends, few_images, tmp_path):
+    """The emulated Raspberry Pi (``scripts/testboard.sh up arm64`` prints its profile): QNNPACK's ARM
+    kernels there, the same evaluator; AP within 1 point of this machine's on the same images."""
+    profile = arm64_board
+    bundle = next(Path(os.environ["FDQ_HOME"], "bundles").glob("slim-qnnpack-l1-*"))
+    out, host = tmp_path / "arm64.json", tmp_path / "host.json"
+    assert profile_main(["--target", profile, "--bundle", str(bundle), "--images", str(few_images["images"]),
+                         "--gt", str(few_images["val_gt"]), "--warmup", "0", "--runs", str(tmp_path / "runs"),
+                         "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["device"]["machine"]["arch"] == "aarch64" and doc["device"]["engine"] == "qnnpack"
+    assert any("emulated" in w for w in doc["warnings"])
+    assert fdq_main(["eval", "--bundle", str(bundle), "--images", str(few_images["images"]),
+                     "--gt", str(few_images["gt"]), "--json", str(host)]) == 0
+    ref = json.loads(host.read_text())
+    for setting in ("easy", "medium", "hard"):
+        assert abs(doc["accuracy"][setting] - ref[setting]) <= 0.01, setting
