@@ -7,6 +7,7 @@ from setuptools import setup
 
 SUBPACKAGES = {
     "fdq.host": "host",
+    "fdq.host.report": "host/report",
     "fdq.device": "device",
     "fdq.models": "models",
     "fdq.calibration": "calibration",

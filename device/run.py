@@ -1,12 +1,16 @@
 """Measure a bundle on this machine: latency per stage, FPS, memory, temperature and (optionally) AP.
 
     python -m fdq.device.run --bundle DIR [--source IMAGES_DIR|VIDEO|synthetic] [--frames N]
-        [--warmup W] [--threads T] [--gt DIR_OR_JSON] [--long-side L] [--threshold 0.02] --json OUT.json
+        [--min-seconds S] [--warmup W] [--threads T] [--gt DIR_OR_JSON] [--long-side L]
+        [--threshold 0.02] [--per-op] [--cooldown S] [--max-temp C] [--thermal-zone PATH] --json OUT.json
 
 Each frame goes through exactly the pipeline of :class:`fdq.device.detector.FaceDetector`
-(preprocess -> inference -> decode -> NMS); image decoding is not timed. Warm-up frames run
-first and are not recorded. The result is ONE JSON document (schema ``fdq.run/1``), written
-atomically: a run that fails or is interrupted (SIGINT / SIGTERM) leaves no file behind.
+(preprocess -> inference -> decode -> NMS); image decoding is not timed. The conventions are those
+of MLPerf's single-stream scenario, ncnn's benchncnn and TVM's time_evaluator: the cold start (bundle
+load, first frame) is reported apart, warm-up frames are not recorded, and the run lasts until both
+``--frames`` and ``--min-seconds`` are reached. The result is ONE JSON document (schema
+``fdq.run/1``), written atomically: a run that fails or is interrupted (SIGINT / SIGTERM) leaves no
+file behind.
 
 Exit codes: 0 success, 1 bad input or failure (one ``fdq-run: error: ...`` line on stderr),
 2 bad command line, 130 / 143 interrupted by SIGINT / SIGTERM.
@@ -35,6 +39,8 @@ SYNTHETIC_POOL = 8
 SYNTHETIC_SEED = 0
 SYNTHETIC_DEFAULT_FRAMES = 50
 STAGES = ("preprocess", "inference", "postprocess", "total")
+MAX_TEMP_WAIT_S = 600.0
+PER_OP_FRAMES = 5
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".ts", ".wmv", ".flv",
                   ".mjpg", ".mjpeg", ".h264", ".264", ".h265", ".hevc", ".y4m", ".gif")
 
@@ -66,18 +72,27 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def int_at_least(kind: str, minimum: int):
-    """An argparse type: an integer >= ``minimum``, or an error naming ``kind``."""
-    def parse(text: str) -> int:
+def _at_least(kind: str, minimum: float, cast: Any, noun: str):
+    def parse(text: str) -> Any:
         try:
-            value = int(text)
+            value = cast(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{kind} must be an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{kind} must be >= {minimum}, got {value}")
+            raise argparse.ArgumentTypeError(f"{kind} must be {noun}, got {text!r}") from None
+        if not value >= minimum:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"{kind} must be >= {minimum:g}, got {text}")
         return value
 
     return parse
+
+
+def int_at_least(kind: str, minimum: int):
+    """An argparse type: an integer >= ``minimum``, or an error naming ``kind``."""
+    return _at_least(kind, minimum, int, "an integer")
+
+
+def float_at_least(kind: str, minimum: float):
+    """An argparse type: a number >= ``minimum``, or an error naming ``kind``."""
+    return _at_least(kind, minimum, float, "a number")
 
 
 def _probability(text: str) -> float:
@@ -98,12 +113,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int_at_least("--frames", 1), default=None,
                    help="frames to measure (default: every image once / the whole video / "
                         f"{SYNTHETIC_DEFAULT_FRAMES} synthetic); image folders and videos loop if needed")
+    p.add_argument("--min-seconds", type=float_at_least("--min-seconds", 0), default=0.0,
+                   help="keep measuring until this many seconds have passed as well (default 0)")
     p.add_argument("--warmup", type=int_at_least("--warmup", 0), default=5, help="unrecorded warm-up frames (default 5)")
     p.add_argument("--threads", type=int_at_least("--threads", 1), default=1, help="CPU threads (default 1)")
     p.add_argument("--gt", default=None, help="WIDER FACE ground truth (.mat folder or .json): adds AP")
     p.add_argument("--long-side", type=int_at_least("--long-side", 1), default=None,
                    help="network input long side (default: the bundle's)")
     p.add_argument("--threshold", type=_probability, default=0.02, help="score threshold before NMS (default 0.02)")
+    p.add_argument("--per-op", action="store_true",
+                   help="after the timed frames, time each operator (TorchScript, ONNX Runtime)")
+    p.add_argument("--cooldown", type=float_at_least("--cooldown", 0), default=0.0,
+                   help="seconds to idle before loading the bundle (lets the board cool between runs)")
+    p.add_argument("--max-temp", type=float_at_least("--max-temp", -273), default=None,
+                   help=f"wait (at most {MAX_TEMP_WAIT_S:.0f} s) until the CPU is cooler than this many degC")
+    p.add_argument("--thermal-zone", default=None,
+                   help="temperature file in millidegrees (default: the CPU zone of /sys/class/thermal)")
     p.add_argument("--json", required=True, dest="json_out", help="where to write the results")
     return p
 
@@ -328,6 +353,50 @@ def build_detector(bundle: Any, threads: int = 1, long_side: Optional[int] = Non
     return bundle_detector(bundle, threads, long_side, score_threshold=threshold)
 
 
+def _idle(seconds: float) -> None:
+    """Sleep, still answering SIGINT / SIGTERM within a tenth of a second."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        check_interrupted()
+        time.sleep(min(0.1, max(0.0, end - time.monotonic())))
+
+
+def _cool_down(args: argparse.Namespace, warnings: List[str]) -> Dict[str, Any]:
+    """``--cooldown`` idles; ``--max-temp`` then waits until the CPU is cooler than asked (as TVM
+    and ncnn do between measurements). What happened goes into the result."""
+    from . import sysinfo
+
+    _idle(args.cooldown)
+    done: Dict[str, Any] = {"cooldown_s": args.cooldown, "max_temp_c": args.max_temp, "waited_s": 0.0}
+    if args.max_temp is None:
+        return done
+    start = time.monotonic()
+    temperature = sysinfo.cpu_temperature_c(args.thermal_zone)
+    while temperature is not None and temperature >= args.max_temp and time.monotonic() - start < MAX_TEMP_WAIT_S:
+        _idle(1.0)
+        temperature = sysinfo.cpu_temperature_c(args.thermal_zone)
+    done["waited_s"] = round(time.monotonic() - start, 1)
+    if temperature is None:
+        warnings.append(f"--max-temp {args.max_temp:g}: this machine reports no CPU temperature, so the run "
+                        "started without waiting")
+    elif temperature >= args.max_temp:
+        warnings.append(f"--max-temp {args.max_temp:g}: still {temperature:.1f} degC after {MAX_TEMP_WAIT_S:.0f} s; "
+                        "measured anyway")
+    return done
+
+
+def _measured_frames(source: Any, frames: Optional[int], min_seconds: float) -> Iterator[Tuple[str, Any]]:
+    """Frames until both ``frames`` (None: the source's own end) and ``min_seconds`` are reached."""
+    if not min_seconds:
+        yield from source.frames(frames)
+        return
+    start = time.perf_counter()
+    for index, item in enumerate(source.frames(sys.maxsize)):
+        if (frames is None or index >= frames) and time.perf_counter() - start >= min_seconds:
+            return
+        yield item
+
+
 def run(args: argparse.Namespace, progress: Any = None) -> Dict[str, Any]:
     """Do the measurement described by parsed ``args``; returns the ``fdq.run/1`` document."""
     import hashlib
@@ -339,7 +408,11 @@ def run(args: argparse.Namespace, progress: Any = None) -> Dict[str, Any]:
     from . import sysinfo
 
     started = time.perf_counter()
+    warnings: List[str] = []
+    conditions = _cool_down(args, warnings)
+    load_started = time.perf_counter()
     bundle = load_bundle(args.bundle)  # verifies every file's size and sha256
+    load_ms = (time.perf_counter() - load_started) * 1e3
     source = open_source(args.source)
 
     gt = None
@@ -360,13 +433,20 @@ def run(args: argparse.Namespace, progress: Any = None) -> Dict[str, Any]:
     frames = args.frames if args.frames is not None else source.default_frames()
     threads = int(args.threads)
     cv2.setNumThreads(threads)
+    load_started = time.perf_counter()
     detector = build_detector(bundle, threads, args.long_side, args.threshold)
+    load_ms += (time.perf_counter() - load_started) * 1e3
+    first_image = next(iter(source.warmup(1)))
+    detector.detect(first_image)  # the cold first frame a camera app pays at every start
+    cold_start = {"load_ms": load_ms, "first_frame_ms": detector.last_timings_ms["total"],
+                  "first_frame_stages_ms": dict(detector.last_timings_ms)}
 
-    thermal_start = {"c": sysinfo.cpu_temperature_c(), "throttled": sysinfo.throttled()}
+    thermal_start = sysinfo.thermal_state(args.thermal_zone)
     if progress:
         progress(f"{PROG}: {bundle.manifest['model']['name']} {bundle.runtime} "
                  f"{(bundle.manifest.get('backend') or {}).get('dtype')}, "
-                 f"{frames if frames is not None else 'all'} frames (+{args.warmup} warm-up) from {source.kind}")
+                 f"{frames if frames is not None else 'all'} frames (+{args.warmup} warm-up) from {source.kind}"
+                 + (f", at least {args.min_seconds:g} s" if args.min_seconds else ""))
     check_interrupted()
     for image in source.warmup(args.warmup):
         detector.detect(image)
@@ -380,7 +460,8 @@ def run(args: argparse.Namespace, progress: Any = None) -> Dict[str, Any]:
     to_rows = None
     if gt is not None:
         from .evaluation import to_wider_rows as to_rows
-    for index, (key, image) in enumerate(source.frames(frames)):
+    measure_started = time.perf_counter()
+    for index, (key, image) in enumerate(_measured_frames(source, frames, args.min_seconds)):
         check_interrupted()
         dets = detector.detect(image)
         for stage in STAGES:
@@ -389,13 +470,30 @@ def run(args: argparse.Namespace, progress: Any = None) -> Dict[str, Any]:
         kept.append(len(dets))
         if to_rows is not None and index < n_images:  # the first pass over the folder is scored
             predictions[key] = to_rows(dets.boxes, dets.scores)
+    measured_s = time.perf_counter() - measure_started
     if not faces:
         raise RunError(f"source {args.source} delivered no frames")
-    thermal_end = {"c": sysinfo.cpu_temperature_c(), "throttled": sysinfo.throttled()}
+    thermal_end = sysinfo.thermal_state(args.thermal_zone)
+    throttling = sysinfo.throttling_during(thermal_start["throttled"], thermal_end["throttled"])
+
+    per_op = None
+    if args.per_op:
+        from .perop import profile_ops
+
+        check_interrupted()
+        per_op = profile_ops(bundle, detector, source.warmup(min(PER_OP_FRAMES, len(faces))), threads)
 
     latency = {stage: latency_stats(timings[stage]) for stage in STAGES}
     manifest = bundle.manifest
     backend = manifest.get("backend") or {}
+    device_info = sysinfo.system_info()
+    if device_info["emulation"]["emulated"]:
+        warnings.append("emulated (qemu-user): this latency says nothing about a real board")
+    if throttling:
+        warnings.append(f"the CPU throttled during the run ({', '.join(throttling)}): the latency is not "
+                        "the board's steady speed")
+    if args.frames is not None and len(faces) < args.frames:
+        warnings.append(f"{len(faces)} frames measured, fewer than the {args.frames} asked")
     document: Dict[str, Any] = {
         "schema": SCHEMA,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -413,7 +511,7 @@ def run(args: argparse.Namespace, progress: Any = None) -> Dict[str, Any]:
             "long_side": bundle.long_side,
         },
         "device": {
-            **sysinfo.system_info(),
+            **device_info,
             "runtime": bundle.runtime,
             "runtime_versions": runtime_versions(bundle),
             "engine": bundle.engine,
@@ -421,18 +519,25 @@ def run(args: argparse.Namespace, progress: Any = None) -> Dict[str, Any]:
             "kernels": getattr(detector, "kernels", "numpy"),
         },
         "source": source.describe(),
-        "settings": {"frames": len(faces), "warmup": int(args.warmup), "threads": threads,
+        "settings": {"frames": len(faces), "frames_asked": args.frames, "min_seconds": args.min_seconds,
+                     "measured_s": measured_s, "warmup": int(args.warmup), "threads": threads,
                      "long_side": int(detector.long_side), "score_threshold": float(args.threshold),
-                     "nms_threshold": float(detector.nms_threshold), "face_threshold": FACE_THRESHOLD},
+                     "nms_threshold": float(detector.nms_threshold), "face_threshold": FACE_THRESHOLD,
+                     **conditions},
+        "cold_start": cold_start,
         "latency_ms": latency,
         "fps": 1000.0 / latency["total"]["mean"] if latency["total"]["mean"] > 0 else None,
         "memory": sysinfo.memory(),
         "thermal": {"start_c": thermal_start["c"], "end_c": thermal_end["c"],
-                    "throttled_start": thermal_start["throttled"], "throttled_end": thermal_end["throttled"]},
+                    "throttled_start": thermal_start["throttled"], "throttled_end": thermal_end["throttled"],
+                    "zone": args.thermal_zone, "throttled_during_run": throttling},
         "detections": {"face_threshold": FACE_THRESHOLD, "per_frame": faces, "faces_total": int(sum(faces)),
                        "candidates_per_frame": kept, "candidates_total": int(sum(kept)),
                        "candidates_note": f"detections kept after NMS with score > {args.threshold}"},
+        "warnings": warnings,
     }
+    if per_op is not None:
+        document["per_op"] = per_op
     if gt is not None:
         from .evaluation import evaluate
 
@@ -473,6 +578,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             sys.stdout.flush()
 
         document = run(args, progress)
+        document["command"] = [sys.executable, "-m", "fdq.device.run",
+                               *(sys.argv[1:] if argv is None else list(argv))]
         check_interrupted()
         write_json_atomic(out, document)
         fps = document["fps"]

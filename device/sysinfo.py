@@ -168,22 +168,26 @@ def _zone_priority(kind: str) -> int:
     return 99
 
 
-def cpu_temperature_c() -> Optional[float]:
-    """CPU temperature in °C from /sys/class/thermal (the zone named like a CPU/SoC first), else None."""
-    zones = []
-    for zone in sorted(glob.glob("/sys/class/thermal/thermal_zone*")):
-        raw = _read(os.path.join(zone, "temp"))
-        if raw is None:
-            continue
-        try:
-            millideg = int(raw.strip())
-        except ValueError:
-            continue
-        kind = (_read(os.path.join(zone, "type")) or "").strip()
-        zones.append((_zone_priority(kind), zone, millideg / 1000.0))
-    if not zones:
+def _millidegrees(path: str) -> Optional[float]:
+    raw = _read(path)
+    try:
+        return int(raw.strip()) / 1000.0 if raw is not None else None
+    except ValueError:
         return None
-    return sorted(zones)[0][2]
+
+
+def cpu_temperature_c(zone: Optional[str] = None) -> Optional[float]:
+    """CPU temperature in °C: the file ``zone`` (a profile's ``thermal_zone``) when given, else the
+    /sys/class/thermal zone named like a CPU/SoC first; None when nothing is readable."""
+    if zone:
+        return _millidegrees(zone)
+    zones = []
+    for folder in sorted(glob.glob("/sys/class/thermal/thermal_zone*")):
+        value = _millidegrees(os.path.join(folder, "temp"))
+        if value is not None:
+            kind = (_read(os.path.join(folder, "type")) or "").strip()
+            zones.append((_zone_priority(kind), folder, value))
+    return sorted(zones)[0][2] if zones else None
 
 
 _THROTTLE_BITS = {
@@ -207,6 +211,20 @@ def throttled() -> Optional[Dict[str, Any]]:
         return None
     value = int(match.group(1), 16)
     return {"value": match.group(1), "flags": [text for bit, text in _THROTTLE_BITS.items() if value >> bit & 1]}
+
+
+def thermal_state(zone: Optional[str] = None) -> Dict[str, Any]:
+    """Temperature and throttling now, for the start and the end of a run."""
+    return {"c": cpu_temperature_c(zone), "throttled": throttled()}
+
+
+def throttling_during(start: Optional[Dict[str, Any]], end: Optional[Dict[str, Any]]) -> List[str]:
+    """Throttling flags that are active at the end of a run or appeared during it (the sticky
+    "occurred" bits count only when they were not already set at the start)."""
+    if not end:
+        return []
+    before = set((start or {}).get("flags") or [])
+    return [flag for flag in end.get("flags") or [] if flag.endswith(" now") or flag not in before]
 
 
 def peak_rss_mib() -> float:

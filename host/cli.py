@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, NoReturn, Optional, Tuple
 
 from fdq.device.atomic import atomic_output, atomic_write_text
 from fdq.device.cliargs import Parser, describe_long_side, int_at_least, long_side
@@ -208,9 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--force", action="store_true", help="replace earlier fdq outputs at --json/--plot/--predictions-out")
     e.set_defaults(func=cmd_eval)
 
+    from fdq.host.compare import register as register_compare
     from fdq.host.quantize import register as register_quantize
 
     register_quantize(sub)
+    register_compare(sub)
 
     x = sub.add_parser("export", help="export a bundle's model as another runtime's bundle",
                        description="Export a bundle as another runtime's bundle. The line it prints and the new "
@@ -253,12 +256,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     return _run(args.func, args, "fdq")
 
 
-def _target_arguments(p: argparse.ArgumentParser) -> None:
-    from fdq.device.run import int_at_least
-
-    p.add_argument("--target", required=True,
+def _target_arguments(p: argparse.ArgumentParser, default: Optional[str] = None) -> None:
+    p.add_argument("--target", required=default is None, default=default,
                    help="a shipped profile (rpi4, local), a profile YAML file (one board or hosts: a fleet) or an "
-                        "Ansible INI inventory")
+                        "Ansible INI inventory" + (f" (default {default}: this machine)" if default == "local" else ""))
     p.add_argument("--host", help="override the profile's host")
     p.add_argument("--port", type=int_at_least("--port", 1), help="override the profile's SSH port")
     p.add_argument("--user", help="override the profile's user")
@@ -314,11 +315,16 @@ def _targets(args: argparse.Namespace):
     return load_targets(args.target, **_overrides(args))
 
 
-def _connect(args: argparse.Namespace):
-    from fdq.host.remote import connect
+def _load_target(args: argparse.Namespace):
     from fdq.host.targets import load_target
 
-    return connect(load_target(args.target, **_overrides(args)))
+    return load_target(args.target, **_overrides(args))
+
+
+def _connect(args: argparse.Namespace):
+    from fdq.host.remote import connect
+
+    return connect(_load_target(args))
 
 
 def _deploy_summary(done) -> str:
@@ -327,18 +333,15 @@ def _deploy_summary(done) -> str:
 
 
 def _deploy(conn, bundles: List[str], setup: bool = False, prune_older_than_s: Optional[float] = None):
-    from fdq.host.deploy import deploy
+    from fdq.host.deploy import deploy, notices
     from fdq.host.provision import prepare
 
     prepare(conn, setup)
     done = deploy(conn, bundles, prune_older_than_s=prune_older_than_s)
-    name = conn.target.name
-    for path in done.replaced:
-        print(f"fdq: {name}: the board's copy of {path} did not match (changed there); replaced", file=sys.stderr)
-    if done.pruned:
-        print(f"fdq: {name}: pruned {len(done.pruned)} bundle(s) and result(s): {', '.join(done.pruned)}",
-              file=sys.stderr)
-    print(f"{name} ({conn.target.address}): {_deploy_summary(done)}; workdir {done.workdir}", file=sys.stderr)
+    for line in notices(done, conn.target.name):
+        print(line, file=sys.stderr)
+    print(f"{conn.target.name} ({conn.target.address}): {_deploy_summary(done)}; workdir {done.workdir}",
+          file=sys.stderr)
     return done
 
 
@@ -371,23 +374,79 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_profile(args: argparse.Namespace) -> int:
-    from fdq.host.deploy import profile
+def _profile_plans(args: argparse.Namespace) -> List[Tuple[Any, List[Path]]]:
+    """(target, bundles) for the --against target first (the baseline), then the --target."""
+    from fdq.host.bundle_cache import FLOAT, check_runtime, quantized_bundle, runtime_bundle
+    from fdq.host.targets import load_target
 
-    conn = _connect(args)
-    try:
-        done = _deploy(conn, [args.bundle], setup=args.setup)
-        remote = done.bundles[str(Path(args.bundle).resolve())]
-        out = Path(args.out or f"fdq-profile/{conn.target.name}/{Path(remote).name}.json")
-        doc = profile(conn, remote, out, args.frames, args.warmup, args.threads, args.source)
-    finally:
-        conn.close()
-    device, latency = doc["device"], doc["latency_ms"]
-    emulated = " (emulated: latency says nothing about the real board)" if device["emulation"]["emulated"] else ""
-    print(f"{conn.target.name}: {device['machine']['arch']}, {device['runtime']} {device.get('engine') or ''} "
-          f"{device['threads']} thread(s){emulated}: {doc['fps']:.1f} FPS, total p50 {latency['total']['p50']:.1f} ms "
-          f"(inference {latency['inference']['p50']:.1f}), peak RSS {doc['memory']['peak_rss_mib']:.0f} MiB -> {out}")
-    return 0
+    main = _load_target(args)
+    plans = [(main, None if args.bundle else (args.backend or [main.engine or FLOAT]))]
+    if args.against:
+        backends, name = args.against
+        other = load_target(name)
+        plans.insert(0, (other, backends or [other.engine or FLOAT]))
+    for _, backends in plans:  # before any quantization: a bad combination costs one line, at once
+        for backend in backends or ():
+            check_runtime(args.runtime, backend != FLOAT, args.calib)
+    level = args.level if args.level is not None else (2 if args.calib else 1)
+    made = []
+    for target, backends in plans:
+        sources = [Path(b) for b in args.bundle] if backends is None else [
+            quantized_bundle(args.model, backend, level, weights=args.weights, calib=args.calib, labels=args.labels,
+                             long_side=args.long_side, iters=args.iters) for backend in backends]
+        made.append((target, [runtime_bundle(b, args.runtime, args.calib) for b in sources]))
+    return made
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from fdq.device.outputs import check_file_output
+    from fdq.host import profiling
+    from fdq.host.compare import write_reports
+    from fdq.host.remote import connect
+    from fdq.host.report.runs import with_baseline
+    from fdq.host.report.table import print_table
+
+    if args.bundle and (args.backend or args.level is not None or args.calib or args.labels):
+        raise CliError("--bundle carries its backend and level: do not combine it with --backend/--level/--calib")
+    if args.gt and not args.images:
+        raise CliError("--gt scores the images of --images DIR: give both")
+    if args.images and args.source != "synthetic":
+        raise CliError("--images sends images to the target; --source names a folder already there: give one")
+    runs_dir = profiling.check_runs_folder(args.runs)
+    for path, option in ((args.out, "--out"), (args.html, "--html"), (args.markdown, "--markdown")):
+        if path:
+            check_file_output(path, args.force, option)
+    dataset = None
+    if args.images:
+        if not args.gt:
+            raise CliError("--images without --gt measures latency only: give --gt DIR for accuracy, or "
+                           "--source DIR for a folder on the target")
+        dataset = profiling.stage_dataset(args.images, args.gt)
+        if args.frames is not None and args.frames < dataset.count:
+            raise CliError(f"--gt scores every image once: --frames {args.frames} < {dataset.count} images")
+    plans = _profile_plans(args)
+    jobs = [profiling.Job(target, bundle, threads) for target, bundles in plans for bundle in bundles
+            for threads in (args.threads or [target.threads])]
+    if args.out and len(jobs) != 1:
+        raise CliError(f"--out takes one run's JSON and this profile makes {len(jobs)} runs: leave --out out "
+                       f"(every run lands in --runs {args.runs})")
+    settings = profiling.RunSettings(frames=args.frames if args.frames is not None or dataset else 100,
+                                     min_seconds=args.min_seconds, warmup=args.warmup, source=args.source,
+                                     per_op=args.per_op, cooldown=args.cooldown, max_temp=args.max_temp)
+    outcome = profiling.run_jobs(jobs, settings, runs_dir, args.command_line, dataset, connect,
+                                 announce=lambda line: print(line, file=sys.stderr), setup=args.setup)
+    if not outcome.runs:
+        raise CliError(f"no run finished ({len(outcome.failures)} failed)")
+    if args.out:
+        atomic_write_text(args.out, json.dumps(outcome.runs[0].doc, indent=1) + "\n")
+    runs, baseline = with_baseline(outcome.runs, None)
+    print_table(runs, baseline)
+    report = args.html or str(runs_dir / f"report-{outcome.runs[-1].path.stem.rsplit('-', 1)[-1]}.html")
+    write_reports(runs, baseline, report, args.markdown, args.force)
+    if args.out:
+        print(f"run: {Path(args.out).resolve()}")
+    print(f"report: {Path(report).resolve()}")
+    return 1 if outcome.failures else 0
 
 
 def _board_parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -406,17 +465,95 @@ def deploy_main(argv: Optional[List[str]] = None) -> int:
     return _run(cmd_deploy, p.parse_args(argv), "fdq-deploy")
 
 
-def profile_main(argv: Optional[List[str]] = None) -> int:
-    from fdq.device.run import int_at_least  # the runner's own checks, before anything travels
+class _OneLineParser(argparse.ArgumentParser):
+    """Bad command lines cost one line, not argparse's usage block."""
 
-    p = _board_parser("fdq-profile", "Deploy a bundle, run it on the target, fetch the result JSON.")
-    p.add_argument("--bundle", required=True)
-    p.add_argument("--frames", type=int_at_least("--frames", 1), default=100)
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
+        raise SystemExit(2)
+
+
+def _comma_list(parse: Callable[[str], Any]) -> Callable[[str], List[Any]]:
+    """An argparse type: ``a,b,c``, each item through ``parse``."""
+    def parse_all(text: str) -> List[Any]:
+        items = [item.strip() for item in text.split(",")]
+        if not all(items):
+            raise argparse.ArgumentTypeError(f"empty item in {text!r}")
+        return [parse(item) for item in items]
+
+    return parse_all
+
+
+def _backend(name: str) -> str:
+    from fdq.calibration.quant_api import check_backend
+
+    try:
+        return name if name == "fp32" else check_backend(name)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}; or fp32 for the float bundle") from None
+
+
+def _runtime(name: str) -> str:
+    from fdq.host.bundle_cache import check_runtime
+
+    try:
+        check_runtime(name, int8=False, calib=None)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return name
+
+
+def _against(text: str) -> Tuple[Optional[List[str]], str]:
+    """``BACKEND[,BACKEND]@TARGET`` or ``TARGET``."""
+    backends, at, target = text.rpartition("@")
+    if at and not backends or not target:
+        raise argparse.ArgumentTypeError(f"expected BACKEND@TARGET (for example x86@local), got {text!r}")
+    return (_comma_list(_backend)(backends) if at else None), target
+
+
+def profile_main(argv: Optional[List[str]] = None) -> int:
+    from fdq.device.run import float_at_least, int_at_least  # the runner's own checks, before anything travels
+
+    p = _OneLineParser(prog="fdq-profile", description="Quantize (or take) bundles, run them on a target, and "
+                       "compare the runs: latency per stage, cold start, memory, temperature, AP.")
+    _target_arguments(p, default="local")
+    p.add_argument("--against", type=_against, metavar="BACKEND@TARGET",
+                   help="also run the model there, as the baseline (for example x86@local)")
+    p.add_argument("--model", default="slim", help="slim, rfb or mnet025 (default slim)")
+    p.add_argument("--backend", type=_comma_list(_backend), metavar="LIST",
+                   help="qnnpack, x86, fbgemm, fp32, comma-separated (default: the target's engine)")
+    p.add_argument("--level", type=int, choices=(1, 2, 3, 4),
+                   help="quantization level (default 1, data-free, or 2 with --calib)")
+    p.add_argument("--calib", help="calibration images (levels 2-4; onnxruntime int8)")
+    p.add_argument("--labels", help="ground truth of the --calib images (level 3)")
+    p.add_argument("--weights", help="weights file or zoo name (default: the model's zoo weights)")
+    p.add_argument("--iters", type=int_at_least("--iters", 1), help="as fdq quantize --iters")
+    p.add_argument("--long-side", type=int_at_least("--long-side", 32), default=320)
+    p.add_argument("--bundle", nargs="+", action="extend", metavar="DIR", help="profile these bundles instead")
+    p.add_argument("--runtime", type=_runtime, default="torchscript",
+                   help="torchscript (default), onnxruntime or ncnn: exports the bundle on the fly")
+    p.add_argument("--threads", type=_comma_list(int_at_least("--threads", 1)), metavar="LIST",
+                   help="thread counts, run in turn (default: the target's)")
+    p.add_argument("--frames", type=int_at_least("--frames", 1),
+                   help="frames to measure (default 100, or every --images image once)")
+    p.add_argument("--min-seconds", type=float_at_least("--min-seconds", 0), default=0.0,
+                   help="and measure for at least this long")
     p.add_argument("--warmup", type=int_at_least("--warmup", 0), default=10)
-    p.add_argument("--threads", type=int_at_least("--threads", 1), help="default: the profile's threads")
     p.add_argument("--source", default="synthetic", help="on the target: an image folder, a video, or synthetic")
-    p.add_argument("--out", help="local JSON (default fdq-profile/TARGET/BUNDLE.json)")
-    return _run(cmd_profile, p.parse_args(argv), "fdq-profile")
+    p.add_argument("--images", help="WIDER-layout images sent to the target (with --gt: AP measured there)")
+    p.add_argument("--gt", help="ground truth of --images (.mat folder or .json)")
+    p.add_argument("--per-op", action="store_true", help="time per operator (TorchScript, ONNX Runtime)")
+    p.add_argument("--cooldown", type=float_at_least("--cooldown", 0), default=0.0,
+                   help="seconds the target idles between runs")
+    p.add_argument("--max-temp", type=float_at_least("--max-temp", -273), help="wait until the CPU is cooler")
+    p.add_argument("--runs", default="fdq-runs", help="folder every run is kept in (default ./fdq-runs)")
+    p.add_argument("--out", help="also write the run's JSON here (one run only)")
+    p.add_argument("--html", help="the HTML report (default: in the runs folder)")
+    p.add_argument("--markdown", help="also write the table as Markdown")
+    p.add_argument("--force", action="store_true", help="replace existing --out/--html/--markdown files")
+    args = p.parse_args(argv)
+    args.command_line = shlex.join(["fdq-profile", *(sys.argv[1:] if argv is None else argv)])
+    return _run(cmd_profile, args, "fdq-profile")
 
 
 if __name__ == "__main__":

@@ -107,6 +107,15 @@ class Deployment:
     pruned: List[str] = field(default_factory=list)
 
 
+def notices(done: Deployment, target_name: str) -> List[str]:
+    """What a deploy must tell the user beyond its counts: files found changed there, what was pruned."""
+    lines = [f"fdq: {target_name}: the board's copy of {path} did not match (changed there); replaced"
+             for path in done.replaced]
+    if done.pruned:
+        lines.append(f"fdq: {target_name}: pruned {len(done.pruned)} bundle(s) and result(s): {', '.join(done.pruned)}")
+    return lines
+
+
 def bundle_id(path: Path) -> str:
     """``<folder>-<first 12 hex of the manifest's sha256>``: two bundles never share a folder there."""
     return f"{path.name}-{sha256_file(path / MANIFEST)[:12]}"

@@ -57,10 +57,14 @@ class ZooError(RuntimeError):
     """Weights cannot be found, downloaded or verified; the message says what to do."""
 
 
+def fdq_home() -> Path:
+    """fdq's own cache folder: ``$FDQ_HOME``, default ``~/.cache/fdq``."""
+    return Path(os.environ.get("FDQ_HOME") or "~/.cache/fdq").expanduser()
+
+
 def cache_dir() -> Path:
     """Download target, ``$FDQ_HOME/weights`` (default ``~/.cache/fdq/weights``)."""
-    home = os.environ.get("FDQ_HOME") or "~/.cache/fdq"
-    return Path(home).expanduser() / "weights"
+    return fdq_home() / "weights"
 
 
 def search_path() -> list[Path]:

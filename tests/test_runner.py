@@ -96,7 +96,8 @@ def test_schema(gt_run, ts_bundle):
     assert doc["source"]["kind"] == "images" and doc["source"]["images"] == 64
     assert doc["settings"]["frames"] == 64 and doc["settings"]["long_side"] == LONG_SIDE
     assert doc["memory"]["peak_rss_mib"] > 10
-    assert set(doc["thermal"]) == {"start_c", "end_c", "throttled_start", "throttled_end"}
+    assert set(doc["thermal"]) == {"start_c", "end_c", "throttled_start", "throttled_end", "zone",
+                                   "throttled_during_run"}
     det = doc["detections"]
     assert len(det["per_frame"]) == 64 and len(det["candidates_per_frame"]) == 64
     assert all(0 <= f <= c for f, c in zip(det["per_frame"], det["candidates_per_frame"]))

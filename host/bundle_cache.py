@@ -1,0 +1,135 @@
+"""Bundles made on demand for ``fdq-profile``, cached by their inputs so a second call quantizes nothing.
+
+A bundle lives under ``$FDQ_HOME/bundles/NAME-KEY``, KEY being the sha256 of everything that
+decides its content: model, weights sha256, level, backend, calibration images (by content),
+options, fdq and torch versions. Quantization goes through ``fdq quantize``'s own code (its parser
+gives the defaults), exports through :func:`fdq.host.export.export_bundle`.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from fdq.device.bundle import MANIFEST, BundleError, load_bundle, sha256_file
+
+FLOAT = "fp32"
+RUNTIMES = ("torchscript", "onnxruntime", "ncnn")
+
+
+class CacheError(ValueError):
+    """A combination that cannot make a bundle; one line."""
+
+
+def folder_digest(files: Dict[str, Path]) -> str:
+    """sha256 of ``relative name -> file`` by content: the same images give the same key."""
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        digest.update(f"{name}\0{sha256_file(files[name])}\n".encode("utf-8"))
+    return digest.hexdigest()
+
+
+def _tree(folder: Optional[str]) -> Optional[str]:
+    if not folder:
+        return None
+    root = Path(folder)
+    if not root.exists():
+        raise CacheError(f"{folder}: not found")
+    if root.is_file():
+        return sha256_file(root)
+    return folder_digest({p.relative_to(root).as_posix(): p for p in root.rglob("*") if p.is_file()})
+
+
+def _key(fields: Dict[str, Any]) -> str:
+    import torch
+
+    from fdq.host.bundles import FDQ_VERSION
+
+    blob = json.dumps({**fields, "fdq_version": FDQ_VERSION, "torch": str(torch.__version__)}, sort_keys=True)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:12]
+
+
+def _cached(path: Path) -> Optional[Path]:
+    """``path`` when it holds a complete, verified bundle."""
+    if not (path / MANIFEST).is_file():
+        return None
+    try:
+        return load_bundle(str(path)).path
+    except BundleError:
+        return None  # damaged: made again below, over it (it is fdq's own folder)
+
+
+def quantize_args(argv: List[str]) -> argparse.Namespace:
+    """``fdq quantize ARGV`` as parsed by its own parser, so its defaults stay in one place."""
+    from fdq.host.quantize import register
+
+    parser = argparse.ArgumentParser(prog="fdq")
+    register(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["quantize", *argv])
+
+
+def quantized_bundle(model: str, backend: str, level: int, *, weights: Optional[str] = None,
+                     calib: Optional[str] = None, labels: Optional[str] = None, long_side: int = 320,
+                     iters: Optional[int] = None) -> Path:
+    """The bundle ``fdq quantize`` makes for these inputs (``backend`` ``fp32``: the float bundle)."""
+    from fdq.calibration.report import QuantizationCollapseWarning
+    from fdq.host.quantize import quantize_command
+    from fdq.host.zoo import fdq_home, resolve_weights
+
+    weights_file = resolve_weights(model, weights)
+    if backend == FLOAT:
+        argv, level, calib, labels, iters = ["--fp32"], 0, None, None, None
+    else:
+        argv = ["--level", str(level), "--backend", backend]
+    argv += ["--model", model, "--weights", str(weights_file), "--long-side", str(long_side)]
+    for flag, value in (("--calib", calib), ("--labels", labels), ("--iters", iters)):
+        if value is not None:
+            argv += [flag, str(value)]
+    key = _key({"model": model, "weights": sha256_file(weights_file), "level": level, "backend": backend,
+                "calib": _tree(calib), "labels": _tree(labels), "long_side": long_side, "iters": iters})
+    path = fdq_home() / "bundles" / f"{model}-{backend}-l{level}-{key}"
+    if _cached(path):
+        return path
+    what = "float" if backend == FLOAT else f"{backend} int8, level {level}" + ("" if calib else " (data-free)")
+    print(f"fdq: quantizing {model} ({what}) into {path}", file=sys.stderr)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", QuantizationCollapseWarning)
+        done = quantize_command(quantize_args(argv + ["--out", str(path), "--force"]))
+    for w in caught:
+        if issubclass(w.category, QuantizationCollapseWarning):
+            print(f"fdq: WARNING: {w.message}", file=sys.stderr)
+    return done
+
+
+def check_runtime(runtime: str, int8: bool, calib: Optional[str]) -> None:
+    """Raise :class:`CacheError` unless an (``int8`` or float) bundle can be exported for ``runtime``."""
+    if runtime not in RUNTIMES:
+        raise CacheError(f"unknown runtime {runtime!r} (choose from: {', '.join(RUNTIMES)})")
+    if runtime == "ncnn" and int8:
+        raise CacheError("ncnn bundles are float: use --backend fp32 with --runtime ncnn")
+    if runtime == "onnxruntime" and int8 and not calib:
+        raise CacheError("--runtime onnxruntime with an int8 backend quantizes the ONNX model on images: "
+                         "give --calib DIR (or use --backend fp32)")
+
+
+def runtime_bundle(bundle: Path, runtime: str, calib: Optional[str] = None) -> Path:
+    """``bundle`` for ``runtime``: itself for TorchScript, else its export (cached)."""
+    from fdq.host.export import export_bundle
+    from fdq.host.zoo import fdq_home
+
+    source = load_bundle(str(bundle))
+    if runtime == source.runtime:
+        return source.path
+    int8 = (source.manifest.get("backend") or {}).get("dtype") == "int8"
+    check_runtime(runtime, int8, calib)
+    fmt = "ncnn" if runtime == "ncnn" else ("onnx-int8" if int8 else "onnx")
+    key = _key({"source": sha256_file(source.path / MANIFEST), "format": fmt, "calib": _tree(calib) if int8 else None})
+    path = fdq_home() / "bundles" / f"{source.path.name}-{fmt}-{key}"
+    if _cached(path):
+        return path
+    print(f"fdq: exporting {source.path.name} for {runtime} into {path}", file=sys.stderr)
+    return export_bundle(source.path, fmt, path, calib if int8 else None, force=True)

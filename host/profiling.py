@@ -1,0 +1,228 @@
+"""Run the device runner on a target's deployed bundle and bring its ``fdq.run/1`` document back.
+
+A run is the runner's own process on the target. It records its process id in the workdir first,
+so that Ctrl-C (or a time-out, or a cut connection) here stops it there too, over SSH as on this
+machine; the runner itself writes nothing when stopped, and nothing is fetched, so no half result
+exists on either side. Images for ``--images/--gt`` travel like bundles (only files whose sha256
+differs there) under ``data/NAME-HASH/``, with the ground truth as JSON (the board needs no scipy).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import shlex
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path, PurePosixPath
+from typing import Any, Dict, List, Optional
+
+from fdq.device.atomic import atomic_write_text
+
+from .deploy import DATA, LIB, RESULTS, RUN_TIMEOUT_S
+from .remote import Connection, RemoteError
+
+STOP_TIMEOUT_S = 20.0
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How one run measures (the runner's options); ``frames`` None: the runner's default."""
+
+    frames: Optional[int] = None
+    min_seconds: float = 0.0
+    warmup: int = 10
+    source: str = "synthetic"
+    per_op: bool = False
+    cooldown: float = 0.0
+    max_temp: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Images and their ground truth as they travel: ``files`` maps a workdir path to a local file."""
+
+    files: Dict[str, Path]
+    images: str      # the image folder, relative to the workdir
+    gt: str          # the ground truth JSON, relative to the workdir
+    count: int
+
+
+def stage_dataset(images: str, gt: str) -> Dataset:
+    """The files that carry ``images`` and the ground truth of exactly those images to a target."""
+    from fdq.calibration.labels import subset_ground_truth
+    from fdq.device.evaluation import load_ground_truth, save_ground_truth_json
+    from fdq.device.images import list_images
+
+    from .bundle_cache import folder_digest
+    from .zoo import fdq_home
+
+    items = list_images(images)
+    truth = subset_ground_truth(load_ground_truth(gt), [key for key, _ in items])
+    local = {f"images/{path.relative_to(images).as_posix()}": path for _, path in items}
+    key = folder_digest(local)
+    gt_file = fdq_home() / "datasets" / key[:12] / "ground_truth.json"
+    save_ground_truth_json(truth, gt_file)  # atomic, and the same bytes for the same images and truth
+    local["ground_truth.json"] = gt_file
+    folder = f"{DATA}/{Path(images).resolve().name}-{folder_digest(local)[:12]}"
+    return Dataset(files={f"{folder}/{name}": path for name, path in local.items()}, images=f"{folder}/images",
+                   gt=f"{folder}/ground_truth.json", count=len(items))
+
+
+def _runner_command(conn: Connection, workdir: str, pidfile: str, args: List[str]) -> str:
+    """The runner in ``workdir``, its pid first written to ``pidfile``; ``exec`` keeps that pid."""
+    python = " ".join(shlex.quote(a) for a in (conn.target.python, "-m", "fdq.device.run", *args))
+    return f"cd {shlex.quote(workdir)} && echo $$ > {shlex.quote(pidfile)} && PYTHONPATH={LIB} exec {python}"
+
+
+def _stop(conn: Connection, workdir: str, pidfile: str) -> None:
+    """Stop the runner whose pid is in ``pidfile``: SIGINT (it then writes nothing), SIGKILL after 5 s."""
+    script = (f"cd {shlex.quote(workdir)} || exit 0; p=$(cat {shlex.quote(pidfile)} 2>/dev/null); "
+              "if [ -n \"$p\" ]; then kill -INT $p 2>/dev/null; i=0; "
+              "while kill -0 $p 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done; "
+              f"kill -KILL $p 2>/dev/null; fi; rm -f {shlex.quote(pidfile)}")
+    try:
+        conn.run(script, timeout=STOP_TIMEOUT_S)
+    except Exception:  # the connection itself may be what failed: nothing more can be done there
+        pass
+
+
+def runner_args(remote_bundle: str, remote_json: str, settings: RunSettings, threads: int,
+                dataset: Optional[Dataset], thermal_zone: Optional[str]) -> List[str]:
+    """The runner's command line for one run."""
+    args = ["--bundle", remote_bundle, "--warmup", str(settings.warmup), "--threads", str(threads),
+            "--min-seconds", f"{settings.min_seconds:g}", "--cooldown", f"{settings.cooldown:g}"]
+    if dataset is not None:
+        args += ["--source", dataset.images, "--gt", dataset.gt]
+    else:
+        args += ["--source", settings.source]
+    if settings.frames is not None:
+        args += ["--frames", str(settings.frames)]
+    if settings.per_op:
+        args.append("--per-op")
+    if settings.max_temp is not None:
+        args += ["--max-temp", f"{settings.max_temp:g}"]
+    if thermal_zone:
+        args += ["--thermal-zone", thermal_zone]
+    return args + ["--json", remote_json]
+
+
+def profile(conn: Connection, remote_bundle: str, settings: RunSettings, threads: int,
+            dataset: Optional[Dataset] = None) -> Dict[str, Any]:
+    """Run the runner on a deployed bundle and return its JSON document (fetched from the target)."""
+    workdir = conn.path(conn.target.workdir)
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+    name = f"{PurePosixPath(remote_bundle).name}-t{threads}-{stamp}"
+    remote_json, pidfile = f"{RESULTS}/{name}.json", f"{RESULTS}/{name}.pid"
+    args = runner_args(remote_bundle, remote_json, settings, threads, dataset, conn.target.thermal_zone)
+    conn.makedirs(str(PurePosixPath(workdir, RESULTS)))
+    try:
+        done = conn.run(_runner_command(conn, workdir, pidfile, args), timeout=RUN_TIMEOUT_S)
+    except BaseException:  # Ctrl-C, a time-out, a cut connection: the runner must not go on there
+        _stop(conn, workdir, pidfile)
+        raise
+    conn.run(f"rm -f {shlex.quote(str(PurePosixPath(workdir, pidfile)))}", timeout=STOP_TIMEOUT_S)
+    if done.returncode != 0:
+        raise RemoteError(f"{conn.target.name}: the runner failed: {done.last_error_line()}")
+    with tempfile.TemporaryDirectory(prefix="fdq-run-") as tmp:
+        local = Path(tmp) / "run.json"
+        conn.get(str(PurePosixPath(workdir, remote_json)), local)
+        return json.loads(local.read_text(encoding="utf-8"))
+
+
+def run_file_name(doc: Dict[str, Any], target: str) -> str:
+    """``TARGET-HOST-BUNDLEHASH-RUNTIME-tTHREADS-TIME.json``: runs of every kind sort and never collide."""
+    host = str(doc["device"]["machine"].get("node") or "host").replace("/", "_")
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+    return (f"{target}-{host}-{doc['bundle']['manifest_sha256'][:12]}-{doc['bundle']['runtime']}-"
+            f"t{doc['device']['threads']}-{stamp}.json")
+
+
+def save_run(doc: Dict[str, Any], runs: Path, target: str) -> Path:
+    """Write one run into the runs folder (atomically, under a new name)."""
+    path = runs / run_file_name(doc, target)
+    atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# fdq-profile: bundles for each backend, every target, every thread count, one report
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Job:
+    """One run to make: a local bundle on a target with a thread count."""
+
+    target: Any          # fdq.host.targets.Target
+    bundle: Path
+    threads: int
+
+
+@dataclass
+class Outcome:
+    runs: List[Any]      # fdq.host.report.runs.Run, in job order
+    failures: List[str]
+
+
+def check_runs_folder(path: str) -> Path:
+    """The runs folder may be new, empty, or one fdq made (runs accumulate there, none is replaced)."""
+    from fdq.device.outputs import OutputRefused, is_fdq_output
+
+    folder = Path(path).expanduser().absolute()
+    if folder.exists() and (not folder.is_dir() or (any(folder.iterdir()) and not is_fdq_output(folder))):
+        raise OutputRefused(f"--runs {path}: exists and is not a runs folder fdq made; choose a new or empty "
+                            "folder")
+    return folder
+
+
+def run_jobs(jobs: List[Job], settings: RunSettings, runs_dir: Path, command: str,
+             dataset: Optional[Dataset] = None, connect: Any = None, announce: Any = print,
+             setup: bool = False) -> Outcome:
+    """Deploy and run every job, target by target; a failed run is reported and the others go on.
+    ``setup``: provision each target first (``fdq-deploy --setup``).
+
+    Every finished run is saved in ``runs_dir`` at once, so Ctrl-C keeps what was complete."""
+    from rich.console import Console
+
+    from fdq.device.outputs import write_marker
+
+    from .deploy import deploy, notices
+    from .provision import prepare
+    from .report.runs import Run
+
+    if not runs_dir.exists():
+        runs_dir.mkdir(parents=True)
+        write_marker(runs_dir, {"what": "fdq-profile runs"})
+    status = Console(stderr=True)
+    runs: List[Run] = []
+    failures: List[str] = []
+    targets = list(dict.fromkeys(job.target for job in jobs))
+    for target in targets:
+        conn = connect(target)
+        try:
+            first, prepared = True, False
+            for job in (j for j in jobs if j.target == target):
+                try:
+                    if not prepared:
+                        prepare(conn, setup)
+                        prepared = True
+                    done = deploy(conn, [str(job.bundle)], dataset.files if dataset else None)
+                    remote = done.bundles[str(job.bundle.resolve())]
+                    what = f"{target.name}: {job.bundle.name}, {job.threads} thread(s)"
+                    for line in notices(done, target.name):
+                        announce(line)
+                    announce(f"{what}: {len(done.uploaded)} file(s) sent, {done.unchanged} unchanged")
+                    cooled = replace(settings, cooldown=0.0) if first else settings  # --cooldown: between runs
+                    with status.status(f"{what}: measuring on the target"):
+                        doc = profile(conn, remote, cooled, job.threads, dataset)
+                    first = False
+                except (RemoteError, OSError, ValueError) as exc:
+                    failures.append(f"{target.name}: {job.bundle.name}: {str(exc).strip().splitlines()[0]}")
+                    announce(f"fdq-profile: error: {failures[-1]}")
+                    continue
+                doc["profile"] = {"target": target.name, "address": target.address, "command": command,
+                                  "bundle": str(job.bundle)}
+                runs.append(Run(doc, save_run(doc, runs_dir, target.name)))
+        finally:
+            conn.close()
+    return Outcome(runs, failures)
