@@ -55,6 +55,7 @@ setup(
             "fdq-deploy=fdq.host.cli:deploy_main",
             "fdq-profile=fdq.host.cli:profile_main",
             "fdq-demo=fdq.device.demo:main",
+            "fdq-run=fdq.device.run:main",  # on a board without an install: python -m fdq.device.run
         ]
     },
 )

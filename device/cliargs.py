@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable, NoReturn
+from typing import Any, Callable, NoReturn
 
 NATIVE = "native"
 
@@ -40,18 +40,27 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def int_at_least(kind: str, minimum: int) -> Callable[[str], int]:
-    """An argparse type: an integer >= ``minimum``, or an error naming ``kind``."""
-    def parse(text: str) -> int:
+def _at_least(kind: str, minimum: float, cast: Callable[[str], Any], noun: str) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
         try:
-            value = int(text)
+            value = cast(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{kind} must be an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{kind} must be >= {minimum}, got {value}")
+            raise argparse.ArgumentTypeError(f"{kind} must be {noun}, got {text!r}") from None
+        if not value >= minimum:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"{kind} must be >= {minimum:g}, got {text}")
         return value
 
     return parse
+
+
+def int_at_least(kind: str, minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``minimum``, or an error naming ``kind``."""
+    return _at_least(kind, minimum, int, "an integer")
+
+
+def float_at_least(kind: str, minimum: float) -> Callable[[str], float]:
+    """An argparse type: a number >= ``minimum``, or an error naming ``kind``."""
+    return _at_least(kind, minimum, float, "a number")
 
 
 def long_side(text: str) -> int:

@@ -30,6 +30,9 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
+from .cliargs import Parser, float_at_least, int_at_least
+from .outputs import check_file_output
+
 PROG = "fdq-run"
 SCHEMA = "fdq.run/1"
 FACE_THRESHOLD = 0.5
@@ -38,6 +41,8 @@ SYNTHETIC_SIZE = (640, 480)
 SYNTHETIC_POOL = 8
 SYNTHETIC_SEED = 0
 SYNTHETIC_DEFAULT_FRAMES = 50
+WARMUP_FRAMES = 10
+"""Unrecorded frames before timing starts: the runner's default and fdq-profile's."""
 STAGES = ("preprocess", "inference", "postprocess", "total")
 MAX_TEMP_WAIT_S = 600.0
 PER_OP_FRAMES = 5
@@ -66,35 +71,6 @@ class Interrupted(BaseException):
 # --------------------------------------------------------------------------------------------------
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, not argparse's usage block
-        sys.stderr.write(f"{PROG}: error: {message} (see --help)\n")
-        raise SystemExit(2)
-
-
-def _at_least(kind: str, minimum: float, cast: Any, noun: str):
-    def parse(text: str) -> Any:
-        try:
-            value = cast(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{kind} must be {noun}, got {text!r}") from None
-        if not value >= minimum:  # also refuses nan
-            raise argparse.ArgumentTypeError(f"{kind} must be >= {minimum:g}, got {text}")
-        return value
-
-    return parse
-
-
-def int_at_least(kind: str, minimum: int):
-    """An argparse type: an integer >= ``minimum``, or an error naming ``kind``."""
-    return _at_least(kind, minimum, int, "an integer")
-
-
-def float_at_least(kind: str, minimum: float):
-    """An argparse type: a number >= ``minimum``, or an error naming ``kind``."""
-    return _at_least(kind, minimum, float, "a number")
-
-
 def _probability(text: str) -> float:
     try:
         value = float(text)
@@ -106,21 +82,21 @@ def _probability(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Measure a face-detector bundle on this machine (fdq.run/1 JSON).")
+    p = Parser(prog=PROG, description="Measure a face-detector bundle on this machine (fdq.run/1 JSON).")
     p.add_argument("--bundle", required=True, help="bundle folder (verified against its manifest)")
     p.add_argument("--source", default="synthetic",
-                   help="image folder (WIDER layout), video file, or 'synthetic' (default: synthetic)")
+                   help="image folder (WIDER layout), video file, or 'synthetic'")
     p.add_argument("--frames", type=int_at_least("--frames", 1), default=None,
                    help="frames to measure (default: every image once / the whole video / "
                         f"{SYNTHETIC_DEFAULT_FRAMES} synthetic); image folders and videos loop if needed")
     p.add_argument("--min-seconds", type=float_at_least("--min-seconds", 0), default=0.0,
-                   help="keep measuring until this many seconds have passed as well (default 0)")
-    p.add_argument("--warmup", type=int_at_least("--warmup", 0), default=5, help="unrecorded warm-up frames (default 5)")
-    p.add_argument("--threads", type=int_at_least("--threads", 1), default=1, help="CPU threads (default 1)")
+                   help="keep measuring until this many seconds have passed as well")
+    p.add_argument("--warmup", type=int_at_least("--warmup", 0), default=WARMUP_FRAMES, help="unrecorded warm-up frames")
+    p.add_argument("--threads", type=int_at_least("--threads", 1), default=1, help="CPU threads")
     p.add_argument("--gt", default=None, help="WIDER FACE ground truth (.mat folder or .json): adds AP")
     p.add_argument("--long-side", type=int_at_least("--long-side", 1), default=None,
                    help="network input long side (default: the bundle's)")
-    p.add_argument("--threshold", type=_probability, default=0.02, help="score threshold before NMS (default 0.02)")
+    p.add_argument("--threshold", type=_probability, default=0.02, help="score threshold before NMS")
     p.add_argument("--per-op", action="store_true",
                    help="after the timed frames, time each operator (TorchScript, ONNX Runtime)")
     p.add_argument("--cooldown", type=float_at_least("--cooldown", 0), default=0.0,
@@ -129,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"wait (at most {MAX_TEMP_WAIT_S:.0f} s) until the CPU is cooler than this many degC")
     p.add_argument("--thermal-zone", default=None,
                    help="temperature file in millidegrees (default: the CPU zone of /sys/class/thermal)")
-    p.add_argument("--json", required=True, dest="json_out", help="where to write the results")
+    p.add_argument("--json", required=True, dest="json_out", help="where to write the results (a new file)")
+    p.add_argument("--force", action="store_true", help="replace an existing file at --json")
     return p
 
 
@@ -569,9 +546,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         previous = {}
     try:
         args = build_parser().parse_args(argv)
-        out = Path(args.json_out)
-        if out.is_dir():
-            raise RunError(f"--json {out} is a folder, expected a file name")
+        out = check_file_output(args.json_out, args.force, "--json")
 
         def progress(line: str) -> None:
             sys.stdout.write(line + "\n")

@@ -6,7 +6,7 @@ import json
 import shlex
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, List, NoReturn, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from fdq.device.atomic import atomic_output, atomic_write_text
 from fdq.device.cliargs import Parser, describe_long_side, int_at_least, long_side
@@ -432,7 +432,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
                        f"(every run lands in --runs {args.runs})")
     settings = profiling.RunSettings(frames=args.frames if args.frames is not None or dataset else 100,
                                      min_seconds=args.min_seconds, warmup=args.warmup, source=args.source,
-                                     per_op=args.per_op, cooldown=args.cooldown, max_temp=args.max_temp)
+                                     per_op=args.per_op, cooldown=args.cooldown, max_temp=args.max_temp,
+                                     run_timeout=args.run_timeout)
     outcome = profiling.run_jobs(jobs, settings, runs_dir, args.command_line, dataset, connect,
                                  announce=lambda line: print(line, file=sys.stderr), setup=args.setup)
     if not outcome.runs:
@@ -449,28 +450,20 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 1 if outcome.failures else 0
 
 
-def _board_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    p = Parser(prog=prog, description=description)
+def deploy_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="fdq-deploy", description="Put the device runner and bundles on a target (only what changed "
+                                              "travels).")
     _target_arguments(p)
-    return p
-
-
-def deploy_main(argv: Optional[List[str]] = None) -> int:
-    p = _board_parser("fdq-deploy", "Put the device runner and bundles on a target (only what changed travels).")
     p.add_argument("bundles", nargs="+", metavar="BUNDLE", help="bundle folder(s) to put on the target")
     p.add_argument("--prune", action="store_true",
                    help="first remove the bundles and results on the target that this deploy does not name")
     p.add_argument("--prune-older-than", type=_duration, metavar="AGE",
                    help="as --prune, only those older than AGE (30m, 12h, 7d)")
-    return _run(cmd_deploy, p.parse_args(argv), "fdq-deploy")
+    return p
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """Bad command lines cost one line, not argparse's usage block."""
-
-    def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
-        raise SystemExit(2)
+def deploy_main(argv: Optional[List[str]] = None) -> int:
+    return _run(cmd_deploy, deploy_parser().parse_args(argv), "fdq-deploy")
 
 
 def _comma_list(parse: Callable[[str], Any]) -> Callable[[str], List[Any]]:
@@ -511,15 +504,16 @@ def _against(text: str) -> Tuple[Optional[List[str]], str]:
     return (_comma_list(_backend)(backends) if at else None), target
 
 
-def profile_main(argv: Optional[List[str]] = None) -> int:
-    from fdq.device.run import float_at_least, int_at_least  # the runner's own checks, before anything travels
+def profile_parser() -> argparse.ArgumentParser:
+    from fdq.device.cliargs import float_at_least  # the runner's own checks, before anything travels
+    from fdq.device.run import WARMUP_FRAMES
 
-    p = _OneLineParser(prog="fdq-profile", description="Quantize (or take) bundles, run them on a target, and "
+    p = Parser(prog="fdq-profile", description="Quantize (or take) bundles, run them on a target, and "
                        "compare the runs: latency per stage, cold start, memory, temperature, AP.")
     _target_arguments(p, default="local")
     p.add_argument("--against", type=_against, metavar="BACKEND@TARGET",
                    help="also run the model there, as the baseline (for example x86@local)")
-    p.add_argument("--model", default="slim", help="slim, rfb or mnet025 (default slim)")
+    p.add_argument("--model", default="slim", help="slim, rfb or mnet025")
     p.add_argument("--backend", type=_comma_list(_backend), metavar="LIST",
                    help="qnnpack, x86, fbgemm, fp32, comma-separated (default: the target's engine)")
     p.add_argument("--level", type=int, choices=(1, 2, 3, 4),
@@ -528,17 +522,19 @@ def profile_main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--labels", help="ground truth of the --calib images (level 3)")
     p.add_argument("--weights", help="weights file or zoo name (default: the model's zoo weights)")
     p.add_argument("--iters", type=int_at_least("--iters", 1), help="as fdq quantize --iters")
-    p.add_argument("--long-side", type=int_at_least("--long-side", 32), default=320)
+    p.add_argument("--long-side", type=int_at_least("--long-side", 32), default=320,
+                   help="input long side of the bundles it quantizes")
     p.add_argument("--bundle", nargs="+", action="extend", metavar="DIR", help="profile these bundles instead")
     p.add_argument("--runtime", type=_runtime, default="torchscript",
-                   help="torchscript (default), onnxruntime or ncnn: exports the bundle on the fly")
+                   help="torchscript, onnxruntime or ncnn: exports the bundle on the fly")
     p.add_argument("--threads", type=_comma_list(int_at_least("--threads", 1)), metavar="LIST",
                    help="thread counts, run in turn (default: the target's)")
     p.add_argument("--frames", type=int_at_least("--frames", 1),
                    help="frames to measure (default 100, or every --images image once)")
     p.add_argument("--min-seconds", type=float_at_least("--min-seconds", 0), default=0.0,
                    help="and measure for at least this long")
-    p.add_argument("--warmup", type=int_at_least("--warmup", 0), default=10)
+    p.add_argument("--warmup", type=int_at_least("--warmup", 0), default=WARMUP_FRAMES,
+                   help="unrecorded warm-up frames before timing")
     p.add_argument("--source", default="synthetic", help="on the target: an image folder, a video, or synthetic")
     p.add_argument("--images", help="WIDER-layout images sent to the target (with --gt: AP measured there)")
     p.add_argument("--gt", help="ground truth of --images (.mat folder or .json)")
@@ -546,12 +542,18 @@ def profile_main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--cooldown", type=float_at_least("--cooldown", 0), default=0.0,
                    help="seconds the target idles between runs")
     p.add_argument("--max-temp", type=float_at_least("--max-temp", -273), help="wait until the CPU is cooler")
-    p.add_argument("--runs", default="fdq-runs", help="folder every run is kept in (default ./fdq-runs)")
+    p.add_argument("--run-timeout", type=float_at_least("--run-timeout", 1), metavar="S",
+                   help="stop a run on the target after S seconds (default: 900 s plus 10 s a frame)")
+    p.add_argument("--runs", default="fdq-runs", help="folder every run is kept in")
     p.add_argument("--out", help="also write the run's JSON here (one run only)")
     p.add_argument("--html", help="the HTML report (default: in the runs folder)")
     p.add_argument("--markdown", help="also write the table as Markdown")
     p.add_argument("--force", action="store_true", help="replace existing --out/--html/--markdown files")
-    args = p.parse_args(argv)
+    return p
+
+
+def profile_main(argv: Optional[List[str]] = None) -> int:
+    args = profile_parser().parse_args(argv)
     args.command_line = shlex.join(["fdq-profile", *(sys.argv[1:] if argv is None else argv)])
     return _run(cmd_profile, args, "fdq-profile")
 

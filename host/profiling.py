@@ -18,10 +18,14 @@ from typing import Any, Dict, List, Optional
 
 from fdq.device.atomic import atomic_write_text
 
-from .deploy import DATA, LIB, RESULTS, RUN_TIMEOUT_S
+from .deploy import DATA, LIB, RESULTS
 from .remote import Connection, RemoteError
 
 STOP_TIMEOUT_S = 20.0
+# The run's time limit when --run-timeout is not given: loading (an emulated board imports torch in
+# minutes) plus a bound per frame far above any board's, so that only a frozen board reaches it.
+RUN_START_S = 900.0
+PER_FRAME_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,14 @@ class RunSettings:
     per_op: bool = False
     cooldown: float = 0.0
     max_temp: Optional[float] = None
+    run_timeout: Optional[float] = None
+
+    def time_limit(self) -> float:
+        """Seconds one run may take on the target before it is stopped there."""
+        if self.run_timeout is not None:
+            return self.run_timeout
+        frames = self.frames if self.frames is not None else 100
+        return RUN_START_S + self.cooldown + self.min_seconds + (frames + self.warmup) * PER_FRAME_S
 
 
 @dataclass(frozen=True)
@@ -116,7 +128,7 @@ def profile(conn: Connection, remote_bundle: str, settings: RunSettings, threads
     args = runner_args(remote_bundle, remote_json, settings, threads, dataset, conn.target.thermal_zone)
     conn.makedirs(str(PurePosixPath(workdir, RESULTS)))
     try:
-        done = conn.run(_runner_command(conn, workdir, pidfile, args), timeout=RUN_TIMEOUT_S)
+        done = conn.run(_runner_command(conn, workdir, pidfile, args), timeout=settings.time_limit())
     except BaseException:  # Ctrl-C, a time-out, a cut connection: the runner must not go on there
         _stop(conn, workdir, pidfile)
         raise

@@ -33,7 +33,8 @@ from paramiko.hostkeys import HostKeyEntry
 
 from fdq.device.atomic import atomic_output, atomic_write_text
 
-from .targets import Target, fdq_home
+from .targets import Target
+from .zoo import fdq_home
 
 KEEPALIVE_S = 5
 STOP_GRACE_S = 2.0

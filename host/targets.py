@@ -19,6 +19,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
+from .zoo import fdq_home
+
 TRANSPORTS = ("ssh", "local")
 HOST_FIELDS = ("host", "port", "user", "key", "python", "workdir", "name")
 # Ansible inventory variables -> profile fields (``fdq_<field>`` sets any other field).
@@ -28,11 +30,6 @@ _ANSIBLE_VARS = {"ansible_host": "host", "ansible_port": "port", "ansible_user":
 
 class TargetError(ValueError):
     """A profile that cannot be found or does not describe a usable target."""
-
-
-def fdq_home() -> Path:
-    """Where fdq keeps what it caches: ``$FDQ_HOME``, default ``~/.cache/fdq``."""
-    return Path(os.environ.get("FDQ_HOME") or Path.home() / ".cache" / "fdq")
 
 
 @dataclass(frozen=True)

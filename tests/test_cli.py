@@ -117,9 +117,9 @@ def _all_parsers():
 
     from fdq.device.demo import build_parser as demo_parser
     from fdq.device.run import build_parser as run_parser
-    from fdq.host.cli import build_parser
+    from fdq.host.cli import build_parser, deploy_parser, profile_parser
 
-    todo, seen = [build_parser(), run_parser(), demo_parser()], []
+    todo, seen = [build_parser(), deploy_parser(), profile_parser(), run_parser(), demo_parser()], []
     while todo:
         parser = todo.pop()
         seen.append(parser)
@@ -135,7 +135,7 @@ def test_every_option_has_a_help_line_and_required_ones_say_so():
     from fdq.device.cliargs import HelpFormatter
 
     parsers = _all_parsers()
-    assert len(parsers) >= 9  # fdq, zoo, zoo list/fetch, detect, eval, quantize, export, runner, demo
+    assert len(parsers) >= 12  # fdq, zoo, zoo list/fetch, detect, eval, quantize, export, compare, deploy, profile, runner, demo
     for parser in parsers:
         formatter = parser._get_formatter()
         assert isinstance(formatter, HelpFormatter), parser.prog  # defaults shown, required marked
