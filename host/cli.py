@@ -193,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     from fdq.host.quantize import register as register_quantize
 
     register_quantize(sub)
+    from fdq.host.train import register as register_train
+
+    register_train(sub)
 
     x = sub.add_parser("export", help="export a bundle's model as another runtime's bundle")
     x.add_argument("bundle")
