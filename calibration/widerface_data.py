@@ -16,8 +16,8 @@ whatever the number of DataLoader workers or processes, and a resumed run sees e
 interrupted one would have seen.
 
 Faces flagged invalid, and faces smaller than ``min_face`` pixels at the training size, take part in
-no loss: they are carried through the augmentation, and the anchors that match them are neither
-positives nor (mined) negatives (``valid`` False).
+no loss: they are carried through the augmentation, and the anchors that the matching would make
+their positives are neither positives nor (mined) negatives (``valid`` False).
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ from fdq.device.images import list_images, read_image
 from fdq.device.spec import DetectorSpec
 
 from .labels import FaceLabels, LabelError, LabelSource, read_faces
-from .losses import box_iou, match, point_form
+from .losses import match
 
 #: Square crop sizes, as fractions of the image's short side (the reference's PRE_SCALES).
 CROP_SCALES = (0.3, 0.45, 0.6, 0.8, 1.0)
@@ -89,16 +89,17 @@ def _iof(boxes: np.ndarray, roi: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area, 1e-12)
 
 
-def crop(image: np.ndarray, faces: Faces, rng: np.random.Generator) -> Tuple[np.ndarray, Faces, bool]:
-    """A random square crop holding at least one whole used face; (image, faces, found).
+def crop(image: np.ndarray, faces: Faces,
+         rng: np.random.Generator) -> Tuple[np.ndarray, Faces, Optional[np.ndarray]]:
+    """A random square crop holding at least one whole used face; (image, faces, roi x1 y1 x2 y2).
 
     Faces are kept by their centre and clipped to the crop; without such a crop (in 250 tries, or an
-    image without faces) the image is returned unchanged and ``found`` is False.
+    image without faces) the image is returned unchanged and ``roi`` is None.
     """
     height, width = image.shape[:2]
     short = min(width, height)
     if not faces.used.any():
-        return image, faces, False
+        return image, faces, None
     centers = (faces.boxes[:, :2] + faces.boxes[:, 2:]) / 2
     for _ in range(CROP_TRIES):
         w = int(CROP_SCALES[int(rng.integers(len(CROP_SCALES)))] * short)
@@ -118,8 +119,8 @@ def crop(image: np.ndarray, faces: Faces, rng: np.random.Generator) -> Tuple[np.
         present = has_landmarks(landm)
         points = landm[present].reshape(-1, 5, 2) - roi[:2]
         landm[present] = np.clip(points, 0, roi[2:] - roi[:2]).reshape(-1, 10)
-        return image[top:top + w, left:left + w], Faces(boxes, landm, kept.used), True
-    return image, faces, False
+        return image[top:top + w, left:left + w], Faces(boxes, landm, kept.used), roi
+    return image, faces, None
 
 
 def _convert(channel: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> None:
@@ -186,11 +187,11 @@ def augment(image: np.ndarray, faces: Faces, size: int, mean_bgr: Sequence[float
 
     Returns the (size, size, 3) mean-subtracted float32 image and the faces in its pixels.
     """
-    found = False
+    roi = None
     if rng is not None:
-        image, faces, found = crop(image, faces, rng)
+        image, faces, roi = crop(image, faces, rng)
         image = distort(image, rng)
-    if not found:
+    if roi is None:
         image = pad_to_square(image, mean_bgr)
     if rng is not None:
         image, faces = mirror(image, faces, rng)
@@ -278,11 +279,9 @@ class WiderFaceTraining(Dataset):
         landm[has_landmarks(landm)] /= norm
         t = match(torch.from_numpy(used.boxes / norm), self.priors, self.match_threshold,
                   landmarks=torch.from_numpy(landm))
-        valid = torch.ones(self.priors.shape[0], dtype=torch.bool)
-        ignored = faces.boxes[~faces.used]
-        if len(ignored):
-            overlap = box_iou(torch.from_numpy(ignored / norm), point_form(self.priors)).max(dim=0).values
-            valid = ~((overlap >= self.match_threshold) & (t.labels == 0))
+        # the anchors an ignored face would make positive are neither positives nor negatives
+        claimed = match(torch.from_numpy(faces.boxes[~faces.used] / norm), self.priors, self.match_threshold).labels
+        valid = ~((claimed > 0) & (t.labels == 0))
         return {"image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), "loc": t.loc,
                 "labels": t.labels, "landm": t.landm, "landm_valid": t.landm_valid, "valid": valid,
                 "index": torch.tensor(index)}
