@@ -39,7 +39,7 @@ OUTPUT_KIND = "fdq.train"
 
 #: Option defaults, applied after parsing so that ``--resume`` can tell which options were given.
 DEFAULTS: Dict[str, Any] = {
-    "epochs": 10, "batch_size": 16, "lr": None, "momentum": 0.9, "weight_decay": 5e-4, "warmup_epochs": 1.0,
+    "epochs": 10, "batch_size": 16, "lr": None, "momentum": 0.9, "weight_decay": None, "warmup_epochs": 1.0,
     "schedule": "cosine", "clip_grad": None, "size": 320, "min_face": 2.0, "seed": 0, "workers": 2,
     "optimizer": None, "amp": False, "device": None, "val_every": 1,
     "qat": False, "backend": None, "statassist": False, "gradboost": False, "distill": False,
@@ -49,6 +49,7 @@ DEFAULTS: Dict[str, Any] = {
 RESUME_MAY_CHANGE = ("epochs", "workers", "device")
 #: Learning rate and optimizer: SGD as the reference for float training; Adam for QAT (folded weights).
 FLOAT_LR, QAT_LR = 1e-3, 1e-5
+FLOAT_WEIGHT_DECAY = 5e-4   # the reference's; QAT: none (a few epochs near the pretrained weights)
 
 
 class TrainError(ValueError):
@@ -90,6 +91,8 @@ def _settings(args: argparse.Namespace) -> argparse.Namespace:
             setattr(settings, k, v)
     settings.optimizer = settings.optimizer or ("adam" if settings.qat else "sgd")
     settings.lr = settings.lr if settings.lr is not None else (QAT_LR if settings.qat else FLOAT_LR)
+    if settings.weight_decay is None:
+        settings.weight_decay = 0.0 if settings.qat else FLOAT_WEIGHT_DECAY
     settings.resume_state = None
     return settings
 
@@ -207,9 +210,7 @@ def train_command(args: argparse.Namespace) -> Path:
     log = (lambda msg: print(msg, file=sys.stderr, flush=True))
     settings = {k: v for k, v in vars(s).items() if k not in ("func", "resume_state", "resume", "force")}
     if s.qat:
-        from fdq.calibration.qat import train_qat
-
-        return train_qat(s, model, dataset, config, env, out, evaluate=evaluate, log=log, settings=settings)
+        return _train_qat(s, model, dataset, config, env, out, evaluate, log, settings)
     params = [p for p in model.parameters() if p.requires_grad]
     if s.optimizer == "sgd":
         optimizer: Any = torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
@@ -218,6 +219,45 @@ def train_command(args: argparse.Namespace) -> Path:
     fit(model, dataset, detection_loss, optimizer, config, env, out,
         export=lambda m: {k: v.detach().cpu().clone() for k, v in m.state_dict().items()},
         evaluate=evaluate, resume=s.resume_state, extra_state={"settings": settings}, log=log)
+    return out
+
+
+def _train_qat(s: argparse.Namespace, model: "nn.Module", dataset: Any, config: Any, env: "Distributed", out: Path,
+               evaluate: Any, log: Any, settings: Dict[str, Any]) -> Path:
+    """``--qat``: the fake-quant epochs, then the int8 bundle ``OUT/bundle`` with its float-vs-int8 report
+    (on the validation images, or in-sample on up to 32 training images without them)."""
+    from fdq.calibration import report as calib_report
+    from fdq.calibration.data import find_images
+    from fdq.calibration.labels import ground_truth_of, subset_ground_truth
+    from fdq.calibration.qat import FinetuneOptions
+    from fdq.calibration.qat_training import QATSettings, train_qat
+    from fdq.host.artifacts import save_torchscript_bundle
+
+    qs = QATSettings(backend=s.backend, observer=s.observer, per_channel=s.per_channel, statassist=s.statassist,
+                     gradboost=s.gradboost, distill=s.distill, labelled=bool(s.labels), warmup_iters=s.warmup_iters)
+    opts = FinetuneOptions(optimizer=s.optimizer, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay,
+                           gt_weight=0.1 if s.gt_weight is None else s.gt_weight, seed=s.seed)
+    int8, report = train_qat(model, dataset, qs, opts, config, env, out, evaluate=evaluate,
+                             resume=s.resume_state, extra_state={"settings": settings}, log=log)
+    if not env.main:
+        return out
+    images, gt = (find_images(s.val_images), ground_truth_of(s.val_gt)) if s.val_images else \
+        (find_images(s.images), ground_truth_of(s.labels) if s.labels else None)
+    in_sample = not s.val_images
+    if in_sample:
+        images = images.subset(range(min(len(images), 32)))
+    gt = subset_ground_truth(gt, images.keys) if gt is not None else None
+    check = calib_report.compare(model, int8, dataset.spec, s.size, images, gt, in_sample)
+    level = 4 if s.distill and not s.labels else 3
+    section = {"level": level, **{k: v for k, v in report.items() if k != "metrics"}}
+    calibration = {**images.manifest(), "held_back_images": len(images), "in_sample_report": in_sample,
+                   "labels": bool(s.labels)}
+    save_torchscript_bundle(int8, dataset.spec, s.size, str(out / "bundle"), engine=s.backend, dtype="int8",
+                            quantization=section, calibration=calibration, force=True,
+                            report={"model": s.model, "level": level, "training": report,
+                                    "calibration_report": check, "warnings": check["warnings"]})
+    for message in check["warnings"]:
+        print(f"fdq train: WARNING: {message}", file=sys.stderr)
     return out
 
 
@@ -250,7 +290,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimizer", choices=("sgd", "adam"), help="default sgd (float), adam (--qat)")
     p.add_argument("--lr", type=float, help=f"peak learning rate (default {FLOAT_LR:g}; --qat {QAT_LR:g})")
     p.add_argument("--momentum", type=float, help=f"SGD momentum (default {d['momentum']})")
-    p.add_argument("--weight-decay", type=float, help=f"default {d['weight_decay']:g}, as the reference")
+    p.add_argument("--weight-decay", type=float, help=f"default {FLOAT_WEIGHT_DECAY:g} as the reference; --qat 0")
     p.add_argument("--warmup-epochs", type=float, help=f"linear learning-rate warm-up (default {d['warmup_epochs']})")
     p.add_argument("--schedule", choices=("cosine", "step"), help="after warm-up: cosine (default) or step "
                                                                   "(x0.1 at 76 %% and 88 %% of the run)")
