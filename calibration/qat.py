@@ -1,4 +1,9 @@
-"""Level 3: quantization-aware fine-tuning with labels (and the one training loop level 4 shares).
+"""Level 3: quantization-aware fine-tuning with labels (and the fine-tuning level 4 shares).
+
+Every step goes through :class:`fdq.calibration.training.Stepper`, the training step of ``fdq train``
+too, and ``fdq train --qat`` (:mod:`fdq.calibration.qat_training`) builds its student, optimizer,
+calibration and loss with the helpers below (:func:`level2_student`, :func:`new_optimizer`,
+:func:`start_fake_quant`, :func:`qat_loss`).
 
 On a few dozen images QAT must stay close to the float model, so the float model itself is the main
 teacher: the loss is :func:`~fdq.calibration.losses.distillation_loss` (its face scores by KL, its box and

@@ -400,7 +400,8 @@ def fit(model: nn.Module, dataset: Dataset, loss_for: Callable[[Dict[str, torch.
             bar.update(task, description=f"epoch {epoch + 1}/{config.epochs}")
             for batch in loader:
                 if stop.agreed(env):
-                    save_atomic(checkpoint(epoch, batch_in_epoch), out / CHECKPOINT) if env.main else None
+                    if env.main:
+                        save_atomic(checkpoint(epoch, batch_in_epoch), out / CHECKPOINT)
                     raise TrainingInterrupted(f"interrupted at epoch {epoch + 1}, step {step}: resumable "
                                               f"checkpoint {out / CHECKPOINT} (continue with --resume {out})")
                 if on_step is not None:
@@ -414,8 +415,7 @@ def fit(model: nn.Module, dataset: Dataset, loss_for: Callable[[Dict[str, torch.
                 batch_in_epoch += 1
                 images += int(batch["image"].shape[0])
                 bar.update(task, advance=1, loss=losses["total"])
-            if stop.agreed(env):   # a stop during the last batch: the epoch is complete, save it as such
-                stop.requested = True
+            stop.requested = stop.agreed(env)   # a stop during the last batch: the epoch completes first
             seconds = time.perf_counter() - t0
             means = _sums_to_means(sums, count, env)
             record: Dict[str, Any] = {"epoch": epoch + 1, "step": step, "loss": means.pop("total", float("nan")),

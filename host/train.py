@@ -41,7 +41,7 @@ OUTPUT_KIND = "fdq.train"
 DEFAULTS: Dict[str, Any] = {
     "epochs": 10, "batch_size": 16, "lr": None, "momentum": 0.9, "weight_decay": None, "warmup_epochs": 1.0,
     "schedule": "cosine", "clip_grad": None, "size": 320, "min_face": 2.0, "seed": 0, "workers": 2,
-    "optimizer": None, "amp": False, "device": None, "val_every": 1,
+    "optimizer": None, "amp": False, "device": None,
     "qat": False, "backend": None, "statassist": False, "gradboost": False, "distill": False,
     "warmup_iters": 20, "observer": "histogram", "per_channel": True, "gt_weight": None,
 }
@@ -113,7 +113,7 @@ def _check(s: argparse.Namespace) -> None:
     if bool(s.val_images) != bool(s.val_gt):
         raise TrainError("--val-images and --val-gt go together (images and their ground truth)")
     for name, value, low in (("--epochs", s.epochs, 1), ("--batch-size", s.batch_size, 1), ("--size", s.size, 32),
-                             ("--workers", s.workers, 0), ("--val-every", s.val_every, 1),
+                             ("--workers", s.workers, 0),
                              ("--warmup-iters", s.warmup_iters, 0)):
         if value < low:
             raise TrainError(f"{name} must be at least {low} (see --help)")
@@ -283,7 +283,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", help="training images, WIDER layout EVENT/NAME.jpg")
     p.add_argument("--labels", help="their faces: wider_face_*_bbx_gt.txt, a folder of the official .mat files, "
                                     "or a RetinaFace label.txt with landmarks")
-    p.add_argument("--val-images", help="validation images (AP after every --val-every epochs; picks best.pt)")
+    p.add_argument("--val-images", help="validation images (AP after every epoch; picks best.pt)")
     p.add_argument("--val-gt", help="their ground truth (.mat folder or .json)")
     p.add_argument("--epochs", type=int, help=f"epochs (default {d['epochs']})")
     p.add_argument("--batch-size", type=int, help=f"images per step and process (default {d['batch_size']})")
@@ -303,7 +303,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=("cpu", "cuda"), help="default cuda if available")
     p.add_argument("--workers", type=int, help=f"DataLoader workers per process (default {d['workers']})")
     p.add_argument("--seed", type=int, help="data order, augmentation and (QAT) GradBoost noise (default 0)")
-    p.add_argument("--val-every", type=int, help="epochs between validations (default 1)")
     p.add_argument("--resume", metavar="OUT", help="continue an interrupted run in place (its folder or checkpoint.pt)")
     p.add_argument("--out", help="output folder: checkpoint.pt, last.pt, best.pt, metrics.jsonl, command.json")
     p.add_argument("--force", action="store_true", help="replace an earlier fdq train output at --out")

@@ -318,7 +318,7 @@ def test_ddp_two_processes_through_torchrun(shared_dir, tmp_path):
     (sha256 of every parameter, gathered from both ranks), rank 0 alone writes the folder."""
     images = _subset(shared_dir, tmp_path / "images", limit=8)
     out = tmp_path / "run"
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0",
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                           "-m", "fdq.host.train", "--model", "slim", "--images", str(images), "--labels",
                           str(shared_dir / DATA / "calib" / "ground_truth"), "--epochs", "1", "--batch-size", "2",
                           "--size", "128", "--workers", "1", "--out", str(out)],
@@ -382,3 +382,29 @@ def test_out_never_replaces_a_users_folder(shared_dir, tmp_path):
     assert (run / "last.pt").stat().st_mtime_ns != first
     bad = _fdq(shared_dir, "train", "--model", "slim", "--images", images, "--out", tmp_path / "x", check=False)
     assert bad.returncode == 1 and "--labels" in bad.stderr and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("labelled", [True, False])
+def test_qat_through_the_training_loop_writes_an_int8_bundle(shared_dir, tmp_path, labelled):
+    """--qat --statassist --gradboost --distill, 1 epoch on 4 images at 96 px: with labels level 3,
+    without level 4 (the float warm-up learns from the teacher's detections). The bundle loads through
+    the device loader and carries the report; the StatAssist optimizer state was carried over."""
+    from fdq.device.bundle import load_bundle
+
+    images = _subset(shared_dir, tmp_path / "images", limit=4)
+    out = tmp_path / "run"
+    labels = ["--labels", shared_dir / DATA / "calib" / "ground_truth"] if labelled else []
+    _fdq(shared_dir, "train", "--model", "slim", "--images", images, *labels, "--qat", "--backend", "x86",
+         "--statassist", "--gradboost", "--distill", "--warmup-iters", 2, "--epochs", 1, "--batch-size", 2,
+         "--size", 96, "--workers", 0, "--observer", "moving-minmax", "--out", out)
+    bundle = load_bundle(out / "bundle")
+    manifest = bundle.manifest
+    assert manifest["backend"] == {"engine": "x86", "dtype": "int8"}
+    assert manifest["quantization"]["level"] == (3 if labelled else 4)
+    report = json.loads((out / "bundle" / "report.json").read_text())
+    training = report["training"]
+    assert training["warmup_iters_done"] == 2 and training["optimizer_carry"] in ("same", "remapped")
+    assert training["steps"] == 2 and training["gt_loss"] is labelled
+    assert report["calibration_report"]["in_sample"] and "output_error" in report["calibration_report"]
+    m = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert m["distill"] > 0 and (("gt" in m) is labelled)
