@@ -222,14 +222,15 @@ def test_ignored_faces_take_part_in_no_loss(shared_dir, tmp_path):
 def test_landmarks_become_targets_only_where_present(shared_dir, tmp_path):
     labels = _label_txt(shared_dir, tmp_path / "label.txt", landmark_every=2)
     items = [it for it in labelled_images(str(shared_dir / DATA / "calib" / "images"), labels)][:4]
-    ds = WiderFaceTraining(items, SPECS["slim"], 160, augment=False)
-    s = ds[0]
-    pos = s["labels"] > 0
-    assert s["landm_valid"].any() and (s["landm_valid"] <= pos).all() and (s["landm_valid"] != pos).any()
+    ds = WiderFaceTraining(items, SPECS["slim"], 320, augment=False)
+    pos = torch.stack([ds[i]["labels"] > 0 for i in range(len(ds))])
+    with_points = torch.stack([ds[i]["landm_valid"] for i in range(len(ds))])
+    assert with_points.any() and (with_points <= pos).all() and (with_points != pos).any()
     free = WiderFaceTraining(labelled_images(str(shared_dir / DATA / "calib" / "images"),
                                              shared_dir / DATA / "calib" / "ground_truth")[:4],
-                             SPECS["slim"], 160, augment=False)[0]
-    assert free["labels"].sum() > 0 and not free["landm_valid"].any()
+                             SPECS["slim"], 320, augment=False)
+    assert sum(int(free[i]["labels"].sum()) for i in range(4)) > 0
+    assert not any(bool(free[i]["landm_valid"].any()) for i in range(4))
 
 
 # ---------------------------------------------------------------- the loop
