@@ -124,7 +124,7 @@ def multibox_loss(loc: torch.Tensor, logits: torch.Tensor, landm: torch.Tensor, 
     loss_l = F.smooth_l1_loss(loc[pos], targets.loc[pos], reduction="sum") / num_pos
     lv = targets.landm_valid & pos
     loss_landm = (F.smooth_l1_loss(landm[lv], targets.landm[lv], reduction="sum") / lv.sum().clamp(min=1).float()
-                  if bool(lv.any()) else loc.sum() * 0.0)
+                  if bool(lv.any()) else landm.sum() * 0.0)   # zero, but through the landmark head (DDP)
 
     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="none")
     ce = ce.reshape(labels.shape)
@@ -178,7 +178,7 @@ def distillation_loss(student: Tuple[torch.Tensor, torch.Tensor, torch.Tensor],
         loc = (F.smooth_l1_loss(s_loc[conf], t_loc[conf], reduction="none").sum(-1) * w).sum() / norm
         landm = (F.smooth_l1_loss(s_landm[conf], t_landm[conf], reduction="none").sum(-1) * w).sum() / norm
     else:
-        loc = landm = s_loc.sum() * 0.0
+        loc, landm = s_loc.sum() * 0.0, s_landm.sum() * 0.0   # zero, but through both heads (DDP)
     total = score + box_weight * loc + landm_weight * landm
     return {"score": score, "loc": loc, "landm": landm, "total": total}
 

@@ -1,4 +1,9 @@
-"""Level 3: quantization-aware fine-tuning with labels (and the one training loop level 4 shares).
+"""Level 3: quantization-aware fine-tuning with labels (and the fine-tuning level 4 shares).
+
+Every step goes through :class:`fdq.calibration.training.Stepper`, the training step of ``fdq train``
+too, and ``fdq train --qat`` (:mod:`fdq.calibration.qat_training`) builds its student, optimizer,
+calibration and loss with the helpers below (:func:`level2_student`, :func:`new_optimizer`,
+:func:`start_fake_quant`, :func:`qat_loss`).
 
 On a few dozen images QAT must stay close to the float model, so the float model itself is the main
 teacher: the loss is :func:`~fdq.calibration.losses.distillation_loss` (its face scores by KL, its box and
@@ -69,7 +74,8 @@ from . import quant_api
 from .datafree import bias_correct, cross_layer_equalize
 from .gradboost import GradBoost, carry_optimizer_state
 from .labels import LabelSource, ground_truth_of, load_labels, subset_ground_truth
-from .losses import distillation_loss, match, multibox_loss, stack_targets
+from .losses import MatchTargets, distillation_loss, match, multibox_loss, stack_targets
+from .training import Stepper
 
 Log = Optional[Callable[[str], None]]
 
@@ -305,6 +311,107 @@ def _score(predictions: Dict[str, np.ndarray], gt: GroundTruth) -> Dict[str, flo
 
 
 # --------------------------------------------------------------------------------------------------
+# Student, loss, optimizer: shared by finetune (fdq quantize --level 3|4) and train_qat (fdq train --qat)
+# --------------------------------------------------------------------------------------------------
+
+
+def level2_student(float_model: nn.Module, inputs: Sequence[torch.Tensor], backend: str, observer: str,
+                   per_channel: bool, opts: "FinetuneOptions") -> nn.Module:
+    """The float student QAT starts from: the level-2 model's folded, equalized (and, with
+    ``bias_correction``, bias-corrected on ``inputs``) network; with ``cle=False`` trainable ConvBn modules."""
+    if opts.cle:
+        if opts.freeze_bn_after > 0:
+            raise ValueError("freeze_bn_after > 0 trains BatchNorm statistics, which cross-layer equalization "
+                             "folds away: pass cle=False with it")
+        student, _ = cross_layer_equalize(quant_api.fuse(float_model), inputs[0])
+        if opts.bias_correction:  # measured on the training images, as level 2 does on its calibration images
+            student = bias_correct(student, quant_api.make_qconfig(backend, observer, per_channel), inputs)
+        return logits_mode(student)
+    if opts.bias_correction:
+        raise ValueError("bias correction needs the folded level-2 student: pass cle=True, or bias_correction=False")
+    return quant_api.fuse(float_model, qat=True)
+
+
+def new_optimizer(model: nn.Module, opts: "FinetuneOptions", lr: float, gradboost: bool,
+                  generator: torch.Generator) -> Any:
+    """Adam or SGD over the trainable parameters, wrapped in GradBoost when asked for."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if opts.optimizer == "sgd":
+        inner: torch.optim.Optimizer = torch.optim.SGD(params, lr=lr, momentum=opts.momentum,
+                                                       weight_decay=opts.weight_decay)
+    elif opts.optimizer == "adam":
+        inner = torch.optim.Adam(params, lr=lr, weight_decay=opts.weight_decay)
+    else:
+        raise ValueError(f"unknown optimizer {opts.optimizer!r} (choose from: sgd, adam)")
+    if gradboost:
+        return GradBoost(inner, decay=opts.gradboost_decay, beta=opts.gradboost_beta, clip=opts.gradboost_clip,
+                         generator=generator)
+    return inner
+
+
+def start_fake_quant(student: nn.Module, qconfig: Any, optimizer: Any, inputs: Sequence[torch.Tensor],
+                     observer: str, opts: "FinetuneOptions",
+                     make_optimizer: Callable[[nn.Module], Any]) -> Tuple[nn.Module, Any, str]:
+    """Prepare the student for QAT, carry a warm-up optimizer over (StatAssist) or make a fresh one,
+    and calibrate the observers on ``inputs`` with fake-quant off: the result is the level-2 model.
+
+    Returns (prepared model, optimizer, how the optimizer state was carried).
+    """
+    before = dict(student.named_parameters())
+    prepared = quant_api.prepare_qat(student, qconfig)
+    if optimizer is not None:
+        carry = carry_optimizer_state(optimizer, before, prepared)
+    else:
+        optimizer, carry = make_optimizer(prepared), "fresh"
+    quant_api.disable_fake_quant(prepared)
+    prepared.eval()
+    with torch.no_grad():
+        for x in inputs:
+            prepared(x)
+    quant_api.enable_fake_quant(prepared)
+    if observer in SLOW_OBSERVERS:
+        _freeze_activation_observers(prepared)
+    if opts.freeze_bn_after <= 0:
+        quant_api.freeze_bn_stats(prepared)
+    return prepared, optimizer, carry
+
+
+def pseudo_targets(teacher_out: Tuple[torch.Tensor, torch.Tensor, torch.Tensor], priors: np.ndarray,
+                   valid: torch.Tensor, spec: DetectorSpec, size: Tuple[int, int],
+                   opts: "FinetuneOptions") -> MatchTargets:
+    """The teacher's detections as anchor targets (the float warm-up without labels).
+
+    A float student still equals its teacher: distillation has no gradient and the warm-up would leave
+    StatAssist's momentum and GradBoost's statistics at zero.
+    """
+    pseudo = teacher_boxes(teacher_out, priors, valid, spec, size, opts.agreement_score)
+    prior_t = torch.from_numpy(np.array(priors))
+    return stack_targets([match(torch.from_numpy(b), prior_t, opts.match_threshold, landmarks=torch.from_numpy(pts))
+                          for b, pts in pseudo])
+
+
+def qat_loss(teacher_out: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]], valid: torch.Tensor,
+             targets: Optional[MatchTargets], opts: "FinetuneOptions", key: str = "gt"):
+    """The fine-tuning loss of a student's outputs: ``distill_weight`` x distillation from the teacher
+    (when given) + ``gt_weight`` x the multibox loss against ``targets`` (when given, reported as ``key``)."""
+
+    def loss(out: Tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        parts: Dict[str, torch.Tensor] = {}
+        total = out[0].sum() * 0.0
+        if teacher_out is not None:
+            parts["distill"] = distillation_loss(out, teacher_out, confident=opts.confident,
+                                                 temperature=opts.temperature, valid=valid)["total"]
+            total = total + opts.distill_weight * parts["distill"]
+        if targets is not None and opts.gt_weight > 0:
+            parts[key] = multibox_loss(out[0], out[1], out[2], targets, opts.neg_pos_ratio, valid)["total"]
+            total = total + opts.gt_weight * parts[key]
+        parts["total"] = total
+        return parts
+
+    return loss
+
+
+# --------------------------------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------------------------------
 
@@ -378,36 +485,10 @@ def finetune(model_name: str, float_model: nn.Module, images_dir: str, labels: O
     del float_eval
 
     # ---- student, optimizer, warm-up ----------------------------------------------------------
-    if opts.cle:
-        if opts.freeze_bn_after > 0:
-            raise ValueError("freeze_bn_after > 0 trains BatchNorm statistics, which cross-layer equalization "
-                             "folds away: pass cle=False with it")
-        example = make_batch(train[:1], spec, rng, flip=False, scale_jitter=0.0)[0]
-        student, _ = cross_layer_equalize(quant_api.fuse(float_model), example)
-        if opts.bias_correction:  # measured on the training images, as level 2 does on its calibration images
-            inputs = [make_batch([s], spec, rng, flip=False, scale_jitter=0.0)[0] for s in train]
-            student = bias_correct(student, quant_api.make_qconfig(backend, observer, per_channel), inputs)
-        logits_mode(student)
-    elif opts.bias_correction:
-        raise ValueError("bias correction needs the folded level-2 student: pass cle=True, or bias_correction=False")
-    else:
-        student = quant_api.fuse(float_model, qat=True)
+    inputs = [make_batch([s], spec, rng, flip=False, scale_jitter=0.0)[0] for s in train]
+    student = level2_student(float_model, inputs, backend, observer, per_channel, opts)
     optimizer: Any = None
     lr = opts.lr if opts.lr is not None else DEFAULT_LR.get(opts.optimizer, DEFAULT_LR["sgd"])
-
-    def new_optimizer(model: nn.Module) -> Any:
-        params = [p for p in model.parameters() if p.requires_grad]
-        if opts.optimizer == "sgd":
-            inner = torch.optim.SGD(params, lr=lr, momentum=opts.momentum, weight_decay=opts.weight_decay)
-        elif opts.optimizer == "adam":
-            inner = torch.optim.Adam(params, lr=lr, weight_decay=opts.weight_decay)
-        else:
-            raise ValueError(f"unknown optimizer {opts.optimizer!r} (choose from: sgd, adam)")
-        if gradboost:
-            return GradBoost(inner, decay=opts.gradboost_decay, beta=opts.gradboost_beta,
-                             clip=opts.gradboost_clip, generator=gen)
-        return inner
-
     batch_order: List[int] = []
 
     def next_batch() -> List[Sample]:
@@ -426,37 +507,18 @@ def finetune(model_name: str, float_model: nn.Module, images_dir: str, labels: O
         priors = torch.from_numpy(np.array(priors_np))
         with torch.no_grad():
             t_out = teacher(x)
-        s_out = model(x)
-        losses = distillation_loss(s_out, t_out, confident=opts.confident, temperature=opts.temperature,
-                                   valid=valid)
-        total = opts.distill_weight * losses["total"]
-        record = {"phase_qat": float(phase == "qat"), "iter": it, "distill": float(losses["total"])}
+        targets, key = None, "gt"
         if use_gt_loss and opts.gt_weight > 0:
             targets = stack_targets([match(torch.from_numpy(b), priors, opts.match_threshold) for b in norm_boxes])
-            gt_losses = multibox_loss(s_out[0], s_out[1], s_out[2], targets, opts.neg_pos_ratio, valid)
-            total = total + opts.gt_weight * gt_losses["total"]
-            record["gt"] = float(gt_losses["total"])
         elif phase == "float" and opts.gt_weight > 0:
-            # Without labels, a float student still equals its teacher: distillation has no gradient
-            # and the warm-up would leave StatAssist's momentum and GradBoost's statistics at zero.
-            # The teacher's detections serve as labels for the warm-up only.
-            pseudo = teacher_boxes(t_out, priors_np, valid, spec, (x.shape[3], x.shape[2]), opts.agreement_score)
-            targets = stack_targets([match(torch.from_numpy(b), priors, opts.match_threshold,
-                                           landmarks=torch.from_numpy(pts)) for b, pts in pseudo])
-            gt_losses = multibox_loss(s_out[0], s_out[1], s_out[2], targets, opts.neg_pos_ratio, valid)
-            total = total + opts.gt_weight * gt_losses["total"]
-            record["pseudo"] = float(gt_losses["total"])
-        optimizer.zero_grad()
-        total.backward()
-        optimizer.step()
-        record["total"] = float(total)
-        history.append(record)
+            targets, key = pseudo_targets(t_out, priors_np, valid, spec, (x.shape[3], x.shape[2]), opts), "pseudo"
+        losses = Stepper(model, optimizer).step(x, qat_loss(t_out, valid, targets, opts, key))
+        history.append({"phase_qat": float(phase == "qat"), "iter": it, **losses})
 
     t_warm = time.perf_counter()
     warm_done = 0
-    carry = "fresh"
     if statassist and opts.warmup_iters > 0:
-        optimizer = new_optimizer(student)
+        optimizer = new_optimizer(student, opts, lr, gradboost, gen)
         logits_mode(student)
         start_weights = copy.deepcopy(student.state_dict()) if opts.warmup_restore else None
         for it in range(opts.warmup_iters):
@@ -465,28 +527,10 @@ def finetune(model_name: str, float_model: nn.Module, images_dir: str, labels: O
         if start_weights is not None:
             student.load_state_dict(start_weights)
         say(f"float warm-up: {warm_done} iterations, loss {history[-1]['total']:.4f}")
-    before = dict(student.named_parameters())
-    prepared = quant_api.prepare_qat(student, qconfig)
+    prepared, optimizer, carry = start_fake_quant(student, qconfig, optimizer, inputs, observer, opts,
+                                                  lambda m: new_optimizer(m, opts, lr, gradboost, gen))
     del student
-    if optimizer is not None:
-        carry = carry_optimizer_state(optimizer, before, prepared)
-    else:
-        optimizer = new_optimizer(prepared)
-    del before
     t_warm = time.perf_counter() - t_warm
-
-    # ---- calibration pass and the PTQ checkpoint ----------------------------------------------
-    quant_api.disable_fake_quant(prepared)
-    prepared.eval()
-    with torch.no_grad():
-        for s in train:
-            x, _, _, _ = make_batch([s], spec, rng, flip=False, scale_jitter=0.0)
-            prepared(x)
-    quant_api.enable_fake_quant(prepared)
-    if observer in SLOW_OBSERVERS:
-        _freeze_activation_observers(prepared)
-    if opts.freeze_bn_after <= 0:
-        quant_api.freeze_bn_stats(prepared)
 
     checkpoints: List[Dict[str, Any]] = []
     best: Dict[str, Any] = {"metric": None, "model": None, "iter": None}

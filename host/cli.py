@@ -214,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_quantize(sub)
     register_compare(sub)
+    from fdq.host.train import register as register_train
+
+    register_train(sub)
 
     x = sub.add_parser("export", help="export a bundle's model as another runtime's bundle",
                        description="Export a bundle as another runtime's bundle. The line it prints and the new "
