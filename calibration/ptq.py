@@ -28,7 +28,7 @@ class PTQOptions:
     per_channel: bool = True
     reduce_range: bool = False
     cle: bool = True
-    bias_correction: bool = False      # opt-in: lower output error, AP within noise (docs/BENCHMARKS.md)
+    bias_correction: bool = False      # opt-in: lower output error, AP within noise (docs/ACCURACY.md)
 
     def qconfig(self) -> quant_api.QConfig:
         return quant_api.make_qconfig(self.backend, self.observer, self.per_channel, reduce_range=self.reduce_range)

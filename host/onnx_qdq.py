@@ -15,7 +15,7 @@ convolution the int8 weights, per-channel weight scales and int32 bias torch run
 
 The integers are the same; what can differ is the last rounding of a requantization: both runtimes
 scale the int32 accumulator in float32, with multipliers rounded differently, so a value within
-~1e-6 of a .5 tie occasionally rounds the other way (and propagates). docs/RESULTS.md measures what
+~1e-6 of a .5 tie occasionally rounds the other way (and propagates). docs/ACCURACY.md measures what
 that does to AP. An unsupported node is an error naming it, never a silently different model.
 """
 from __future__ import annotations

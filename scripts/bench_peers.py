@@ -8,7 +8,7 @@ its whole ``FaceDetectorYN.detect`` call). YuNet runs as its README says is fair
 
     python scripts/bench_peers.py --shared ../shared
 
-Writes docs/results/bench_peers.json, docs/results/peers_ap_latency.svg, and the table in docs/BENCHMARKS.md.
+Writes docs/results/bench_peers.json, docs/results/peers_ap_latency.svg, and the table in docs/SPEED.md.
 """
 from __future__ import annotations
 
@@ -185,7 +185,7 @@ def main() -> int:
     ap.add_argument("--work", default=str(ROOT / "out" / "bench_peers"), help="bundles are built here once")
     ap.add_argument("--json", default=str(ROOT / "docs" / "results" / "bench_peers.json"))
     ap.add_argument("--plot", default=str(ROOT / "docs" / "results" / "peers_ap_latency.svg"))
-    ap.add_argument("--markdown", default=str(ROOT / "docs" / "BENCHMARKS.md"))
+    ap.add_argument("--markdown", default=str(ROOT / "docs" / "SPEED.md"))
     args = ap.parse_args()
 
     cv2.setNumThreads(1)

@@ -14,10 +14,10 @@ Writes ``--json`` (every number) and ``--markdown`` (tables and the goal checks)
 Example (the full run)::
 
     FDQ_WEIGHTS_PATH=/path/to/weights python scripts/bench_quant.py \\
-        --data /path/to/widerface_val_subset --json docs/results/bench_quant.json --markdown docs/RESULTS.md
+        --data /path/to/widerface_val_subset --json docs/results/bench_quant.json --markdown docs/results/bench_quant.md
 
 Rows of one method only (``--only``, with ``fp32`` for the drop columns), one run per backend merged
-by ``--from-json``, as the entropy rows of docs/RESULTS.md were made (docs/results/bench_quant_entropy*.json).
+by ``--from-json``, as the entropy rows of docs/ACCURACY.md were made (docs/results/bench_quant_entropy*.json).
 """
 from __future__ import annotations
 
@@ -296,7 +296,7 @@ NOTES = [
     "* **Bias correction off by default** (`--bias-correction` opts in, levels 1-4): taking the mean "
     "error of weight rounding out of each convolution's bias lowers the `out err` of every model "
     "(row `L2 histogram, bias correction`), but its AP drops are no smaller within what the choice of "
-    "calibration images alone moves them (`scripts/bench_ap_resolution.py`, docs/BENCHMARKS.md).",
+    "calibration images alone moves them (`scripts/bench_ap_resolution.py`, docs/ACCURACY.md).",
     "* **No reduce_range**: 7-bit activations cost AP points; they only protect x86/fbgemm CPUs without "
     "VNNI from int16 saturation. `--reduce-range` opts in for AVX2-only targets.",
     "* **Levels 3 and 4 fine-tune the level-2 model** (BatchNorm folded, CLE, histogram activations frozen "
@@ -380,7 +380,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--runs", type=int, default=50)
     p.add_argument("--json", default="docs/results/bench_quant.json")
-    p.add_argument("--markdown", default="docs/RESULTS.md")
+    p.add_argument("--markdown", default="docs/results/bench_quant.md")
     args = p.parse_args(argv)
     unknown = sorted(set(args.levels) - {"fp32", "fp16", "l1", "l2", "l3", "l4"})
     if unknown:

@@ -304,18 +304,10 @@ def test_a_failed_run_does_not_lose_the_others(local, slim_fp32_bundle, tmp_path
     assert len(list(runs.glob("[!.]*.json"))) == 1 and captured.out.strip().splitlines()[-1].startswith("report: ")
 
 
-@pytest.fixture(scope="module")  # module scope: set up before the module's costly fixtures
-def arm64_board():
-    profile = os.environ.get("FDQ_TEST_BOARD_ARM64")
-    if not profile:
-        pytest.skip("set FDQ_TEST_BOARD_ARM64 to the profile `scripts/testboard.sh up arm64` prints")
-    return profile
-
-
 def test_arm64_board_gives_the_hosts_ap_within_one_point(arm64_board, home, two_backends, few_images, tmp_path):
     """The emulated Raspberry Pi (``scripts/testboard.sh up arm64`` prints its profile): QNNPACK's ARM
     kernels there, the same evaluator; AP within 1 point of this machine's on the same images."""
-    profile = arm64_board
+    profile = str(arm64_board["profile"])
     bundle = next(Path(os.environ["FDQ_HOME"], "bundles").glob("slim-qnnpack-l1-*"))
     out, host = tmp_path / "arm64.json", tmp_path / "host.json"
     assert profile_main(["--target", profile, "--bundle", str(bundle), "--images", str(few_images["images"]),
