@@ -6,7 +6,7 @@ downloads the wheels for exactly that platform (cached under ``$FDQ_HOME/wheels`
 needs no internet, and pip never resolves anything there (minutes under emulation, and a Pi in the
 field is often offline). What is installed: the runner's packages, and per runtime of the profile's
 ``runtimes`` its package (torch's CPU wheel at the profile's ``torch`` version, default the newest
-one for that Python; onnxruntime; ncnn).
+one for that Python; onnxruntime, at the profile's ``onnxruntime`` version; ncnn).
 
 Once a work directory has that venv, deploy and profile run its Python. Without ``--setup``, a
 Python that lacks one of the runner's modules is refused in one line that names it.
@@ -109,7 +109,8 @@ def requirements(conn: Connection) -> List[str]:
             raise SetupError(f"{target.name}: --setup knows runtimes {', '.join(RUNTIME_PACKAGES)}, "
                               f"the profile names {runtime!r}")
         package = RUNTIME_PACKAGES[runtime]
-        wanted.append(f"torch=={target.torch}" if package == "torch" and target.torch else package)
+        version = {"torch": target.torch, "onnxruntime": target.onnxruntime}.get(package)
+        wanted.append(f"{package}=={version}" if version else package)
     return wanted
 
 

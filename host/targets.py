@@ -47,6 +47,7 @@ class Target:
     engine: Optional[str] = None
     runtimes: Tuple[str, ...] = ("torchscript",)
     torch: Optional[str] = None  # the torch version fdq-deploy --setup installs (default: the newest for the board)
+    onnxruntime: Optional[str] = None  # the same for onnxruntime
     thermal_zone: Optional[str] = None
     throttling: Optional[str] = None
     strict_host_keys: bool = False   # refuse a host not yet in known_hosts (StrictHostKeyChecking=yes)
