@@ -378,12 +378,12 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def _profile_plans(args: argparse.Namespace) -> List[Tuple[Any, List[Path]]]:
-    """(target, bundles) for the --against target first (the baseline), then the --target."""
+    """(target, bundles) for the --against target first (the baseline), then the --target's hosts."""
     from fdq.host.bundle_cache import FLOAT, check_runtime, quantized_bundle, runtime_bundle
     from fdq.host.targets import load_target
 
-    main = _load_target(args)
-    plans = [(main, None if args.bundle else (args.backend or [main.engine or FLOAT]))]
+    plans = [(target, None if args.bundle else (args.backend or [target.engine or FLOAT]))
+             for target in _targets(args)]  # a fleet: every host runs the same bundles
     if args.against:
         backends, name = args.against
         other = load_target(name)
@@ -438,7 +438,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
                                      per_op=args.per_op, cooldown=args.cooldown, max_temp=args.max_temp,
                                      run_timeout=args.run_timeout)
     outcome = profiling.run_jobs(jobs, settings, runs_dir, args.command_line, dataset, connect,
-                                 announce=lambda line: print(line, file=sys.stderr), setup=args.setup)
+                                 announce=lambda line: print(line, file=sys.stderr), setup=args.setup,
+                                 fleet=[target for target, _ in plans[1 if args.against else 0:]])
     if not outcome.runs:
         raise CliError(f"no run finished ({len(outcome.failures)} failed)")
     if args.out:

@@ -14,7 +14,7 @@ import shlex
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from fdq.device.atomic import atomic_write_text
 
@@ -189,52 +189,82 @@ def check_runs_folder(path: str) -> Path:
 
 def run_jobs(jobs: List[Job], settings: RunSettings, runs_dir: Path, command: str,
              dataset: Optional[Dataset] = None, connect: Any = None, announce: Any = print,
-             setup: bool = False) -> Outcome:
+             setup: bool = False, fleet: Sequence[Any] = ()) -> Outcome:
     """Deploy and run every job, target by target; a failed run is reported and the others go on.
-    ``setup``: provision each target first (``fdq-deploy --setup``).
+    ``setup``: provision each target first (``fdq-deploy --setup``). The hosts of ``fleet`` (the
+    --target's, when it names several boards) run at the same time, each on its own board; every
+    other target runs alone (a baseline on this machine is not measured beside another run).
 
     Every finished run is saved in ``runs_dir`` at once, so Ctrl-C keeps what was complete."""
-    from rich.console import Console
-
     from fdq.device.outputs import write_marker
+
+    from .fleet import on_each
+
+    if not runs_dir.exists():
+        runs_dir.mkdir(parents=True)
+        write_marker(runs_dir, {"what": "fdq-profile runs"})
+    runs: List[Any] = []
+    failures: List[str] = []
+    targets = list(dict.fromkeys(job.target for job in jobs))
+    together = [t for t in targets if t in fleet] if len(fleet) > 1 else []
+    for target in (t for t in targets if t not in together):
+        conn = connect(target)
+        try:
+            _runs, _failures = _target_runs(conn, [j for j in jobs if j.target == target], settings, runs_dir,
+                                            command, dataset, announce, setup, spinner=True)
+        finally:
+            conn.close()
+        runs += _runs
+        failures += _failures
+    for result in on_each(together, lambda conn: _target_runs(conn, [j for j in jobs if j.target == conn.target],
+                                                              settings, runs_dir, command, dataset, announce,
+                                                              setup, spinner=False)):
+        if result.ok:
+            runs += result.value[0]
+            failures += result.value[1]
+        else:
+            failures.append(f"{result.target.name}: {result.error}")
+            announce(f"fdq-profile: error: {failures[-1]}")
+    return Outcome(runs, failures)
+
+
+def _target_runs(conn: Connection, jobs: List[Job], settings: RunSettings, runs_dir: Path, command: str,
+                 dataset: Optional[Dataset], announce: Any, setup: bool,
+                 spinner: bool) -> Tuple[List[Any], List[str]]:
+    """Every job of one target over one connection: (runs saved, failure lines)."""
+    from contextlib import nullcontext
+
+    from rich.console import Console
 
     from .deploy import deploy, notices
     from .provision import prepare
     from .report.runs import Run
 
-    if not runs_dir.exists():
-        runs_dir.mkdir(parents=True)
-        write_marker(runs_dir, {"what": "fdq-profile runs"})
+    target = conn.target
     status = Console(stderr=True)
-    runs: List[Run] = []
+    runs: List[Any] = []
     failures: List[str] = []
-    targets = list(dict.fromkeys(job.target for job in jobs))
-    for target in targets:
-        conn = connect(target)
+    first, prepared = True, False
+    for job in jobs:
         try:
-            first, prepared = True, False
-            for job in (j for j in jobs if j.target == target):
-                try:
-                    if not prepared:
-                        prepare(conn, setup)
-                        prepared = True
-                    done = deploy(conn, [str(job.bundle)], dataset.files if dataset else None)
-                    remote = done.bundles[str(job.bundle.resolve())]
-                    what = f"{target.name}: {job.bundle.name}, {job.threads} thread(s)"
-                    for line in notices(done, target.name):
-                        announce(line)
-                    announce(f"{what}: {len(done.uploaded)} file(s) sent, {done.unchanged} unchanged")
-                    cooled = replace(settings, cooldown=0.0) if first else settings  # --cooldown: between runs
-                    with status.status(f"{what}: measuring on the target"):
-                        doc = profile(conn, remote, cooled, job.threads, dataset)
-                    first = False
-                except (RemoteError, OSError, ValueError) as exc:
-                    failures.append(f"{target.name}: {job.bundle.name}: {str(exc).strip().splitlines()[0]}")
-                    announce(f"fdq-profile: error: {failures[-1]}")
-                    continue
-                doc["profile"] = {"target": target.name, "address": target.address, "command": command,
-                                  "bundle": str(job.bundle)}
-                runs.append(Run(doc, save_run(doc, runs_dir, target.name)))
-        finally:
-            conn.close()
-    return Outcome(runs, failures)
+            if not prepared:
+                prepare(conn, setup)
+                prepared = True
+            done = deploy(conn, [str(job.bundle)], dataset.files if dataset else None)
+            remote = done.bundles[str(job.bundle.resolve())]
+            what = f"{target.name}: {job.bundle.name}, {job.threads} thread(s)"
+            for line in notices(done, target.name):
+                announce(line)
+            announce(f"{what}: {len(done.uploaded)} file(s) sent, {done.unchanged} unchanged")
+            cooled = replace(settings, cooldown=0.0) if first else settings  # --cooldown: between runs
+            with status.status(f"{what}: measuring on the target") if spinner else nullcontext():
+                doc = profile(conn, remote, cooled, job.threads, dataset)
+            first = False
+        except (RuntimeError, OSError, ValueError) as exc:  # RemoteError, SetupError, BundleError...
+            failures.append(f"{target.name}: {job.bundle.name}: {str(exc).strip().splitlines()[0]}")
+            announce(f"fdq-profile: error: {failures[-1]}")
+            continue
+        doc["profile"] = {"target": target.name, "address": target.address, "command": command,
+                          "bundle": str(job.bundle)}
+        runs.append(Run(doc, save_run(doc, runs_dir, target.name)))
+    return runs, failures

@@ -86,3 +86,24 @@ def test_a_fleet_profile_with_a_bad_entry_is_one_line(tmp_path, slim_fp32_bundle
     assert capsys.readouterr().err.strip() == (f"fdq-deploy: error: profile {profile}: hosts entry 1: unknown "
                                                "field(s) adress (an entry sets host, port, user, key, python, "
                                                "workdir, name)")
+
+
+def test_fleet_profile_runs_on_every_host_and_a_stopped_one_fails_alone(fleet, slim_fp32_bundle, tmp_path,
+                                                                       monkeypatch, capsys):
+    from fdq.host.cli import profile_main
+
+    monkeypatch.setenv("FDQ_HOME", str(tmp_path / "fdq-home"))
+    targets = load_targets(str(fleet["profile"]))
+    args = ["--target", str(fleet["profile"]), "--bundle", str(slim_fp32_bundle), "--frames", "2", "--warmup", "0"]
+    assert profile_main([*args, "--runs", str(tmp_path / "all")]) == 0
+    runs = sorted((tmp_path / "all").glob("[!.]*.json"))
+    assert len(runs) == 3 and all(any(p.name.startswith(f"{t.name}-") for p in runs) for t in targets)
+    capsys.readouterr()
+
+    _stop_host(fleet, 3)
+    assert profile_main([*args, "--runs", str(tmp_path / "two")]) == 1
+    err = capsys.readouterr().err
+    assert f"fdq-profile: error: {targets[2].name}: " in err and "connection refused" in err
+    assert len(list((tmp_path / "two").glob("[!.]*.json"))) == 2
+    subprocess.run(["bash", str(TESTBOARD), "up", "native", "--name", fleet["name"], "--hosts", "3", "--python",
+                    sys.executable], capture_output=True, text=True, check=True)
