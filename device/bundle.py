@@ -17,7 +17,7 @@ from .spec import DetectorSpec
 
 SCHEMA = "fdq.bundle/1"
 MANIFEST = "manifest.yaml"
-RUNTIMES = ("torchscript", "onnxruntime", "ncnn")
+RUNTIMES = ("torchscript", "onnxruntime", "ncnn", "mnn", "executorch")
 
 
 class BundleError(ValueError):

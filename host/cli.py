@@ -213,11 +213,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     x = sub.add_parser("export", help="export a bundle's model as another runtime's bundle")
     x.add_argument("bundle", help="the bundle folder to export")
-    x.add_argument("--format", required=True, choices=("torchscript", "onnx", "onnx-int8", "ncnn"),
-                   help="onnx-int8: QDQ through onnxruntime's static quantization (needs --calib)")
+    x.add_argument("--format", required=True,
+                   choices=("torchscript", "onnx", "onnx-int8", "ncnn", "mnn", "mnn-int8", "executorch"),
+                   help="onnx-int8: QDQ through onnxruntime's static quantization; mnn-int8: MNN's offline "
+                        "quantization (both need --calib); executorch: float XNNPACK program (int8: fdq "
+                        "quantize --backend xnnpack)")
     x.add_argument("--out", required=True, help="bundle folder to write (a new path or an empty folder)")
     x.add_argument("--force", action="store_true", help="replace an existing fdq bundle at --out")
-    x.add_argument("--calib", help="calibration images for onnx-int8 (use the bundle's own set)")
+    x.add_argument("--calib", help="calibration images for onnx-int8 and mnn-int8 (use the bundle's own set)")
     x.add_argument("--weights", help="float weights, if the bundle does not record them")
     x.set_defaults(func=cmd_export)
     return p

@@ -36,7 +36,8 @@ from fdq.device.preprocess import normalize, resize_image
 from fdq.device.outputs import check_folder_output
 from fdq.host.bundles import write_bundle
 
-FORMATS = ("torchscript", "onnx", "onnx-int8", "ncnn")
+FORMATS = ("torchscript", "onnx", "onnx-int8", "ncnn", "mnn", "mnn-int8", "executorch")
+CALIBRATED = ("onnx-int8", "mnn-int8")
 _ALIASES = {"onnx_int8": "onnx-int8", "onnx:int8": "onnx-int8", "onnx-qdq": "onnx-int8", "onnx_qdq": "onnx-int8"}
 ONNX_FILE = "model.onnx"
 NCNN_PARAM = "model.ncnn.param"
@@ -373,7 +374,9 @@ def export_bundle(bundle_dir: PathLike, fmt: str, out: PathLike, calib_dir: Opti
                   weights: Optional[PathLike] = None, calib_limit: Optional[int] = None, force: bool = False) -> Path:
     """Export the model of bundle ``bundle_dir`` as a new ``fmt`` bundle at ``out``; returns its path.
 
-    ``fmt``: ``torchscript``, ``onnx``, ``onnx-int8`` (needs ``calib_dir``) or ``ncnn``.
+    ``fmt``: ``torchscript``, ``onnx``, ``onnx-int8`` (needs ``calib_dir``), ``ncnn``, ``mnn``, ``mnn-int8``
+    (needs ``calib_dir``, :mod:`fdq.host.export_mnn`) or ``executorch`` (float XNNPACK program,
+    :mod:`fdq.host.export_executorch`).
     ``weights`` overrides the float weights the bundle records; ``calib_limit`` uses only the first
     N calibration images (sorted). Bad input raises ``ValueError`` with one line.
     """
@@ -387,10 +390,10 @@ def export_bundle(bundle_dir: PathLike, fmt: str, out: PathLike, calib_dir: Opti
     if Path(out).resolve() == bundle.path.resolve():
         raise _fail(f"export target {out} is the source bundle itself")
     check_folder_output(out, force)
-    if fmt_key == "onnx-int8" and calib_dir is None:
-        raise _fail("int8 ONNX export needs calib_dir: a folder of calibration images")
-    if fmt_key != "onnx-int8" and calib_dir is not None:
-        raise _fail(f"calib_dir is only used by onnx-int8, not {fmt_key}")
+    if fmt_key in CALIBRATED and calib_dir is None:
+        raise _fail(f"{fmt_key} export needs calib_dir: a folder of calibration images")
+    if fmt_key not in CALIBRATED and calib_dir is not None:
+        raise _fail(f"calib_dir is only used by {' and '.join(CALIBRATED)}, not {fmt_key}")
     long_side = bundle.long_side
     source = _source_record(bundle)
 
@@ -398,6 +401,15 @@ def export_bundle(bundle_dir: PathLike, fmt: str, out: PathLike, calib_dir: Opti
         return _resave(bundle, out, source, force)
 
     model, weights_info = float_model(bundle, weights)
+    if fmt_key in ("mnn", "mnn-int8"):
+        from fdq.host.export_mnn import export_mnn
+
+        calib = calibration_images(calib_dir, calib_limit) if fmt_key == "mnn-int8" else None  # type: ignore[arg-type]
+        return export_mnn(bundle, model, weights_info, out, long_side, source, calib, force)
+    if fmt_key == "executorch":
+        from fdq.host.export_executorch import export_executorch
+
+        return export_executorch(bundle, model, weights_info, out, long_side, source, force)
     if fmt_key in ("onnx", "onnx-int8"):
         return _export_onnx(bundle, model, weights_info, out, long_side, source,
                             calib_dir if fmt_key == "onnx-int8" else None, calib_limit, force)
