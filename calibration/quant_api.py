@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import warnings
 from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
@@ -309,6 +310,21 @@ def split_input_quantization(model: nn.Module) -> Tuple[nn.Module, Optional[Tupl
 # ------------------------------------------------------------------------------------------------
 
 
+class _TorchaoGpuKernels(logging.Filter):
+    """torchao's wheel ships CUDA kernels (``_C_cutlass*.so``, ``_C_mxfp8*.so``) and logs a warning for
+    each one a CPU-only torch cannot load; PT2E on CPU uses none of them. Only those lines are dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("Failed to load ") and "/torchao/_C_" in message)
+
+
+def _quiet_torchao_gpu_kernels() -> None:
+    logger = logging.getLogger("torchao")
+    if not any(isinstance(f, _TorchaoGpuKernels) for f in logger.filters):
+        logger.addFilter(_TorchaoGpuKernels())
+
+
 def quantize_pt2e_xnnpack(model: nn.Module, example: Tuple[torch.Tensor, ...], dynamic_shapes: Optional[Dict],
                           blobs: Sequence[torch.Tensor], per_channel: bool = True) -> nn.Module:
     """The int8 PT2E model of a float ``model``, calibrated on ``blobs``.
@@ -318,6 +334,7 @@ def quantize_pt2e_xnnpack(model: nn.Module, example: Tuple[torch.Tensor, ...], d
     quantize / dequantize nodes around each operator (what ExecuTorch's XNNPACK partitioner lowers
     to int8 kernels); it also runs here in float, for the calibration report.
     """
+    _quiet_torchao_gpu_kernels()
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
                                                                          get_symmetric_quantization_config)
     from torchao.quantization.pt2e import allow_exported_model_train_eval

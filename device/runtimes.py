@@ -344,7 +344,7 @@ def bundle_detector(bundle: Bundle, threads: int = 1, long_side: Optional[int] =
 
 def runtime_versions(bundle: Bundle) -> Dict[str, Any]:
     """Versions of the runtime a bundle uses (and numpy / OpenCV / Python), for the results JSON."""
-    import importlib
+    from importlib import metadata
 
     out: Dict[str, Any] = {"runtime": bundle.runtime, "python": platform.python_version(),
                            "numpy": np.__version__}
@@ -354,11 +354,10 @@ def runtime_versions(bundle: Bundle) -> Dict[str, Any]:
         out["opencv"] = cv2.__version__
     except ImportError:  # pragma: no cover - preprocess needs it anyway
         out["opencv"] = None
-    module = _MODULES.get(bundle.runtime)
-    if module:
-        try:
-            mod = importlib.import_module(module)
-            out[module] = str(getattr(mod, "__version__", "unknown"))
-        except ImportError:
+    modules = [_MODULES.get(bundle.runtime)] + (["torch"] if bundle.runtime == "executorch" else [])
+    for module in filter(None, modules):  # ExecuTorch's Python runtime links the torch it was built with
+        try:  # the installed distribution's version: MNN and executorch set no __version__
+            out[module] = metadata.version(module)
+        except metadata.PackageNotFoundError:
             out[module] = None
     return out
