@@ -52,7 +52,7 @@ def _io_names(bundle: Bundle) -> Tuple[str, Dict[str, str]]:
     return str(io.get("input") or default["input"]), {k: str(outputs[k]) for k in OUTPUT_ROLES}
 
 
-def _split_outputs(loc: np.ndarray, conf: np.ndarray, landm: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def split_outputs(loc: np.ndarray, conf: np.ndarray, landm: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Model outputs with or without the batch axis -> (N,4) loc, (N,) face score, (N,10) landmarks."""
     loc = np.asarray(loc, dtype=np.float32)
     conf = np.asarray(conf, dtype=np.float32)
@@ -119,7 +119,7 @@ def _torchscript(bundle: Bundle, threads: int) -> InferenceFn:
     def infer(blob: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         with torch.inference_mode():
             loc, conf, landm = model(to_input(blob))
-        return _split_outputs(loc.numpy(), conf.numpy(), landm.numpy())
+        return split_outputs(loc.numpy(), conf.numpy(), landm.numpy())
 
     return infer
 
@@ -165,7 +165,7 @@ def _onnxruntime(bundle: Bundle, threads: int) -> InferenceFn:
 
     def infer(blob: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         loc, conf, landm = session.run(names, {input_name: np.ascontiguousarray(blob, dtype=np.float32)})
-        return _split_outputs(loc, conf, landm)
+        return split_outputs(loc, conf, landm)
 
     return infer
 
@@ -219,7 +219,7 @@ def _ncnn(bundle: Bundle, threads: int) -> InferenceFn:
         height, width = blob.shape[2:]
         if fixed and (height, width) != tuple(int(v) for v in fixed):
             raise BundleError(f"this ncnn bundle takes a fixed {fixed[1]}x{fixed[0]} input, got {width}x{height}")
-        return _split_outputs(*run_ncnn(net, input_name, names, blob))
+        return split_outputs(*run_ncnn(net, input_name, names, blob))
 
     return infer
 

@@ -16,6 +16,20 @@ class CliError(Exception):
     """A user-facing failure: printed as one line, exit status 1."""
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows every default that says something; marks required options instead of "default: None"."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.required and action.option_strings:
+            return text + " (required)"
+        if action.default is False:
+            return text + " (default: off)"
+        if action.default is None or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 def _detector(model_name: str, weights: Optional[str], long_side: int):
     from fdq.device.detector import FaceDetector
     from fdq.host.torch_inference import torch_inference
@@ -161,10 +175,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- export
 def cmd_export(args: argparse.Namespace) -> int:
-    from fdq.host.export import export_bundle
+    from fdq.host.export import export_bundle, summary
 
-    path = export_bundle(args.bundle, args.format, args.out, args.calib, weights=args.weights, force=args.force)
-    print(f"{args.format} bundle written to {path}")
+    path = export_bundle(args.bundle, args.format, args.out, args.calib, weights=args.weights, force=args.force,
+                         float_ok=args.float)
+    print(f"wrote {path}: {summary(path)}")
     return 0
 
 
@@ -211,17 +226,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_quantize(sub)
 
-    x = sub.add_parser("export", help="export a bundle's model as another runtime's bundle")
-    x.add_argument("bundle", help="the bundle folder to export")
+    x = sub.add_parser("export", help="export a bundle's model as another runtime's bundle",
+                       formatter_class=HelpFormatter,
+                       description="Export a bundle as another runtime's bundle. The line it prints and the new "
+                                   "manifest say what the export is: runtime, precision and where its "
+                                   "quantization parameters came from.")
+    x.add_argument("bundle", help="the fdq bundle folder to export")
     x.add_argument("--format", required=True,
                    choices=("torchscript", "onnx", "onnx-int8", "ncnn", "mnn", "mnn-int8", "executorch"),
-                   help="onnx-int8: QDQ through onnxruntime's static quantization; mnn-int8: MNN's offline "
-                        "quantization (both need --calib); executorch: float XNNPACK program (int8: fdq "
-                        "quantize --backend xnnpack)")
-    x.add_argument("--out", required=True, help="bundle folder to write (a new path or an empty folder)")
+                   help="torchscript: a verified copy; onnx, ncnn, mnn, executorch: the fp32 model; onnx-int8: of an "
+                        "int8 bundle its own scales and zero points as QDQ ONNX, of a float bundle QDQ calibrated by "
+                        "ONNX Runtime on --calib; mnn-int8: MNN's offline quantization on --calib (executorch int8: "
+                        "fdq quantize --level 2 --backend xnnpack)")
+    x.add_argument("--out", required=True,
+                   help="bundle folder to write: a new path or an empty folder (an fdq bundle there needs --force; "
+                        "anything else is refused)")
     x.add_argument("--force", action="store_true", help="replace an existing fdq bundle at --out")
-    x.add_argument("--calib", help="calibration images for onnx-int8 and mnn-int8 (use the bundle's own set)")
-    x.add_argument("--weights", help="float weights, if the bundle does not record them")
+    x.add_argument("--float", action="store_true",
+                   help="allow onnx/ncnn of an int8 or fp16 bundle: they then hold the float model it came from, "
+                        "and say so")
+    x.add_argument("--calib", help="calibration images for onnx-int8 of a float bundle and for mnn-int8 (use the "
+                                   "set the bundle was made with); an int8 bundle brings its own scales to onnx-int8")
+    x.add_argument("--weights", help="float weights (file or zoo name) for onnx/ncnn, if the bundle does not "
+                                     "record them (default: the model's zoo weights)")
     x.set_defaults(func=cmd_export)
     return p
 

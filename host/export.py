@@ -1,17 +1,25 @@
 """Export a bundle's model to the other board runtimes: ONNX Runtime (fp32, int8 QDQ) and NCNN (fp32).
 
 :func:`export_bundle` writes each export as its own verified bundle (``fdq.host.bundles.write_bundle``)
-that ``python -m fdq.device.run`` measures like any other.
+that ``python -m fdq.device.run`` measures like any other. Every export says what it is: its manifest's
+``runtime`` and ``backend.dtype``, ``quantization.params_from`` (``source bundle``, ``onnxruntime
+calibration`` or None for a float model) and ``export.summary``, the line ``fdq export`` prints.
 
 * ``torchscript``: the bundle's files re-saved under a new bundle (same manifest, ``exported_from`` added).
-* ``onnx``: the FLOAT model (a traced quantized TorchScript module does not export cleanly), opset 17,
-  input ``input`` (1, 3, H, W) with dynamic H and W, outputs ``loc`` / ``conf`` (softmax) / ``landm``.
-* ``onnx-int8``: the float ONNX model quantized by ``onnxruntime.quantization.quantize_static``,
-  QDQ format, per-channel int8 weights, int8 activations calibrated (MinMax) on ``calib_dir`` images
-  preprocessed exactly like inference (``resize_image`` to the long side + ``normalize``).
-* ``ncnn``: the float model traced and converted by pnnx (fp32 weights). Two example inputs of
-  different sizes make every reshape size-generic; the result is checked against PyTorch at other
-  sizes, and only if that fails is the model converted for one fixed 4:3 input (``input.fixed_hw``).
+* ``onnx``: the FLOAT model, opset 17, input ``input`` (1, 3, H, W) with dynamic H and W, outputs
+  ``loc`` / ``conf`` (softmax) / ``landm``. Of an fp16 or int8 bundle only when asked (``float_ok``):
+  it is the float model the bundle came from, not the bundle's model.
+* ``onnx-int8`` of an int8 bundle: that bundle's own TorchScript int8 graph rewritten as QDQ ONNX
+  (:mod:`fdq.host.onnx_qdq`): the same int8 weights, weight scales, activation scales and zero
+  points, checked against the bundle on three input sizes.
+* ``onnx-int8`` of a float bundle: the float ONNX model quantized by ``onnxruntime.quantization.
+  quantize_static``, QDQ format, per-channel uint8 weights, uint8 activations calibrated (MinMax) on
+  ``calib_dir`` images preprocessed exactly like inference (``resize_image`` + ``normalize``); the
+  manifest records their count and the sha256 of their list.
+* ``ncnn``: the float model traced and converted by pnnx (fp32 weights), the same rule as ``onnx``
+  for non-fp32 bundles. Two example inputs of different sizes make every reshape size-generic; the
+  result is checked against PyTorch at other sizes, and only if that fails is the model converted
+  for one fixed 4:3 input (``input.fixed_hw``).
 
 The float model comes from the weights the bundle records (``quantization.weights``: a path and/or
 sha256), else from the zoo (``fdq.host.zoo.resolve_weights``); ``weights=`` overrides both.
@@ -37,7 +45,7 @@ from fdq.device.outputs import check_folder_output
 from fdq.host.bundles import write_bundle
 
 FORMATS = ("torchscript", "onnx", "onnx-int8", "ncnn", "mnn", "mnn-int8", "executorch")
-CALIBRATED = ("onnx-int8", "mnn-int8")
+FLOAT_FORMATS = ("onnx", "ncnn", "mnn", "executorch")  # the float model, whatever the bundle's precision
 _ALIASES = {"onnx_int8": "onnx-int8", "onnx:int8": "onnx-int8", "onnx-qdq": "onnx-int8", "onnx_qdq": "onnx-int8"}
 ONNX_FILE = "model.onnx"
 NCNN_PARAM = "model.ncnn.param"
@@ -235,15 +243,17 @@ def _quantize_onnx(float_path: Path, out_path: Path, paths: List[Path], long_sid
         float_path, pre_processed = pre_path, True
     except Exception:  # an optional step: quantize the plain export if it fails
         pass
+    # uint8 weights and activations: ONNX Runtime's x86 kernels for int8 ones (s8s8, u8s8) sum pairs of
+    # products in saturating int16 on AVX2 CPUs without VNNI and lose whole AP points; u8u8 is exact.
     settings = dict(quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=False,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QUInt8,
                     calibrate_method=CalibrationMethod.MinMax)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         quantize_static(str(float_path), str(out_path), reader, **settings)
     return {"tool": "onnxruntime.quantization.quantize_static", "pre_processed": pre_processed,
             "format": "QDQ", "per_channel": True,
-            "reduce_range": False, "activation_type": "QInt8", "weight_type": "QInt8",
+            "reduce_range": False, "activation_type": "QUInt8", "weight_type": "QUInt8",
             "calibrate_method": "MinMax"}
 
 
@@ -349,6 +359,33 @@ def _verify_ncnn(model: nn.Module, folder: Path, blobs: List[np.ndarray], input_
 
 
 # --------------------------------------------------------------------------------------------------
+# What an export is: runtime, precision, where its quantization parameters came from
+# --------------------------------------------------------------------------------------------------
+
+
+def precision(bundle: Bundle) -> str:
+    """The arithmetic a bundle's model computes in: ``fp32``, ``fp16`` or ``int8``."""
+    return str((bundle.manifest.get("backend") or {}).get("dtype") or "fp32")
+
+
+def _label(bundle: Bundle) -> str:
+    engine = f" ({bundle.engine})" if bundle.engine else ""
+    return f"{precision(bundle)} {bundle.runtime} bundle {bundle.path.resolve()}{engine}"
+
+
+def _identity(manifest: Dict[str, Any], export: Dict[str, Any], params_from: Optional[str], what: str) -> None:
+    """Record what the export is, where a reader looks first: the one-line summary the CLI prints,
+    and ``quantization.params_from`` (``source bundle``, ``onnxruntime calibration`` or None for float)."""
+    manifest["quantization"]["params_from"] = params_from
+    export["summary"] = f"{manifest['runtime']} {manifest['backend']['dtype']}: {what}"
+
+
+def summary(bundle_dir: PathLike) -> str:
+    """The one line an export's manifest records about what it is."""
+    return str(load_bundle(str(bundle_dir), verify=False).manifest["export"]["summary"])
+
+
+# --------------------------------------------------------------------------------------------------
 # The public entry point
 # --------------------------------------------------------------------------------------------------
 
@@ -370,15 +407,44 @@ def _source_record(bundle: Bundle) -> Dict[str, Any]:
             "manifest_sha256": hashlib.sha256((bundle.path / MANIFEST).read_bytes()).hexdigest()}
 
 
+def _check_request(bundle: Bundle, fmt: str, calib_dir: Optional[PathLike], float_ok: bool) -> None:
+    """Refuse, in one line, an export that would not be the model it says it is."""
+    source = precision(bundle)
+    if fmt in FLOAT_FORMATS and source != "fp32" and not float_ok:
+        better = "use --format onnx-int8 for the int8 model, or " if source == "int8" else ""
+        raise _fail(f"bundle {bundle.path} is {source}: --format {fmt} writes an fp32 model (the float weights it "
+                    f"came from), not this model; {better}add --float to export that float model (see --help)")
+    if float_ok and fmt not in FLOAT_FORMATS:
+        raise _fail(f"--float applies to the float formats {', '.join(FLOAT_FORMATS)}, not {fmt} (see --help)")
+    if fmt == "mnn-int8":
+        if calib_dir is None:
+            raise _fail(f"mnn-int8 export needs --calib DIR: MNN calibrates its int8 ranges on those images "
+                        f"(see --help)")
+        return
+    if fmt == "onnx-int8" and source == "int8":
+        if calib_dir is not None:
+            raise _fail(f"onnx-int8 of int8 bundle {bundle.path} carries that bundle's own scales and zero points: "
+                        "drop --calib (nothing is recalibrated)")
+    elif fmt == "onnx-int8" and calib_dir is None:
+        raise _fail(f"onnx-int8 of {source} bundle {bundle.path} needs --calib DIR: ONNX Runtime calibrates "
+                    "its int8 scales on those images (see --help)")
+    elif fmt != "onnx-int8" and calib_dir is not None:
+        raise _fail(f"--calib is only used by onnx-int8 and mnn-int8, not {fmt}")
+
+
 def export_bundle(bundle_dir: PathLike, fmt: str, out: PathLike, calib_dir: Optional[PathLike] = None, *,
-                  weights: Optional[PathLike] = None, calib_limit: Optional[int] = None, force: bool = False) -> Path:
+                  weights: Optional[PathLike] = None, calib_limit: Optional[int] = None, force: bool = False,
+                  float_ok: bool = False) -> Path:
     """Export the model of bundle ``bundle_dir`` as a new ``fmt`` bundle at ``out``; returns its path.
 
-    ``fmt``: ``torchscript``, ``onnx``, ``onnx-int8`` (needs ``calib_dir``), ``ncnn``, ``mnn``, ``mnn-int8``
-    (needs ``calib_dir``, :mod:`fdq.host.export_mnn`) or ``executorch`` (float XNNPACK program,
-    :mod:`fdq.host.export_executorch`).
-    ``weights`` overrides the float weights the bundle records; ``calib_limit`` uses only the first
-    N calibration images (sorted). Bad input raises ``ValueError`` with one line.
+    ``fmt``: ``torchscript`` (a copy), ``onnx`` or ``ncnn`` (fp32; of a non-fp32 bundle only with
+    ``float_ok``, since that is the float model it came from) or ``onnx-int8`` (of an int8 bundle: its
+    own scales and zero points, no ``calib_dir``; of a float bundle: recalibrated by ONNX Runtime on
+    ``calib_dir``). ``weights`` overrides the float weights the bundle records; ``calib_limit`` uses
+    only the first N calibration images (sorted). Bad input raises ``ValueError`` with one line,
+    before anything is written. The manifest's ``export.summary`` says what the export is. ``mnn`` and
+    ``mnn-int8`` (on ``calib_dir``): :mod:`fdq.host.export_mnn`; ``executorch`` (fp32 XNNPACK program):
+    :mod:`fdq.host.export_executorch`.
     """
     fmt_key = _ALIASES.get(str(fmt).lower(), str(fmt).lower())
     if fmt_key not in FORMATS:
@@ -389,17 +455,15 @@ def export_bundle(bundle_dir: PathLike, fmt: str, out: PathLike, calib_dir: Opti
         raise _fail(str(exc)) from None
     if Path(out).resolve() == bundle.path.resolve():
         raise _fail(f"export target {out} is the source bundle itself")
+    _check_request(bundle, fmt_key, calib_dir, float_ok)
     check_folder_output(out, force)
-    if fmt_key in CALIBRATED and calib_dir is None:
-        raise _fail(f"{fmt_key} export needs calib_dir: a folder of calibration images")
-    if fmt_key not in CALIBRATED and calib_dir is not None:
-        raise _fail(f"calib_dir is only used by {' and '.join(CALIBRATED)}, not {fmt_key}")
     long_side = bundle.long_side
     source = _source_record(bundle)
 
     if fmt_key == "torchscript":
         return _resave(bundle, out, source, force)
-
+    if fmt_key == "onnx-int8" and precision(bundle) == "int8":
+        return _export_onnx_of_int8(bundle, out, long_side, source, force)
     model, weights_info = float_model(bundle, weights)
     if fmt_key in ("mnn", "mnn-int8"):
         from fdq.host.export_mnn import export_mnn
@@ -416,9 +480,21 @@ def export_bundle(bundle_dir: PathLike, fmt: str, out: PathLike, calib_dir: Opti
     return _export_ncnn(bundle, model, weights_info, out, long_side, source, force)
 
 
+def _float_what(bundle: Bundle) -> str:
+    if precision(bundle) == "fp32":
+        return f"the float model of {_label(bundle)}"
+    return f"float model of {_label(bundle)} (its float weights, not its {precision(bundle)} model)"
+
+
 def _resave(bundle: Bundle, out: PathLike, source: Dict[str, Any], force: bool) -> Path:
     manifest = {k: v for k, v in bundle.manifest.items() if k not in _MANIFEST_OWN}
+    manifest["quantization"] = dict(manifest.get("quantization") or {})
     manifest["exported_from"] = source
+    export: Dict[str, Any] = {"tool": "copy"}
+    manifest["export"] = export
+    int8 = precision(bundle) == "int8"
+    _identity(manifest, export, "source bundle" if int8 else None,
+              f"a verified copy of {_label(bundle)}" + (", with its own scales and zero points" if int8 else ""))
     names = list((bundle.manifest.get("files") or {}).keys())
 
     def write_files(folder: Path) -> None:
@@ -426,6 +502,79 @@ def _resave(bundle: Bundle, out: PathLike, source: Dict[str, Any], force: bool) 
             target = folder / name
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(bundle.path / name, target)
+
+    return write_bundle(str(out), manifest, write_files, force=force)
+
+
+def _image_inputs(long_side: int, mean_bgr) -> List[np.ndarray]:
+    """Blobs of random 8-bit images at the verification sizes: integer-valued like every real input,
+    so both models quantize the input identically (noise would flip input roundings at ties)."""
+    rng = np.random.default_rng(0)
+    return [normalize(rng.integers(0, 256, (b.shape[2], b.shape[3], 3), dtype=np.uint8), mean_bgr)
+            for b in _verification_inputs(long_side)]
+
+
+def _verify_against_bundle(bundle: Bundle, path: Path, long_side: int) -> Dict[str, Any]:
+    """Max abs differences between the ONNX model and the source bundle as the runner runs it."""
+    from fdq.device.runtimes import load_inference, split_outputs
+
+    reference, session = load_inference(bundle, threads=1), _ort_session(path)
+    worst = {n: 0.0 for n in OUTPUT_NAMES}
+    blobs = _image_inputs(long_side, bundle.spec.mean_bgr)
+    for blob in blobs:
+        ref = reference(blob)
+        got = split_outputs(*session.run(list(OUTPUT_NAMES), {"input": blob}))
+        if not _check_shapes(ref, got):
+            raise RuntimeError(f"the ONNX int8 model gives other output sizes than bundle {bundle.path} at input "
+                               f"{blob.shape[2]}x{blob.shape[3]}")
+        for k, v in _max_diffs(ref, got).items():
+            worst[k] = max(worst[k], v)
+    # A face score off by a tenth is another model, not rounding (the two runtimes' int8 kernels round
+    # near-ties differently, which moves scores by up to ~0.03 on real images): refuse to write it.
+    if worst["conf"] > 0.1:
+        raise RuntimeError(f"the ONNX int8 model's face scores differ from bundle {bundle.path}'s by up to "
+                           f"{worst['conf']:.3f}; not written")
+    return {"inputs": [list(b.shape) for b in blobs], "max_abs_diff_vs_source_bundle": worst,
+            "note": "outputs as the runner reads them: loc, face score, landmarks"}
+
+
+def _export_onnx_of_int8(bundle: Bundle, out: PathLike, long_side: int, source: Dict[str, Any],
+                         force: bool) -> Path:
+    """The int8 bundle's own TorchScript graph as QDQ ONNX: its scales, zero points, int8 weights."""
+    import onnx
+    import onnxruntime
+
+    from fdq.calibration.quant_api import set_engine
+    from fdq.device.runtimes import input_quantization
+    from fdq.host.onnx_qdq import OPSET as QDQ_OPSET
+    from fdq.host.onnx_qdq import graph_to_qdq
+
+    set_engine(str(bundle.engine))
+    with warnings.catch_warnings():  # torch >= 2.9 deprecates TorchScript; reading it is all we do
+        warnings.simplefilter("ignore", DeprecationWarning)
+        module = torch.jit.load(str(bundle.file("model")), map_location="cpu")
+    model = graph_to_qdq(module, input_quantization(bundle), OUTPUT_NAMES)
+    manifest = _base_manifest(bundle, "onnxruntime", "int8", long_side)
+    manifest["input"]["dynamic_hw"] = True
+    manifest["io"] = {"input": "input", "outputs": {n: n for n in OUTPUT_NAMES}}
+    export: Dict[str, Any] = {
+        "tool": "fdq.host.onnx_qdq (the bundle's TorchScript int8 graph rewritten as ONNX QDQ)", "opset": QDQ_OPSET,
+        "format": "QDQ", "activations": "uint8, torch's per-tensor scale and zero point of every quantized op",
+        "weights": "torch's int8 values and scales, stored as uint8 with zero point + 128 (the same numbers; "
+                   "ONNX Runtime's u8s8 x86 kernels saturate without VNNI, its u8u8 ones do not)",
+        "bias": "int32 at input_scale * weight_scale, as the int8 kernels add it",
+        "torch_version": str(torch.__version__), "onnx_version": str(onnx.__version__),
+        "onnxruntime_version": str(onnxruntime.__version__)}
+    quant = {"level": (bundle.manifest.get("quantization") or {}).get("level"), "source": bundle.manifest.get(
+        "quantization")}
+    manifest.update({"quantization": quant, "calibration": bundle.manifest.get("calibration"),
+                     "exported_from": source, "export": export, "entry": {"model": ONNX_FILE}})
+    _identity(manifest, export, "source bundle",
+              f"the int8 model of {_label(bundle)}, with its own scales and zero points (QDQ)")
+
+    def write_files(folder: Path) -> None:
+        onnx.save(model, str(folder / ONNX_FILE))
+        export["verification"] = _verify_against_bundle(bundle, folder / ONNX_FILE, long_side)
 
     return write_bundle(str(out), manifest, write_files, force=force)
 
@@ -448,6 +597,15 @@ def _export_onnx(bundle: Bundle, model: nn.Module, weights_info: Dict[str, Any],
     export: Dict[str, Any] = {"tool": "torch.onnx.export (TorchScript-based exporter)", "opset": OPSET,
                               "torch_version": str(torch.__version__),
                               "onnxruntime_version": str(onnxruntime.__version__)}
+    manifest.update({"quantization": quant, "calibration": calib_info, "exported_from": source,
+                     "export": export, "entry": {"model": ONNX_FILE}})
+    if int8:
+        assert calib_info is not None
+        _identity(manifest, export, "onnxruntime calibration",
+                  f"recalibrated by ONNX Runtime (MinMax) on {calib_info['images']} images of {calib_info['dir']} "
+                  f"(list sha256 {calib_info['list_sha256'][:16]}), from the float weights of {_label(bundle)}")
+    else:
+        _identity(manifest, export, None, _float_what(bundle))
 
     def write_files(folder: Path) -> None:
         target = folder / ONNX_FILE
@@ -468,8 +626,6 @@ def _export_onnx(bundle: Bundle, model: nn.Module, weights_info: Dict[str, Any],
             raise RuntimeError("the quantized ONNX model gives other output sizes than the float model")
         export["int8_max_abs_diff_vs_float"] = {"image": calib_paths[0].name, **_max_diffs(ref, got)}
 
-    manifest.update({"quantization": quant, "calibration": calib_info, "exported_from": source,
-                     "export": export, "entry": {"model": ONNX_FILE}})
     return write_bundle(str(out), manifest, write_files, force=force)
 
 
@@ -512,5 +668,6 @@ def _export_ncnn(bundle: Bundle, model: nn.Module, weights_info: Dict[str, Any],
     manifest.update({"quantization": {"level": "float", "weights": weights_info}, "calibration": None,
                      "io": io, "exported_from": source, "export": export,
                      "entry": {"param": NCNN_PARAM, "model": NCNN_BIN}})
+    _identity(manifest, export, None, _float_what(bundle))
     # ``io`` and ``export`` are filled while the files are written, before write_bundle dumps the manifest.
     return write_bundle(str(out), manifest, write_files, force=force)

@@ -70,14 +70,16 @@ def _pte_runner(path: Path):
 
 def write_executorch_bundle(program_model: nn.Module, float_model: nn.Module, spec: DetectorSpec, long_side: int,
                             out: PathLike, *, dtype: str, manifest: Dict[str, Any],
-                            report: Optional[Dict[str, Any]] = None, force: bool = False) -> Path:
+                            report: Optional[Dict[str, Any]] = None, summary: Optional[str] = None,
+                            force: bool = False) -> Path:
     """Lower ``program_model`` and write it as an ``executorch`` bundle; ``manifest`` adds its own fields
-    (quantization, calibration, provenance) to the common ones."""
+    (quantization, calibration, provenance) to the common ones; ``summary``: the line ``fdq export`` prints."""
     from fdq.host.export import _verification_inputs
 
     _, _, (low, high) = export_inputs(long_side)
     check: Dict[str, Any] = {"tool": "torch.export + executorch.exir.to_edge_transform_and_lower (XnnpackPartitioner)",
-                             "executorch_version": executorch_version(), "torch_version": str(torch.__version__)}
+                             "executorch_version": executorch_version(), "torch_version": str(torch.__version__),
+                             "summary": summary}
 
     def write_files(folder: Path) -> None:
         target = folder / PTE_FILE
@@ -107,7 +109,9 @@ def write_executorch_bundle(program_model: nn.Module, float_model: nn.Module, sp
 def export_executorch(bundle: Bundle, model: nn.Module, weights_info: Dict[str, Any], out: PathLike,
                       long_side: int, source: Dict[str, Any], force: bool) -> Path:
     """``fdq export --format executorch``: the bundle's float model as an XNNPACK fp32 program."""
-    manifest = {"quantization": {"level": "float", "weights": weights_info}, "calibration": None,
-                "exported_from": source}
+    from fdq.host.export import _float_what
+
+    manifest = {"quantization": {"level": "float", "weights": weights_info, "params_from": None},
+                "calibration": None, "exported_from": source}
     return write_executorch_bundle(model.eval(), model, bundle.spec, long_side, out, dtype="fp32",
-                                   manifest=manifest, force=force)
+                                   manifest=manifest, summary=f"executorch fp32: {_float_what(bundle)}", force=force)

@@ -130,7 +130,8 @@ def export_mnn(bundle: Bundle, model: nn.Module, weights_info: Dict[str, Any], o
                source: Dict[str, Any], calib: Optional[Tuple[List[Path], Dict[str, Any]]], force: bool) -> Path:
     """Write the ``mnn`` (``calib`` None) or ``mnn-int8`` bundle at ``out``; ``calib``: the calibration
     images and their record, from :func:`fdq.host.export.calibration_images`."""
-    from fdq.host.export import _base_manifest, _export_onnx_float, _verification_inputs, preprocessed
+    from fdq.host.export import (_base_manifest, _export_onnx_float, _float_what, _identity, _label,
+                                 _verification_inputs, preprocessed)
     from fdq.host.bundles import write_bundle
 
     _tools()  # a missing MNN wheel is one line before any work
@@ -145,7 +146,6 @@ def export_mnn(bundle: Bundle, model: nn.Module, weights_info: Dict[str, Any], o
         recorded = (bundle.manifest.get("calibration") or {}).get("file_list_sha256")
         if recorded:  # an int8 source: say whether MNN calibrated on the same images
             calib_info["same_images_as_source"] = recorded == calib_info["list_sha256"]
-        quant["params_from"] = f"MNN's offline quantization ({FEATURE_METHOD}) on the calibration images"
     export: Dict[str, Any] = {"tool": "torch.onnx.export + MNN converter (_tools.mnnconvert, in-process)",
                               "mnn_version": mnn_version(), "torch_version": str(torch.__version__)}
 
@@ -160,4 +160,11 @@ def export_mnn(bundle: Bundle, model: nn.Module, weights_info: Dict[str, Any], o
 
     manifest.update({"quantization": quant, "calibration": calib_info, "exported_from": source, "export": export,
                      "io": {"input": "input", "outputs": {n: n for n in OUTPUT_NAMES}}, "entry": {"model": MNN_FILE}})
+    if int8:
+        _identity(manifest, export, "mnn calibration",
+                  f"calibrated by MNN's offline quantization ({FEATURE_METHOD}) on {calib_info['images']} images of "
+                  f"{calib_info['dir']} (list sha256 {calib_info['list_sha256'][:16]}), from the float weights of "
+                  f"{_label(bundle)}")
+    else:
+        _identity(manifest, export, None, _float_what(bundle))
     return write_bundle(str(out), manifest, write_files, force=force)

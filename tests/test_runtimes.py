@@ -167,7 +167,7 @@ def test_mnn_int8_export_needs_images(float_bundle, workdir):
     _require("MNN")
     from fdq.host.export import export_bundle
 
-    with pytest.raises(ValueError, match="mnn-int8 export needs calib_dir"):
+    with pytest.raises(ValueError, match="mnn-int8 export needs --calib DIR"):
         export_bundle(float_bundle, "mnn-int8", workdir / "x")
     assert not (workdir / "x").exists()
 
