@@ -261,7 +261,7 @@ def _mnn(bundle: Bundle, threads: int) -> InferenceFn:
     module = open_mnn(str(bundle.file("model")), input_name, [outputs[r] for r in OUTPUT_ROLES], threads, fp32)
 
     def infer(blob: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return _split_outputs(*run_mnn(module, blob))
+        return split_outputs(*run_mnn(module, blob))
 
     return infer
 
@@ -304,7 +304,7 @@ def _executorch(bundle: Bundle, threads: int) -> InferenceFn:
             raise BundleError(f"this ExecuTorch bundle takes inputs from {low} to {high} pixels a side, "
                               f"got {width}x{height}")
         loc, conf, landm = method.execute([torch.from_numpy(np.ascontiguousarray(blob, dtype=np.float32))])
-        return _split_outputs(loc.numpy(), conf.numpy(), landm.numpy())
+        return split_outputs(loc.numpy(), conf.numpy(), landm.numpy())
 
     return infer
 
