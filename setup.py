@@ -35,6 +35,8 @@ setup(
         "pyyaml>=6.0,<7",
         "psutil>=5.9,<8",
         "rich>=13,<16",
+        # fdq-deploy --setup judges a wheel's dependency markers for the board, not for this machine.
+        "packaging>=22",
         # .mat ground truth of WIDER FACE (MATLAB v5 files): scipy.io reads them, no hand-written parser.
         "scipy>=1.10,<2",
         # precision-recall plots and comparison charts.

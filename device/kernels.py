@@ -28,6 +28,7 @@ import numpy as np
 
 from .postprocess import Detections, pixel_scale, postprocess
 from .preprocess import normalize
+from .sysinfo import cpu_features
 
 SOURCE_DIR = Path(__file__).resolve().parent / "kernels"
 SOURCES = ("fdq_kernels.c", "fdq_kernels.h")
@@ -179,19 +180,21 @@ def _arch_flags() -> List[str]:
 
 
 def _cpu_signature() -> str:
-    """The CPU's model and feature lines: a cache shared across boards must not hand a
+    """The CPU's model and feature lines, and the features this process really has (under
+    qemu-user /proc/cpuinfo is the host's): a cache shared across boards must not hand a
     ``-march=native`` build to a CPU lacking its instructions."""
+    features = " ".join(cpu_features() or [])
     try:
         lines = Path("/proc/cpuinfo").read_text(errors="replace").splitlines()
     except OSError:
-        return platform.processor()
+        return f"{platform.processor()}\n{features}"
     keys = ("model name", "flags", "features", "cpu implementer", "cpu part")
     seen = {}
     for line in lines:
         key = line.split(":", 1)[0].strip().lower()
         if key in keys and key not in seen:
             seen[key] = line
-    return "\n".join(seen[k] for k in keys if k in seen)
+    return "\n".join([*(seen[k] for k in keys if k in seen), features])
 
 
 def _cache_dir() -> Path:

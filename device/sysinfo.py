@@ -12,6 +12,7 @@ import platform
 import re
 import resource
 import shutil
+import struct
 import subprocess
 import sys
 from typing import Any, Dict, List, Optional
@@ -229,6 +230,64 @@ def memory() -> Dict[str, Any]:
     return out
 
 
+# Names of the AT_HWCAP / AT_HWCAP2 bits, bit 0 first, as the kernel prints them in /proc/cpuinfo
+# (arch/arm64/kernel/cpuinfo.c, bits from arch/arm64/include/uapi/asm/hwcap.h; 32-bit ARM:
+# arch/arm/kernel/setup.c). int8 kernels (XNNPACK, ruy, ncnn, onnxruntime) choose code paths by these.
+_HWCAP_NAMES = {
+    "aarch64": (
+        ("fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm jscvt fcma lrcpc dcpop "
+         "sha3 sm3 sm4 asimddp sha512 sve asimdfhm dit uscat ilrcpc flagm ssbs sb paca pacg gcs").split(),
+        ("dcpodp sve2 sveaes svepmull svebitperm svesha3 svesm4 flagm2 frint svei8mm svef32mm svef64mm svebf16 "
+         "i8mm bf16 dgh rng bti mte ecv afp rpres mte3 sme smei16i64 smef64f64 smei8i32 smef16f32 smeb16f32 "
+         "smef32f32 smefa64 wfxt ebf16 sveebf16 cssc rprfm sve2p1 sme2 sme2p1 smei16i32 smebi32i32 smeb16b16 "
+         "smef16f16 mops hbc sveb16b16 lrcpc3 lse128 fpmr lut faminmax f8cvt f8fma f8dp4 f8dp2 f8e4m3 f8e5m2 "
+         "smelutv2 smef8f16 smef8f32 smesf8fma smesf8dp4 smesf8dp2 poe").split(),
+    ),
+    "arm": (
+        ("swp half thumb 26bit fastmult fpa vfp edsp java iwmmxt crunch thumbee neon vfpv3 vfpv3d16 tls vfpv4 "
+         "idiva idivt vfpd32 lpae evtstrm fphp asimdhp asimddp asimdfhm asimdbf16 i8mm").split(),
+        "aes pmull sha1 sha2 crc32 sb ssbs".split(),
+    ),
+}
+_AT_HWCAP, _AT_HWCAP2 = 16, 26
+
+
+def _auxv() -> Dict[int, int]:
+    """This process's auxiliary vector {type: value}. Under qemu-user it is the emulated CPU's
+    (qemu answers /proc/self/auxv itself), unlike /proc/cpuinfo, which describes the host."""
+    try:
+        with open("/proc/self/auxv", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return {}
+    size = struct.calcsize("2L")  # (type, value) pairs of native unsigned longs
+    out: Dict[int, int] = {}
+    for key, value in struct.iter_unpack("2L", raw[:len(raw) - len(raw) % size]):
+        if key == 0:  # AT_NULL ends it
+            break
+        out[key] = value
+    return out
+
+
+def cpu_features() -> Optional[List[str]]:
+    """The instruction-set features this process can use: on ARM the AT_HWCAP / AT_HWCAP2 bits named
+    as in /proc/cpuinfo (a bit without a name as ``hwcap2_bitN``), on x86 the ``flags`` of
+    /proc/cpuinfo; None where neither says."""
+    machine = platform.machine().lower()
+    names = _HWCAP_NAMES.get("aarch64" if machine in ("aarch64", "arm64") else _ARCH_FAMILY.get(machine, ""))
+    if names:
+        auxv = _auxv()
+        if _AT_HWCAP not in auxv:
+            return None
+        found = []
+        for table, key, label in ((names[0], _AT_HWCAP, "hwcap"), (names[1], _AT_HWCAP2, "hwcap2")):
+            bits = auxv.get(key, 0)
+            found += [table[b] if b < len(table) else f"{label}_bit{b}" for b in range(64) if bits >> b & 1]
+        return found
+    flags = _cpuinfo_fields(_read("/proc/cpuinfo")).get("flags")
+    return flags.split() if flags and _ARCH_FAMILY.get(machine) == "x86" else None
+
+
 def system_info() -> Dict[str, Any]:
     """Everything above that does not change during a run."""
     uname = platform.uname()
@@ -240,6 +299,7 @@ def system_info() -> Dict[str, Any]:
         "python": platform.python_version(),
         "python_implementation": platform.python_implementation(),
         "emulation": emulation(),
+        "cpu_features": cpu_features(),
     }
 
 

@@ -277,6 +277,9 @@ def _target_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--user", help="override the profile's user")
     p.add_argument("--key", help="override the profile's private key file")
     p.add_argument("--python", help="override the profile's Python on the target")
+    p.add_argument("--setup", action="store_true",
+                   help="install the runner's packages and the profile's runtimes into a venv in the work directory "
+                        "(wheels fetched here for the board's platform, installed there offline)")
 
 
 def _connect(args: argparse.Namespace):
@@ -287,9 +290,11 @@ def _connect(args: argparse.Namespace):
                                python=args.python))
 
 
-def _deploy(conn, bundles: List[str]):
+def _deploy(conn, bundles: List[str], setup: bool = False):
     from fdq.host.deploy import deploy
+    from fdq.host.provision import prepare
 
+    prepare(conn, setup)
     done = deploy(conn, bundles)
     print(f"{conn.target.name} ({conn.target.address}): {len(done.uploaded)} file(s) sent "
           f"({done.uploaded_bytes / 1024:.0f} KiB), {done.unchanged} unchanged, {len(done.removed)} removed; "
@@ -300,7 +305,7 @@ def _deploy(conn, bundles: List[str]):
 def cmd_deploy(args: argparse.Namespace) -> int:
     conn = _connect(args)
     try:
-        done = _deploy(conn, args.bundles)
+        done = _deploy(conn, args.bundles, args.setup)
     finally:
         conn.close()
     for local, remote in done.bundles.items():
@@ -313,7 +318,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
     conn = _connect(args)
     try:
-        done = _deploy(conn, [args.bundle])
+        done = _deploy(conn, [args.bundle], args.setup)
         remote = done.bundles[str(Path(args.bundle).resolve())]
         out = Path(args.out or f"fdq-profile/{conn.target.name}/{Path(remote).name}.json")
         doc = profile(conn, remote, out, args.frames, args.warmup, args.threads, args.source)

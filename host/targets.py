@@ -34,6 +34,8 @@ class Target:
     threads: int = 1
     engine: Optional[str] = None
     runtimes: Tuple[str, ...] = ("torchscript",)
+    torch: Optional[str] = None  # the torch version fdq-deploy --setup installs (default: the newest for the board)
+    onnxruntime: Optional[str] = None  # the same for onnxruntime
     thermal_zone: Optional[str] = None
     throttling: Optional[str] = None
 

@@ -30,13 +30,9 @@ cleanup
 trap 'cleanup; echo "make_board_root.sh: error: build failed; nothing left behind" >&2' ERR
 trap 'stop; cleanup; echo "make_board_root.sh: interrupted; nothing left behind" >&2; exit 130' INT TERM
 
-if [ "$(uname -m)" != aarch64 ]; then
-  if ! command -v debootstrap >/dev/null || [ ! -e /usr/bin/qemu-aarch64-static ]; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user-static binfmt-support debootstrap >/dev/null
-  fi
-  [ -e /proc/sys/fs/binfmt_misc/register ] || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
-  [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || update-binfmts --enable qemu-aarch64
-fi
+# shellcheck source=board_binfmt.sh
+. "$(dirname "$0")/board_binfmt.sh"
+ensure_arm64_binfmt
 
 step debootstrap --arch=arm64 --variant=minbase \
   --include=python3,python3-venv,python3-pip,gcc,libc6-dev,ca-certificates "$SUITE" "$PARTIAL" "$MIRROR" >/dev/null

@@ -1,20 +1,26 @@
 """Shared pytest fixtures.
 
-``sshd``: a real OpenSSH server on 127.0.0.1 for the session: a fresh host key, a fresh client key,
-a free port on loopback, this user's login, a config of its own; stopped at the end. Without sshd
-or root (sshd's privilege separation needs it) the SSH tests skip; CI installs openssh-server and
-runs as root, and fails instead of skipping.
+``sshd`` and ``arm64_board``: the test boards of ``scripts/testboard.sh`` for the session, each a
+real OpenSSH server on a free port of 127.0.0.1 with its own keys, taken down at the end. ``sshd``
+is this machine (its Python is the one running the tests), ``arm64_board`` the emulated Raspberry
+Pi 4. Each yields ``port``, ``key`` (the client key), ``home`` (the board's state folder),
+``profile`` (a YAML file for ``--target``), ``name``, ``fields`` (the profile read) and ``root``
+(an arm64 board's root). Without root, sshd or qemu-user the tests that use them skip; CI
+installs what they need, runs as root, and fails instead of skipping.
 """
 from __future__ import annotations
 
 import os
-import shutil
+import platform
 import socket
 import subprocess
-import time
+import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Dict, Iterator, Optional
 
 import pytest
+import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,9 +34,6 @@ def shared_dir() -> Path:
             pytest.fail(f"shared assets not found at {path}: CI must test on the real data (set FDQ_SHARED)")
         pytest.skip(f"shared assets not found at {path} (set FDQ_SHARED)")
     return path
-
-
-SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
 
 def _free_port() -> int:
@@ -56,42 +59,56 @@ def slim_fp32_bundle(tmp_path_factory, shared_dir):
                                    dtype="fp32", quantization={"level": "float"})
 
 
+TESTBOARD = REPO_ROOT / "scripts" / "testboard.sh"
+BOARD_ROOTS = Path("/var/lib/fdq-testboard")  # where testboard.sh unpacks an arm64 board's root
+
+
+def _needs(missing: str) -> None:
+    """Skip here, fail in CI: CI must test against the real boards."""
+    if os.environ.get("CI"):
+        pytest.fail(f"CI must test against a real board: {missing}")
+    pytest.skip(f"needs {missing}")
+
+
+@contextmanager
+def _testboard(kind: str, name: str, *options: str) -> Iterator[Dict[str, Any]]:
+    """A board from ``scripts/testboard.sh up``, taken down (by pid, mounts with it) at the end."""
+    done = subprocess.run(["bash", str(TESTBOARD), "up", kind, "--name", name, *options],
+                          capture_output=True, text=True)
+    try:
+        if done.returncode != 0:
+            pytest.fail(f"testboard.sh up {kind} failed: {done.stderr.strip()[-800:]}")
+        profile = Path(done.stdout.strip().splitlines()[-1])
+        fields = yaml.safe_load(profile.read_text())
+        yield {"port": fields["port"], "key": Path(fields["key"]), "home": profile.parent, "profile": profile,
+               "name": name, "fields": fields, "root": BOARD_ROOTS / name / "root"}
+    finally:
+        subprocess.run(["bash", str(TESTBOARD), "down", name], capture_output=True, text=True)
+
+
 @pytest.fixture(scope="session")
-def sshd(tmp_path_factory):
-    if not os.path.exists(SSHD) or os.geteuid() != 0:
-        if os.environ.get("CI"):
-            pytest.fail("CI must test deploy against a real sshd (install openssh-server, run as root)")
-        pytest.skip("needs OpenSSH's sshd and root")
-    home = tmp_path_factory.mktemp("sshd")
-    for name in ("host_key", "client_key"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(home / name)], check=True)
-    (home / "authorized_keys").write_text((home / "client_key.pub").read_text())
-    port = _free_port()
-    config = home / "sshd_config"
-    config.write_text(f"""ListenAddress 127.0.0.1
-Port {port}
-HostKey {home / 'host_key'}
-AuthorizedKeysFile {home / 'authorized_keys'}
-PidFile {home / 'sshd.pid'}
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PermitRootLogin prohibit-password
-StrictModes no
-UsePAM no
-Subsystem sftp internal-sftp
-""")
-    Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory
-    server = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if server.poll() is not None or time.monotonic() > deadline:
-                server.kill()
-                pytest.fail(f"sshd did not start: {server.stderr.read()[-500:]}")
-            time.sleep(0.1)
-    yield {"port": port, "key": home / "client_key", "home": home}
-    server.terminate()
-    server.wait(timeout=10)
+def sshd():
+    """This machine behind a private OpenSSH sshd (``testboard.sh up native``, Python: this one)."""
+    if not os.path.exists("/usr/sbin/sshd") or os.geteuid() != 0:
+        _needs("OpenSSH's sshd and root (install openssh-server, run as root)")
+    with _testboard("native", f"pytest-{os.getpid()}", "--python", sys.executable) as board:
+        yield board
+
+
+def _arm64_missing() -> Optional[str]:
+    if os.geteuid() != 0 or not os.path.exists("/usr/sbin/sshd"):
+        return "root and OpenSSH's sshd"
+    if platform.machine() != "aarch64" and not os.path.exists("/usr/bin/qemu-aarch64-static"):
+        return "qemu-user-static (and binfmt-support, debootstrap) for the emulated arm64 board"
+    return None
+
+
+@pytest.fixture(scope="session")
+def arm64_board():
+    """The emulated Raspberry Pi 4 (``testboard.sh up arm64``): arm64 root, Cortex-A72 under qemu-user."""
+    missing = _arm64_missing()
+    if missing:
+        _needs(missing)
+    with _testboard("arm64", f"pytest-arm64-{os.getpid()}") as board:
+        yield board
+

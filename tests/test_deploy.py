@@ -87,7 +87,7 @@ def test_a_file_damaged_on_the_board_travels_again(board, bundle, tmp_path, caps
     ("wrong-key", "refused the key"),
     ("closed-port", "cannot connect to 127.0.0.1"),
     ("missing-key", "key file"),
-    ("bad-python", "cannot list"),
+    ("bad-python", "does not run there"),
 ])
 def test_target_problems_are_one_clear_line(case, needle, board, sshd, bundle, tmp_path, capsys, free_port):
     args = ["--target", str(board["profile"]), str(bundle)]

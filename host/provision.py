@@ -1,0 +1,209 @@
+"""``fdq-deploy --setup``: a bare board (its stock ``python3``) becomes one that runs the runner.
+
+The board's Python version, C library and machine are read over the connection; this machine
+downloads the wheels for exactly that platform (cached under ``$FDQ_HOME/wheels``), sends them to
+``WORKDIR/wheels`` and installs them with ``pip --no-index`` into ``WORKDIR/venv``. So the board
+needs no internet, and pip never resolves anything there (minutes under emulation, and a Pi in the
+field is often offline). What is installed: the runner's packages, and per runtime of the profile's
+``runtimes`` its package (torch's CPU wheel at the profile's ``torch`` version, default the newest
+one for that Python; onnxruntime, at the profile's ``onnxruntime`` version; ncnn).
+
+Once a work directory has that venv, deploy and profile run its Python. Without ``--setup``, a
+Python that lacks one of the runner's modules is refused in one line that names it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass, replace
+from pathlib import Path, PurePosixPath
+from typing import Dict, List, Sequence, Tuple
+
+from packaging.requirements import Requirement
+
+from fdq.device.outputs import atomic_folder
+
+from .remote import Connection
+
+VENV = "venv"
+WHEELS = "wheels"
+# module the runner imports -> the distribution that provides it (ranges as fdq's own setup.py)
+RUNNER_PACKAGES = {"numpy": "numpy>=1.23,<3", "cv2": "opencv-python-headless>=4.8,<6", "yaml": "pyyaml>=6.0,<7",
+                   "psutil": "psutil>=5.9,<8"}
+RUNTIME_PACKAGES = {"torchscript": "torch", "onnxruntime": "onnxruntime", "ncnn": "ncnn"}
+INSTALL_TIMEOUT_S = 3600.0  # torch unpacks for minutes under emulation
+
+# Run by the board's Python: what pip needs to know of the platform, and which modules are missing.
+_FACTS = """import importlib.util, json, platform, sys
+print(json.dumps({"python": "%d.%d" % sys.version_info[:2], "python_full": platform.python_version(),
+                  "implementation": sys.implementation.name, "machine": platform.machine(),
+                  "libc": list(platform.libc_ver()), "executable": sys.executable,
+                  "missing": [m for m in sys.argv[1:] if importlib.util.find_spec(m) is None]}))
+"""
+
+
+@dataclass(frozen=True)
+class BoardPython:
+    """A Python on the board and what pip must know about it."""
+
+    executable: str
+    python: str             # "3.11"
+    python_full: str
+    implementation: str
+    machine: str
+    libc: Tuple[str, str]   # ("glibc", "2.36")
+    missing: Tuple[str, ...]
+
+    def platforms(self) -> List[str]:
+        """pip ``--platform`` tags this board takes: manylinux_2_17 up to its glibc (newer wheels carry
+        manylinux_2_2x tags only, so manylinux2014 alone would find stale versions or none)."""
+        name, version = self.libc
+        if name != "glibc" or not version:
+            raise SetupError(f"--setup needs a glibc board; {self.executable} reports C library {name or 'unknown'}")
+        major, minor = (int(p) for p in version.split(".")[:2])
+        newest = minor if major == 2 else 17
+        return [f"manylinux_2_{m}_{self.machine}" for m in range(newest, 16, -1)] + [f"manylinux2014_{self.machine}"]
+
+    def markers(self) -> Dict[str, str]:
+        """The environment markers of the board's Python, to pick dependencies for it, not for this machine."""
+        return {"python_version": self.python, "python_full_version": self.python_full, "os_name": "posix",
+                "sys_platform": "linux", "platform_system": "Linux", "platform_machine": self.machine,
+                "implementation_name": self.implementation, "platform_python_implementation": "CPython",
+                "platform_release": "", "platform_version": "", "implementation_version": self.python_full,
+                "extra": ""}
+
+
+class SetupError(RuntimeError):
+    """The board cannot be provisioned, or lacks what the runner needs; one line says which."""
+
+
+def _venv_python(conn: Connection) -> str:
+    return str(PurePosixPath(conn.path(conn.target.workdir), VENV, "bin", "python"))
+
+
+def board_python(conn: Connection, modules: Sequence[str] = (), prefer_venv: bool = True) -> BoardPython:
+    """Facts of the board's Python (the work directory's venv when it has one, else the profile's);
+    ``missing`` lists those of ``modules`` it cannot import. One command, one round trip."""
+    q = shlex.quote
+    venv, base = q(_venv_python(conn)), q(conn.target.python)
+    choose = f"if [ -x {venv} ]; then p={venv}; else p={base}; fi" if prefer_venv else f"p={base}"
+    done = conn.run(f'{choose}; "$p" -c {q(_FACTS)} ' + " ".join(q(m) for m in modules), timeout=120)
+    if done.returncode != 0:
+        raise SetupError(f"{conn.target.name}: {conn.target.python} does not run there: {done.last_error_line()}")
+    facts = json.loads(done.stdout)
+    return BoardPython(facts["executable"], facts["python"], facts["python_full"], facts["implementation"],
+                       facts["machine"], tuple(facts["libc"]), tuple(facts["missing"]))
+
+
+def requirements(conn: Connection) -> List[str]:
+    """What the runner needs on this target: its packages and those of the profile's runtimes."""
+    target = conn.target
+    wanted = list(RUNNER_PACKAGES.values())
+    for runtime in target.runtimes:
+        if runtime not in RUNTIME_PACKAGES:
+            raise SetupError(f"{target.name}: --setup knows runtimes {', '.join(RUNTIME_PACKAGES)}, "
+                              f"the profile names {runtime!r}")
+        package = RUNTIME_PACKAGES[runtime]
+        version = {"torch": target.torch, "onnxruntime": target.onnxruntime}.get(package)
+        wanted.append(f"{package}=={version}" if version else package)
+    return wanted
+
+
+def _pip_download(board: BoardPython, folder: Path, packages: Sequence[str], deps: bool) -> None:
+    platform_args = [a for tag in board.platforms() for a in ("--platform", tag)]
+    command = [sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check", "--only-binary=:all:",
+               "--implementation", "cp", "--python-version", board.python, *platform_args, "-d", str(folder),
+               *([] if deps else ["--no-deps"]), *packages]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        errors = [ln for ln in done.stderr.splitlines() if ln.startswith("ERROR")] or done.stderr.splitlines() or ["?"]
+        raise SetupError(f"pip download for {board.machine} / Python {board.python} failed: {errors[-1].strip()}")
+
+
+def _wheel_requirements(wheel: Path, board: BoardPython) -> List[str]:
+    """The Requires-Dist of ``wheel`` whose markers hold on the board."""
+    with zipfile.ZipFile(wheel) as archive:
+        meta = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
+        lines = archive.read(meta).decode("utf-8").splitlines()
+    out = []
+    for line in lines:
+        if line.startswith("Requires-Dist:"):
+            req = Requirement(line.split(":", 1)[1].strip())
+            if req.marker is None or req.marker.evaluate(board.markers()):
+                out.append(f"{req.name}{req.specifier}")
+    return out
+
+
+def download_wheels(board: BoardPython, packages: Sequence[str], cache: Path) -> List[Path]:
+    """Every wheel ``packages`` need on the board, with pip itself, from the cache when it has this set."""
+    key = hashlib.sha256(json.dumps([board.platforms(), board.python, sorted(packages)]).encode()).hexdigest()[:16]
+    folder = cache / f"cp{board.python.replace('.', '')}-{board.machine}-{key}"
+    if not folder.is_dir():
+        with atomic_folder(folder) as scratch:
+            torch = [p for p in packages if Requirement(p).name == "torch"]
+            others = [p for p in packages if p not in torch]
+            if torch:
+                # torch's dependencies carry markers (CUDA libraries on x86_64 only) that pip would judge
+                # by this machine: take the wheel alone, then its dependencies as the board's markers say.
+                _pip_download(board, scratch, torch, deps=False)
+                others += _wheel_requirements(next(scratch.glob("torch-*.whl")), board)
+            _pip_download(board, scratch, [*others, "pip"], deps=True)
+    return sorted(folder.glob("*.whl"))
+
+
+def wheel_cache() -> Path:
+    return Path(os.environ.get("FDQ_HOME") or Path.home() / ".cache" / "fdq") / "wheels"
+
+
+# Run by the board's Python: {file name: size} of the wheels folder it already holds.
+_SIZES = ("import json, os, sys; d = sys.argv[1]; "
+          "print(json.dumps({n: os.path.getsize(os.path.join(d, n)) for n in os.listdir(d)}))")
+
+
+def setup(conn: Connection) -> str:
+    """Install what the runner needs into ``WORKDIR/venv`` on the board; the venv's Python."""
+    q = shlex.quote
+    workdir = conn.path(conn.target.workdir)
+    board = board_python(conn, prefer_venv=False)
+    packages = requirements(conn)
+    wheels = download_wheels(board, packages, wheel_cache())
+    remote_wheels = str(PurePosixPath(workdir, WHEELS))
+    conn.makedirs(remote_wheels)
+    listing = conn.run(f"{q(board.executable)} -c {q(_SIZES)} {q(remote_wheels)}", timeout=120)
+    held = json.loads(listing.stdout) if listing.returncode == 0 else {}
+    sent = [w for w in wheels if held.get(w.name) != w.stat().st_size]
+    for wheel in sent:
+        conn.put(wheel, str(PurePosixPath(remote_wheels, wheel.name)))
+    print(f"{conn.target.name}: --setup for {board.machine}, Python {board.python}, {' '.join(board.libc)}: "
+          f"{len(sent)} of {len(wheels)} wheel(s) sent; installing {', '.join(packages)} into {workdir}/{VENV}",
+          file=sys.stderr)
+    pip_wheel = next(w for w in wheels if w.name.startswith("pip-"))
+    venv = _venv_python(conn)
+    command = (f"cd {q(workdir)} && {{ [ -x {q(venv)} ] || {q(board.executable)} -m venv --without-pip {VENV}; }}"
+               f" && {q(venv)} {q(f'{WHEELS}/{pip_wheel.name}/pip')} install -q --disable-pip-version-check"
+               f" --no-index --find-links {WHEELS} " + " ".join(q(p) for p in packages))
+    done = conn.run(command, timeout=INSTALL_TIMEOUT_S)
+    if done.returncode != 0:
+        raise SetupError(f"{conn.target.name}: installing into {workdir}/{VENV} failed: {done.last_error_line()}")
+    return venv
+
+
+def prepare(conn: Connection, with_setup: bool) -> None:
+    """Before a deploy: with ``--setup`` install the runner's packages; then run the work directory's
+    venv when it has one, and refuse, in one line, a Python that lacks a runner module."""
+    if with_setup:
+        setup(conn)
+    board = board_python(conn, list(RUNNER_PACKAGES))
+    if board.executable == _venv_python(conn):
+        conn.target = replace(conn.target, python=board.executable)
+    if board.missing:
+        dists = {m: Requirement(RUNNER_PACKAGES[m]).name for m in board.missing}
+        names = ", ".join(m if d == m else f"{m} (from {d})" for m, d in dists.items())
+        venv = f"{conn.path(conn.target.workdir)}/{VENV}"
+        raise SetupError(f"{conn.target.name}: {conn.target.python} there lacks {names}; "
+                         f"fdq-deploy --setup installs the runner's packages into {venv}")
