@@ -48,6 +48,15 @@ setup(
     extras_require={
         "test": ["pytest>=8"],
         "export": ["onnx>=1.16", "onnxruntime>=1.18", "ncnn>=1.0.20240410", "pnnx>=20240410"],
+        # MNN: the runtime the 1MB detectors' upstream measures on a Raspberry Pi (int8 there), and its
+        # converter and offline quantizer (called in-process, never through its logging wrappers).
+        # Wheels for x86_64 and aarch64.
+        "mnn": ["MNN==3.6.1"],
+        # ExecuTorch with the XNNPACK delegate: PyTorch's own path to ARM int8 (PT2E quantization).
+        # 1.5.1 + torchao 0.18.0 are the releases that work with torch 2.13. Install them with
+        # scripts/install_runtimes.sh (--no-deps: their declared dependencies serve other backends).
+        "executorch": ["executorch==1.5.1", "torchao==0.18.0", "ruamel.yaml>=0.17", "flatbuffers>=24",
+                       "tabulate>=0.9"],
     },
     entry_points={
         "console_scripts": [

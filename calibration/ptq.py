@@ -78,6 +78,20 @@ def calibrate(model: nn.Module, options: PTQOptions, inputs: Sequence[torch.Tens
     return Calibrated(fused, prepared, options, pairs, *unit_graph(fused, inputs[0]))
 
 
+def calibrate_pt2e(model: nn.Module, inputs: Sequence[torch.Tensor], example: Tuple[torch.Tensor, ...],
+                   dynamic_shapes: Dict[str, Any], per_channel: bool = True, cle: bool = True) -> Tuple[nn.Module, int]:
+    """Level 2 through PT2E for XNNPACK: the same fusion and cross-layer equalization as the eager
+    path, then ExecuTorch's XNNPACK quantizer calibrated on ``inputs``. Returns the int8 PT2E model
+    and the number of equalized pairs."""
+    if not inputs:
+        raise ValueError("calibration needs at least one input")
+    fused = quant_api.fuse(model)
+    pairs = 0
+    if cle:
+        fused, pairs = cross_layer_equalize(fused, inputs[0])
+    return quant_api.quantize_pt2e_xnnpack(fused, example, dynamic_shapes, inputs, per_channel), pairs
+
+
 def calibrate_datafree(model: nn.Module, options: PTQOptions, steps: int = DISTILL_STEPS, seed: int = 0) -> Calibrated:
     """Level 1: calibrate on inputs distilled from the model's own BatchNorm statistics."""
     distilled = distill_inputs(model, model.spec.mean_bgr, steps=steps, seed=seed)

@@ -1,10 +1,14 @@
-"""The one module of fdq that calls ``torch.ao.quantization`` (eager mode).
+"""The one module of fdq that calls quantization APIs: ``torch.ao.quantization`` (eager mode) and PT2E.
 
 torch 2.13 deprecates eager-mode quantization, so everything fdq needs from it lives here: moving to
 PT2E / torchao is a change to this file only. That one deprecation notice is for fdq's maintainers,
 not its users (docs/ARCHITECTURE.md records it and what replaces the API), so this module filters
 exactly that message; every other warning stays visible.
 The rest of fdq (PTQ, data-free, sensitivity, QAT, distillation) works through these functions.
+
+PT2E (:func:`quantize_pt2e_xnnpack`) is the path to ARM that PyTorch keeps: ``torch.export``, then
+torchao's ``prepare_pt2e`` / ``convert_pt2e`` with ExecuTorch's XNNPACK quantizer, whose model is lowered
+to an ExecuTorch program (:mod:`fdq.host.export_executorch`). Its imports load only when it is used.
 
 Weights are symmetric int8 (per channel by default), activations affine uint8. ``reduce_range``
 (7-bit activations) exists for x86/fbgemm CPUs *without* VNNI, where ``vpmaddubsw`` can saturate
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import warnings
 from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
@@ -32,6 +37,7 @@ warnings.filterwarnings("ignore", category=UserWarning,
                         message=r"torch\.quantize_per_tensor, torch\.quantize_per_channel and other quantized tensor")
 
 BACKENDS = ("qnnpack", "fbgemm", "x86")
+PT2E_BACKENDS = ("xnnpack",)  # PT2E quantizers; their models run on ExecuTorch, not on torch's engines
 
 # Re-exported so that observer subclasses and float islands do not import torch.ao themselves.
 ObserverBase = tq.ObserverBase
@@ -48,11 +54,24 @@ class UnsupportedBackendError(ValueError):
 
 def check_backend(backend: str) -> str:
     """``backend`` if fdq knows it and this torch supports it; one-line error otherwise."""
+    if backend in PT2E_BACKENDS:
+        return check_pt2e_backend(backend)
     if backend not in BACKENDS:
-        raise UnsupportedBackendError(f"unknown backend {backend!r} (choose from: {', '.join(BACKENDS)})")
+        raise UnsupportedBackendError(f"unknown backend {backend!r} (choose from: {', '.join(BACKENDS + PT2E_BACKENDS)})")
     if backend not in torch.backends.quantized.supported_engines:
         raise UnsupportedBackendError(f"backend {backend} is not supported by this torch build "
                                       f"(supported: {', '.join(torch.backends.quantized.supported_engines)})")
+    return backend
+
+
+def check_pt2e_backend(backend: str) -> str:
+    """``backend`` if its PT2E quantizer is importable here (torchao and executorch); one line otherwise."""
+    import importlib.util
+
+    missing = [m for m in ("torchao", "executorch") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UnsupportedBackendError(f"backend {backend} quantizes through PT2E and needs {' and '.join(missing)} "
+                                      f"(install fdq's executorch extra, see scripts/install_runtimes.sh)")
     return backend
 
 
@@ -284,3 +303,49 @@ def split_input_quantization(model: nn.Module) -> Tuple[nn.Module, Optional[Tupl
     stripped = copy.deepcopy(model)
     stripped.quant = nn.Identity()
     return stripped, (float(quant.scale), int(quant.zero_point))
+
+
+# ------------------------------------------------------------------------------------------------
+# PT2E: torch.export + torchao with the XNNPACK quantizer
+# ------------------------------------------------------------------------------------------------
+
+
+class _TorchaoGpuKernels(logging.Filter):
+    """torchao's wheel ships CUDA kernels (``_C_cutlass*.so``, ``_C_mxfp8*.so``) and logs a warning for
+    each one a CPU-only torch cannot load; PT2E on CPU uses none of them. Only those lines are dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("Failed to load ") and "/torchao/_C_" in message)
+
+
+def _quiet_torchao_gpu_kernels() -> None:
+    logger = logging.getLogger("torchao")
+    if not any(isinstance(f, _TorchaoGpuKernels) for f in logger.filters):
+        logger.addFilter(_TorchaoGpuKernels())
+
+
+def quantize_pt2e_xnnpack(model: nn.Module, example: Tuple[torch.Tensor, ...], dynamic_shapes: Optional[Dict],
+                          blobs: Sequence[torch.Tensor], per_channel: bool = True) -> nn.Module:
+    """The int8 PT2E model of a float ``model``, calibrated on ``blobs``.
+
+    XNNPACK's symmetric configuration: int8 weights symmetric (per output channel by default),
+    int8 activations affine, calibrated by min/max observers. The result is an exported graph with
+    quantize / dequantize nodes around each operator (what ExecuTorch's XNNPACK partitioner lowers
+    to int8 kernels); it also runs here in float, for the calibration report.
+    """
+    _quiet_torchao_gpu_kernels()
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
+                                                                         get_symmetric_quantization_config)
+    from torchao.quantization.pt2e import allow_exported_model_train_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    graph = torch.export.export(copy.deepcopy(model).eval(), example, dynamic_shapes=dynamic_shapes).module()
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=per_channel))
+    prepared = prepare_pt2e(graph, quantizer)
+    with torch.no_grad():
+        for blob in blobs:
+            prepared(blob)
+    converted = convert_pt2e(prepared)
+    allow_exported_model_train_eval(converted)  # fdq's report helpers call .eval() on every model
+    return converted

@@ -17,9 +17,10 @@ from .spec import DetectorSpec
 
 SCHEMA = "fdq.bundle/1"
 MANIFEST = "manifest.yaml"
-RUNTIMES = ("torchscript", "onnxruntime", "ncnn")
+RUNTIMES = ("torchscript", "onnxruntime", "ncnn", "mnn", "executorch")
 # The Python module each runtime imports (what a board must have to run such a bundle).
-RUNTIME_MODULES = {"torchscript": "torch", "onnxruntime": "onnxruntime", "ncnn": "ncnn"}
+RUNTIME_MODULES = {"torchscript": "torch", "onnxruntime": "onnxruntime", "ncnn": "ncnn", "mnn": "MNN",
+                   "executorch": "executorch"}
 
 
 class BundleError(ValueError):

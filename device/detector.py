@@ -16,7 +16,7 @@ import numpy as np
 from .anchors import prior_boxes
 from .kernels import normalize_c
 from .postprocess import Detections, PostprocessFn, select_postprocess
-from .preprocess import resize_image, resize_ratio
+from .preprocess import RESIZERS
 from .spec import DetectorSpec
 
 # Batch-of-one NCHW blob -> (loc (N, 4), scores (N,), landmarks (N, 10)). The blob is float32, or the
@@ -41,9 +41,14 @@ class FaceDetector:
     postprocess: Union[str, PostprocessFn] = "auto"
     # normalize_c equals preprocess.normalize exactly and falls back to it without the C kernels.
     normalize: NormalizeFn = normalize_c
+    # "reference": the evaluation protocol's float32 resize (fdq eval --model reproduces published AP);
+    # "uint8": the device path's fixed-point resize (every bundle detector). See fdq.device.preprocess.
+    resize: str = "reference"
     kernels: str = field(init=False)
 
     def __post_init__(self) -> None:
+        if self.resize not in RESIZERS:
+            raise ValueError(f"unknown resize {self.resize!r} (choose from: {', '.join(RESIZERS)})")
         if isinstance(self.postprocess, str):
             self.postprocess, self.kernels = select_postprocess(self.postprocess)
         else:
@@ -52,10 +57,7 @@ class FaceDetector:
     def detect(self, image_bgr: np.ndarray) -> Detections:
         """Faces in an original-size BGR uint8 image; per-stage times land in ``last_timings_ms``."""
         t0 = time.perf_counter()
-        if resize_ratio(image_bgr.shape[0], image_bgr.shape[1], self.long_side) == 1.0:
-            resized, ratio = image_bgr, 1.0  # a frame already at the input size: normalize reads uint8
-        else:
-            resized, ratio = resize_image(image_bgr, self.long_side)
+        resized, ratio = RESIZERS[self.resize](image_bgr, self.long_side)
         blob = self.normalize(resized, self.spec.mean_bgr)
         t1 = time.perf_counter()
         loc, scores, landm = self.infer(blob)

@@ -1,4 +1,4 @@
-"""Inference functions for every bundle runtime: TorchScript, ONNX Runtime and NCNN.
+"""Inference functions for every bundle runtime: TorchScript, ONNX Runtime, NCNN, MNN and ExecuTorch.
 
 :func:`load_inference` turns a verified :class:`~fdq.device.bundle.Bundle` into the
 :data:`~fdq.device.detector.InferenceFn` that :class:`~fdq.device.detector.FaceDetector` calls:
@@ -15,9 +15,13 @@ Manifest fields read here (besides ``runtime``, ``backend.engine`` and ``entry``
 * ``io.input``: the input blob name (default ``"input"`` for ONNX, ``"in0"`` for NCNN);
 * ``io.outputs``: ``{"loc": name, "conf": name, "landm": name}`` (defaults: ``loc``/``conf``/``landm``
   for ONNX, ``out0``/``out1``/``out2`` for NCNN, the pnnx naming);
-* entry files: ``model`` (TorchScript ``.pt`` / ``.onnx`` / NCNN ``.bin``) and ``param`` (NCNN only);
+* entry files: ``model`` (TorchScript ``.pt`` / ``.onnx`` / NCNN ``.bin`` / ``.mnn`` / ExecuTorch ``.pte``)
+  and ``param`` (NCNN only);
 * ``input.fixed_hw`` (NCNN exported at one size only) and ``backend.dtype`` (``fp32`` turns ncnn's
-  fp16 / bf16 storage and arithmetic off, so an fp32 bundle is measured in fp32).
+  fp16 / bf16 storage and arithmetic off, so an fp32 bundle is measured in fp32; MNN's fp32 bundles ask
+  for its high precision mode for the same reason);
+* ``input.min_hw`` / ``input.max_hw``: the input sizes an ExecuTorch program was exported for (its memory
+  plan holds up to ``max_hw``).
 """
 from __future__ import annotations
 
@@ -36,6 +40,7 @@ QNNPACK_INIT_HINT = (" (QNNPACK describes the CPU from /proc/cpuinfo and /sys/de
 _DEFAULT_IO = {
     "onnxruntime": {"input": "input", "outputs": {"loc": "loc", "conf": "conf", "landm": "landm"}},
     "ncnn": {"input": "in0", "outputs": {"loc": "out0", "conf": "out1", "landm": "out2"}},
+    "mnn": {"input": "input", "outputs": {"loc": "loc", "conf": "conf", "landm": "landm"}},
 }
 
 
@@ -219,9 +224,95 @@ def _ncnn(bundle: Bundle, threads: int) -> InferenceFn:
     return infer
 
 
-_LOADERS = {"torchscript": _torchscript, "onnxruntime": _onnxruntime, "ncnn": _ncnn}
+# --------------------------------------------------------------------------------------------------
+# MNN
+# --------------------------------------------------------------------------------------------------
 
 
+def open_mnn(path: str, input_name: str, output_names: Sequence[str], threads: int, fp32: bool) -> Any:
+    """An MNN module for a ``.mnn`` file, any input size (also used by the host's export check).
+
+    MNN's own Python API only (``MNN.nn``): its command wrappers (``MNN.tools``) send usage logs to a
+    remote service and are never imported by fdq.
+    """
+    mnn = _import("MNN", "mnn")
+    # An explicit runtime manager: without one the module runs extra worker threads whatever
+    # ``thread_num`` says (6x the CPU time of one thread per frame here, measured with process_time).
+    config = {"numThread": max(1, int(threads)), "precision": "high" if fp32 else "normal"}
+    try:
+        runtime = mnn.nn.create_runtime_manager((config,))
+        module = mnn.nn.load_module_from_file(str(path), [input_name], list(output_names), runtime_manager=runtime)
+    except Exception as exc:
+        raise BundleError(f"cannot load MNN model {path}: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
+    if module is None:
+        raise BundleError(f"cannot load MNN model {path}")
+    return module
+
+
+def run_mnn(module: Any, blob: np.ndarray) -> List[np.ndarray]:
+    """One forward pass of a batch-of-one float32 NCHW blob; the outputs in the order the module was opened with."""
+    expr = _import("MNN", "mnn").expr
+    data = np.ascontiguousarray(blob, dtype=np.float32)
+    outputs = module.forward([expr.const(data, list(data.shape), expr.NCHW)])
+    return [np.asarray(o.read()) for o in outputs]
+
+
+def _mnn(bundle: Bundle, threads: int) -> InferenceFn:
+    fp32 = str((bundle.manifest.get("backend") or {}).get("dtype", "fp32")) == "fp32"
+    input_name, outputs = _io_names(bundle)
+    module = open_mnn(str(bundle.file("model")), input_name, [outputs[r] for r in OUTPUT_ROLES], threads, fp32)
+
+    def infer(blob: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return split_outputs(*run_mnn(module, blob))
+
+    return infer
+
+
+# --------------------------------------------------------------------------------------------------
+# ExecuTorch (XNNPACK delegate)
+# --------------------------------------------------------------------------------------------------
+
+
+def open_executorch(path: str, threads: int) -> Any:
+    """The ``forward`` method of a ``.pte`` program (also used by the host's export check).
+
+    XNNPACK sizes its thread pool when a program is loaded, so the pool is set first, and only when
+    it differs: resetting it under a loaded program has crashed.
+    """
+    runtime = _import("executorch.runtime", "executorch")
+    pybind = _import("executorch.extension.pybindings.portable_lib", "executorch")
+    threads = max(1, int(threads))
+    if pybind._threadpool_get_thread_count() != threads:
+        pybind._unsafe_reset_threadpool(threads)
+    try:
+        program = runtime.Runtime.get().load_program(str(path))
+        method = program.load_method("forward")
+    except Exception as exc:
+        raise BundleError(f"cannot load ExecuTorch program {path}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else exc!r}") from None
+    if method is None:
+        raise BundleError(f"ExecuTorch program {path} has no forward method")
+    return method
+
+
+def _executorch(bundle: Bundle, threads: int) -> InferenceFn:
+    torch = _import("torch", "executorch")
+    method = open_executorch(str(bundle.file("model")), threads)
+    low, high = ((bundle.manifest.get("input") or {}).get(k) for k in ("min_hw", "max_hw"))
+
+    def infer(blob: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        height, width = blob.shape[2:]
+        if (low and min(height, width) < int(low)) or (high and max(height, width) > int(high)):
+            raise BundleError(f"this ExecuTorch bundle takes inputs from {low} to {high} pixels a side, "
+                              f"got {width}x{height}")
+        loc, conf, landm = method.execute([torch.from_numpy(np.ascontiguousarray(blob, dtype=np.float32))])
+        return split_outputs(loc.numpy(), conf.numpy(), landm.numpy())
+
+    return infer
+
+
+_LOADERS = {"torchscript": _torchscript, "onnxruntime": _onnxruntime, "ncnn": _ncnn, "mnn": _mnn,
+            "executorch": _executorch}
 def load_inference(bundle: Bundle, threads: int = 1) -> InferenceFn:
     """The inference function of ``bundle`` for its runtime, using ``threads`` CPU threads.
 
@@ -238,7 +329,9 @@ def load_inference(bundle: Bundle, threads: int = 1) -> InferenceFn:
 def bundle_detector(bundle: Bundle, threads: int = 1, long_side: Optional[int] = None,
                     **options: Any) -> FaceDetector:
     """The one way a bundle becomes a detector: the runner, the demo, host evaluation and benchmarks
-    all measure exactly this pipeline. ``long_side`` defaults to the bundle's own."""
+    all measure exactly this pipeline. ``long_side`` defaults to the bundle's own; frames are resized
+    in uint8 (the device path, :func:`fdq.device.preprocess.resize_uint8`) unless ``resize=`` says otherwise."""
+    options.setdefault("resize", "uint8")
     quantized = input_quantization(bundle)
     if quantized is not None and "normalize" not in options:
         from .kernels import quantized_normalizer
@@ -249,7 +342,7 @@ def bundle_detector(bundle: Bundle, threads: int = 1, long_side: Optional[int] =
 
 def runtime_versions(bundle: Bundle) -> Dict[str, Any]:
     """Versions of the runtime a bundle uses (and numpy / OpenCV / Python), for the results JSON."""
-    import importlib
+    from importlib import metadata
 
     out: Dict[str, Any] = {"runtime": bundle.runtime, "python": platform.python_version(),
                            "numpy": np.__version__}
@@ -259,11 +352,10 @@ def runtime_versions(bundle: Bundle) -> Dict[str, Any]:
         out["opencv"] = cv2.__version__
     except ImportError:  # pragma: no cover - preprocess needs it anyway
         out["opencv"] = None
-    module = RUNTIME_MODULES.get(bundle.runtime)
-    if module:
-        try:
-            mod = importlib.import_module(module)
-            out[module] = str(getattr(mod, "__version__", "unknown"))
-        except ImportError:
+    modules = [RUNTIME_MODULES.get(bundle.runtime)] + (["torch"] if bundle.runtime == "executorch" else [])
+    for module in filter(None, modules):  # ExecuTorch's Python runtime links the torch it was built with
+        try:  # the installed distribution's version: MNN and executorch set no __version__
+            out[module] = metadata.version(module)
+        except metadata.PackageNotFoundError:
             out[module] = None
     return out

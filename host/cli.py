@@ -223,10 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "manifest say what the export is: runtime, precision and where its "
                                    "quantization parameters came from.")
     x.add_argument("bundle", help="the fdq bundle folder to export")
-    x.add_argument("--format", required=True, choices=("torchscript", "onnx", "onnx-int8", "ncnn"),
-                   help="torchscript: a verified copy; onnx, ncnn: the fp32 model; onnx-int8: of an int8 bundle its "
-                        "own scales and zero points as QDQ ONNX, of a float bundle QDQ calibrated by ONNX Runtime "
-                        "on --calib")
+    x.add_argument("--format", required=True,
+                   choices=("torchscript", "onnx", "onnx-int8", "ncnn", "mnn", "mnn-int8", "executorch"),
+                   help="torchscript: a verified copy; onnx, ncnn, mnn, executorch: the fp32 model; onnx-int8: of an "
+                        "int8 bundle its own scales and zero points as QDQ ONNX, of a float bundle QDQ calibrated by "
+                        "ONNX Runtime on --calib; mnn-int8: MNN's offline quantization on --calib (executorch int8: "
+                        "fdq quantize --level 2 --backend xnnpack)")
     x.add_argument("--out", required=True,
                    help="bundle folder to write: a new path or an empty folder (an fdq bundle there needs --force; "
                         "anything else is refused)")
@@ -234,8 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--float", action="store_true",
                    help="allow onnx/ncnn of an int8 or fp16 bundle: they then hold the float model it came from, "
                         "and say so")
-    x.add_argument("--calib", help="calibration images for onnx-int8 of a float bundle (use the set the bundle "
-                                   "was made with); an int8 bundle brings its own scales")
+    x.add_argument("--calib", help="calibration images for onnx-int8 of a float bundle and for mnn-int8 (use the "
+                                   "set the bundle was made with); an int8 bundle brings its own scales to onnx-int8")
     x.add_argument("--weights", help="float weights (file or zoo name) for onnx/ncnn, if the bundle does not "
                                      "record them (default: the model's zoo weights)")
     x.set_defaults(func=cmd_export)

@@ -50,7 +50,7 @@ os.makedirs(work, exist_ok=True)
 os.chdir(work)
 dists = {'yaml': ['PyYAML'], 'cv2': ['opencv-python-headless', 'opencv-python'], 'onnxruntime': ['onnxruntime']}
 modules = {}
-for mod in ('numpy', 'yaml', 'cv2', 'torch', 'onnxruntime', 'ncnn'):
+for mod in ('numpy', 'yaml', 'cv2', 'torch', 'onnxruntime', 'ncnn', 'MNN', 'executorch'):
     if importlib.util.find_spec(mod) is None:
         modules[mod] = None
         continue

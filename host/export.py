@@ -44,7 +44,8 @@ from fdq.device.preprocess import normalize, resize_image
 from fdq.device.outputs import check_folder_output
 from fdq.host.bundles import write_bundle
 
-FORMATS = ("torchscript", "onnx", "onnx-int8", "ncnn")
+FORMATS = ("torchscript", "onnx", "onnx-int8", "ncnn", "mnn", "mnn-int8", "executorch")
+FLOAT_FORMATS = ("onnx", "ncnn", "mnn", "executorch")  # the float model, whatever the bundle's precision
 _ALIASES = {"onnx_int8": "onnx-int8", "onnx:int8": "onnx-int8", "onnx-qdq": "onnx-int8", "onnx_qdq": "onnx-int8"}
 ONNX_FILE = "model.onnx"
 NCNN_PARAM = "model.ncnn.param"
@@ -409,12 +410,17 @@ def _source_record(bundle: Bundle) -> Dict[str, Any]:
 def _check_request(bundle: Bundle, fmt: str, calib_dir: Optional[PathLike], float_ok: bool) -> None:
     """Refuse, in one line, an export that would not be the model it says it is."""
     source = precision(bundle)
-    if fmt in ("onnx", "ncnn") and source != "fp32" and not float_ok:
+    if fmt in FLOAT_FORMATS and source != "fp32" and not float_ok:
         better = "use --format onnx-int8 for the int8 model, or " if source == "int8" else ""
         raise _fail(f"bundle {bundle.path} is {source}: --format {fmt} writes an fp32 model (the float weights it "
                     f"came from), not this model; {better}add --float to export that float model (see --help)")
-    if float_ok and fmt not in ("onnx", "ncnn"):
-        raise _fail(f"--float applies to the float formats onnx and ncnn, not {fmt} (see --help)")
+    if float_ok and fmt not in FLOAT_FORMATS:
+        raise _fail(f"--float applies to the float formats {', '.join(FLOAT_FORMATS)}, not {fmt} (see --help)")
+    if fmt == "mnn-int8":
+        if calib_dir is None:
+            raise _fail(f"mnn-int8 export needs --calib DIR: MNN calibrates its int8 ranges on those images "
+                        f"(see --help)")
+        return
     if fmt == "onnx-int8" and source == "int8":
         if calib_dir is not None:
             raise _fail(f"onnx-int8 of int8 bundle {bundle.path} carries that bundle's own scales and zero points: "
@@ -423,7 +429,7 @@ def _check_request(bundle: Bundle, fmt: str, calib_dir: Optional[PathLike], floa
         raise _fail(f"onnx-int8 of {source} bundle {bundle.path} needs --calib DIR: ONNX Runtime calibrates "
                     "its int8 scales on those images (see --help)")
     elif fmt != "onnx-int8" and calib_dir is not None:
-        raise _fail(f"--calib is only used by onnx-int8, not {fmt}")
+        raise _fail(f"--calib is only used by onnx-int8 and mnn-int8, not {fmt}")
 
 
 def export_bundle(bundle_dir: PathLike, fmt: str, out: PathLike, calib_dir: Optional[PathLike] = None, *,
@@ -436,7 +442,9 @@ def export_bundle(bundle_dir: PathLike, fmt: str, out: PathLike, calib_dir: Opti
     own scales and zero points, no ``calib_dir``; of a float bundle: recalibrated by ONNX Runtime on
     ``calib_dir``). ``weights`` overrides the float weights the bundle records; ``calib_limit`` uses
     only the first N calibration images (sorted). Bad input raises ``ValueError`` with one line,
-    before anything is written. The manifest's ``export.summary`` says what the export is.
+    before anything is written. The manifest's ``export.summary`` says what the export is. ``mnn`` and
+    ``mnn-int8`` (on ``calib_dir``): :mod:`fdq.host.export_mnn`; ``executorch`` (fp32 XNNPACK program):
+    :mod:`fdq.host.export_executorch`.
     """
     fmt_key = _ALIASES.get(str(fmt).lower(), str(fmt).lower())
     if fmt_key not in FORMATS:
@@ -457,6 +465,15 @@ def export_bundle(bundle_dir: PathLike, fmt: str, out: PathLike, calib_dir: Opti
     if fmt_key == "onnx-int8" and precision(bundle) == "int8":
         return _export_onnx_of_int8(bundle, out, long_side, source, force)
     model, weights_info = float_model(bundle, weights)
+    if fmt_key in ("mnn", "mnn-int8"):
+        from fdq.host.export_mnn import export_mnn
+
+        calib = calibration_images(calib_dir, calib_limit) if fmt_key == "mnn-int8" else None  # type: ignore[arg-type]
+        return export_mnn(bundle, model, weights_info, out, long_side, source, calib, force)
+    if fmt_key == "executorch":
+        from fdq.host.export_executorch import export_executorch
+
+        return export_executorch(bundle, model, weights_info, out, long_side, source, force)
     if fmt_key in ("onnx", "onnx-int8"):
         return _export_onnx(bundle, model, weights_info, out, long_side, source,
                             calib_dir if fmt_key == "onnx-int8" else None, calib_limit, force)

@@ -35,7 +35,9 @@ WHEELS = "wheels"
 # module the runner imports -> the distribution that provides it (ranges as fdq's own setup.py)
 RUNNER_PACKAGES = {"numpy": "numpy>=1.23,<3", "cv2": "opencv-python-headless>=4.8,<6", "yaml": "pyyaml>=6.0,<7",
                    "psutil": "psutil>=5.9,<8"}
-RUNTIME_PACKAGES = {"torchscript": "torch", "onnxruntime": "onnxruntime", "ncnn": "ncnn"}
+# mnn: the version fdq's exporter writes (setup.py's mnn extra). executorch is not here yet: its wheel
+# must match the board's torch (1.5.x was built against torch 2.13) and installs with --no-deps.
+RUNTIME_PACKAGES = {"torchscript": "torch", "onnxruntime": "onnxruntime", "ncnn": "ncnn", "mnn": "MNN==3.6.1"}
 INSTALL_TIMEOUT_S = 3600.0  # torch unpacks for minutes under emulation
 
 # Run by the board's Python: what pip needs to know of the platform, and which modules are missing.

@@ -61,7 +61,7 @@ class CalibrationSet:
 def _check_args(args: argparse.Namespace) -> None:
     """Option combinations, checked before any file is read."""
     from fdq.calibration.observers import activation_observer
-    from fdq.calibration.quant_api import check_backend
+    from fdq.calibration.quant_api import PT2E_BACKENDS, check_backend
     from fdq.models import SPECS
 
     if args.model not in SPECS:
@@ -81,6 +81,8 @@ def _check_args(args: argparse.Namespace) -> None:
         check_backend(args.backend)
         if args.observer:
             activation_observer(args.observer)
+    if int8 and args.backend in PT2E_BACKENDS:
+        _check_pt2e_args(args)
     if args.reduce_range and args.backend == "qnnpack":
         raise QuantizeError("--reduce-range is an x86/fbgemm workaround; qnnpack has no use for it")
     if args.level == 0 and args.calib:
@@ -116,6 +118,17 @@ def _check_args(args: argparse.Namespace) -> None:
                             "folds into the convolutions first: add --no-cle")
     if args.iters is not None and args.iters < 1:
         raise QuantizeError("--iters must be >= 1")
+
+
+def _check_pt2e_args(args: argparse.Namespace) -> None:
+    """``--backend xnnpack`` is PT2E post-training quantization (level 2) with its own observers."""
+    if args.level != 2:
+        raise QuantizeError(f"--backend {args.backend} quantizes through PT2E at level 2 only (calibrated on --calib)")
+    given = [flag for flag, on in (("--observer", args.observer), ("--reduce-range", args.reduce_range),
+                                   ("--sensitivity", args.sensitivity), ("--ap-budget", args.ap_budget is not None),
+                                   ("--bias-correction", args.bias_correction)) if on]
+    if given:
+        raise QuantizeError(f"{', '.join(given)} apply to the eager backends (qnnpack, x86, fbgemm), not {args.backend}")
 
 
 def _calibration_set(args: argparse.Namespace, mean_bgr: Tuple[float, ...]) -> Optional[CalibrationSet]:
@@ -172,6 +185,19 @@ def _ptq(args: argparse.Namespace, model: nn.Module, cset: Optional[CalibrationS
     section["ap_budget"] = args.ap_budget
     section["float_units"] = float_units
     return quantized, section
+
+
+def _pt2e(args: argparse.Namespace, model: nn.Module, cset: CalibrationSet) -> Tuple[nn.Module, Dict[str, Any]]:
+    """Level 2 for XNNPACK: PT2E quantization (:func:`fdq.calibration.ptq.calibrate_pt2e`)."""
+    from fdq.calibration.ptq import calibrate_pt2e
+    from fdq.host.export_executorch import export_inputs
+
+    example, dynamic, _ = export_inputs(args.long_side)
+    cle = args.cle is not False
+    quantized, pairs = calibrate_pt2e(model, cset.blobs, example, dynamic, args.per_channel, cle)
+    return quantized, {"method": "ptq-pt2e", "backend": args.backend, "quantizer": "XNNPACKQuantizer",
+                       "config": "get_symmetric_quantization_config", "observer": "minmax",
+                       "per_channel": args.per_channel, "cle": cle, "equalized_pairs": pairs}
 
 
 def _sensitivity(args: argparse.Namespace, model: nn.Module, cset: CalibrationSet, calibrated: Calibrated,
@@ -250,6 +276,7 @@ def quantize_command(args: argparse.Namespace) -> Path:
     """Run ``fdq quantize`` and return the bundle path; collapse warnings are emitted, never hidden."""
     from fdq.calibration import report as calib_report
     from fdq.calibration.datafree import to_fp16
+    from fdq.calibration.quant_api import PT2E_BACKENDS
     from fdq.host.artifacts import save_torchscript_bundle
     from fdq.host.zoo import resolve_weights
     from fdq.models import SPECS, load_model
@@ -274,7 +301,10 @@ def quantize_command(args: argparse.Namespace) -> Path:
         section.update(method="fp16-weights")
     else:
         engine, dtype = args.backend, "int8"
-        exported, method = _ptq(args, model, cset, report) if args.level <= 2 else _qat(args, model, report)
+        if args.backend in PT2E_BACKENDS:
+            exported, method = _pt2e(args, model, cset)
+        else:
+            exported, method = _ptq(args, model, cset, report) if args.level <= 2 else _qat(args, model, report)
         section.update(method)
     if cset is not None and args.level >= 1:
         check = calib_report.compare(model, exported, spec, args.long_side, cset.held_back,
@@ -292,6 +322,12 @@ def quantize_command(args: argparse.Namespace) -> Path:
     elif args.level == 1 and int8:
         calibration = {"images": 0, "data": "distilled from BatchNorm statistics"}
     report["seconds"] = round(time.perf_counter() - start, 2)
+    if engine in PT2E_BACKENDS:
+        from fdq.host.export_executorch import write_executorch_bundle
+
+        return write_executorch_bundle(exported, model, spec, args.long_side, args.out, dtype=dtype,
+                                       manifest={"quantization": section, "calibration": calibration},
+                                       report=report, force=args.force)
     return save_torchscript_bundle(exported, spec, args.long_side, args.out, engine=engine, dtype=dtype,
                                    quantization=section, calibration=calibration, report=report,
                                    force=args.force)
@@ -354,7 +390,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--fp32", action="store_true", help="float32 export (same as --level 0)")
     p.add_argument("--fp16", action="store_true", help="level 1 with fp16 weights instead of int8")
     p.add_argument("--backend",
-                   help="quantized engine: qnnpack (ARM), x86 or fbgemm (Intel/AMD) (required for int8)")
+                   help="quantized engine: qnnpack (ARM), x86 or fbgemm (Intel/AMD) (required for int8); xnnpack: "
+                        "PT2E, level 2, an ExecuTorch bundle")
     p.add_argument("--calib", help="folder of calibration images (level >= 2; level 1: report only)")
     p.add_argument("--labels", help="ground truth of the --calib images (WIDER .mat folder, .json, *_bbx_gt.txt)")
     p.add_argument("--observer", help="activation observer: minmax, moving-minmax, histogram (the default), "

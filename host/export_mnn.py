@@ -1,0 +1,170 @@
+"""MNN bundles: the float model through ONNX and MNN's converter; int8 by MNN's own offline quantization.
+
+* ``mnn``: the float ONNX export of :mod:`fdq.host.export` (dynamic height and width) converted by
+  MNN's converter; checked against PyTorch at three input sizes.
+* ``mnn-int8``: that float ``.mnn`` quantized by MNN's calibration tool (EMA activation ranges,
+  MAX_ABS symmetric per-channel weights) on the calibration images given, each preprocessed exactly as
+  the runner preprocesses it (``resize_image`` to the long side + ``normalize``) and handed to the tool
+  as its "sequence" input: the tool's own image reader would stretch every image to one size.
+
+Both tools run in this process through the compiled extension ``_tools`` (``mnnconvert`` /
+``mnnquant`` with argv-style lists). fdq never calls MNN's Python command wrappers (``mnnconvert``,
+``mnnquant``, ``MNN.tools``): they send usage records with the machine id to a remote logging
+service and, when its SDK is missing, run ``pip install``. ``tests/test_runtimes.py`` checks that an
+MNN export opens no network connection and starts no process.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from fdq.device.bundle import Bundle
+from fdq.device.runtimes import open_mnn, run_mnn
+from fdq.host.export_check import OUTPUT_NAMES, max_diffs, torch_outputs, worst_diffs
+from fdq.host.native_output import captured_fds, tail
+
+MNN_FILE = "model.mnn"
+# EMA (asymmetric activation ranges, one image a step): MNN's default KL cost slim 13-16 AP points on
+# the validation subset where EMA costs at most 1.1; ADMM needs every image in one batch of one size.
+FEATURE_METHOD = "EMA"
+WEIGHT_METHOD = "MAX_ABS"  # symmetric per-channel int8 weights
+PathLike = Union[str, Path]
+
+
+def _tools() -> Any:
+    try:
+        import _tools  # the compiled converter and quantizer of PyPI's MNN wheel
+    except ImportError:
+        raise RuntimeError("MNN export needs the MNN wheel (pip install 'fdq[mnn]')") from None
+    return _tools
+
+
+def mnn_version() -> Optional[str]:
+    try:
+        import MNN
+
+        return str(MNN.version())
+    except ImportError:
+        return None
+
+
+def convert_onnx(onnx_path: Path, mnn_path: Path) -> None:
+    """ONNX -> ``.mnn`` with MNN's converter, in-process."""
+    lines: List[str] = []
+    with captured_fds(lines):
+        ok = _tools().mnnconvert(["MNNConvert", "-f", "ONNX", "--modelFile", str(onnx_path),
+                                  "--MNNModel", str(mnn_path), "--bizCode", "fdq"])
+    if not ok or not mnn_path.is_file():
+        raise RuntimeError(f"MNN's converter failed on {onnx_path.name}: {tail(lines)}")
+
+
+def _write_samples(blobs: List[np.ndarray], folder: Path, input_name: str) -> None:
+    """One folder per image in the quantizer's "sequence" layout: ``input.json`` (name, shape) and
+    ``<input>.txt`` (the values as text, which is what the tool reads)."""
+    for index, blob in enumerate(blobs):
+        sample = folder / f"{index:05d}"
+        sample.mkdir()
+        (sample / "input.json").write_text(json.dumps({"inputs": [{"name": input_name, "shape": list(blob.shape)}],
+                                                       "outputs": list(OUTPUT_NAMES)}), encoding="utf-8")
+        np.ascontiguousarray(blob, dtype=np.float32).reshape(-1).tofile(str(sample / f"{input_name}.txt"), sep="\n")
+
+
+def quantize_mnn(float_path: Path, out_path: Path, blobs: List[np.ndarray], input_name: str = "input") -> Dict[str, Any]:
+    """Quantize a float ``.mnn`` on preprocessed ``blobs`` with MNN's offline tool; the settings used."""
+    settings = {"feature_quantize_method": FEATURE_METHOD, "weight_quantize_method": WEIGHT_METHOD,
+                "feature_clamp_value": 127, "weight_clamp_value": 127, "quant_bits": 8,
+                "batch_size": 1}  # images of different sizes: one a step
+    lines: List[str] = []
+    with tempfile.TemporaryDirectory(prefix="fdq-mnnquant-") as tmp:
+        samples = Path(tmp) / "samples"
+        samples.mkdir()
+        _write_samples(blobs, samples, input_name)
+        config = Path(tmp) / "quant.json"
+        config.write_text(json.dumps({"path": str(samples), "used_sample_num": len(blobs), "input_type": "sequence",
+                                      **settings}), encoding="utf-8")
+        with captured_fds(lines):
+            ok = _tools().mnnquant(["quantized.out", str(float_path), str(out_path), str(config)])
+    if not ok or not out_path.is_file():
+        raise RuntimeError(f"MNN's quantizer failed: {tail(lines)}")
+    return {"tool": "MNN offline quantization (_tools.mnnquant, in-process)", **settings,
+            "activation_scheme": "affine int8, per tensor (EMA of the observed ranges)",
+            "weight_scheme": "symmetric int8, per channel"}
+
+
+def mnn_runner(path: Path, fp32: bool):
+    """``blob -> outputs`` through the runner's own MNN code, for verification."""
+    module = open_mnn(str(path), "input", OUTPUT_NAMES, threads=1, fp32=fp32)
+    return lambda blob: run_mnn(module, blob)
+
+
+def write_mnn_files(folder: Path, model: nn.Module, onnx_path: Path, verify_blobs: List[np.ndarray],
+                    calib_blobs: Optional[List[np.ndarray]], export: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """Write ``model.mnn`` into ``folder`` (float, or int8 with ``calib_blobs``); fill ``export`` with
+    the checks; return the quantization settings for int8."""
+    target = folder / MNN_FILE
+    if calib_blobs is None:
+        convert_onnx(onnx_path, target)
+        export["verification"] = {"inputs": [list(b.shape) for b in verify_blobs],
+                                  "max_abs_diff_vs_torch": worst_diffs(model, verify_blobs, mnn_runner(target, True))}
+        return None
+    with tempfile.TemporaryDirectory(prefix="fdq-mnn-") as tmp:
+        float_path = Path(tmp) / "float.mnn"
+        convert_onnx(onnx_path, float_path)
+        export["float_verification"] = {
+            "inputs": [list(b.shape) for b in verify_blobs],
+            "max_abs_diff_vs_torch": worst_diffs(model, verify_blobs, mnn_runner(float_path, True))}
+        settings = quantize_mnn(float_path, target, calib_blobs)
+    # How far int8 moved the outputs, on the first calibration image (noise would exaggerate it).
+    export["int8_max_abs_diff_vs_float"] = max_diffs(torch_outputs(model, calib_blobs[0]),
+                                                     mnn_runner(target, False)(calib_blobs[0]))
+    return settings
+
+
+def export_mnn(bundle: Bundle, model: nn.Module, weights_info: Dict[str, Any], out: PathLike, long_side: int,
+               source: Dict[str, Any], calib: Optional[Tuple[List[Path], Dict[str, Any]]], force: bool) -> Path:
+    """Write the ``mnn`` (``calib`` None) or ``mnn-int8`` bundle at ``out``; ``calib``: the calibration
+    images and their record, from :func:`fdq.host.export.calibration_images`."""
+    from fdq.host.export import (_base_manifest, _export_onnx_float, _float_what, _identity, _label,
+                                 _verification_inputs, preprocessed)
+    from fdq.host.bundles import write_bundle
+
+    _tools()  # a missing MNN wheel is one line before any work
+    int8 = calib is not None
+    manifest = _base_manifest(bundle, "mnn", "int8" if int8 else "fp32", long_side)
+    manifest["input"]["dynamic_hw"] = True
+    quant: Dict[str, Any] = {"level": "int8-mnn-offline" if int8 else "float", "weights": weights_info}
+    calib_info = None
+    if int8:
+        calib_info = {**calib[1], "preprocess": f"resize_image(long_side={long_side}) + normalize(mean_bgr), "
+                                                f"as the runner"}
+        recorded = (bundle.manifest.get("calibration") or {}).get("file_list_sha256")
+        if recorded:  # an int8 source: say whether MNN calibrated on the same images
+            calib_info["same_images_as_source"] = recorded == calib_info["list_sha256"]
+    export: Dict[str, Any] = {"tool": "torch.onnx.export + MNN converter (_tools.mnnconvert, in-process)",
+                              "mnn_version": mnn_version(), "torch_version": str(torch.__version__)}
+
+    def write_files(folder: Path) -> None:
+        with tempfile.TemporaryDirectory(prefix="fdq-onnx-") as tmp:
+            onnx_path = Path(tmp) / "float.onnx"
+            _export_onnx_float(model, onnx_path, long_side)
+            blobs = list(preprocessed(calib[0], long_side, bundle.spec.mean_bgr)) if int8 else None
+            settings = write_mnn_files(folder, model, onnx_path, _verification_inputs(long_side), blobs, export)
+        if settings:
+            quant.update(settings)
+
+    manifest.update({"quantization": quant, "calibration": calib_info, "exported_from": source, "export": export,
+                     "io": {"input": "input", "outputs": {n: n for n in OUTPUT_NAMES}}, "entry": {"model": MNN_FILE}})
+    if int8:
+        _identity(manifest, export, "mnn calibration",
+                  f"calibrated by MNN's offline quantization ({FEATURE_METHOD}) on {calib_info['images']} images of "
+                  f"{calib_info['dir']} (list sha256 {calib_info['list_sha256'][:16]}), from the float weights of "
+                  f"{_label(bundle)}")
+    else:
+        _identity(manifest, export, None, _float_what(bundle))
+    return write_bundle(str(out), manifest, write_files, force=force)

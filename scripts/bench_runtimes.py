@@ -1,0 +1,208 @@
+#!/usr/bin/env python3
+"""Every runtime, float and int8, end to end at 1 thread, with AP, and YuNet-n in the same run.
+
+For each model, long side and configuration: AP (easy / medium / hard) on the val split and the
+p50 / p90 latency per image of the runner's whole pipeline from the original image (uint8 resize,
+normalize, inference, decode, NMS: ``FaceDetector.detect`` of ``bundle_detector``), each image
+detected once untimed first (a new input size costs extra the first time), then timed. YuNet-n runs
+as in ``bench_peers.py`` at its 320 and 400 operating points, timed the same way (its uint8 resize included).
+
+Bundles are made per long side (calibrated at that size) under ``--work`` and reused when present:
+
+    python scripts/bench_runtimes.py --models slim,rfb,mnet025 --long-sides 320,640
+
+Writes docs/results/bench_runtimes.json and the table between its markers in docs/BENCHMARKS.md.
+Goals it reports: the fastest int8 configuration of each model at 320 at most 0.7x its fastest float
+one; at each YuNet-n operating point an int8 fdq configuration at least as accurate (medium) and faster.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import cv2
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_peers import fdq, yunet_detect  # noqa: E402  (same folder: the YuNet setup is shared)
+
+from fdq.device.bundle import load_bundle  # noqa: E402
+from fdq.device.evaluation import evaluate, load_ground_truth, to_wider_rows  # noqa: E402
+from fdq.device.images import list_images, read_image  # noqa: E402
+from fdq.device.preprocess import resize_ratio  # noqa: E402
+from fdq.device.runtimes import bundle_detector  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+MARK_BEGIN, MARK_END = "<!-- bench_runtimes:begin -->", "<!-- bench_runtimes:end -->"
+YUNET_POINTS = (320, 400)
+# configuration -> (dtype, how it is made: fdq arguments; {fp32} is the float TorchScript bundle)
+CONFIGS: Dict[str, Tuple[str, List[str]]] = {
+    "torchscript-fp32": ("fp32", ["quantize", "--model", "{model}", "--fp32", "--long-side", "{side}"]),
+    "torchscript-int8-x86": ("int8", ["quantize", "--model", "{model}", "--level", "2", "--backend", "x86",
+                                      "--calib", "{calib}", "--long-side", "{side}"]),
+    "torchscript-int8-qnnpack": ("int8", ["quantize", "--model", "{model}", "--level", "2", "--backend", "qnnpack",
+                                          "--calib", "{calib}", "--long-side", "{side}"]),
+    "onnx-fp32": ("fp32", ["export", "{fp32}", "--format", "onnx"]),
+    "onnx-int8": ("int8", ["export", "{fp32}", "--format", "onnx-int8", "--calib", "{calib}"]),
+    "ncnn-fp32": ("fp32", ["export", "{fp32}", "--format", "ncnn"]),
+    "mnn-fp32": ("fp32", ["export", "{fp32}", "--format", "mnn"]),
+    "mnn-int8": ("int8", ["export", "{fp32}", "--format", "mnn-int8", "--calib", "{calib}"]),
+    "executorch-fp32": ("fp32", ["export", "{fp32}", "--format", "executorch"]),
+    "executorch-int8": ("int8", ["quantize", "--model", "{model}", "--level", "2", "--backend", "xnnpack",
+                                 "--calib", "{calib}", "--long-side", "{side}"]),
+}
+
+
+def build(model: str, side: int, config: str, work: Path, calib: Path) -> Path:
+    """The bundle of one configuration (made once, then reused)."""
+    path = work / f"{model}-{side}-{config}"
+    if not (path / "manifest.yaml").is_file():
+        fp32 = build(model, side, "torchscript-fp32", work, calib) if config != "torchscript-fp32" else path
+        args = [a.format(model=model, side=side, calib=calib, fp32=fp32) for a in CONFIGS[config][1]]
+        started = time.perf_counter()
+        fdq(*args, "--out", str(path))
+        print(f"built {path.name} in {time.perf_counter() - started:.0f} s", flush=True)
+    return path
+
+
+def measure(bundle_path: Path, side: int, images, gt) -> Dict[str, float]:
+    """AP and per-image latency (end to end and inference alone) of the runner's pipeline."""
+    detector = bundle_detector(load_bundle(str(bundle_path)), threads=1, long_side=side)
+    predictions, total, inference = {}, [], []
+    for key, image in images:
+        detector.detect(image)  # untimed: the first call at a new input size
+        dets = detector.detect(image)
+        total.append(detector.last_timings_ms["total"])
+        inference.append(detector.last_timings_ms["inference"])
+        predictions[key] = to_wider_rows(dets.boxes, dets.scores)
+    ap = evaluate(predictions, gt)
+    return {"easy": ap["easy"], "medium": ap["medium"], "hard": ap["hard"],
+            "p50_ms": float(np.percentile(total, 50)), "p90_ms": float(np.percentile(total, 90)),
+            "inference_p50_ms": float(np.percentile(inference, 50)), "kernels": detector.kernels}
+
+
+def goals(rows: List[dict]) -> Dict[str, object]:
+    """The issue's two goals, computed from the rows of this run."""
+    out: Dict[str, object] = {"int8_over_float_at_320": {}, "against_yunet_n": []}
+    fdq_rows = [r for r in rows if r["detector"].startswith("fdq")]
+    for model in sorted({r["detector"] for r in fdq_rows}):
+        at = [r for r in fdq_rows if r["detector"] == model and r["long_side"] == 320]
+        best = {d: min((r for r in at if r["dtype"] == d), key=lambda r: r["p50_ms"], default=None)
+                for d in ("fp32", "int8")}
+        if best["fp32"] and best["int8"]:
+            ratio = best["int8"]["p50_ms"] / best["fp32"]["p50_ms"]
+            out["int8_over_float_at_320"][model] = {
+                "fastest_int8": best["int8"]["runtime"], "fastest_float": best["fp32"]["runtime"],
+                "ratio": round(ratio, 3), "met": ratio <= 0.7}
+    for peer in (r for r in rows if r["detector"] == "yunet_n"):
+        ok = [r for r in fdq_rows if r["dtype"] == "int8" and r["medium"] >= peer["medium"]
+              and r["p50_ms"] < peer["p50_ms"]]
+        best = min(ok, key=lambda r: r["p50_ms"], default=None)
+        out["against_yunet_n"].append({"yunet_n_long_side": peer["long_side"], "yunet_n_medium": peer["medium"],
+                                       "yunet_n_p50_ms": peer["p50_ms"], "met": best is not None, "fdq": best})
+    return out
+
+
+def write_outputs(rows: List[dict], result: Dict[str, object], args: argparse.Namespace, command: str) -> None:
+    from fdq.device.atomic import atomic_write_text
+
+    atomic_write_text(args.json, json.dumps({"command": command, "threads": 1, "machine": machine(),
+                                             "rows": rows, "goals": result}, indent=2) + "\n")
+    lines = [MARK_BEGIN, f"`{command}` (1 thread, end to end from the original val image, uint8 resize; "
+             f"load average at the start {rows[0].get('load_average_1m', 'n/a') if rows else 'n/a'}):", "",
+             "| detector | runtime | dtype | long side | easy | medium | hard | p50 ms | p90 ms | inference p50 ms |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        lines.append(f"| {r['detector']} | {r['runtime']} | {r['dtype']} | {r['long_side']} | {r['easy']:.4f} | "
+                     f"{r['medium']:.4f} | {r['hard']:.4f} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | "
+                     f"{r.get('inference_p50_ms', float('nan')):.2f} |")
+    lines += ["", f"Goals in this run: `{json.dumps(result['int8_over_float_at_320'])}`; against YuNet-n: " +
+              "; ".join(f"@{g['yunet_n_long_side']}: {'met by ' + g['fdq']['detector'] + ' ' + g['fdq']['runtime'] if g['met'] else 'not met'}"
+                        for g in result["against_yunet_n"]), MARK_END]
+    md = Path(args.markdown).read_text(encoding="utf-8") if Path(args.markdown).exists() else "# Benchmarks\n"
+    block = "\n".join(lines)
+    if MARK_BEGIN in md:
+        md = md[:md.index(MARK_BEGIN)] + block + md[md.index(MARK_END) + len(MARK_END):]
+    else:
+        md = md.rstrip("\n") + "\n\n## Every runtime, float and int8\n\n" + block + "\n"
+    atomic_write_text(args.markdown, md)
+
+
+def machine() -> Dict[str, object]:
+    import platform
+
+    return {"machine": platform.machine(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
+            "load_average_1m_end": os.getloadavg()[0]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shared", default=os.environ.get("FDQ_SHARED", str(ROOT.parent / "shared")))
+    ap.add_argument("--models", default="slim,rfb,mnet025")
+    ap.add_argument("--long-sides", default="320,640")
+    ap.add_argument("--configs", default=",".join(CONFIGS), help=f"subset of: {', '.join(CONFIGS)}")
+    ap.add_argument("--work", default=str(ROOT / "out" / "bench_runtimes"), help="bundles are built here once")
+    ap.add_argument("--json", default=str(ROOT / "docs" / "results" / "bench_runtimes.json"))
+    ap.add_argument("--markdown", default=str(ROOT / "docs" / "BENCHMARKS.md"))
+    args = ap.parse_args()
+    configs = args.configs.split(",")
+    unknown = [c for c in configs if c not in CONFIGS]
+    if unknown:
+        ap.error(f"unknown configuration {unknown[0]!r} (choose from: {', '.join(CONFIGS)})")
+
+    cv2.setNumThreads(1)
+    shared = Path(args.shared)
+    os.environ.setdefault("FDQ_WEIGHTS_PATH", str(shared / "weights"))
+    split = shared / "data" / "widerface_val_subset" / "val"
+    calib = shared / "data" / "widerface_val_subset" / "calib" / "images"
+    gt = load_ground_truth(split / "ground_truth")
+    images = [(key, read_image(path)) for key, path in list_images(str(split / "images"))]
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    sides = [int(v) for v in args.long_sides.split(",")]
+    plan = [(m, s, c) for m in args.models.split(",") for s in sides for c in configs]
+    bundles = {key: build(*key, work, calib) for key in plan}  # all builds first: the timings come in one stretch
+
+    rows: List[dict] = []
+    detect = yunet_detect(shared / "peers" / "yunet_n_dynamic.onnx")
+    for side in YUNET_POINTS:
+        rows.append({"detector": "yunet_n", "runtime": "opencv-dnn", "dtype": "fp32", "long_side": side,
+                     "load_average_1m": os.getloadavg()[0], **yunet_row(detect, images, side, gt)})
+        print(rows[-1], flush=True)
+    for (model, side, config), path in bundles.items():
+        rows.append({"detector": f"fdq {model}", "runtime": config, "dtype": CONFIGS[config][0], "long_side": side,
+                     "load_average_1m": os.getloadavg()[0], **measure(path, side, images, gt)})
+        print(rows[-1], flush=True)
+    result = goals(rows)
+    write_outputs(rows, result, args, "python scripts/bench_runtimes.py " + " ".join(sys.argv[1:]))
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def yunet_row(detect, images, side: int, gt) -> Dict[str, float]:
+    """YuNet-n timed like the fdq rows: from the original image, its uint8 resize included."""
+    predictions, times = {}, []
+    for key, image in images:
+        ratio = resize_ratio(image.shape[0], image.shape[1], side)
+
+        def run():
+            resized = cv2.resize(image, None, None, fx=ratio, fy=ratio, interpolation=cv2.INTER_LINEAR)
+            return detect(resized)
+
+        run()  # untimed: the first call at a new input size
+        t = time.perf_counter()
+        boxes, scores = run()
+        times.append((time.perf_counter() - t) * 1e3)
+        predictions[key] = to_wider_rows(boxes / np.float32(ratio), scores)
+    ap = evaluate(predictions, gt)
+    return {"easy": ap["easy"], "medium": ap["medium"], "hard": ap["hard"],
+            "p50_ms": float(np.percentile(times, 50)), "p90_ms": float(np.percentile(times, 90))}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
