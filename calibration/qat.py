@@ -80,7 +80,7 @@ from .training import Stepper
 Log = Optional[Callable[[str], None]]
 
 #: Observers that are too slow to update at every training step: calibrated once, then frozen.
-SLOW_OBSERVERS = ("histogram", "entropy", "percentile")
+SLOW_OBSERVERS = ("histogram", "percentile")
 
 #: Fake-quant iterations of a default run (batch 4): slim at long side 320 on the 32 calibration images
 #: finishes in well under 10 minutes on 2 CPU cores; pass ``iters`` for longer runs.

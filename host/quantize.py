@@ -395,7 +395,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--calib", help="folder of calibration images (level >= 2; level 1: report only)")
     p.add_argument("--labels", help="ground truth of the --calib images (WIDER .mat folder, .json, *_bbx_gt.txt)")
     p.add_argument("--observer", help="activation observer: minmax, moving-minmax, histogram (the default), "
-                                      "entropy (KL), percentile")
+                                      "percentile")
     weights = p.add_mutually_exclusive_group()
     weights.add_argument("--per-channel", dest="per_channel", action="store_true", default=True,
                          help="per-channel int8 weights (the default)")

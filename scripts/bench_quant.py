@@ -283,9 +283,9 @@ def merge(docs: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
 NOTES = [
     "## Defaults and why", "",
     "* **Activations: histogram observer** (torch's L2-optimal clipping). Min-max lets a few extreme "
-    "activations stretch the grid; entropy (KL: TensorRT's search on torch's uint8 grid, "
-    "`calibration/observers.py`) keeps slightly tighter ranges than histogram and loses a little more "
-    "(up to 1.5 points on qnnpack); percentile is close to histogram but less consistent across models.",
+    "activations stretch the grid; percentile is close to histogram but less consistent across models. "
+    "There is no entropy (KL) observer: done as TensorRT does it, it lost up to 1.5 points on qnnpack, "
+    "no better than min-max (docs/ACCURACY.md), and was removed.",
     "* **Weights: per-channel symmetric int8 on every backend.** torch 2.13's qnnpack runs per-channel "
     "convolutions, depthwise included (checked by converting and running both), so the per-tensor default of "
     "its qconfig is not needed; per-tensor weights collapse mnet025 (two folded depthwise layers have "

@@ -144,21 +144,6 @@ def test_level2_int8_bundle_matches_float(backend: str, calib_dir: Path, calib_l
     assert_camera_frames_skip_the_float_blob(bundle, val_images)
 
 
-def test_level2_entropy_bundle_matches_float(calib_dir: Path, calib_labels: Path, tmp_path: Path,
-                                             slim_float: List[Detections], val_images: List[Path]) -> None:
-    """KL calibration (the first version lost 16-25 AP points: its face-logit error was 1.8)."""
-    out = quantize_command(parse("--model", "slim", "--level", "2", "--backend", "qnnpack", "--observer", "entropy",
-                                 "--calib", str(calib_dir), "--labels", str(calib_labels),
-                                 "--out", str(tmp_path / "b")))
-    bundle = load_bundle(str(out))
-    assert bundle.manifest["quantization"]["observer"] == "entropy"
-    report = json.loads(bundle.file("report").read_text())
-    error = report["calibration_report"]["output_error"]
-    assert report["warnings"] == [] and error["anchors"] >= 100
-    assert error["box_offset"] < OFFSET_ERROR_MAX and error["face_logit"] < LOGIT_ERROR_MAX
-    assert recall(slim_float, bundle_detections(out, val_images)) >= RECALL_TOLERANCE
-
-
 def assert_camera_frames_skip_the_float_blob(bundle, val_images: List[Path]) -> None:
     """An int8 bundle's model takes quint8: a camera-size uint8 frame is quantized by the C kernel
     in one pass (channels-last), and detects exactly what the float blob (NCHW) quantized by torch

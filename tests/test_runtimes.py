@@ -238,7 +238,7 @@ def test_runner_runs_an_executorch_int8_bundle(executorch_bundles, workdir):
 
 @pytest.mark.parametrize("extra, needle", [
     (["--level", "1"], "--backend xnnpack quantizes through PT2E at level 2 only"),
-    (["--level", "2", "--calib", "{calib}", "--observer", "entropy"], "--observer apply to the eager backends"),
+    (["--level", "2", "--calib", "{calib}", "--observer", "minmax"], "--observer apply to the eager backends"),
 ])
 def test_xnnpack_options_are_checked_first(extra, needle, data, workdir):
     _require("executorch", "torchao")
