@@ -168,13 +168,22 @@ def write_outputs(rows: List[dict], args: argparse.Namespace, command: str) -> N
             lines.append(f"- YuNet-n @ {f['yunet_n_long_side']} (medium {f['yunet_n_medium']:.4f}, "
                          f"{f['yunet_n_p50_ms']:.2f} ms): **not reached** by any fdq configuration")
     lines += ["", f"![AP versus latency]({os.path.relpath(args.plot, Path(args.markdown).parent)})", MARK_END]
-    md = Path(args.markdown).read_text(encoding="utf-8") if Path(args.markdown).exists() else "# Benchmarks\n"
+    write_section(args.markdown, lines, "Against YuNet (peers)")
+
+
+def write_section(markdown: str, lines: List[str], heading: str) -> None:
+    """Put ``lines`` (a block from its begin marker to its end marker) into the docs page ``markdown``:
+    over the same block there, else appended under ``heading``; the rest of the page is kept."""
+    from fdq.device.atomic import atomic_write_text
+
+    begin, end = lines[0], lines[-1]
+    md = Path(markdown).read_text(encoding="utf-8") if Path(markdown).exists() else "# How fast each runtime is\n"
     block = "\n".join(lines)
-    if MARK_BEGIN in md:
-        md = md[:md.index(MARK_BEGIN)] + block + md[md.index(MARK_END) + len(MARK_END):]
+    if begin in md:
+        md = md[:md.index(begin)] + block + md[md.index(end) + len(end):]
     else:
-        md = md.rstrip("\n") + "\n\n## Against YuNet (peers)\n\n" + block + "\n"
-    atomic_write_text(args.markdown, md)
+        md = md.rstrip("\n") + f"\n\n## {heading}\n\n" + block + "\n"
+    atomic_write_text(markdown, md)
 
 
 def main() -> int:

@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_peers import fdq, yunet_detect  # noqa: E402  (same folder: the YuNet setup is shared)
+from bench_peers import fdq, write_section, yunet_detect  # noqa: E402  (same folder: YuNet setup, docs block)
 
 from fdq.device.bundle import load_bundle  # noqa: E402
 from fdq.device.evaluation import evaluate, load_ground_truth, to_wider_rows  # noqa: E402
@@ -124,13 +124,7 @@ def write_outputs(rows: List[dict], result: Dict[str, object], args: argparse.Na
     lines += ["", f"Goals in this run: `{json.dumps(result['int8_over_float_at_320'])}`; against YuNet-n: " +
               "; ".join(f"@{g['yunet_n_long_side']}: {'met by ' + g['fdq']['detector'] + ' ' + g['fdq']['runtime'] if g['met'] else 'not met'}"
                         for g in result["against_yunet_n"]), MARK_END]
-    md = Path(args.markdown).read_text(encoding="utf-8") if Path(args.markdown).exists() else "# Benchmarks\n"
-    block = "\n".join(lines)
-    if MARK_BEGIN in md:
-        md = md[:md.index(MARK_BEGIN)] + block + md[md.index(MARK_END) + len(MARK_END):]
-    else:
-        md = md.rstrip("\n") + "\n\n## Every runtime, float and int8\n\n" + block + "\n"
-    atomic_write_text(args.markdown, md)
+    write_section(args.markdown, lines, "Every runtime, float and int8")
 
 
 def machine() -> Dict[str, object]:

@@ -154,17 +154,6 @@ def test_mnn_int8_close_to_float(mnn_bundles, float_ap, data):
     assert _within(_ap(mnn_bundles["int8"], data), float_ap, 1.5) == {}
 
 
-def test_runner_runs_an_mnn_int8_bundle(mnn_bundles, workdir):
-    out = workdir / "mnn_run.json"
-    proc = subprocess.run([sys.executable, "-m", "fdq.device.run", "--bundle", str(mnn_bundles["int8"]),
-                           "--frames", "5", "--warmup", "1", "--json", str(out)],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    doc = json.loads(out.read_text(encoding="utf-8"))
-    assert doc["device"]["runtime"] == "mnn" and doc["device"]["runtime_versions"]["MNN"]
-    assert doc["bundle"]["dtype"] == "int8" and len(doc["latency_ms"]["inference"]["frames"]) == 5
-
-
 def test_mnn_int8_export_needs_images(float_bundle, workdir):
     _require("MNN")
     from fdq.host.export import export_bundle
@@ -225,15 +214,20 @@ def test_executorch_refuses_sizes_it_was_not_exported_for(executorch_bundles):
         infer(np.zeros((1, 3, 240, 700), dtype=np.float32))
 
 
-def test_runner_runs_an_executorch_int8_bundle(executorch_bundles, workdir):
-    out = workdir / "et_run.json"
-    proc = subprocess.run([sys.executable, "-m", "fdq.device.run", "--bundle", str(executorch_bundles["int8"]),
-                           "--frames", "5", "--warmup", "1", "--json", str(out)],
-                          capture_output=True, text=True, timeout=600)
+@pytest.mark.parametrize("runtime, bundles, engine", [("mnn", "mnn_bundles", None),
+                                                     ("executorch", "executorch_bundles", "xnnpack")])
+def test_the_runner_runs_an_int8_bundle_of_each_new_runtime(runtime, bundles, engine, request, workdir):
+    out = workdir / f"{runtime}_run.json"
+    proc = subprocess.run([sys.executable, "-m", "fdq.device.run", "--bundle",
+                           str(request.getfixturevalue(bundles)["int8"]), "--frames", "5", "--warmup", "1",
+                           "--json", str(out)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(out.read_text(encoding="utf-8"))
-    assert doc["device"]["runtime"] == "executorch" and doc["device"]["runtime_versions"]["executorch"]
-    assert doc["bundle"]["engine"] == "xnnpack" and len(doc["latency_ms"]["inference"]["frames"]) == 5
+    version = {"mnn": "MNN", "executorch": "executorch"}[runtime]
+    assert doc["device"]["runtime"] == runtime and doc["device"]["runtime_versions"][version]
+    assert doc["bundle"]["dtype"] == "int8" and len(doc["latency_ms"]["inference"]["frames"]) == 5
+    if engine:
+        assert doc["bundle"]["engine"] == engine
 
 
 @pytest.mark.parametrize("extra, needle", [
