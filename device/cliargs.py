@@ -19,8 +19,11 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         text = action.help or ""
         if action.required and action.option_strings:
             text += " (required)"
-        shows_default = action.option_strings and action.default not in (None, False, argparse.SUPPRESS)
-        if shows_default and "%(default)" not in text and not isinstance(action, argparse._HelpAction):
+        if not action.option_strings or isinstance(action, argparse._HelpAction) or "%(default)" in text:
+            return text
+        if action.default is False:  # a flag
+            return text + " (default: off)"
+        if action.default not in (None, argparse.SUPPRESS):
             text += " (default: %(default)s)"
         return text
 

@@ -1,9 +1,9 @@
 """Run the device runner on a target's deployed bundle and bring its ``fdq.run/1`` document back.
 
-A run is the runner's own process on the target. It records its process id in the workdir first,
-so that Ctrl-C (or a time-out, or a cut connection) here stops it there too, over SSH as on this
-machine; the runner itself writes nothing when stopped, and nothing is fetched, so no half result
-exists on either side. Images for ``--images/--gt`` travel like bundles (only files whose sha256
+A run is the runner's own process on the target, started through ``Connection.run``, which stops it
+and its children there on Ctrl-C, on the run's time limit or when the connection is cut, over SSH
+as on this machine; the runner itself writes nothing when stopped, and nothing is fetched, so no
+half result exists on either side. Images for ``--images/--gt`` travel like bundles (only files whose sha256
 differs there) under ``data/NAME-HASH/``, with the ground truth as JSON (the board needs no scipy).
 """
 from __future__ import annotations
@@ -21,11 +21,11 @@ from fdq.device.atomic import atomic_write_text
 from .deploy import DATA, LIB, RESULTS
 from .remote import Connection, RemoteError
 
-STOP_TIMEOUT_S = 20.0
 # The run's time limit when --run-timeout is not given: loading (an emulated board imports torch in
 # minutes) plus a bound per frame far above any board's, so that only a frozen board reaches it.
 RUN_START_S = 900.0
 PER_FRAME_S = 10.0
+MAX_RUN_S = 7 * 86400.0   # what a wait can be given (poll takes milliseconds in an int)
 
 
 @dataclass(frozen=True)
@@ -44,9 +44,9 @@ class RunSettings:
     def time_limit(self) -> float:
         """Seconds one run may take on the target before it is stopped there."""
         if self.run_timeout is not None:
-            return self.run_timeout
+            return min(MAX_RUN_S, self.run_timeout)
         frames = self.frames if self.frames is not None else 100
-        return RUN_START_S + self.cooldown + self.min_seconds + (frames + self.warmup) * PER_FRAME_S
+        return min(MAX_RUN_S, RUN_START_S + self.cooldown + self.min_seconds + (frames + self.warmup) * PER_FRAME_S)
 
 
 @dataclass(frozen=True)
@@ -80,22 +80,10 @@ def stage_dataset(images: str, gt: str) -> Dataset:
                    gt=f"{folder}/ground_truth.json", count=len(items))
 
 
-def _runner_command(conn: Connection, workdir: str, pidfile: str, args: List[str]) -> str:
-    """The runner in ``workdir``, its pid first written to ``pidfile``; ``exec`` keeps that pid."""
+def _runner_command(conn: Connection, workdir: str, args: List[str]) -> str:
+    """The runner in ``workdir``; ``exec`` makes it the process that ``Connection.run`` stops on Ctrl-C."""
     python = " ".join(shlex.quote(a) for a in (conn.target.python, "-m", "fdq.device.run", *args))
-    return f"cd {shlex.quote(workdir)} && echo $$ > {shlex.quote(pidfile)} && PYTHONPATH={LIB} exec {python}"
-
-
-def _stop(conn: Connection, workdir: str, pidfile: str) -> None:
-    """Stop the runner whose pid is in ``pidfile``: SIGINT (it then writes nothing), SIGKILL after 5 s."""
-    script = (f"cd {shlex.quote(workdir)} || exit 0; p=$(cat {shlex.quote(pidfile)} 2>/dev/null); "
-              "if [ -n \"$p\" ]; then kill -INT $p 2>/dev/null; i=0; "
-              "while kill -0 $p 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done; "
-              f"kill -KILL $p 2>/dev/null; fi; rm -f {shlex.quote(pidfile)}")
-    try:
-        conn.run(script, timeout=STOP_TIMEOUT_S)
-    except Exception:  # the connection itself may be what failed: nothing more can be done there
-        pass
+    return f"cd {shlex.quote(workdir)} && PYTHONPATH={LIB} exec {python}"
 
 
 def runner_args(remote_bundle: str, remote_json: str, settings: RunSettings, threads: int,
@@ -124,15 +112,11 @@ def profile(conn: Connection, remote_bundle: str, settings: RunSettings, threads
     workdir = conn.path(conn.target.workdir)
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
     name = f"{PurePosixPath(remote_bundle).name}-t{threads}-{stamp}"
-    remote_json, pidfile = f"{RESULTS}/{name}.json", f"{RESULTS}/{name}.pid"
+    remote_json = f"{RESULTS}/{name}.json"
     args = runner_args(remote_bundle, remote_json, settings, threads, dataset, conn.target.thermal_zone)
     conn.makedirs(str(PurePosixPath(workdir, RESULTS)))
-    try:
-        done = conn.run(_runner_command(conn, workdir, pidfile, args), timeout=settings.time_limit())
-    except BaseException:  # Ctrl-C, a time-out, a cut connection: the runner must not go on there
-        _stop(conn, workdir, pidfile)
-        raise
-    conn.run(f"rm -f {shlex.quote(str(PurePosixPath(workdir, pidfile)))}", timeout=STOP_TIMEOUT_S)
+    # Ctrl-C, the time limit or a cut connection: run() stops the runner and its children there.
+    done = conn.run(_runner_command(conn, workdir, args), timeout=settings.time_limit())
     if done.returncode != 0:
         raise RemoteError(f"{conn.target.name}: the runner failed: {done.last_error_line()}")
     with tempfile.TemporaryDirectory(prefix="fdq-run-") as tmp:

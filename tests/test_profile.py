@@ -42,7 +42,7 @@ def _yaml(path: Path, **fields) -> Path:
 def local(tmp_path_factory, home):
     folder = tmp_path_factory.mktemp("local-target")
     return _yaml(folder / "here.yaml", name="here", transport="local", python=sys.executable,
-                 workdir=str(folder / "work"), threads=1)
+                 workdir=str(folder / "work"), threads=1, runtimes=["torchscript", "onnxruntime", "ncnn"])
 
 
 @pytest.fixture
@@ -204,7 +204,11 @@ def test_images_and_gt_give_the_same_ap_on_the_target_as_fdq_eval(board, two_bac
 
 
 def _runner_pids(workdir: Path):
-    return [int(p.read_text()) for p in (workdir / "results").glob("*.pid") if p.read_text().strip()]
+    """The runner processes working in ``workdir`` (the SSH test board's are this machine's too)."""
+    import psutil
+
+    return [p.pid for p in psutil.process_iter(["cmdline", "cwd"])
+            if "fdq.device.run" in (p.info["cmdline"] or []) and p.info["cwd"] == str(workdir)]
 
 
 def _alive(pid: int) -> bool:
