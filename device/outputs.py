@@ -117,8 +117,21 @@ def atomic_folder(path: PathLike, force: bool = False, option: str = "--out") ->
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; results are ordinary folders
         if scratch_parent == target:
             last = {MANIFEST, MARKER}
-            for entry in sorted(tmp.iterdir(), key=lambda p: p.name in last):
-                os.replace(entry, target / entry.name)
+            moved = []
+            try:
+                for entry in sorted(tmp.iterdir(), key=lambda p: p.name in last):
+                    if os.path.lexists(target / entry.name):  # something appeared there meanwhile: keep it
+                        raise OutputRefused(f"{option} {path}: {entry.name} appeared there while fdq was "
+                                            "writing; refusing to replace it")
+                    os.replace(entry, target / entry.name)
+                    moved.append(target / entry.name)
+            except BaseException:  # take back what was moved: nothing half-written stays
+                for done in moved:
+                    if done.is_dir() and not done.is_symlink():
+                        shutil.rmtree(done)
+                    else:
+                        done.unlink()
+                raise
             tmp.rmdir()
         elif swap:
             check_folder_output(target, force, option)  # still ours, now that the work is done

@@ -180,6 +180,17 @@ def test_a_failed_folder_write_leaves_nothing(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_file_the_user_puts_into_the_empty_folder_meanwhile_is_kept(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(OutputRefused, match="appeared there while fdq was writing"):
+        with atomic_folder(out) as tmp:
+            (tmp / "a.txt").write_text("fdq's")
+            (tmp / "b.txt").write_text("fdq's")
+            (out / "b.txt").write_text("the user's")
+    assert sorted(p.name for p in out.iterdir()) == ["b.txt"] and (out / "b.txt").read_text() == "the user's"
+
+
 def test_a_marked_folder_is_replaced_only_with_force(tmp_path: Path) -> None:
     out = tmp_path / "out"
     with atomic_folder(out) as tmp:
