@@ -171,6 +171,18 @@ def write_outputs(rows: List[dict], args: argparse.Namespace, command: str) -> N
     write_section(args.markdown, lines, "Against YuNet (peers)")
 
 
+def load_val(shared_dir: str) -> Tuple[Path, object, List[Tuple[str, np.ndarray]]]:
+    """One thread for OpenCV, the weights from the shared folder, and its data: the calibration images'
+    folder, the val ground truth and the decoded val images (key, BGR), as both benchmarks use them."""
+    cv2.setNumThreads(1)
+    shared = Path(shared_dir)
+    os.environ.setdefault("FDQ_WEIGHTS_PATH", str(shared / "weights"))
+    split = shared / "data" / "widerface_val_subset" / "val"
+    images = [(key, read_image(path)) for key, path in list_images(str(split / "images"))]
+    return (shared / "data" / "widerface_val_subset" / "calib" / "images", load_ground_truth(split / "ground_truth"),
+            images)
+
+
 def write_section(markdown: str, lines: List[str], heading: str) -> None:
     """Put ``lines`` (a block from its begin marker to its end marker) into the docs page ``markdown``:
     over the same block there, else appended under ``heading``; the rest of the page is kept."""
@@ -197,13 +209,8 @@ def main() -> int:
     ap.add_argument("--markdown", default=str(ROOT / "docs" / "SPEED.md"))
     args = ap.parse_args()
 
-    cv2.setNumThreads(1)
     shared = Path(args.shared)
-    os.environ.setdefault("FDQ_WEIGHTS_PATH", str(shared / "weights"))
-    split = shared / "data" / "widerface_val_subset" / "val"
-    calib = shared / "data" / "widerface_val_subset" / "calib" / "images"
-    gt = load_ground_truth(split / "ground_truth")
-    images = [(key, read_image(path)) for key, path in list_images(str(split / "images"))]
+    calib, gt, images = load_val(args.shared)
     long_sides = [int(v) for v in args.long_sides.split(",")]
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)

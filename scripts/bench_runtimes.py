@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_peers import fdq, write_section, yunet_detect  # noqa: E402  (same folder: YuNet setup, docs block)
+from bench_peers import fdq, load_val, write_section, yunet_detect  # noqa: E402  (same folder: YuNet setup, docs block)
 
 from fdq.device.bundle import load_bundle  # noqa: E402
 from fdq.device.evaluation import evaluate, load_ground_truth, to_wider_rows  # noqa: E402
@@ -149,13 +149,8 @@ def main() -> int:
     if unknown:
         ap.error(f"unknown configuration {unknown[0]!r} (choose from: {', '.join(CONFIGS)})")
 
-    cv2.setNumThreads(1)
     shared = Path(args.shared)
-    os.environ.setdefault("FDQ_WEIGHTS_PATH", str(shared / "weights"))
-    split = shared / "data" / "widerface_val_subset" / "val"
-    calib = shared / "data" / "widerface_val_subset" / "calib" / "images"
-    gt = load_ground_truth(split / "ground_truth")
-    images = [(key, read_image(path)) for key, path in list_images(str(split / "images"))]
+    calib, gt, images = load_val(args.shared)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     sides = [int(v) for v in args.long_sides.split(",")]
