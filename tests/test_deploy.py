@@ -328,3 +328,16 @@ def test_extra_files_travel_like_bundle_files(board, bundle, tmp_path):
         conn.close()
     assert "data/set-1/truth.json" in first.uploaded and again.uploaded == []
     assert (board["workdir"] / "data" / "set-1" / "truth.json").read_text() == '{"faces": 1}'
+
+
+def test_the_shipped_local_target_takes_bundles_of_every_engine_its_torch_has(bundle, tmp_path, monkeypatch,
+                                                                               capsys):
+    """The README's main job profiles qnnpack and x86 bundles on this machine: neither is refused."""
+    import torch
+
+    monkeypatch.setenv("FDQ_HOME", str(tmp_path / "fdq-home"))
+    for engine in ("qnnpack", "x86"):
+        assert engine in torch.backends.quantized.supported_engines
+        assert deploy_main(["--target", "local", "--python", sys.executable,
+                            str(_with_manifest(bundle, tmp_path / engine, engine=engine))]) == 0
+    assert "error" not in capsys.readouterr().err
