@@ -1,17 +1,24 @@
 """Test helpers of the camera demo's tests (local and on a board): a video made from real WIDER FACE
 validation images that hold a clearly detectable face and almost no saturated red, so that the red
 boxes the demo draws can be counted in its output, in the served JPEGs and in a browser screenshot;
-reading MJPEG parts; headless Chromium."""
+reading MJPEG parts; the page's live facts; headless Chromium."""
 from __future__ import annotations
 
+import html
+import json
+import re
 import shutil
 import subprocess
+import time
+import urllib.request
 from pathlib import Path
-from typing import List, Tuple
+from typing import Any, Dict, List, Tuple
 
 import cv2
 import numpy as np
 import pytest
+
+from fdq.device.run import STAGES
 
 MIN_FACE_PX = 40
 MAX_INPUT_RED_PX = 50
@@ -128,3 +135,56 @@ def assert_screenshot_shows_boxes(url: str, tmp_path: Path, size: Tuple[int, int
     assert image is not None and image.shape[:2] == (600, 800)
     assert red_pixels(image[:size[1], :size[0]]) >= MIN_RED_PX, "no face boxes visible in the browser"
     assert red_pixels(image[size[1]:, :]) == 0 and red_pixels(image[:, size[0]:]) == 0
+
+
+def stats(url: str) -> Dict[str, Any]:
+    """The demo's ``/stats.json``."""
+    with urllib.request.urlopen(url + "stats.json", timeout=30) as resp:
+        assert resp.headers["Content-Type"] == "application/json"
+        return json.loads(resp.read())
+
+
+def assert_live_facts(url: str, tmp_path: Path, frames: int, wait_s: float = 60.0) -> Dict[str, Any]:
+    """Once the demo did its ``frames``: ``/stats.json`` names the bundle's runtime and each stage's
+    p50 (the stage names fdq-profile reports), and the page, after its script ran in Chromium, shows
+    the board, its machine and a latency row per stage. Returns the stats."""
+    deadline = time.monotonic() + wait_s
+    while (found := stats(url))["latency"]["frames_total"] < frames and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert found["runtime"] == "torchscript" and found["engine"] is None and found["model"] == "slim"
+    latency = found["latency"]
+    assert latency["frames_total"] == frames and latency["frames"] >= 1
+    assert sorted(latency["p50_ms"]) == sorted(STAGES)
+    assert 0 < latency["p50_ms"]["inference"] < latency["p50_ms"]["total"]
+    dom = chromium(url, tmp_path, "--dump-dom").stdout
+    assert f'<b id="board">{html.escape(found["board"])}</b>' in dom and found["machine"] in dom
+    for stage in STAGES:
+        assert re.search(rf"<td>{stage}</td><td>\d+\.\d ms</td>", dom), dom[-2000:]
+    assert re.search(r"p50 over the last 1 s|latest frame, \d+\.\d s ago", dom), dom[-2000:]
+    return found
+
+
+def assert_serves_page_and_frames(url: str, size: Tuple[int, int], boxes: bool = True) -> str:
+    """The page, ``/frame.jpg`` (a JPEG of ``size``, with red face boxes when ``boxes``) and two
+    JPEG parts of ``/stream.mjpg`` of that size; returns the page."""
+    with urllib.request.urlopen(url + "frame.jpg", timeout=30) as resp:
+        assert resp.status == 200 and resp.headers["Content-Type"] == "image/jpeg"
+        frame = assert_jpeg(resp.read())
+    assert frame.shape == (size[1], size[0], 3)
+    if boxes:
+        assert red_pixels(frame) >= MIN_RED_PX
+
+    with urllib.request.urlopen(url, timeout=30) as resp:
+        page = resp.read().decode("utf-8")
+        assert resp.headers["Content-Type"].startswith("text/html")
+    assert '<img src="/stream.mjpg"' in page
+
+    with urllib.request.urlopen(url + "stream.mjpg", timeout=30) as resp:
+        content_type = resp.headers["Content-Type"]
+        match = re.match(r'multipart/x-mixed-replace;\s*boundary="?([^";]+)"?', content_type)
+        assert match, content_type
+        boundary = match.group(1).encode("ascii")
+        parts = [read_part(resp, boundary) for _ in range(2)]
+    for part in parts:
+        assert assert_jpeg(part).shape == (size[1], size[0], 3)
+    return page

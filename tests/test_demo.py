@@ -6,7 +6,6 @@ draws can be counted in its output, in the served JPEGs and in a browser screens
 """
 from __future__ import annotations
 
-import json
 import platform
 import queue
 import os
@@ -25,8 +24,8 @@ import cv2
 import numpy as np
 import pytest
 
-from demo_media import (MIN_RED_PX, assert_jpeg, assert_screenshot_shows_boxes, chromium, face_video, read_all,
-                        read_part, red_pixels)
+from demo_media import (MIN_RED_PX, assert_live_facts, assert_screenshot_shows_boxes, assert_serves_page_and_frames,
+                        face_video, read_all, red_pixels)
 from fdq.device import demo
 from fdq.device.demo import main, parse_hostport
 from fdq.device.latency_window import LatencyWindow
@@ -237,26 +236,7 @@ def served(bundle_dir, video):
 
 
 def test_serves_frame_and_mjpeg_stream(served):
-    with urllib.request.urlopen(served.url + "frame.jpg", timeout=30) as resp:
-        assert resp.status == 200 and resp.headers["Content-Type"] == "image/jpeg"
-        frame = assert_jpeg(resp.read())
-    assert frame.shape == (SIZE[1], SIZE[0], 3)
-    assert red_pixels(frame) >= MIN_RED_PX
-
-    with urllib.request.urlopen(served.url, timeout=30) as resp:
-        page = resp.read().decode("utf-8")
-        assert resp.headers["Content-Type"].startswith("text/html")
-    assert '<img src="/stream.mjpg"' in page
-
-    with urllib.request.urlopen(served.url + "stream.mjpg", timeout=30) as resp:
-        content_type = resp.headers["Content-Type"]
-        match = re.match(r'multipart/x-mixed-replace;\s*boundary="?([^";]+)"?', content_type)
-        assert match, content_type
-        boundary = match.group(1).encode("ascii")
-        parts = [read_part(resp, boundary) for _ in range(2)]
-    for part in parts:
-        image = assert_jpeg(part)
-        assert image.shape == (SIZE[1], SIZE[0], 3)
+    assert_serves_page_and_frames(served.url, SIZE)
 
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(served.url + "nothing-here", timeout=30)
@@ -265,25 +245,6 @@ def test_serves_frame_and_mjpeg_stream(served):
 
 def test_page_shows_annotated_stream_in_headless_chromium(served, tmp_path):
     assert_screenshot_shows_boxes(served.url, tmp_path, SIZE)
-
-
-def assert_live_facts(url: str, tmp_path: Path, frames: int) -> dict:
-    """``/stats.json`` names this machine, the bundle's runtime and each stage's p50; the page, once its
-    script ran in Chromium, shows the board and a latency row per stage. Returns the stats."""
-    with urllib.request.urlopen(url + "stats.json", timeout=30) as resp:
-        assert resp.headers["Content-Type"] == "application/json"
-        stats = json.loads(resp.read())
-    assert stats["runtime"] == "torchscript" and stats["engine"] is None and stats["model"] == "slim"
-    latency = stats["latency"]
-    assert latency["frames_total"] == frames and latency["frames"] >= 1
-    assert sorted(latency["p50_ms"]) == sorted(("preprocess", "inference", "postprocess", "total"))
-    assert 0 < latency["p50_ms"]["inference"] < latency["p50_ms"]["total"]
-    dom = chromium(url, tmp_path, "--dump-dom").stdout
-    assert f'<b id="board">{stats["board"]}</b>' in dom and stats["machine"] in dom
-    for stage in ("preprocess", "inference", "postprocess", "total"):
-        assert re.search(rf"<td>{stage}</td><td>\d+\.\d ms</td>", dom), dom[-2000:]
-    assert re.search(r"p50 over the last 1 s|latest frame, \d+\.\d s ago", dom), dom[-2000:]
-    return stats
 
 
 def test_page_and_stats_name_the_machine_and_its_live_latency(served, tmp_path):
