@@ -53,9 +53,9 @@ def assert_jpeg(data: bytes) -> np.ndarray:
 
 
 def face_video(bundle_dir: Path, shared_dir: Path, out: Path, size: Tuple[int, int], images: int,
-               repeat: int) -> Path:
-    """``images`` val images resized to ``size`` with a face >= 40 px wide (found by the bundle at
-    ``size``) and almost no red, each ``repeat`` times, as an mp4v video at ``out``."""
+               repeat: int, min_face_px: int = MIN_FACE_PX) -> Path:
+    """``images`` val images resized to ``size`` with a face at least ``min_face_px`` wide (found by
+    the bundle at ``size``) and almost no red, each ``repeat`` times, as an mp4v video at ``out``."""
     from fdq.device.bundle import load_bundle
     from fdq.device.detector import FaceDetector
     from fdq.device.runtimes import load_inference
@@ -68,7 +68,7 @@ def face_video(bundle_dir: Path, shared_dir: Path, out: Path, size: Tuple[int, i
         if red_pixels(image) > MAX_INPUT_RED_PX:
             continue
         dets = detector.detect(image).above(0.5)
-        if len(dets) and float((dets.boxes[:, 2] - dets.boxes[:, 0]).max()) >= MIN_FACE_PX:
+        if len(dets) and float((dets.boxes[:, 2] - dets.boxes[:, 0]).max()) >= min_face_px:
             chosen.append(image)
             if len(chosen) == images:
                 break

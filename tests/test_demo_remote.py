@@ -246,7 +246,7 @@ def test_arm64_board_serves_frames_through_the_forward(arm64_board, home, slim_f
                                                        tmp_path_factory, tmp_path):
     """The emulated Raspberry Pi 4: a few 320x240 frames; the page and stats name an emulated aarch64 board."""
     local = face_video(slim_fp32_bundle, shared_dir, tmp_path_factory.mktemp("arm-video") / "faces.mp4", ARM_SIZE,
-                       ARM_FRAMES, 1)
+                       ARM_FRAMES, 1, min_face_px=20)
     source = _put_on_board(arm64_board, local, "~/media/faces.mp4")
     # Under emulation the board's Python imports torch and loads the bundle in minutes.
     demo = start_demo(arm64_board, slim_fp32_bundle, source, "--max-frames", str(ARM_FRAMES), "--linger", "600",
