@@ -20,7 +20,6 @@ import urllib.request
 from pathlib import Path
 from typing import List
 
-import cv2
 import numpy as np
 import pytest
 

@@ -38,16 +38,6 @@ ARM_SIZE, ARM_FRAMES = (320, 240), 3
 SERVING = re.compile(r"^fdq-demo: serving (http://127\.0\.0\.1:(\d+)/) from \S+ \(its 127\.0\.0\.1:(\d+),")
 
 
-@pytest.fixture(scope="module")
-def home(tmp_path_factory, shared_dir):
-    """One FDQ_HOME (known hosts) for the module, this process and the fdq-demo it starts alike."""
-    path = tmp_path_factory.mktemp("fdq-home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FDQ_HOME", str(path))
-        mp.setenv("FDQ_WEIGHTS_PATH", str(shared_dir / "weights"))
-        yield path
-
-
 def _put_on_board(board: Dict, local: Path, remote: str) -> str:
     """``local`` sent to the board over SFTP as ``remote`` (``~/...``); its absolute path there."""
     conn = connect(load_target(str(board["profile"])))
