@@ -152,6 +152,8 @@ def run_on_board(args: argparse.Namespace) -> int:
                 _check_board_output(conn, workdir, args.output, args.force)
             deployed = _deploy(conn, [args.bundle], args.setup)
             remote_bundle = deployed.bundles[str(Path(args.bundle).resolve())]
+            print(f"{PROG}: starting the demo on {target.name} (it loads the bundle there first)", file=sys.stderr,
+                  flush=True)
             relay = _Relay(conn, forward)
             command = board_command(conn, deployed.workdir, board_args(args, remote_bundle), module="fdq.device.demo")
             done = conn.run(command, timeout=None, on_stderr=relay.feed)

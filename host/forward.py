@@ -55,6 +55,10 @@ class PortForward:
 
     def start(self, conn: SSHConnection, board_port: int) -> None:
         """Carry every connection from now on to ``127.0.0.1:board_port`` on ``conn``'s board."""
+        # Interactive traffic, as OpenSSH treats forwarded ports: without TCP_NODELAY on the SSH socket,
+        # Nagle's algorithm holds each small request and channel message: one 66 KB frame took a
+        # median 38 ms through the forward here (28x direct), 4-7 ms with it (4-5x; bench_forward.py).
+        conn.client.get_transport().sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._acceptor = threading.Thread(target=self._accept, args=(conn, board_port), name="fdq-forward",
                                           daemon=True)
         self._acceptor.start()
@@ -93,6 +97,7 @@ class PortForward:
         channel: Optional[paramiko.Channel] = None
         try:
             sock.settimeout(None)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._lock:
                 self._live[sock] = None
             channel = conn.client.get_transport().open_channel(
