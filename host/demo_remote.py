@@ -23,6 +23,7 @@ from pathlib import Path, PurePosixPath
 from typing import List, Optional, Sequence, Tuple
 
 from fdq.device import demo
+from fdq.device.bundle import load_bundle
 
 from .cli import CliError, _deploy, _load_target, _run, _target_arguments
 from .forward import PortForward
@@ -51,16 +52,21 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``fdq-demo``: on a board with ``--target``, else the device demo on this machine."""
     args_list = list(sys.argv[1:] if argv is None else argv)
-    if not any(a == "--target" or a.startswith("--target=") or a in ("-h", "--help") for a in args_list):
-        return demo.main(args_list)
     parser = build_parser()
     try:
         args = parser.parse_args(args_list)
         if args.target is None:
-            parser.error("--forward and the profile overrides need --target")
-        args.forward_address = _check_args(parser, args)
+            device = {a.dest for a in demo.build_parser()._actions}
+            given = [a.option_strings[0] for a in parser._actions
+                     if a.dest not in device and getattr(args, a.dest) != a.default]
+            if given:
+                parser.error(f"{', '.join(given)} only go(es) with --target (the demo on a board)")
+        else:
+            args.forward_address = _check_args(parser, args)
     except SystemExit as exc:  # usage error or --help: argparse already printed
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    if args.target is None:
+        return demo.main(args_list)  # as it always was: its own checks, on this machine
     return _run(run_on_board, args, PROG)
 
 
@@ -139,6 +145,7 @@ class _Relay:
 
 def run_on_board(args: argparse.Namespace) -> int:
     """Deploy, start the demo on the board, forward its page here until it ends or Ctrl-C."""
+    load_bundle(args.bundle)  # a bad bundle is one line before anything is reached (deploy checks it again)
     target = _load_target(args)
     if target.transport != "ssh":
         raise CliError(f"--target {args.target} is this machine: run fdq-demo without --target "

@@ -230,6 +230,21 @@ def test_without_target_fdq_demo_is_the_device_demo(tmp_path, capsys):
     assert entry.load() is main
     assert main(["--bundle", str(tmp_path), "--source", str(tmp_path / "none.mp4")]) == 1
     assert capsys.readouterr().err.startswith("fdq-demo: error: cannot open video source")
+    assert main(["--bundle", str(tmp_path), "--source", "0", "--forward", "127.0.0.1:9", "--setup"]) == 2
+    assert capsys.readouterr().err == ("fdq-demo: error: --setup, --forward only go(es) with --target (the demo on "
+                                       "a board) (see --help)\n")
+
+
+def test_a_taken_forward_port_is_one_line_before_the_board_is_reached(sshd, home, slim_fp32_bundle, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        assert main(["--target", str(sshd["profile"]), "--bundle", str(slim_fp32_bundle), "--source", "0",
+                     "--forward", f"127.0.0.1:{port}"]) == 1
+    err = capsys.readouterr().err
+    assert err == (f"fdq-demo: error: cannot listen on 127.0.0.1:{port} (Address already in use): choose another "
+                   f"--forward port (0: any free one)\n")
 
 
 def test_arm64_board_serves_frames_through_the_forward(arm64_board, home, slim_fp32_bundle, shared_dir,
@@ -253,3 +268,9 @@ def test_arm64_board_serves_frames_through_the_forward(arm64_board, home, slim_f
         if demo.proc.poll() is None:
             demo.proc.kill()
             demo.proc.wait()
+
+
+def test_this_machine_as_target_is_refused_in_one_line(slim_fp32_bundle, capsys):
+    assert main(["--target", "local", "--bundle", str(slim_fp32_bundle), "--source", "0"]) == 1
+    assert capsys.readouterr().err == ("fdq-demo: error: --target local is this machine: run fdq-demo without "
+                                       "--target (--serve 127.0.0.1:8080 serves the page here)\n")
