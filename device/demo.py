@@ -406,7 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--force", action="store_true", help="replace an existing file at --output")
     parser.add_argument("--max-frames", type=int_at_least("--max-frames", 1), metavar="N", help="stop after N frames")
     parser.add_argument("--threshold", type=float, default=0.5, help="minimum face score drawn")
-    parser.add_argument("--threads", type=int_at_least("--threads", 1), default=1, help="inference threads")
+    parser.add_argument("--threads", type=int_at_least("--threads", 1), default=1,
+                        help="inference threads (with --target, default: the profile's threads)")
     parser.add_argument("--long-side", type=int, metavar="L",
                         help="network input long side (default: the bundle's)")
     parser.add_argument("--stop-on-eof", action="store_true",

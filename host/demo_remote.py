@@ -41,6 +41,7 @@ _SET_HERE = {"help", "bundle", "serve", "allow_remote", "stop_on_eof"}
 def build_parser() -> argparse.ArgumentParser:
     """The device demo's options, and those that take it to a board."""
     parser = demo.build_parser()
+    parser.set_defaults(threads=None)  # with --target: the profile's threads, as fdq-profile runs
     group = parser.add_argument_group("on a board, watched here through SSH (--target)")
     _target_arguments(group, required=False)
     group.add_argument("--forward", metavar="HOST:PORT", default=DEFAULT_FORWARD,
@@ -55,7 +56,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(args_list)
-        if args.target is None:
+        if args.target is None:  # argv goes to the device demo as it is (its own defaults and checks)
             device = {a.dest for a in demo.build_parser()._actions}
             given = [a.option_strings[0] for a in parser._actions
                      if a.dest not in device and getattr(args, a.dest) != a.default]
@@ -150,6 +151,8 @@ def run_on_board(args: argparse.Namespace) -> int:
     if target.transport != "ssh":
         raise CliError(f"--target {args.target} is this machine: run fdq-demo without --target "
                        f"(--serve {args.forward} serves the page here)")
+    if args.threads is None:
+        args.threads = target.threads
     forward = PortForward(*args.forward_address)  # a port in use fails now, before the board is reached
     try:
         conn = connect(target)

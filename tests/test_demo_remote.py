@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Dict, List
 
 import pytest
+import yaml
 
 from demo_media import assert_live_facts, assert_screenshot_shows_boxes, assert_serves_page_and_frames, face_video
 from fdq.host.demo_remote import main
@@ -148,7 +149,11 @@ def assert_gone(board: Dict, demo: RemoteDemo, within: float) -> None:
 
 @pytest.fixture(scope="module")
 def native_demo(sshd, home, slim_fp32_bundle, board_video):
-    demo = start_demo(sshd, slim_fp32_bundle, board_video, "--max-frames", str(N_IMAGES * REPEAT), "--linger", "600")
+    """The demo on the native board, through a copy of its profile with 2 threads (the demo's default there)."""
+    profile = home / "two-threads.yaml"
+    profile.write_text(yaml.safe_dump({**sshd["fields"], "threads": 2}))
+    demo = start_demo({**sshd, "profile": profile}, slim_fp32_bundle, board_video, "--max-frames",
+                      str(N_IMAGES * REPEAT), "--linger", "600")
     try:
         yield demo
     finally:
@@ -163,6 +168,7 @@ def test_forwarded_url_gives_the_page_frames_and_the_boards_latency(sshd, native
     assert_serves_page_and_frames(native_demo.url, SIZE)
     facts = assert_live_facts(native_demo.url, tmp_path, N_IMAGES * REPEAT)
     assert facts["machine"] == os.uname().machine and facts["emulated"] is False
+    assert facts["threads"] == 2  # the profile's, as fdq-profile runs
 
 
 def test_chromium_through_the_forward_shows_a_frame_with_boxes(native_demo, tmp_path):
@@ -261,6 +267,7 @@ def test_arm64_board_serves_frames_through_the_forward(arm64_board, home, slim_f
         assert '<div id="machine">aarch64 (emulated' in page
         facts = assert_live_facts(demo.url, tmp_path, ARM_FRAMES, wait_s=300)
         assert facts["machine"] == "aarch64" and facts["emulated"] is True
+        assert facts["threads"] == arm64_board["fields"]["threads"]
         rest = demo.stop(signal.SIGINT)
         assert demo.proc.returncode == 130, rest
         assert_gone(arm64_board, demo, within=20)
