@@ -63,7 +63,7 @@ setup(
             "fdq=fdq.host.cli:main",
             "fdq-deploy=fdq.host.cli:deploy_main",
             "fdq-profile=fdq.host.cli:profile_main",
-            "fdq-demo=fdq.device.demo:main",
+            "fdq-demo=fdq.host.demo_remote:main",  # --target: on a board; else fdq.device.demo:main here
             "fdq-run=fdq.device.run:main",  # on a board without an install: python -m fdq.device.run
         ]
     },

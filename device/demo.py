@@ -6,12 +6,16 @@ Every frame goes through :class:`~fdq.device.detector.FaceDetector` with the bun
 boxes, landmarks, FPS and per-stage latency are drawn on it. The annotated frames can be written
 to a video (``--output``) and/or published over HTTP (``--serve HOST:PORT``) for a headless board:
 
-* ``/``            a minimal HTML page showing the stream;
+* ``/``            a page showing the stream beside the board, its runtime and engine and the
+                   live per-stage latency (:mod:`fdq.device.demo_page`);
 * ``/stream.mjpg`` an MJPEG stream (``multipart/x-mixed-replace``, one JPEG per part);
-* ``/frame.jpg``   the latest annotated frame as a single JPEG.
+* ``/frame.jpg``   the latest annotated frame as a single JPEG;
+* ``/stats.json``  those facts and the per-stage p50 latency over the last second.
 
 The server only binds a loopback address unless ``--allow-remote`` is given (on a headless board,
-bind its LAN address with ``--allow-remote``). This module imports nothing from the host side.
+bind its LAN address with ``--allow-remote``; ``fdq-demo --target`` instead forwards the board's
+loopback port through its SSH connection, and passes ``--stop-on-eof`` so that the demo ends with
+that session). This module imports nothing from the host side.
 """
 from __future__ import annotations
 
@@ -30,15 +34,17 @@ import time
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
 
 from .bundle import BundleError, load_bundle
 from .cliargs import Parser, int_at_least
-from .outputs import OutputRefused, check_file_output
+from .demo_page import board_facts, render_page, stats_document
 from .draw import draw_detections
+from .latency_window import LatencyWindow
+from .outputs import OutputRefused, check_file_output
 
 PROG = "fdq-demo"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -49,19 +55,9 @@ JPEG_QUALITY = 80
 # next boundary arrives show the final frame.
 RESEND_SECONDS = 1.0
 FIRST_FRAME_WAIT_SECONDS = 10.0
-
-INDEX_HTML = """<!doctype html>
-<html>
-<head>
-<meta charset="utf-8">
-<title>fdq-demo</title>
-<style>body{margin:0;background:#111;color:#ccc;font-family:sans-serif}img{display:block;max-width:100%}</style>
-</head>
-<body>
-<img src="/stream.mjpg" alt="fdq-demo live stream">
-</body>
-</html>
-"""
+# How the demo says why it stopped; SIGHUP stands for --stop-on-eof (its session ended).
+STOP_REASONS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated",
+                signal.SIGHUP: "stopped: standard input closed (the session that started it ended)"}
 
 
 class DemoError(Exception):
@@ -139,7 +135,7 @@ class FrameHub:
         return seq, None if frame is None else self._encode(seq, frame)
 
 
-def _make_handler(hub: FrameHub) -> type:
+def _make_handler(hub: FrameHub, page: bytes, stats: Callable[[], bytes]) -> type:
     class Handler(BaseHTTPRequestHandler):
         server_version = "fdq-demo"
         protocol_version = "HTTP/1.0"
@@ -163,7 +159,9 @@ def _make_handler(hub: FrameHub) -> type:
             path = self.path.split("?", 1)[0]
             try:
                 if path in ("/", "/index.html"):
-                    self._send_bytes(INDEX_HTML.encode("utf-8"), "text/html; charset=utf-8")
+                    self._send_bytes(page, "text/html; charset=utf-8")
+                elif path == "/stats.json":
+                    self._send_bytes(stats(), "application/json")
                 elif path == "/frame.jpg":
                     jpeg = hub.latest(FIRST_FRAME_WAIT_SECONDS)
                     if jpeg is None:
@@ -242,8 +240,10 @@ def is_loopback_host(host: str) -> bool:
     return host.lower() in LOOPBACK_HOSTS
 
 
-def start_server(host: str, port: int, hub: FrameHub) -> Tuple[_Server, threading.Thread, str]:
-    """Bind and serve in a daemon thread; returns the server, its thread and the page URL."""
+def start_server(host: str, port: int, hub: FrameHub, page: str,
+                 stats: Callable[[], bytes]) -> Tuple[_Server, threading.Thread, str]:
+    """Bind and serve ``hub``'s frames, ``page`` at ``/`` and ``stats()`` at ``/stats.json`` in a
+    daemon thread; returns the server, its thread and the page URL."""
     try:
         infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
     except socket.gaierror as exc:
@@ -251,7 +251,7 @@ def start_server(host: str, port: int, hub: FrameHub) -> Tuple[_Server, threadin
     family = infos[0][0]
     server_class = type("_DemoServer", (_Server,), {"address_family": family})
     try:
-        server = server_class((host, port), _make_handler(hub))
+        server = server_class((host, port), _make_handler(hub, page.encode("utf-8"), stats))
     except OSError as exc:
         raise DemoError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
     bound_host, bound_port = server.server_address[:2]
@@ -401,14 +401,29 @@ def build_parser() -> argparse.ArgumentParser:
                         help="allow --serve on a non-loopback address (anyone on that network can watch)")
     parser.add_argument("--linger", type=float, default=0.0, metavar="SECONDS",
                         help="with --serve, keep serving the last frame this long after the source ends")
-    parser.add_argument("--output", metavar="OUT.mp4", help="write the annotated video (mp4v; a new file)")
+    parser.add_argument("--output", metavar="OUT.mp4",
+                        help="write the annotated video (mp4v; a new file; with --target, a path on the board)")
     parser.add_argument("--force", action="store_true", help="replace an existing file at --output")
     parser.add_argument("--max-frames", type=int_at_least("--max-frames", 1), metavar="N", help="stop after N frames")
     parser.add_argument("--threshold", type=float, default=0.5, help="minimum face score drawn")
-    parser.add_argument("--threads", type=int_at_least("--threads", 1), default=1, help="inference threads")
+    parser.add_argument("--threads", type=int_at_least("--threads", 1), default=1,
+                        help="inference threads (with --target, default: the profile's threads)")
     parser.add_argument("--long-side", type=int, metavar="L",
                         help="network input long side (default: the bundle's)")
+    parser.add_argument("--stop-on-eof", action="store_true",
+                        help="stop when standard input closes (fdq-demo --target passes it: the SSH session ended)")
     return parser
+
+
+def check_frame_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Usage errors (argparse's exit code 2) of the options that do not name a path or an address:
+    checked wherever the demo is started, before a board is reached."""
+    if args.long_side is not None and args.long_side < 16:
+        parser.error("--long-side must be at least 16")
+    if not 0.0 <= args.threshold <= 1.0:
+        parser.error("--threshold must be between 0 and 1")
+    if args.linger < 0 or not np.isfinite(args.linger):
+        parser.error("--linger must be a non-negative number of seconds")
 
 
 def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Optional[Tuple[str, int]]:
@@ -418,12 +433,7 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Op
             check_file_output(args.output, args.force, "--output")
         except OutputRefused as exc:
             parser.error(str(exc))
-    if args.long_side is not None and args.long_side < 16:
-        parser.error("--long-side must be at least 16")
-    if not 0.0 <= args.threshold <= 1.0:
-        parser.error("--threshold must be between 0 and 1")
-    if args.linger < 0 or not np.isfinite(args.linger):
-        parser.error("--linger must be a non-negative number of seconds")
+    check_frame_options(parser, args)
     if args.serve is None:
         return None
     try:
@@ -473,6 +483,21 @@ def _stop_on_signals() -> Iterator[Dict[str, Optional[int]]]:
             signal.signal(sig, previous)
 
 
+def _stop_at_stdin_eof(stop: Dict[str, Optional[int]]) -> None:
+    """Ask the frame loop to stop (as SIGHUP) once standard input ends. Over SSH without a terminal
+    no signal arrives when the connection drops, but sshd closes the session's pipes: so the demo
+    never outlives the connection that started it, holding the camera."""
+    def watch() -> None:
+        try:
+            while os.read(0, 4096):
+                pass
+        except OSError:
+            pass
+        stop["signal"] = signal.SIGHUP
+
+    threading.Thread(target=watch, name="fdq-demo-stdin", daemon=True).start()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     try:
@@ -482,16 +507,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     try:
         with _stop_on_signals() as stop:
+            if args.stop_on_eof:
+                _stop_at_stdin_eof(stop)
             code = _run(args, serve, stop)
         if stop["signal"] is not None:
-            _info("interrupted" if stop["signal"] == signal.SIGINT else "terminated")
+            _info(STOP_REASONS[stop["signal"]])
             return 128 + int(stop["signal"])
         return code
     except DemoError as exc:
         return _error(str(exc))
 
 
-def _load_detector(args: argparse.Namespace) -> Any:
+def _load_detector(args: argparse.Namespace) -> Tuple[Any, Any]:
+    """The bundle and its detector."""
     from .runtimes import bundle_detector  # imports only the runtime the bundle needs
 
     # Postprocess keeps scores strictly above its threshold: the float32 just below --threshold keeps
@@ -499,7 +527,8 @@ def _load_detector(args: argparse.Namespace) -> Any:
     # ones, so thresholding first gives the same faces as NMS at 0.02 and filtering afterwards.
     below = float(np.nextafter(np.float32(args.threshold), np.float32(-np.inf)))
     try:
-        return bundle_detector(load_bundle(args.bundle), args.threads, args.long_side, score_threshold=below)
+        bundle = load_bundle(args.bundle)
+        return bundle, bundle_detector(bundle, args.threads, args.long_side, score_threshold=below)
     except BundleError as exc:
         raise DemoError(str(exc)) from None
     except (OSError, KeyError, ValueError, RuntimeError) as exc:
@@ -511,23 +540,27 @@ def _run(args: argparse.Namespace, serve: Optional[Tuple[str, int]], stop: Dict[
     cap, frame = open_source(source)  # fails fast, before the (slower) bundle loading
     server = None
     hub = FrameHub()
+    window = LatencyWindow()
     output: Optional[VideoOutput] = None
     frames = 0
     detect_ms: List[float] = []
     committed = False
     try:
-        detector = _load_detector(args)
+        bundle, detector = _load_detector(args)
         if args.output:
             height, width = frame.shape[:2]
             output = VideoOutput(args.output, source_fps(cap), (width, height))
         if serve is not None:
-            server, _, url = start_server(serve[0], serve[1], hub)
+            facts = board_facts(bundle, args.threads)
+            server, _, url = start_server(serve[0], serve[1], hub, render_page(facts),
+                                          lambda: stats_document(facts, window))
             _info(f"serving {url} (stream {url}stream.mjpg, still {url}frame.jpg)")
         t_start = time.perf_counter()
         while frame is not None and stop["signal"] is None:
             dets = detector.detect(frame).above(args.threshold)
             timings = dict(detector.last_timings_ms)
             detect_ms.append(timings.get("total", 0.0))
+            window.add(timings)
             draw_detections(frame, dets, timings)
             if output is not None:
                 output.write(frame)

@@ -261,8 +261,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     return _run(args.func, args, "fdq")
 
 
-def _target_arguments(p: argparse.ArgumentParser, default: Optional[str] = None) -> None:
-    p.add_argument("--target", required=default is None, default=default,
+def _target_arguments(p: Any, default: Optional[str] = None, required: Optional[bool] = None) -> None:
+    """The options that name a target and override its profile, on a parser or an argument group;
+    ``--target`` is required unless it has a ``default`` or ``required`` says otherwise."""
+    p.add_argument("--target", required=default is None if required is None else required, default=default,
                    help="a shipped profile (rpi4, local), a profile YAML file (one board or hosts: a fleet) or an "
                         "Ansible INI inventory" + (f" (default {default}: this machine)" if default == "local" else ""))
     p.add_argument("--host", help="override the profile's host")

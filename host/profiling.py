@@ -80,9 +80,10 @@ def stage_dataset(images: str, gt: str) -> Dataset:
                    gt=f"{folder}/ground_truth.json", count=len(items))
 
 
-def _runner_command(conn: Connection, workdir: str, args: List[str]) -> str:
-    """The runner in ``workdir``; ``exec`` makes it the process that ``Connection.run`` stops on Ctrl-C."""
-    python = " ".join(shlex.quote(a) for a in (conn.target.python, "-m", "fdq.device.run", *args))
+def board_command(conn: Connection, workdir: str, args: List[str], module: str = "fdq.device.run") -> str:
+    """The deployed ``module`` (the runner, or the demo) in ``workdir``; ``exec`` makes it the
+    process that ``Connection.run`` stops on Ctrl-C."""
+    python = " ".join(shlex.quote(a) for a in (conn.target.python, "-m", module, *args))
     return f"cd {shlex.quote(workdir)} && PYTHONPATH={LIB} exec {python}"
 
 
@@ -116,7 +117,7 @@ def profile(conn: Connection, remote_bundle: str, settings: RunSettings, threads
     args = runner_args(remote_bundle, remote_json, settings, threads, dataset, conn.target.thermal_zone)
     conn.makedirs(str(PurePosixPath(workdir, RESULTS)))
     # Ctrl-C, the time limit or a cut connection: run() stops the runner and its children there.
-    done = conn.run(_runner_command(conn, workdir, args), timeout=settings.time_limit())
+    done = conn.run(board_command(conn, workdir, args), timeout=settings.time_limit())
     if done.returncode != 0:
         raise RemoteError(f"{conn.target.name}: the runner failed: {done.last_error_line()}")
     with tempfile.TemporaryDirectory(prefix="fdq-run-") as tmp:

@@ -26,7 +26,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Optional, Tuple, Union
+from typing import Callable, Optional, Tuple, Union
 
 import paramiko
 from paramiko.hostkeys import HostKeyEntry
@@ -175,10 +175,14 @@ class SSHConnection:
             return str(PurePosixPath(self.home, remote[2:]))
         return remote
 
-    def run(self, command: str, timeout: Optional[float] = None) -> Completed:
+    def run(self, command: str, timeout: Optional[float] = None,
+            on_stderr: Optional[Callable[[bytes], None]] = None) -> Completed:
         """Run ``command`` (a shell command line; quote every argument with ``shlex.quote``) in the
         login's shell there and wait for it; stdout and stderr are drained together, so neither can
-        stall the other.
+        stall the other. ``on_stderr`` sees each piece of stderr as it arrives (a long-running
+        command's progress), on this thread; it must not raise (a KeyboardInterrupt it lets through
+        stops the command as one while waiting does). The command's stdin stays open until it ends
+        or the connection closes: a command watching it ends with the connection.
 
         Contract: returns only a complete result (any exit status). When ``timeout`` seconds (None:
         no limit) pass first, or KeyboardInterrupt arrives while waiting, the command *and every
@@ -203,8 +207,11 @@ class SSHConnection:
                     out += channel.recv(65536)
                     busy = True
                 while channel.recv_stderr_ready():
-                    err += channel.recv_stderr(65536)
+                    chunk = channel.recv_stderr(65536)
+                    err += chunk
                     busy = True
+                    if on_stderr is not None:
+                        on_stderr(chunk)
                 if deadline is not None and time.monotonic() > deadline:
                     raise RemoteError(f"{self.target.name}: {_summary(command)} did not finish within "
                                       f"{timeout:.0f} s; {self._stop(channel, out)}")

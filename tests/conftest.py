@@ -36,6 +36,17 @@ def shared_dir() -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def home(tmp_path_factory, shared_dir):
+    """One FDQ_HOME for the module (its bundle cache, known hosts), for this process and the fdq
+    commands it starts alike: what a second call finds."""
+    path = tmp_path_factory.mktemp("fdq-home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FDQ_HOME", str(path))
+        mp.setenv("FDQ_WEIGHTS_PATH", str(shared_dir / "weights"))
+        yield path
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -1,15 +1,15 @@
-"""fdq-demo: annotated video out, MJPEG server (checked in headless Chromium), clean failures.
+"""fdq-demo: annotated video out, MJPEG server and page (checked in headless Chromium), clean failures.
 
 The video is made here from real WIDER FACE validation images (resized to 640x480) that hold
-a clearly detectable face and almost no saturated red, so the red boxes the demo draws can be
-counted in its output, in the served JPEGs and in a browser screenshot of the page.
+a clearly detectable face and almost no saturated red (``demo_media``), so the red boxes the demo
+draws can be counted in its output, in the served JPEGs and in a browser screenshot of the page.
 """
 from __future__ import annotations
 
+import platform
 import queue
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,47 +20,19 @@ import urllib.request
 from pathlib import Path
 from typing import List
 
-import cv2
 import numpy as np
 import pytest
 
+from demo_media import (MIN_RED_PX, assert_live_facts, assert_screenshot_shows_boxes, assert_serves_page_and_frames,
+                        face_video, read_all, red_pixels)
 from fdq.device import demo
 from fdq.device.demo import main, parse_hostport
+from fdq.device.latency_window import LatencyWindow
 
 SIZE = (640, 480)
 N_IMAGES = 5
 REPEAT = 2  # 10 frames
 N_FRAMES = N_IMAGES * REPEAT
-MIN_FACE_PX = 40
-MAX_INPUT_RED_PX = 50
-MIN_RED_PX = 100  # a 40 px box outline is ~170 px, most of which stays red through mp4v / JPEG
-
-
-def red_pixels(image: np.ndarray) -> int:
-    """Strongly red pixels (the box colour (0, 0, 255) after lossy compression)."""
-    bgr = image.astype(np.int16)
-    b, g, r = bgr[..., 0], bgr[..., 1], bgr[..., 2]
-    return int(((r > 150) & (r - np.maximum(g, b) > 100)).sum())
-
-
-def read_all(path: Path) -> List[np.ndarray]:
-    cap = cv2.VideoCapture(str(path))
-    assert cap.isOpened(), f"cannot open {path}"
-    frames = []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        frames.append(frame)
-    cap.release()
-    return frames
-
-
-def assert_jpeg(data: bytes) -> np.ndarray:
-    assert data[:2] == b"\xff\xd8" and data[-2:] == b"\xff\xd9", "not a complete JPEG"
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    assert image is not None, "JPEG does not decode"
-    return image
 
 
 @pytest.fixture(scope="module")
@@ -77,32 +49,7 @@ def bundle_dir(shared_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def video(bundle_dir, shared_dir, tmp_path_factory) -> Path:
     """10 mp4v frames at 640x480: five images with a face >= 40 px wide and almost no red, each twice."""
-    from fdq.device.bundle import load_bundle
-    from fdq.device.detector import FaceDetector
-    from fdq.device.runtimes import load_inference
-
-    bundle = load_bundle(str(bundle_dir))
-    detector = FaceDetector(load_inference(bundle), bundle.spec, 320)
-    chosen = []
-    for path in sorted((shared_dir / "data" / "widerface_val_subset" / "val" / "images").glob("*/*.jpg")):
-        image = cv2.resize(cv2.imread(str(path)), SIZE, interpolation=cv2.INTER_AREA)
-        if red_pixels(image) > MAX_INPUT_RED_PX:
-            continue
-        dets = detector.detect(image).above(0.5)
-        if len(dets) and float((dets.boxes[:, 2] - dets.boxes[:, 0]).max()) >= MIN_FACE_PX:
-            chosen.append(image)
-            if len(chosen) == N_IMAGES:
-                break
-    assert len(chosen) == N_IMAGES, f"fewer than {N_IMAGES} suitable validation images in {shared_dir}"
-    out = tmp_path_factory.mktemp("video") / "faces.mp4"
-    writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, SIZE)
-    assert writer.isOpened()
-    for image in chosen:
-        for _ in range(REPEAT):
-            writer.write(image)
-    writer.release()
-    assert len(read_all(out)) == N_FRAMES
-    return out
+    return face_video(bundle_dir, shared_dir, tmp_path_factory.mktemp("video") / "faces.mp4", SIZE, N_IMAGES, REPEAT)
 
 
 def demo_args(bundle_dir: Path, source, *extra: str) -> List[str]:
@@ -287,79 +234,52 @@ def served(bundle_dir, video):
                 proc.wait(timeout=15)
 
 
-def read_part(resp, boundary: bytes) -> bytes:
-    """The body of the next part of a multipart/x-mixed-replace response."""
-    delimiter = b"--" + boundary
-    while True:
-        line = resp.readline()
-        assert line, "stream ended before the next part"
-        if line.strip() == delimiter:
-            break
-        assert not line.strip(), f"unexpected data between parts: {line[:80]!r}"
-    headers = {}
-    while True:
-        line = resp.readline().strip()
-        if not line:
-            break
-        name, _, value = line.decode("latin-1").partition(":")
-        headers[name.strip().lower()] = value.strip()
-    assert headers.get("content-type") == "image/jpeg", headers
-    body = resp.read(int(headers["content-length"]))
-    return body
-
-
 def test_serves_frame_and_mjpeg_stream(served):
-    with urllib.request.urlopen(served.url + "frame.jpg", timeout=30) as resp:
-        assert resp.status == 200 and resp.headers["Content-Type"] == "image/jpeg"
-        frame = assert_jpeg(resp.read())
-    assert frame.shape == (SIZE[1], SIZE[0], 3)
-    assert red_pixels(frame) >= MIN_RED_PX
-
-    with urllib.request.urlopen(served.url, timeout=30) as resp:
-        page = resp.read().decode("utf-8")
-        assert resp.headers["Content-Type"].startswith("text/html")
-    assert '<img src="/stream.mjpg"' in page
-
-    with urllib.request.urlopen(served.url + "stream.mjpg", timeout=30) as resp:
-        content_type = resp.headers["Content-Type"]
-        match = re.match(r'multipart/x-mixed-replace;\s*boundary="?([^";]+)"?', content_type)
-        assert match, content_type
-        boundary = match.group(1).encode("ascii")
-        parts = [read_part(resp, boundary) for _ in range(2)]
-    for part in parts:
-        image = assert_jpeg(part)
-        assert image.shape == (SIZE[1], SIZE[0], 3)
+    assert_serves_page_and_frames(served.url, SIZE)
 
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(served.url + "nothing-here", timeout=30)
     assert info.value.code == 404
 
 
-def find_chromium() -> str:
-    for name in ("chromium", "chromium-browser"):
-        path = shutil.which(name)
-        if path:
-            return path
-    pytest.skip("chromium not installed (apt-get install -y chromium): the page is only checked in a real browser")
-
-
 def test_page_shows_annotated_stream_in_headless_chromium(served, tmp_path):
-    chromium = find_chromium()
-    shot = tmp_path / "shot.png"
-    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=800,600",
-           "--virtual-time-budget=3000", served.url]
+    assert_screenshot_shows_boxes(served.url, tmp_path, SIZE)
+
+
+def test_page_and_stats_name_the_machine_and_its_live_latency(served, tmp_path):
+    stats = assert_live_facts(served.url, tmp_path, N_FRAMES)
+    assert stats["board"] == platform.node() and stats["machine"] == platform.machine()
+
+
+def test_latency_window_keeps_the_last_second_else_the_latest_frame():
+    window = LatencyWindow(1.0)
+    assert window.snapshot(now=0.0)["p50_ms"] == {} and window.snapshot(now=0.0)["frames_total"] == 0
+    for i, ms in enumerate([10.0, 30.0, 20.0]):  # at t = 0, 0.5, 1.2
+        window.add({"preprocess": 1.0, "inference": ms, "postprocess": 2.0, "total": ms + 3.0}, now=(0.0, 0.5, 1.2)[i])
+    snap = window.snapshot(now=1.3)  # the frame at t = 0 is older than a second
+    assert snap["frames"] == 2 and snap["frames_total"] == 3
+    assert snap["p50_ms"]["inference"] == 25.0 and snap["fps"] == pytest.approx(1000.0 / 28.0)
+    later = window.snapshot(now=5.0)  # none in the last second: the latest frame, and its age
+    assert later["frames"] == 1 and later["p50_ms"]["inference"] == 20.0 and later["age_s"] == pytest.approx(3.8)
+
+
+def test_stop_on_eof_ends_the_demo_when_its_stdin_closes(bundle_dir, video):
+    """What fdq-demo --target relies on: the SSH session's stdin closes, the board's demo ends."""
+    proc = subprocess.Popen([sys.executable, "-m", "fdq.device.demo", *demo_args(
+        bundle_dir, video, "--serve", "127.0.0.1:0", "--linger", "120", "--stop-on-eof")],
+        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60)
-    except subprocess.TimeoutExpired:
-        pytest.fail("headless chromium did not finish its screenshot within 60 s")
-    assert shot.is_file(), f"no screenshot (exit {result.returncode}):\n{result.stdout[-3000:]}"
-    image = cv2.imread(str(shot), cv2.IMREAD_COLOR)
-    assert image is not None and image.shape[:2] == (600, 800)
-    # The page puts the 640x480 stream at the top-left corner, unscaled.
-    assert red_pixels(image[:SIZE[1], :SIZE[0]]) >= MIN_RED_PX, "no face boxes visible in the browser"
-    assert red_pixels(image[SIZE[1]:, :]) == 0 and red_pixels(image[:, SIZE[0]:]) == 0
+        for line in proc.stderr:
+            if "serving the last frame" in line:
+                break
+        assert proc.poll() is None
+        proc.stdin.close()
+        assert proc.wait(timeout=30) == 129
+        assert proc.stderr.read().strip().endswith("standard input closed (the session that started it ended)")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def test_ctrl_c_stops_the_server_cleanly(served):

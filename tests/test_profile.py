@@ -23,16 +23,6 @@ EVENTS = ("5--Car_Accident", "1--Handshaking")
 PROFILE = [sys.executable, "-c", "import sys; from fdq.host.cli import profile_main; sys.exit(profile_main(sys.argv[1:]))"]
 
 
-@pytest.fixture(scope="module")
-def home(tmp_path_factory, shared_dir):
-    """One FDQ_HOME for the module: its bundle cache is what a second call finds."""
-    path = tmp_path_factory.mktemp("fdq-home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FDQ_HOME", str(path))
-        mp.setenv("FDQ_WEIGHTS_PATH", str(shared_dir / "weights"))
-        yield path
-
-
 def _yaml(path: Path, **fields) -> Path:
     path.write_text(yaml.safe_dump(fields))
     return path
