@@ -429,6 +429,11 @@ def cmd_profile(args: argparse.Namespace) -> int:
         dataset = profiling.stage_dataset(args.images, args.gt)
         if args.frames is not None and args.frames < dataset.count:
             raise CliError(f"--gt scores every image once: --frames {args.frames} < {dataset.count} images")
+    if args.count_instructions:  # before any quantization, as every other bad combination
+        from fdq.host.targets import load_target
+
+        profiling.check_counting(_targets(args) + ([load_target(args.against[1])] if args.against else []),
+                                 args.threads)
     plans = _profile_plans(args)
     jobs = [profiling.Job(target, bundle, threads) for target, bundles in plans for bundle in bundles
             for threads in (args.threads or [target.threads])]
@@ -438,7 +443,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     settings = profiling.RunSettings(frames=args.frames if args.frames is not None or dataset else 100,
                                      min_seconds=args.min_seconds, warmup=args.warmup, source=args.source,
                                      per_op=args.per_op, cooldown=args.cooldown, max_temp=args.max_temp,
-                                     run_timeout=args.run_timeout)
+                                     run_timeout=args.run_timeout, count_instructions=args.count_instructions)
     outcome = profiling.run_jobs(jobs, settings, runs_dir, args.command_line, dataset, connect,
                                  announce=lambda line: print(line, file=sys.stderr), setup=args.setup,
                                  fleet=[target for target, _ in plans[1 if args.against else 0:]])
@@ -550,6 +555,9 @@ def profile_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-temp", type=float_at_least("--max-temp", -273), help="wait until the CPU is cooler")
     p.add_argument("--run-timeout", type=float_at_least("--run-timeout", 1), metavar="S",
                    help="stop a run on the target after S seconds (default: 900 s plus 10 s a frame)")
+    p.add_argument("--count-instructions", action="store_true",
+                   help="also count each stage's instructions under the emulator (an emulated ARM board's "
+                        "instruction_counter; one thread): exact and repeatable, unlike its latency")
     p.add_argument("--runs", default="fdq-runs", help="folder every run is kept in")
     p.add_argument("--out", help="also write the run's JSON here (one run only)")
     p.add_argument("--html", help="the HTML report (default: in the runs folder)")

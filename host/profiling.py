@@ -40,6 +40,7 @@ class RunSettings:
     cooldown: float = 0.0
     max_temp: Optional[float] = None
     run_timeout: Optional[float] = None
+    count_instructions: bool = False
 
     def time_limit(self) -> float:
         """Seconds one run may take on the target before it is stopped there."""
@@ -80,10 +81,33 @@ def stage_dataset(images: str, gt: str) -> Dataset:
                    gt=f"{folder}/ground_truth.json", count=len(items))
 
 
-def _runner_command(conn: Connection, workdir: str, args: List[str]) -> str:
-    """The runner in ``workdir``; ``exec`` makes it the process that ``Connection.run`` stops on Ctrl-C."""
-    python = " ".join(shlex.quote(a) for a in (conn.target.python, "-m", "fdq.device.run", *args))
-    return f"cd {shlex.quote(workdir)} && PYTHONPATH={LIB} exec {python}"
+# What a counting run fixes besides one thread: Python's string hashing, and OpenMP's pool.
+COUNTING_ENV = "PYTHONHASHSEED=0 OMP_NUM_THREADS=1"
+
+
+def _runner_command(conn: Connection, workdir: str, args: List[str], counting: bool = False) -> str:
+    """The runner in ``workdir``; ``exec`` makes it the process that ``Connection.run`` stops on Ctrl-C.
+    ``counting``: under the target's instruction counter (the counting qemu), deterministically."""
+    program = [conn.target.python, "-m", "fdq.device.run", *args]
+    if counting:
+        program = [conn.target.instruction_counter, *program, "--count-instructions"]
+    env = f"PYTHONPATH={LIB}" + (f" {COUNTING_ENV}" if counting else "")
+    return f"cd {shlex.quote(workdir)} && {env} exec {' '.join(shlex.quote(a) for a in program)}"
+
+
+def check_counting(targets: Sequence[Any], threads: Optional[Sequence[int]]) -> None:
+    """``--count-instructions`` before anything travels: every target has a counter, one thread."""
+    if threads and any(t != 1 for t in threads):
+        raise ValueError(f"--count-instructions counts with one thread (the count is shared by every thread): "
+                         f"give --threads 1, not {','.join(str(t) for t in threads)} (see --help)")
+    for target in targets:
+        if not target.instruction_counter:
+            raise ValueError(f"--count-instructions needs an emulated ARM board with the instruction-counting qemu "
+                             f"(a profile with instruction_counter, as scripts/testboard.sh up arm64 writes); "
+                             f"target {target.name} has none")
+        if not threads and target.threads != 1:
+            raise ValueError(f"--count-instructions counts with one thread and target {target.name} runs "
+                             f"{target.threads}: give --threads 1 (see --help)")
 
 
 def runner_args(remote_bundle: str, remote_json: str, settings: RunSettings, threads: int,
@@ -116,7 +140,7 @@ def profile(conn: Connection, remote_bundle: str, settings: RunSettings, threads
     args = runner_args(remote_bundle, remote_json, settings, threads, dataset, conn.target.thermal_zone)
     conn.makedirs(str(PurePosixPath(workdir, RESULTS)))
     # Ctrl-C, the time limit or a cut connection: run() stops the runner and its children there.
-    done = conn.run(_runner_command(conn, workdir, args), timeout=settings.time_limit())
+    done = conn.run(_runner_command(conn, workdir, args, settings.count_instructions), timeout=settings.time_limit())
     if done.returncode != 0:
         raise RemoteError(f"{conn.target.name}: the runner failed: {done.last_error_line()}")
     with tempfile.TemporaryDirectory(prefix="fdq-run-") as tmp:
