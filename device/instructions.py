@@ -53,7 +53,10 @@ class InstructionCounter:
         self._syscall = syscall
         for index in range(PROBES):
             self.mark(PROBE, index)
-        probes = [count for code, _, count in self._lines() if code == PROBE]
+        try:
+            probes = [count for code, _, count in self._lines() if code == PROBE]
+        except FileNotFoundError:  # the counting wrapper makes the file, the plugin writes it
+            probes = []
         if len(probes) < PROBES:
             raise CountingError(f"--count-instructions: no counts arrived in {path}: this process does not run "
                                 "under the instruction-counting qemu (the profile's instruction_counter)")
@@ -92,6 +95,7 @@ class InstructionCounter:
             "cpu_features": sysinfo.cpu_features(),
             "threads": threads,
             "hash_seed": os.environ.get("PYTHONHASHSEED"),
+            "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_"),
             "frames": len(per_frame),
             "warmup_excluded": warmup,
             "mark_cost": self.mark_cost,

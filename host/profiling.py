@@ -81,18 +81,27 @@ def stage_dataset(images: str, gt: str) -> Dataset:
                    gt=f"{folder}/ground_truth.json", count=len(items))
 
 
-# What a counting run fixes besides one thread: Python's string hashing, and OpenMP's pool.
-COUNTING_ENV = "PYTHONHASHSEED=0 OMP_NUM_THREADS=1"
+# A counting run starts from the same state every time, so that it executes the same instructions: one
+# thread (OpenMP's too), a fixed string-hash seed, a fixed, small environment, and the C kernels built
+# before it (a build in the run would lay the heap out otherwise). And a fixed malloc mmap threshold:
+# glibc's moves with what was freed, so where a big buffer lands would depend on the process's
+# history, and code that compares addresses counts differently (QNNPACK rebuilds a convolution's
+# indirection buffer when its input is not where it was: slim int8 inference moved between 46 and 53
+# million instructions a frame with the environment's size alone).
+COUNTING_ENV = 'PATH="$PATH" HOME="$HOME" PYTHONHASHSEED=0 OMP_NUM_THREADS=1 MALLOC_MMAP_THRESHOLD_=65536'
+KERNELS_FIRST = "from fdq.device.kernels import load_kernels; load_kernels()"
 
 
 def _runner_command(conn: Connection, workdir: str, args: List[str], counting: bool = False) -> str:
     """The runner in ``workdir``; ``exec`` makes it the process that ``Connection.run`` stops on Ctrl-C.
-    ``counting``: under the target's instruction counter (the counting qemu), deterministically."""
-    program = [conn.target.python, "-m", "fdq.device.run", *args]
-    if counting:
-        program = [conn.target.instruction_counter, *program, "--count-instructions"]
-    env = f"PYTHONPATH={LIB}" + (f" {COUNTING_ENV}" if counting else "")
-    return f"cd {shlex.quote(workdir)} && {env} exec {' '.join(shlex.quote(a) for a in program)}"
+    ``counting``: under the target's instruction counter (the counting qemu), as above."""
+    python = conn.target.python
+    program = " ".join(shlex.quote(a) for a in (python, "-m", "fdq.device.run", *args))
+    if not counting:
+        return f"cd {shlex.quote(workdir)} && PYTHONPATH={LIB} exec {program}"
+    counter = shlex.quote(conn.target.instruction_counter)
+    return (f"cd {shlex.quote(workdir)} && PYTHONPATH={LIB} {shlex.quote(python)} -c {shlex.quote(KERNELS_FIRST)} "
+            f"&& exec env -i {COUNTING_ENV} PYTHONPATH={LIB} {counter} {program} --count-instructions")
 
 
 def check_counting(targets: Sequence[Any], threads: Optional[Sequence[int]]) -> None:
