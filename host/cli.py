@@ -392,14 +392,16 @@ def _profile_plans(args: argparse.Namespace) -> List[Tuple[Any, List[Path]]]:
         plans.insert(0, (other, backends or [other.engine or FLOAT]))
     for _, backends in plans:  # before any quantization: a bad combination costs one line, at once
         for backend in backends or ():
-            check_runtime(args.runtime, backend != FLOAT, args.calib)
+            check_runtime(args.runtime or "torchscript", backend != FLOAT, args.calib)
     level = args.level if args.level is not None else (2 if args.calib else 1)
     made = []
     for target, backends in plans:
         sources = [Path(b) for b in args.bundle] if backends is None else [
             quantized_bundle(args.model, backend, level, weights=args.weights, calib=args.calib, labels=args.labels,
                              long_side=args.long_side, iters=args.iters) for backend in backends]
-        made.append((target, [runtime_bundle(b, args.runtime, args.calib) for b in sources]))
+        # --bundle keeps each bundle's own runtime unless --runtime asks for an export
+        runtime = args.runtime or (None if backends is None else "torchscript")
+        made.append((target, [runtime_bundle(b, runtime, args.calib) if runtime else b for b in sources]))
     return made
 
 
@@ -536,8 +538,9 @@ def profile_parser() -> argparse.ArgumentParser:
     p.add_argument("--long-side", type=int_at_least("--long-side", 32), default=320,
                    help="input long side of the bundles it quantizes")
     p.add_argument("--bundle", nargs="+", action="extend", metavar="DIR", help="profile these bundles instead")
-    p.add_argument("--runtime", type=_runtime, default="torchscript",
-                   help="torchscript, onnxruntime or ncnn: exports the bundle on the fly")
+    p.add_argument("--runtime", type=_runtime,
+                   help="torchscript, onnxruntime or ncnn: exports the bundle on the fly (default: torchscript, "
+                        "or a --bundle's own runtime)")
     p.add_argument("--threads", type=_comma_list(int_at_least("--threads", 1)), metavar="LIST",
                    help="thread counts, run in turn (default: the target's)")
     p.add_argument("--frames", type=int_at_least("--frames", 1),

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Instructions per frame of every runtime and precision on the emulated Pi 4, and the Pi 4 estimate.
 
-Each configuration runs under ``fdq-profile --count-instructions`` on an emulated board
+Each configuration (bundles made as scripts/bench_runtimes.py makes them) runs under ``fdq-profile --count-instructions`` on an emulated board
 (``sudo scripts/testboard.sh up arm64``: a Cortex-A72 under qemu, counted by scripts/qemu_count)
 at one thread on the runner's synthetic 640x480 frames, long side 320 (so the network sees 320x240,
 as in the published numbers). TorchScript runs on the board's own Python (torch 2.9.1); ONNX
@@ -25,6 +25,7 @@ import datetime as _dt
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -60,20 +61,23 @@ def venv_profile(board: Path, work: Path) -> Path:
     return path
 
 
+def _runs(runs: Path) -> Dict[str, Any]:
+    """The newest run document of each bundle in a runs folder (names end in the time)."""
+    return {doc["profile"]["bundle"]: doc for doc in (json.loads(p.read_text()) for p in sorted(runs.glob("*.json")))}
+
+
 def count(profile: Path, bundles: Dict[str, Path], runs: Path, frames: int, warmup: int, setup: bool) -> Dict[str, Any]:
-    """One fdq-profile --count-instructions over ``bundles``; each configuration's run document."""
-    argv = ["--target", str(profile), "--bundle", *map(str, bundles.values()), "--count-instructions",
-            "--frames", str(frames), "--warmup", str(warmup), "--runs", str(runs), "--html", str(runs / f"{profile.stem}.html"),
-            "--force"] + (["--setup"] if setup else [])
-    status = profile_main(argv)
-    by_bundle = {}
-    for path in sorted(runs.glob("*.json")):  # names end in the time: the newest run of a bundle wins
-        doc = json.loads(path.read_text())
-        by_bundle[doc["profile"]["bundle"]] = doc
-    found = {config: by_bundle.get(str(bundle)) for config, bundle in bundles.items()}
-    if status != 0:
-        print(f"fdq-profile exited {status}; runs missing: {[c for c, d in found.items() if d is None]}", file=sys.stderr)
-    return found
+    """fdq-profile --count-instructions over the ``bundles`` without a run in ``runs`` yet (a run is
+    kept, like a bundle: remove --work to count again); each configuration's run document."""
+    todo = [b for b in bundles.values() if str(b) not in (_runs(runs) if runs.is_dir() else {})]
+    if todo:
+        status = profile_main(["--target", str(profile), "--bundle", *map(str, todo), "--count-instructions",
+                               "--frames", str(frames), "--warmup", str(warmup), "--runs", str(runs),
+                               "--html", str(runs / f"{profile.stem}.html"), "--force"] + (["--setup"] if setup else []))
+        if status != 0:
+            print(f"fdq-profile exited {status}", file=sys.stderr)
+    found = _runs(runs) if runs.is_dir() else {}
+    return {config: found.get(str(bundle)) for config, bundle in bundles.items()}
 
 
 def row(model: str, config: str, doc: Optional[Dict[str, Any]]) -> Dict[str, Any]:
@@ -151,7 +155,8 @@ def main() -> int:
     p.add_argument("--configs", default=",".join(PLACES))
     p.add_argument("--frames", type=int, default=4)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--work", default="bench-instructions-work", help="bundles and runs (kept, reused)")
+    p.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "fdq-bench-instructions"),
+                   help="bundles and runs (kept, bundles reused)")
     p.add_argument("--json", default="docs/results/bench_instructions.json")
     p.add_argument("--markdown", help="put the table into this docs page (between its markers)")
     p.add_argument("--from-json", help="only write --markdown from this earlier result")
