@@ -2,7 +2,8 @@
 
     python -m fdq.device.run --bundle DIR [--source IMAGES_DIR|VIDEO|synthetic] [--frames N]
         [--min-seconds S] [--warmup W] [--threads T] [--gt DIR_OR_JSON] [--long-side L]
-        [--threshold 0.02] [--per-op] [--cooldown S] [--max-temp C] [--thermal-zone PATH] --json OUT.json
+        [--threshold 0.02] [--per-op] [--cooldown S] [--max-temp C] [--thermal-zone PATH]
+        [--count-instructions] --json OUT.json
 
 Each frame goes through exactly the pipeline of :class:`fdq.device.detector.FaceDetector`
 (preprocess -> inference -> decode -> NMS); image decoding is not timed. The conventions are those
@@ -30,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
+from . import instructions
 from .cliargs import Parser, float_at_least, int_at_least
 from .outputs import check_file_output
 
@@ -105,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"wait (at most {MAX_TEMP_WAIT_S:.0f} s) until the CPU is cooler than this many degC")
     p.add_argument("--thermal-zone", default=None,
                    help="temperature file in millidegrees (default: the CPU zone of /sys/class/thermal)")
+    p.add_argument("--count-instructions", action="store_true",
+                   help="also count the instructions of each stage (needs the counting qemu of an emulated "
+                        "board, one thread; see fdq.device.instructions)")
     p.add_argument("--json", required=True, dest="json_out", help="where to write the results (a new file)")
     p.add_argument("--force", action="store_true", help="replace an existing file at --json")
     return p
@@ -362,6 +367,27 @@ def _cool_down(args: argparse.Namespace, warnings: List[str]) -> Dict[str, Any]:
     return done
 
 
+def _counter(args: argparse.Namespace, warnings: List[str]) -> Optional[instructions.InstructionCounter]:
+    """The instruction counter of ``--count-instructions`` (one thread: the count is shared by all)."""
+    if not args.count_instructions:
+        return None
+    if args.threads != 1:
+        raise RunError(f"--count-instructions counts with one thread (the count is shared by every thread, "
+                       f"unsynchronized), got --threads {args.threads}")
+    try:
+        counter = instructions.InstructionCounter()
+    except instructions.CountingError as exc:
+        raise RunError(str(exc)) from None
+    if not os.environ.get("PYTHONHASHSEED", "").isdigit():
+        warnings.append("PYTHONHASHSEED is not set: Python's string hashing varies from run to run, and "
+                        "the instruction counts with it")
+    return counter
+
+
+def _no_mark(code: int, frame: int = 0) -> None:
+    """The mark of a run that counts nothing."""
+
+
 def _measured_frames(source: Any, frames: Optional[int], min_seconds: float) -> Iterator[Tuple[str, Any]]:
     """Frames until both ``frames`` (None: the source's own end) and ``min_seconds`` are reached."""
     if not min_seconds:
@@ -386,6 +412,7 @@ def run(args: argparse.Namespace, progress: Any = None) -> Dict[str, Any]:
 
     started = time.perf_counter()
     warnings: List[str] = []
+    counter = _counter(args, warnings)
     conditions = _cool_down(args, warnings)
     load_started = time.perf_counter()
     bundle = load_bundle(args.bundle)  # verifies every file's size and sha256
@@ -414,7 +441,10 @@ def run(args: argparse.Namespace, progress: Any = None) -> Dict[str, Any]:
     detector = build_detector(bundle, threads, args.long_side, args.threshold)
     load_ms += (time.perf_counter() - load_started) * 1e3
     first_image = next(iter(source.warmup(1)))
+    mark = counter.mark if counter else _no_mark
+    mark(instructions.LOADED)
     detector.detect(first_image)  # the cold first frame a camera app pays at every start
+    mark(instructions.FIRST_FRAME)
     cold_start = {"load_ms": load_ms, "first_frame_ms": detector.last_timings_ms["total"],
                   "first_frame_stages_ms": dict(detector.last_timings_ms)}
 
@@ -437,10 +467,15 @@ def run(args: argparse.Namespace, progress: Any = None) -> Dict[str, Any]:
     to_rows = None
     if gt is not None:
         from .evaluation import to_wider_rows as to_rows
+    infer = detector.infer
+    if counter:
+        detector.infer = counter.around_inference(infer)
     measure_started = time.perf_counter()
     for index, (key, image) in enumerate(_measured_frames(source, frames, args.min_seconds)):
         check_interrupted()
+        mark(instructions.FRAME_START, index)
         dets = detector.detect(image)
+        mark(instructions.FRAME_END, index)
         for stage in STAGES:
             timings[stage].append(detector.last_timings_ms[stage])
         faces.append(int((dets.scores >= FACE_THRESHOLD).sum()))
@@ -448,6 +483,7 @@ def run(args: argparse.Namespace, progress: Any = None) -> Dict[str, Any]:
         if to_rows is not None and index < n_images:  # the first pass over the folder is scored
             predictions[key] = to_rows(dets.boxes, dets.scores)
     measured_s = time.perf_counter() - measure_started
+    detector.infer = infer
     if not faces:
         raise RunError(f"source {args.source} delivered no frames")
     thermal_end = sysinfo.thermal_state(args.thermal_zone)
@@ -515,6 +551,8 @@ def run(args: argparse.Namespace, progress: Any = None) -> Dict[str, Any]:
     }
     if per_op is not None:
         document["per_op"] = per_op
+    if counter:
+        document["instructions"] = counter.result(int(args.warmup), threads)
     if gt is not None:
         from .evaluation import evaluate
 

@@ -394,14 +394,16 @@ def _profile_plans(args: argparse.Namespace) -> List[Tuple[Any, List[Path]]]:
         plans.insert(0, (other, backends or [other.engine or FLOAT]))
     for _, backends in plans:  # before any quantization: a bad combination costs one line, at once
         for backend in backends or ():
-            check_runtime(args.runtime, backend != FLOAT, args.calib)
+            check_runtime(args.runtime or "torchscript", backend != FLOAT, args.calib)
     level = args.level if args.level is not None else (2 if args.calib else 1)
     made = []
     for target, backends in plans:
         sources = [Path(b) for b in args.bundle] if backends is None else [
             quantized_bundle(args.model, backend, level, weights=args.weights, calib=args.calib, labels=args.labels,
                              long_side=args.long_side, iters=args.iters) for backend in backends]
-        made.append((target, [runtime_bundle(b, args.runtime, args.calib) for b in sources]))
+        # --bundle keeps each bundle's own runtime unless --runtime asks for an export
+        runtime = args.runtime or (None if backends is None else "torchscript")
+        made.append((target, [runtime_bundle(b, runtime, args.calib) if runtime else b for b in sources]))
     return made
 
 
@@ -431,6 +433,11 @@ def cmd_profile(args: argparse.Namespace) -> int:
         dataset = profiling.stage_dataset(args.images, args.gt)
         if args.frames is not None and args.frames < dataset.count:
             raise CliError(f"--gt scores every image once: --frames {args.frames} < {dataset.count} images")
+    if args.count_instructions:  # before any quantization, as every other bad combination
+        from fdq.host.targets import load_target
+
+        profiling.check_counting(_targets(args) + ([load_target(args.against[1])] if args.against else []),
+                                 args.threads)
     plans = _profile_plans(args)
     jobs = [profiling.Job(target, bundle, threads) for target, bundles in plans for bundle in bundles
             for threads in (args.threads or [target.threads])]
@@ -440,7 +447,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     settings = profiling.RunSettings(frames=args.frames if args.frames is not None or dataset else 100,
                                      min_seconds=args.min_seconds, warmup=args.warmup, source=args.source,
                                      per_op=args.per_op, cooldown=args.cooldown, max_temp=args.max_temp,
-                                     run_timeout=args.run_timeout)
+                                     run_timeout=args.run_timeout, count_instructions=args.count_instructions)
     outcome = profiling.run_jobs(jobs, settings, runs_dir, args.command_line, dataset, connect,
                                  announce=lambda line: print(line, file=sys.stderr), setup=args.setup,
                                  fleet=[target for target, _ in plans[1 if args.against else 0:]])
@@ -533,8 +540,9 @@ def profile_parser() -> argparse.ArgumentParser:
     p.add_argument("--long-side", type=int_at_least("--long-side", 32), default=320,
                    help="input long side of the bundles it quantizes")
     p.add_argument("--bundle", nargs="+", action="extend", metavar="DIR", help="profile these bundles instead")
-    p.add_argument("--runtime", type=_runtime, default="torchscript",
-                   help="torchscript, onnxruntime or ncnn: exports the bundle on the fly")
+    p.add_argument("--runtime", type=_runtime,
+                   help="torchscript, onnxruntime or ncnn: exports the bundle on the fly (default: torchscript, "
+                        "or a --bundle's own runtime)")
     p.add_argument("--threads", type=_comma_list(int_at_least("--threads", 1)), metavar="LIST",
                    help="thread counts, run in turn (default: the target's)")
     p.add_argument("--frames", type=int_at_least("--frames", 1),
@@ -552,6 +560,9 @@ def profile_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-temp", type=float_at_least("--max-temp", -273), help="wait until the CPU is cooler")
     p.add_argument("--run-timeout", type=float_at_least("--run-timeout", 1), metavar="S",
                    help="stop a run on the target after S seconds (default: 900 s plus 10 s a frame)")
+    p.add_argument("--count-instructions", action="store_true",
+                   help="also count each stage's instructions under the emulator (an emulated ARM board's "
+                        "instruction_counter; one thread): exact and repeatable, unlike its latency")
     p.add_argument("--runs", default="fdq-runs", help="folder every run is kept in")
     p.add_argument("--out", help="also write the run's JSON here (one run only)")
     p.add_argument("--html", help="the HTML report (default: in the runs folder)")

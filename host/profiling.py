@@ -40,6 +40,7 @@ class RunSettings:
     cooldown: float = 0.0
     max_temp: Optional[float] = None
     run_timeout: Optional[float] = None
+    count_instructions: bool = False
 
     def time_limit(self) -> float:
         """Seconds one run may take on the target before it is stopped there."""
@@ -80,11 +81,45 @@ def stage_dataset(images: str, gt: str) -> Dataset:
                    gt=f"{folder}/ground_truth.json", count=len(items))
 
 
-def board_command(conn: Connection, workdir: str, args: List[str], module: str = "fdq.device.run") -> str:
+# A counting run starts from the same state every time, so that it executes the same instructions: one
+# thread (OpenMP's too), a fixed string-hash seed, a fixed, small environment, and the C kernels built
+# before it (a build in the run would lay the heap out otherwise). And a fixed malloc mmap threshold:
+# glibc's moves with what was freed, so where a big buffer lands would depend on the process's
+# history, and code that compares addresses counts differently (QNNPACK rebuilds a convolution's
+# indirection buffer when its input is not where it was: slim int8 inference moved between 46 and 53
+# million instructions a frame with the environment's size alone; with every buffer of a page or more
+# mapped anew, which qemu-user places at a new address, within 0.02 %).
+COUNTING_ENV = 'PATH="$PATH" HOME="$HOME" PYTHONHASHSEED=0 OMP_NUM_THREADS=1 MALLOC_MMAP_THRESHOLD_=4096'
+KERNELS_FIRST = "from fdq.device.kernels import load_kernels; load_kernels()"
+
+
+def board_command(conn: Connection, workdir: str, args: List[str], module: str = "fdq.device.run",
+                  counting: bool = False) -> str:
     """The deployed ``module`` (the runner, or the demo) in ``workdir``; ``exec`` makes it the
-    process that ``Connection.run`` stops on Ctrl-C."""
-    python = " ".join(shlex.quote(a) for a in (conn.target.python, "-m", module, *args))
-    return f"cd {shlex.quote(workdir)} && PYTHONPATH={LIB} exec {python}"
+    process that ``Connection.run`` stops on Ctrl-C. ``counting``: the runner under the target's
+    instruction counter (the counting qemu), as above."""
+    python = conn.target.python
+    program = " ".join(shlex.quote(a) for a in (python, "-m", module, *args))
+    if not counting:
+        return f"cd {shlex.quote(workdir)} && PYTHONPATH={LIB} exec {program}"
+    counter = shlex.quote(conn.target.instruction_counter)
+    return (f"cd {shlex.quote(workdir)} && PYTHONPATH={LIB} {shlex.quote(python)} -c {shlex.quote(KERNELS_FIRST)} "
+            f"&& exec env -i {COUNTING_ENV} PYTHONPATH={LIB} {counter} {program} --count-instructions")
+
+
+def check_counting(targets: Sequence[Any], threads: Optional[Sequence[int]]) -> None:
+    """``--count-instructions`` before anything travels: every target has a counter, one thread."""
+    if threads and any(t != 1 for t in threads):
+        raise ValueError(f"--count-instructions counts with one thread (the count is shared by every thread): "
+                         f"give --threads 1, not {','.join(str(t) for t in threads)} (see --help)")
+    for target in targets:
+        if not target.instruction_counter:
+            raise ValueError(f"--count-instructions needs an emulated ARM board with the instruction-counting qemu "
+                             f"(a profile with instruction_counter, as scripts/testboard.sh up arm64 writes); "
+                             f"target {target.name} has none")
+        if not threads and target.threads != 1:
+            raise ValueError(f"--count-instructions counts with one thread and target {target.name} runs "
+                             f"{target.threads}: give --threads 1 (see --help)")
 
 
 def runner_args(remote_bundle: str, remote_json: str, settings: RunSettings, threads: int,
@@ -117,7 +152,8 @@ def profile(conn: Connection, remote_bundle: str, settings: RunSettings, threads
     args = runner_args(remote_bundle, remote_json, settings, threads, dataset, conn.target.thermal_zone)
     conn.makedirs(str(PurePosixPath(workdir, RESULTS)))
     # Ctrl-C, the time limit or a cut connection: run() stops the runner and its children there.
-    done = conn.run(board_command(conn, workdir, args), timeout=settings.time_limit())
+    done = conn.run(board_command(conn, workdir, args, counting=settings.count_instructions),
+                    timeout=settings.time_limit())
     if done.returncode != 0:
         raise RemoteError(f"{conn.target.name}: the runner failed: {done.last_error_line()}")
     with tempfile.TemporaryDirectory(prefix="fdq-run-") as tmp:

@@ -50,6 +50,9 @@ class Target:
     onnxruntime: Optional[str] = None  # the same for onnxruntime
     thermal_zone: Optional[str] = None
     throttling: Optional[str] = None
+    # A command on the board that runs a program under an instruction-counting emulator
+    # (testboard.sh's arm64 boards: /opt/fdq-count/run); fdq-profile --count-instructions needs it.
+    instruction_counter: Optional[str] = None
     strict_host_keys: bool = False   # refuse a host not yet in known_hosts (StrictHostKeyChecking=yes)
     timeout: float = 15.0            # seconds one network step may wait: connect, banner, login, SFTP
 

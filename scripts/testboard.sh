@@ -20,6 +20,8 @@
 #           and /dev mounted inside; every process there runs as a Cortex-A72 (QEMU_CPU, set by
 #           sshd's SetEnv and passed on through binfmt). Its Python is /opt/fdq/bin/python;
 #           --bare removes /opt/fdq, leaving the stock python3 of a fresh Pi (fdq-deploy --setup).
+#           /opt/fdq-count/run PROGRAM runs it under a qemu that counts instructions (the profile's
+#           instruction_counter, for fdq-profile --count-instructions; scripts/qemu_count).
 # Each host's SFTP starts in a folder of its own (~ of the profile's `workdir: ~/fdq`), so the
 # hosts of one fleet never share a work directory. `up` is idempotent: on a board that is up it
 # restarts any stopped host on its old port and prints the same profile.
@@ -31,6 +33,8 @@ STATE=/run/fdq-testboard            # per board: configs, keys, pids, the profil
 ROOTS=/var/lib/fdq-testboard        # unpacked arm64 roots (a chroot needs a root-owned path), the host key
 CACHE="${FDQ_BOARD_CACHE:-/var/cache/fdq}"
 SSHD=/usr/sbin/sshd
+# shellcheck source=qemu_count/install.sh
+. "$SCRIPTS/qemu_count/install.sh"
 A72=cortex-a72
 USAGE="usage: testboard.sh up native|arm64 [--name NAME] [--hosts N] [--python PATH] [--bare] | down NAME|all | pids NAME [HOST] | build arm64"
 
@@ -145,6 +149,7 @@ write_profile() {  # dir, kind, hosts, python
       echo "description: emulated Raspberry Pi 4 (arm64 root under qemu-user as a $A72)"
       echo "engine: qnnpack"
       echo "threads: 1"
+      echo "instruction_counter: $COUNTER_DIR/run   # fdq-profile --count-instructions"
     else
       echo "description: this machine behind its own sshd"
       echo "engine: x86"
@@ -221,6 +226,7 @@ cmd_up() {
     mkdir "$root.partial"
     tar --zstd --numeric-owner -xpf "$tarball" -C "$root.partial"
     if [ -n "$bare" ]; then rm -rf "$root.partial/opt/fdq"; python=/usr/bin/python3; else python=/opt/fdq/bin/python; fi
+    install_counter "$root.partial" "$CACHE" "$A72"
     mv "$root.partial" "$root"
   fi
   mkdir -p "$dir"

@@ -162,6 +162,16 @@ def test_onnxruntime_export_on_the_fly_and_its_per_op(local, home, tmp_path):
     assert all(row["name"] and row["op"] for row in per_op["slowest"])
 
 
+def test_a_given_bundle_keeps_its_own_runtime(local, home, slim_fp32_bundle, tmp_path):
+    onnx = tmp_path / "slim-onnx"
+    assert fdq_main(["export", str(slim_fp32_bundle), "--format", "onnx", "--out", str(onnx)]) == 0
+    out = tmp_path / "run.json"
+    assert profile_main(["--target", str(local), "--bundle", str(onnx), "--frames", "2", "--warmup", "0",
+                         "--runs", str(tmp_path / "runs"), "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["bundle"]["runtime"] == "onnxruntime" and doc["profile"]["bundle"] == str(onnx)
+
+
 def test_against_runs_the_baseline_first(two_backends, local, tmp_path):
     runs, table = tmp_path / "runs", tmp_path / "table.md"
     assert profile_main(["--target", str(local), "--backend", "qnnpack", *ITERS, "--against", f"fp32@{local}",

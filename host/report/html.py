@@ -9,7 +9,7 @@ import io
 import shlex
 from typing import Any, Dict, Iterable, List, Sequence
 
-from .runs import SETTINGS, Run, accuracy, summary_rows, warnings_of
+from .runs import SETTINGS, Run, accuracy, instruction_ratio, summary_rows, warnings_of
 
 STAGES = ("preprocess", "inference", "postprocess", "total")
 _STYLE = """
@@ -166,6 +166,26 @@ def _per_op(runs: Sequence[Run], names: List[str]) -> str:
     return "".join(parts)
 
 
+def _instructions(runs: Sequence[Run], names: List[str], baseline: Run) -> str:
+    """Counted instructions per stage and frame of every run that counted them, with the ratio to the baseline."""
+    rows = []
+    for name, run in zip(names, runs):
+        counted = run.doc.get("instructions")
+        for stage in STAGES if counted else ():
+            s = counted["per_frame"][stage]
+            rows.append((name, stage, f"{s['median']:,.0f}", f"{s['min']:,}", f"{s['max']:,}", f"{s['total']:,}",
+                         instruction_ratio(run, baseline, stage)))
+    if not rows:
+        return ""
+    cpus = sorted({f"{r.doc['instructions'].get('cpu')} ({', '.join(r.doc['instructions'].get('cpu_features') or [])})"
+                   for r in runs if r.doc.get("instructions")})
+    return ("<h2>Instructions per stage</h2>"
+            + _table(("run", "stage", "median per frame", "min", "max", "total", "ratio to baseline"), rows, left=2)
+            + f"<p class=muted>Counted by the emulator as {html.escape('; '.join(cpus))}: every instruction the "
+              "emulated CPU executed in the stage, exact and repeatable run to run. A count is not a time: caches, "
+              "memory, the kernel and other threads are not in it. Ratio: median per frame over the baseline's.</p>")
+
+
 def _commands(run: Run) -> List[str]:
     lines = []
     profile_command = (run.doc.get("profile") or {}).get("command")
@@ -204,6 +224,7 @@ def render(runs: Sequence[Run], baseline: Run) -> str:
     out.append('<h2>Speed-up</h2><div class="plot">' + speedup_plot(runs, baseline) + "</div>")
     if any(accuracy(run) for run in runs):
         out.append('<h2>Accuracy (WIDER FACE AP)</h2><div class="plot">' + ap_plot(runs) + "</div>")
+    out.append(_instructions(runs, names, baseline))
     per_op = _per_op(runs, names)
     if per_op:
         out.append("<h2>Time per operator</h2>" + per_op)

@@ -111,8 +111,26 @@ def accuracy(run: Run) -> Optional[Dict[str, float]]:
     return run.doc.get("accuracy")
 
 
+def instructions(run: Run, stage: str = "total") -> Optional[float]:
+    """The median instructions per frame of ``stage`` (``fdq-profile --count-instructions``), else None."""
+    counted = run.doc.get("instructions")
+    return counted["per_frame"][stage]["median"] if counted else None
+
+
+def instruction_ratio(run: Run, baseline: Run, stage: str = "total") -> str:
+    """The run's median instructions per frame over the baseline's, where both counted."""
+    mine, base = instructions(run, stage), instructions(baseline, stage)
+    return f"{mine / base:.3f}x" if mine is not None and base else "-"
+
+
+def _millions(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value / 1e6:.2f}"
+
+
 def summary_rows(runs: Sequence[Run], baseline: Run) -> List[Dict[str, str]]:
-    """One row per run: the columns of every report, formatted."""
+    """One row per run: the columns of every report, formatted; the instruction columns where a run
+    counted them."""
+    counted = any(run.doc.get("instructions") for run in runs)
     rows = []
     for run in runs:
         doc, acc = run.doc, accuracy(run)
@@ -128,6 +146,10 @@ def summary_rows(runs: Sequence[Run], baseline: Run) -> List[Dict[str, str]]:
             "peak RSS MiB": f"{doc['memory']['peak_rss_mib']:.0f}", "temp C": _temperature(doc),
             "AP easy/medium/hard": " / ".join(f"{100 * acc[s]:.2f}" for s in SETTINGS) if acc else "-",
         })
+        if counted:
+            rows[-1].update({"inference Minstr": _millions(instructions(run, "inference")),
+                             "total Minstr": _millions(instructions(run)),
+                             "instr. ratio": instruction_ratio(run, baseline)})
     return rows
 
 

@@ -10,7 +10,8 @@ from .runs import Run, summary_rows, warnings_of
 TERMINAL_COLUMNS = {"run": "run", "target": "target", "runtime": "runtime", "threads": "thr", "emulated": "emul",
                     "inference p50/p90/p99": "inference p50/90/99", "total p50/p90/p99": "total p50/90/99",
                     "FPS": "FPS", "speed-up": "speed-up", "load ms": "load", "first frame ms": "1st frame",
-                    "peak RSS MiB": "RSS MiB", "temp C": "degC", "AP easy/medium/hard": "AP e/m/h"}
+                    "peak RSS MiB": "RSS MiB", "temp C": "degC", "AP easy/medium/hard": "AP e/m/h",
+                    "total Minstr": "Minstr", "instr. ratio": "instr."}
 WIDTH_NOT_A_TERMINAL = 180
 
 
@@ -20,12 +21,17 @@ def print_table(runs: Sequence[Run], baseline: Run, console=None) -> None:
     from rich.table import Table
 
     console = console or Console(width=None if sys.stdout.isatty() else WIDTH_NOT_A_TERMINAL)
-    table = Table(title=f"fdq runs (latency ms; speed-up against {baseline.name})")
-    for column, header in TERMINAL_COLUMNS.items():
+    rows = summary_rows(runs, baseline)
+    columns = [c for c in TERMINAL_COLUMNS if c in rows[0]]  # instructions: where runs counted them
+    title = f"fdq runs (latency ms; speed-up against {baseline.name}"
+    if "instr. ratio" in columns:
+        title += "; instructions per frame (median, millions) and their ratio to it"
+    table = Table(title=title + ")")
+    for column in columns:
         left = column in ("run", "target", "runtime")
-        table.add_column(header, justify="left" if left else "right", no_wrap=not left)
-    for row in summary_rows(runs, baseline):
-        table.add_row(*(row[c] for c in TERMINAL_COLUMNS))
+        table.add_column(TERMINAL_COLUMNS[column], justify="left" if left else "right", no_wrap=not left)
+    for row in rows:
+        table.add_row(*(row[c] for c in columns))
     console.print(table)
     for run in runs:
         for warning in warnings_of(run):
@@ -41,6 +47,9 @@ def markdown(runs: Sequence[Run], baseline: Run) -> str:
     lines.append("")
     lines.append(f"Latency in ms (p50 / p90 / p99 per frame); speed-up: baseline total p50 / run total p50, "
                  f"baseline {baseline.name}.")
+    if "instr. ratio" in columns:
+        lines.append("Minstr: instructions per frame counted by the emulator (median, millions), exact and "
+                     "repeatable, not a time; instr. ratio: run total / baseline total.")
     notes = [f"- {run.name}: {w}" for run in runs for w in warnings_of(run)]
     if notes:
         lines += ["", "Warnings:", "", *notes]
