@@ -258,8 +258,7 @@ def _quantize_onnx(float_path: Path, out_path: Path, paths: List[Path], long_sid
     return {"tool": "onnxruntime.quantization.quantize_static", "pre_processed": pre_processed,
             "format": settings["quant_format"].name, "per_channel": settings["per_channel"],
             "reduce_range": settings["reduce_range"], "activation_type": settings["activation_type"].name,
-            "weight_type": settings["weight_type"].name, "calibrate_method": settings["calibrate_method"].name,
-            **({"nodes_to_exclude": len(settings["nodes_to_exclude"])} if settings.get("nodes_to_exclude") else {})}
+            "weight_type": settings["weight_type"].name, "calibrate_method": settings["calibrate_method"].name}
 
 
 def _pnnx_executable() -> str:

@@ -4,11 +4,13 @@
 The float ONNX export of a model and int8 versions of it made by fdq's own ``quantize_static`` call
 (``fdq.host.export._quantize_onnx``) with one setting changed at a time: fdq's export (QDQ, uint8
 weights and activations), int8 weights (u8s8), int8 weights with 7-bit range (no int16 saturation on
-AVX2), the QOperator format, per-tensor weights, and the depthwise convolutions left float. Each runs
+AVX2), the QOperator format and per-tensor weights. Each runs
 in its own 1-thread session on one synthetic input of the long side's 4:3 size; the sessions take turns
-(rounds of one run each, medians of the rounds), then ONNX Runtime's profiler splits one session's
-time by operator and convolution kind (depthwise 3x3, full 3x3, 1x1), and the optimized graph shows
-which kernels it picked (QLinearConv, NCHWc float Conv, layout transposes).
+(rounds of one run each, medians of the rounds: the ratios to fp32 are the measurement), then ONNX
+Runtime's profiler splits each variant's time, in a session of its own run after the others (so its
+absolute milliseconds carry that moment's load), by operator and convolution kind (depthwise 3x3, full 3x3, 1x1), and the optimized graph shows
+which kernels it picked (QLinearConv, NCHWc float Conv, layout transposes). AP on the val split
+(the runner's pipeline, uint8 resize) says what each variant costs in accuracy.
 
     python scripts/bench_ort_int8.py --model slim --long-side 320
 
@@ -39,12 +41,10 @@ VARIANTS: Dict[str, Any] = {
     "u8s8-reduce-range": {"weight_type": "QInt8", "reduce_range": True},
     "u8s8-qoperator": {"weight_type": "QInt8", "quant_format": "QOperator"},
     "u8s8-per-tensor": {"weight_type": "QInt8", "per_channel": False},
-    "u8s8-depthwise-float": {"weight_type": "QInt8", "exclude": "depthwise"},
 }
 
 
-def _overrides(spec: Dict[str, Any], float_path: Path) -> Dict[str, Any]:
-    import onnx
+def _overrides(spec: Dict[str, Any]) -> Dict[str, Any]:
     from onnxruntime.quantization import QuantFormat, QuantType
 
     out: Dict[str, Any] = {}
@@ -53,9 +53,6 @@ def _overrides(spec: Dict[str, Any], float_path: Path) -> Dict[str, Any]:
             out[key] = QuantType[value]
         elif key == "quant_format":
             out[key] = QuantFormat[value]
-        elif key == "exclude":
-            out["nodes_to_exclude"] = [n.name for n in onnx.load(str(float_path)).graph.node
-                                       if n.op_type == "Conv" and _group(n) > 1]
         else:
             out[key] = value
     return out
@@ -103,6 +100,23 @@ def profile(path: Path, blob: np.ndarray, work: Path, runs: int) -> Dict[str, An
             "optimized_ops": dict(collections.Counter(n.op_type for n in graph.node))}
 
 
+def val_ap(session: Any, spec: Any, long_side: int, shared: Path) -> Dict[str, float]:
+    """AP (points) on the val split through the runner's pipeline around one session (uint8 resize)."""
+    from fdq.device.detector import FaceDetector
+    from fdq.device.evaluation import load_ground_truth
+    from fdq.device.runtimes import split_outputs
+    from fdq.host.evaluate import evaluate_detector
+
+    split = shared / "data" / "widerface_val_subset" / "val"
+
+    def infer(blob: np.ndarray):
+        return split_outputs(*session.run(["loc", "conf", "landm"], {"input": np.ascontiguousarray(blob)}))
+
+    result = evaluate_detector(FaceDetector(infer, spec, long_side, resize="uint8"), str(split / "images"),
+                               load_ground_truth(split / "ground_truth"))
+    return {k: round(100 * result[k], 2) for k in ("easy", "medium", "hard")}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shared", default=os.environ.get("FDQ_SHARED", str(ROOT.parent / "shared")))
@@ -142,7 +156,7 @@ def main() -> int:
                 continue
             paths[name] = work / f"{name}.onnx"
             settings[name] = _quantize_onnx(float_path, paths[name], calib, args.long_side, spec.mean_bgr,
-                                            _overrides(spec_, float_path))
+                                            _overrides(spec_))
         sessions = {name: _session(path) for name, path in paths.items()}
         for session in sessions.values():
             for _ in range(5):
@@ -157,7 +171,8 @@ def main() -> int:
                 times[name].append((time.perf_counter() - t) * 1e3)
         fp32 = float(np.median(times["fp32"]))
         rows = {name: {"p50_ms": round(float(np.median(t)), 3), "over_fp32": round(float(np.median(t)) / fp32, 3),
-                       "settings": settings.get(name), **profile(paths[name], blob, work, 20)}
+                       "ap": val_ap(sessions[name], spec, args.long_side, shared), "settings": settings.get(name),
+                       **profile(paths[name], blob, work, 20)}
                 for name, t in times.items()}
     doc = {"command": "python scripts/bench_ort_int8.py " + " ".join(sys.argv[1:]), "onnxruntime": ort.__version__,
            "model": args.model, "input_hw": [height, width], "threads": 1, "rounds": args.rounds,
@@ -165,7 +180,7 @@ def main() -> int:
     atomic_write_text(args.json, json.dumps(doc, indent=2) + "\n")
     for name, row in rows.items():
         top = ", ".join(f"{k} {v}" for k, v in list(row["ms_by_op"].items())[:4])
-        print(f"{name:22s} {row['p50_ms']:7.2f} ms  x{row['over_fp32']:.2f} fp32   {top}")
+        print(f"{name:18s} {row['p50_ms']:7.2f} ms  x{row['over_fp32']:.2f} fp32  AP {row['ap']}  {top}")
     return 0
 
 
