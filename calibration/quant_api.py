@@ -338,6 +338,7 @@ PT2E_PERCENTILE = 99.999
 # points lost on easy instead of 1.3). Weights take float32's eps instead, as the eager observers do;
 # activations keep XNNPACK's floor (a no-op here: no calibrated activation range is that small).
 _PT2E_EPS = 2 ** -12
+XNNPACK_STOCK_EPS = _PT2E_EPS
 
 
 def pt2e_activation_observer(name: str) -> Any:
@@ -356,8 +357,8 @@ def pt2e_activation_observer(name: str) -> Any:
     return classes[name].with_args(eps=_PT2E_EPS)
 
 
-def _pt2e_config(per_channel: bool, observer: str) -> Any:
-    """XNNPACK's static symmetric configuration with ``observer`` for activations and float eps for weights."""
+def _pt2e_config(per_channel: bool, observer: str, weight_eps: float) -> Any:
+    """XNNPACK's static symmetric configuration with ``observer`` for activations, ``weight_eps`` for weights."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import get_symmetric_quantization_config
     from torchao.quantization.pt2e import MinMaxObserver as AoMinMax, PerChannelMinMaxObserver as AoPerChannelMinMax
     from torchao.quantization.pt2e.quantizer import QuantizationConfig, QuantizationSpec
@@ -366,7 +367,7 @@ def _pt2e_config(per_channel: bool, observer: str) -> Any:
     act, weight = base.input_activation, base.weight
     act = QuantizationSpec(dtype=act.dtype, quant_min=act.quant_min, quant_max=act.quant_max, qscheme=act.qscheme,
                            observer_or_fake_quant_ctr=pt2e_activation_observer(observer))
-    weight_observer = (AoPerChannelMinMax if per_channel else AoMinMax).with_args(eps=torch.finfo(torch.float32).eps)
+    weight_observer = (AoPerChannelMinMax if per_channel else AoMinMax).with_args(eps=weight_eps)
     weight = QuantizationSpec(dtype=weight.dtype, quant_min=weight.quant_min, quant_max=weight.quant_max,
                               qscheme=weight.qscheme, ch_axis=weight.ch_axis, observer_or_fake_quant_ctr=weight_observer)
     return QuantizationConfig(act, act, weight, base.bias, False)
@@ -374,11 +375,13 @@ def _pt2e_config(per_channel: bool, observer: str) -> Any:
 
 def quantize_pt2e_xnnpack(model: nn.Module, example: Tuple[torch.Tensor, ...], dynamic_shapes: Optional[Dict],
                           blobs: Sequence[torch.Tensor], per_channel: bool = True,
-                          observer: str = PT2E_DEFAULT_OBSERVER) -> nn.Module:
+                          observer: str = PT2E_DEFAULT_OBSERVER, weight_eps: Optional[float] = None) -> nn.Module:
     """The int8 PT2E model of a float ``model``, calibrated on ``blobs``.
 
     XNNPACK's symmetric configuration: int8 weights symmetric (per output channel by default),
-    int8 activations affine with ranges from ``observer`` (see :data:`PT2E_OBSERVERS`). The result is
+    int8 activations affine with ranges from ``observer`` (see :data:`PT2E_OBSERVERS`); weight scales
+    floored at ``weight_eps`` (default float32's eps; ``2**-12`` is XNNPACK's stock value, which
+    ``scripts/bench_pt2e.py`` compares). The result is
     an exported graph with quantize / dequantize nodes around each operator (what ExecuTorch's
     XNNPACK partitioner lowers to int8 kernels); it also runs here in float, for the calibration report.
     """
@@ -387,7 +390,8 @@ def quantize_pt2e_xnnpack(model: nn.Module, example: Tuple[torch.Tensor, ...], d
     from torchao.quantization.pt2e import allow_exported_model_train_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    quantizer = XNNPACKQuantizer().set_global(_pt2e_config(per_channel, observer))
+    eps = torch.finfo(torch.float32).eps if weight_eps is None else weight_eps
+    quantizer = XNNPACKQuantizer().set_global(_pt2e_config(per_channel, observer, eps))
     graph = torch.export.export(copy.deepcopy(model).eval(), example, dynamic_shapes=dynamic_shapes).module()
     prepared = prepare_pt2e(graph, quantizer)
     with torch.no_grad():
