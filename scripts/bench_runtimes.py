@@ -148,13 +148,13 @@ def goals(rows: List[dict]) -> Dict[str, object]:
     return out
 
 
-def write_outputs(rows: List[dict], result: Dict[str, object], load: List[float], args: argparse.Namespace,
-                  command: str) -> None:
+def write_outputs(rows: List[dict], result: Dict[str, object], load: List[float], skipped: List[str],
+                  args: argparse.Namespace, command: str) -> None:
     from fdq.device.atomic import atomic_write_text
 
     spread = {"min": min(load), "median": float(np.median(load)), "max": max(load)} if load else {}
     atomic_write_text(args.json, json.dumps({"command": command, "threads": 1, "machine": machine(),
-                                             "load_average_1m": spread, "interleaved": True,
+                                             "load_average_1m": spread, "interleaved": True, "skipped": skipped,
                                              "rows": rows, "goals": result}, indent=2) + "\n")
     load_text = (f"1-minute load average over the run {spread['min']:.1f} / {spread['median']:.1f} / "
                  f"{spread['max']:.1f} (min / median / max) on {os.cpu_count()} cores") if load else "load n/a"
@@ -166,6 +166,8 @@ def write_outputs(rows: List[dict], result: Dict[str, object], load: List[float]
         lines.append(f"| {r['detector']} | {r['runtime']} | {r['dtype']} | {r['long_side']} | {r['easy']:.4f} | "
                      f"{r['medium']:.4f} | {r['hard']:.4f} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | "
                      f"{r.get('inference_p50_ms', float('nan')):.2f} |")
+    if skipped:
+        lines += ["", f"Not built, so not measured (`--reuse-only`): {', '.join(skipped)}."]
     lines += ["", f"Goals in this run: `{json.dumps(result['int8_over_float_at_320'])}`; against YuNet-n: " +
               "; ".join(f"@{g['yunet_n_long_side']}: {'met by ' + g['fdq']['detector'] + ' ' + g['fdq']['runtime'] if g['met'] else 'not met'}"
                         for g in result["against_yunet_n"]), MARK_END]
@@ -186,6 +188,8 @@ def main() -> int:
     ap.add_argument("--long-sides", default="320,640")
     ap.add_argument("--configs", default=",".join(CONFIGS), help=f"subset of: {', '.join(CONFIGS)}")
     ap.add_argument("--work", default=str(ROOT / "out" / "bench_runtimes"), help="bundles are built here once")
+    ap.add_argument("--reuse-only", default="", help="configurations measured only where their bundle is already "
+                                                     "under --work (ExecuTorch lowering takes minutes a bundle)")
     ap.add_argument("--json", default=str(ROOT / "docs" / "results" / "bench_runtimes.json"))
     ap.add_argument("--markdown", default=str(ROOT / "docs" / "SPEED.md"))
     args = ap.parse_args()
@@ -200,6 +204,11 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     sides = [int(v) for v in args.long_sides.split(",")]
     plan = [(m, s, c) for m in args.models.split(",") for s in sides for c in configs]
+    reuse_only = set(filter(None, args.reuse_only.split(",")))
+    skipped = [f"{m}-{s}-{c}" for m, s, c in plan if c in reuse_only and not (work / f"{m}-{s}-{c}" / "manifest.yaml").is_file()]
+    for name in skipped:
+        print(f"skipped {name}: not built under {work} (--reuse-only)", flush=True)
+    plan = [key for key in plan if "-".join(map(str, key)) not in skipped]
     bundles = {key: build(*key, work, calib) for key in plan}  # all builds first: the timings come in one stretch
 
     detect = yunet_detect(shared / "peers" / "yunet_n_dynamic.onnx")
@@ -216,7 +225,7 @@ def main() -> int:
     for row in rows:
         print(row, flush=True)
     result = goals(rows)
-    write_outputs(rows, result, load, args, "python scripts/bench_runtimes.py " + " ".join(sys.argv[1:]))
+    write_outputs(rows, result, load, skipped, args, "python scripts/bench_runtimes.py " + " ".join(sys.argv[1:]))
     print(json.dumps(result, indent=2))
     return 0
 
