@@ -12,7 +12,7 @@ KL's own objective clips the ReLU outputs of these detectors to 0.36-0.9 of the 
 """
 from __future__ import annotations
 
-from typing import Dict, Tuple, Type
+from typing import Any, Dict, Tuple, Type
 
 import numpy as np
 import torch
@@ -24,15 +24,20 @@ class UnknownObserverError(ValueError):
     """An observer name fdq does not know."""
 
 
-def _bin_edges(observer: HistogramObserver) -> np.ndarray:
+def _bin_edges(observer: Any) -> np.ndarray:
     return np.linspace(float(observer.min_val), float(observer.max_val), observer.bins + 1)
 
 
-class PercentileObserver(HistogramObserver):
-    """Clip the range to the ``percentile``-th percentile at each end (both ends keep zero inside)."""
+class PercentileRange:
+    """Clip the range to the ``percentile``-th percentile at each end (both ends keep zero inside).
+
+    A mixin over a histogram observer: torch.ao's (eager mode, :class:`PercentileObserver`) or
+    torchao's (PT2E, :func:`fdq.calibration.quant_api.pt2e_activation_observer`), which keep the
+    same histogram state.
+    """
 
     def __init__(self, percentile: float = 99.99, **kwargs: object) -> None:
-        super().__init__(**kwargs)
+        super().__init__(**kwargs)  # type: ignore[call-arg]
         self.percentile = percentile
 
     def _non_linear_param_search(self) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -44,6 +49,10 @@ class PercentileObserver(HistogramObserver):
         lo = edges[int(np.searchsorted(cdf, 1.0 - q))]
         new_min = min(lo, 0.0) if float(self.min_val) < 0 else float(self.min_val)
         return torch.tensor(new_min, dtype=torch.float32), torch.tensor(max(hi, 0.0), dtype=torch.float32)
+
+
+class PercentileObserver(PercentileRange, HistogramObserver):
+    """torch.ao's histogram observer with the percentile range (eager mode)."""
 
 
 class _CalibrationMovingAverage(MovingAverageMinMaxObserver):

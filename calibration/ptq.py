@@ -10,7 +10,7 @@ precision converts it again with some layers left in float without calibrating t
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -79,17 +79,20 @@ def calibrate(model: nn.Module, options: PTQOptions, inputs: Sequence[torch.Tens
 
 
 def calibrate_pt2e(model: nn.Module, inputs: Sequence[torch.Tensor], example: Tuple[torch.Tensor, ...],
-                   dynamic_shapes: Dict[str, Any], per_channel: bool = True, cle: bool = True) -> Tuple[nn.Module, int]:
+                   dynamic_shapes: Dict[str, Any], per_channel: bool = True, cle: bool = True,
+                   observer: str = quant_api.PT2E_DEFAULT_OBSERVER,
+                   weight_eps: Optional[float] = None) -> Tuple[nn.Module, int]:
     """Level 2 through PT2E for XNNPACK: the same fusion and cross-layer equalization as the eager
-    path, then ExecuTorch's XNNPACK quantizer calibrated on ``inputs``. Returns the int8 PT2E model
-    and the number of equalized pairs."""
+    path, then ExecuTorch's XNNPACK quantizer (``observer`` for activations) calibrated on ``inputs``.
+    Returns the int8 PT2E model and the number of equalized pairs."""
     if not inputs:
         raise ValueError("calibration needs at least one input")
     fused = quant_api.fuse(model)
     pairs = 0
     if cle:
         fused, pairs = cross_layer_equalize(fused, inputs[0])
-    return quant_api.quantize_pt2e_xnnpack(fused, example, dynamic_shapes, inputs, per_channel), pairs
+    return quant_api.quantize_pt2e_xnnpack(fused, example, dynamic_shapes, inputs, per_channel, observer,
+                                           weight_eps), pairs
 
 
 def calibrate_datafree(model: nn.Module, options: PTQOptions, steps: int = DISTILL_STEPS, seed: int = 0) -> Calibrated:

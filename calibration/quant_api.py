@@ -22,7 +22,7 @@ import contextlib
 import copy
 import logging
 import warnings
-from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -325,23 +325,74 @@ def _quiet_torchao_gpu_kernels() -> None:
         logger.addFilter(_TorchaoGpuKernels())
 
 
+# Activation observers PT2E takes by name (torchao's classes; ``percentile`` is fdq's range over its
+# histogram, here at the 99.999th percentile). The default is measured on the val subset at 320 through
+# the PT2E reference model (docs/ACCURACY.md): largest AP drop of slim / rfb / mnet025 with histogram
+# 1.34 / 0.46 / -0.05 points, percentile 99.99 1.09 / 1.02 / -0.21, percentile 99.999 0.70 / 0.35 / 0.66.
+PT2E_OBSERVERS = ("percentile", "histogram", "minmax")
+PT2E_DEFAULT_OBSERVER = "percentile"
+PT2E_PERCENTILE = 99.999
+# XNNPACK's own configuration floors every scale at 2**-12. For a weight channel that floor is a step
+# of 2**-12 whatever the channel holds: after BatchNorm folding and cross-layer equalization many
+# channels' largest weight is below 127 * 2**-12 = 0.031 and got a handful of levels (slim: 2.0 AP
+# points lost on easy instead of 1.3). Weights take float32's eps instead, as the eager observers do;
+# activations keep XNNPACK's floor (a no-op here: no calibrated activation range is that small).
+_PT2E_EPS = 2 ** -12
+XNNPACK_STOCK_EPS = _PT2E_EPS
+
+
+def pt2e_activation_observer(name: str) -> Any:
+    """The torchao observer constructor of an activation observer name (a one-line error for others)."""
+    from torchao.quantization.pt2e import HistogramObserver as AoHistogram, MinMaxObserver as AoMinMax
+
+    if name == "percentile":
+        from .observers import PercentileRange
+
+        percentile = type("PercentileObserverPT2E", (PercentileRange, AoHistogram), {"__module__": __name__})
+        return percentile.with_args(eps=_PT2E_EPS, percentile=PT2E_PERCENTILE)
+    classes = {"histogram": AoHistogram, "minmax": AoMinMax}
+    if name not in classes:
+        raise UnsupportedBackendError(f"PT2E takes the activation observers {', '.join(PT2E_OBSERVERS)}, "
+                                      f"not {name!r}")
+    return classes[name].with_args(eps=_PT2E_EPS)
+
+
+def _pt2e_config(per_channel: bool, observer: str, weight_eps: float) -> Any:
+    """XNNPACK's static symmetric configuration with ``observer`` for activations, ``weight_eps`` for weights."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import get_symmetric_quantization_config
+    from torchao.quantization.pt2e import MinMaxObserver as AoMinMax, PerChannelMinMaxObserver as AoPerChannelMinMax
+    from torchao.quantization.pt2e.quantizer import QuantizationConfig, QuantizationSpec
+
+    base = get_symmetric_quantization_config(is_per_channel=per_channel)
+    act, weight = base.input_activation, base.weight
+    act = QuantizationSpec(dtype=act.dtype, quant_min=act.quant_min, quant_max=act.quant_max, qscheme=act.qscheme,
+                           observer_or_fake_quant_ctr=pt2e_activation_observer(observer))
+    weight_observer = (AoPerChannelMinMax if per_channel else AoMinMax).with_args(eps=weight_eps)
+    weight = QuantizationSpec(dtype=weight.dtype, quant_min=weight.quant_min, quant_max=weight.quant_max,
+                              qscheme=weight.qscheme, ch_axis=weight.ch_axis, observer_or_fake_quant_ctr=weight_observer)
+    return QuantizationConfig(act, act, weight, base.bias, False)
+
+
 def quantize_pt2e_xnnpack(model: nn.Module, example: Tuple[torch.Tensor, ...], dynamic_shapes: Optional[Dict],
-                          blobs: Sequence[torch.Tensor], per_channel: bool = True) -> nn.Module:
+                          blobs: Sequence[torch.Tensor], per_channel: bool = True,
+                          observer: str = PT2E_DEFAULT_OBSERVER, weight_eps: Optional[float] = None) -> nn.Module:
     """The int8 PT2E model of a float ``model``, calibrated on ``blobs``.
 
     XNNPACK's symmetric configuration: int8 weights symmetric (per output channel by default),
-    int8 activations affine, calibrated by min/max observers. The result is an exported graph with
-    quantize / dequantize nodes around each operator (what ExecuTorch's XNNPACK partitioner lowers
-    to int8 kernels); it also runs here in float, for the calibration report.
+    int8 activations affine with ranges from ``observer`` (see :data:`PT2E_OBSERVERS`); weight scales
+    floored at ``weight_eps`` (default float32's eps; ``2**-12`` is XNNPACK's stock value, which
+    ``scripts/bench_pt2e.py`` compares). The result is
+    an exported graph with quantize / dequantize nodes around each operator (what ExecuTorch's
+    XNNPACK partitioner lowers to int8 kernels); it also runs here in float, for the calibration report.
     """
     _quiet_torchao_gpu_kernels()
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
-                                                                         get_symmetric_quantization_config)
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer
     from torchao.quantization.pt2e import allow_exported_model_train_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
+    eps = torch.finfo(torch.float32).eps if weight_eps is None else weight_eps
+    quantizer = XNNPACKQuantizer().set_global(_pt2e_config(per_channel, observer, eps))
     graph = torch.export.export(copy.deepcopy(model).eval(), example, dynamic_shapes=dynamic_shapes).module()
-    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=per_channel))
     prepared = prepare_pt2e(graph, quantizer)
     with torch.no_grad():
         for blob in blobs:

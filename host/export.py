@@ -226,7 +226,10 @@ class _Reader:
         self._it = self._make()
 
 
-def _quantize_onnx(float_path: Path, out_path: Path, paths: List[Path], long_side: int, mean_bgr) -> Dict[str, Any]:
+def _quantize_onnx(float_path: Path, out_path: Path, paths: List[Path], long_side: int, mean_bgr,
+                   overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """``quantize_static`` with fdq's settings; ``overrides`` (quantize_static keywords) replace some of
+    them, for ``scripts/bench_ort_int8.py``'s comparison of the alternatives."""
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
 
@@ -248,13 +251,14 @@ def _quantize_onnx(float_path: Path, out_path: Path, paths: List[Path], long_sid
     settings = dict(quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=False,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QUInt8,
                     calibrate_method=CalibrationMethod.MinMax)
+    settings.update(overrides or {})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         quantize_static(str(float_path), str(out_path), reader, **settings)
     return {"tool": "onnxruntime.quantization.quantize_static", "pre_processed": pre_processed,
-            "format": "QDQ", "per_channel": True,
-            "reduce_range": False, "activation_type": "QUInt8", "weight_type": "QUInt8",
-            "calibrate_method": "MinMax"}
+            "format": settings["quant_format"].name, "per_channel": settings["per_channel"],
+            "reduce_range": settings["reduce_range"], "activation_type": settings["activation_type"].name,
+            "weight_type": settings["weight_type"].name, "calibrate_method": settings["calibrate_method"].name}
 
 
 def _pnnx_executable() -> str:

@@ -121,10 +121,15 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def _check_pt2e_args(args: argparse.Namespace) -> None:
-    """``--backend xnnpack`` is PT2E post-training quantization (level 2) with its own observers."""
+    """``--backend xnnpack`` is PT2E post-training quantization (level 2), with the observers PT2E has."""
     if args.level != 2:
         raise QuantizeError(f"--backend {args.backend} quantizes through PT2E at level 2 only (calibrated on --calib)")
-    given = [flag for flag, on in (("--observer", args.observer), ("--reduce-range", args.reduce_range),
+    from fdq.calibration.quant_api import PT2E_OBSERVERS
+
+    if args.observer and args.observer not in PT2E_OBSERVERS:
+        raise QuantizeError(f"--backend {args.backend} (PT2E) takes --observer {'|'.join(PT2E_OBSERVERS)}, "
+                            f"not {args.observer}")
+    given = [flag for flag, on in (("--reduce-range", args.reduce_range),
                                    ("--sensitivity", args.sensitivity), ("--ap-budget", args.ap_budget is not None),
                                    ("--bias-correction", args.bias_correction)) if on]
     if given:
@@ -190,13 +195,15 @@ def _ptq(args: argparse.Namespace, model: nn.Module, cset: Optional[CalibrationS
 def _pt2e(args: argparse.Namespace, model: nn.Module, cset: CalibrationSet) -> Tuple[nn.Module, Dict[str, Any]]:
     """Level 2 for XNNPACK: PT2E quantization (:func:`fdq.calibration.ptq.calibrate_pt2e`)."""
     from fdq.calibration.ptq import calibrate_pt2e
+    from fdq.calibration.quant_api import PT2E_DEFAULT_OBSERVER
     from fdq.host.export_executorch import export_inputs
 
     example, dynamic, _ = export_inputs(args.long_side)
     cle = args.cle is not False
-    quantized, pairs = calibrate_pt2e(model, cset.blobs, example, dynamic, args.per_channel, cle)
+    observer = args.observer or PT2E_DEFAULT_OBSERVER
+    quantized, pairs = calibrate_pt2e(model, cset.blobs, example, dynamic, args.per_channel, cle, observer)
     return quantized, {"method": "ptq-pt2e", "backend": args.backend, "quantizer": "XNNPACKQuantizer",
-                       "config": "get_symmetric_quantization_config", "observer": "minmax",
+                       "config": "get_symmetric_quantization_config, weight eps float32", "observer": observer,
                        "per_channel": args.per_channel, "cle": cle, "equalized_pairs": pairs}
 
 
@@ -395,7 +402,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--calib", help="folder of calibration images (level >= 2; level 1: report only)")
     p.add_argument("--labels", help="ground truth of the --calib images (WIDER .mat folder, .json, *_bbx_gt.txt)")
     p.add_argument("--observer", help="activation observer: minmax, moving-minmax, histogram (the default), "
-                                      "percentile")
+                                      "percentile (xnnpack: histogram, percentile, minmax)")
     weights = p.add_mutually_exclusive_group()
     weights.add_argument("--per-channel", dest="per_channel", action="store_true", default=True,
                          help="per-channel int8 weights (the default)")

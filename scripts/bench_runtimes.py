@@ -6,12 +6,14 @@ p50 / p90 latency per image of the runner's whole pipeline from the original ima
 normalize, inference, decode, NMS: ``FaceDetector.detect`` of ``bundle_detector``), each image
 detected once untimed first (a new input size costs extra the first time), then timed. YuNet-n runs
 as in ``bench_peers.py`` at its 320 and 400 operating points, timed the same way (its uint8 resize included).
+On a shared machine only ratios within one run mean something: every configuration (YuNet-n's included)
+runs on each image in turn, so all of them are timed under the same moments' load, which is recorded.
 
 Bundles are made per long side (calibrated at that size) under ``--work`` and reused when present:
 
     python scripts/bench_runtimes.py --models slim,rfb,mnet025 --long-sides 320,640
 
-Writes docs/results/bench_runtimes.json and the table between its markers in docs/BENCHMARKS.md.
+Writes docs/results/bench_runtimes.json and the table between its markers in docs/SPEED.md.
 Goals it reports: the fastest int8 configuration of each model at 320 at most 0.7x its fastest float
 one; at each YuNet-n operating point an int8 fdq configuration at least as accurate (medium) and faster.
 """
@@ -23,7 +25,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import cv2
 import numpy as np
@@ -70,20 +72,59 @@ def build(model: str, side: int, config: str, work: Path, calib: Path) -> Path:
     return path
 
 
-def measure(bundle_path: Path, side: int, images, gt) -> Dict[str, float]:
-    """AP and per-image latency (end to end and inference alone) of the runner's pipeline."""
+# image -> (official-format rows in original pixels, end-to-end ms, inference ms or nan)
+Timer = Callable[[np.ndarray], Tuple[np.ndarray, float, float]]
+
+
+def fdq_timer(bundle_path: Path, side: int) -> Tuple[Timer, str]:
+    """The runner's pipeline of one bundle (``FaceDetector.detect`` of ``bundle_detector``), and its kernels."""
     detector = bundle_detector(load_bundle(str(bundle_path)), threads=1, long_side=side)
-    predictions, total, inference = {}, [], []
-    for key, image in images:
-        detector.detect(image)  # untimed: the first call at a new input size
+
+    def run(image: np.ndarray) -> Tuple[np.ndarray, float, float]:
         dets = detector.detect(image)
-        total.append(detector.last_timings_ms["total"])
-        inference.append(detector.last_timings_ms["inference"])
-        predictions[key] = to_wider_rows(dets.boxes, dets.scores)
-    ap = evaluate(predictions, gt)
-    return {"easy": ap["easy"], "medium": ap["medium"], "hard": ap["hard"],
-            "p50_ms": float(np.percentile(total, 50)), "p90_ms": float(np.percentile(total, 90)),
-            "inference_p50_ms": float(np.percentile(inference, 50)), "kernels": detector.kernels}
+        return (to_wider_rows(dets.boxes, dets.scores), detector.last_timings_ms["total"],
+                detector.last_timings_ms["inference"])
+    return run, detector.kernels
+
+
+def yunet_timer(detect, side: int) -> Timer:
+    """YuNet-n timed like the fdq rows: from the original image, its uint8 resize included."""
+    def run(image: np.ndarray) -> Tuple[np.ndarray, float, float]:
+        ratio = resize_ratio(image.shape[0], image.shape[1], side)
+        t = time.perf_counter()
+        resized = cv2.resize(image, None, None, fx=ratio, fy=ratio, interpolation=cv2.INTER_LINEAR)
+        boxes, scores = detect(resized)
+        ms = (time.perf_counter() - t) * 1e3
+        return to_wider_rows(boxes / np.float32(ratio), scores), ms, float("nan")
+    return run
+
+
+def measure_interleaved(timers: Dict[str, Timer], images, gt) -> Tuple[Dict[str, Dict[str, float]], List[float]]:
+    """AP and p50 / p90 per configuration, every configuration run on each image in turn (the order
+    rotating from image to image) so that all of them share the machine's load of the same moments;
+    each image is detected once untimed first (a new input size costs extra the first time). Returns the
+    rows and the 1-minute load average sampled at every image."""
+    names = list(timers)
+    predictions: Dict[str, dict] = {n: {} for n in names}
+    total: Dict[str, List[float]] = {n: [] for n in names}
+    inference: Dict[str, List[float]] = {n: [] for n in names}
+    load: List[float] = []
+    for index, (key, image) in enumerate(images):
+        load.append(os.getloadavg()[0])
+        for name in names[index % len(names):] + names[:index % len(names)]:
+            timers[name](image)
+            rows, ms, infer_ms = timers[name](image)
+            predictions[name][key] = rows
+            total[name].append(ms)
+            inference[name].append(infer_ms)
+    out = {}
+    for name in names:
+        ap = evaluate(predictions[name], gt)
+        out[name] = {"easy": ap["easy"], "medium": ap["medium"], "hard": ap["hard"],
+                     "p50_ms": float(np.percentile(total[name], 50)), "p90_ms": float(np.percentile(total[name], 90))}
+        if not np.isnan(inference[name]).all():  # YuNet's call has no separate inference time
+            out[name]["inference_p50_ms"] = float(np.percentile(inference[name], 50))
+    return out, load
 
 
 def goals(rows: List[dict]) -> Dict[str, object]:
@@ -108,19 +149,26 @@ def goals(rows: List[dict]) -> Dict[str, object]:
     return out
 
 
-def write_outputs(rows: List[dict], result: Dict[str, object], args: argparse.Namespace, command: str) -> None:
+def write_outputs(rows: List[dict], result: Dict[str, object], load: List[float], skipped: List[str],
+                  args: argparse.Namespace, command: str) -> None:
     from fdq.device.atomic import atomic_write_text
 
+    spread = {"min": min(load), "median": float(np.median(load)), "max": max(load)} if load else {}
     atomic_write_text(args.json, json.dumps({"command": command, "threads": 1, "machine": machine(),
+                                             "load_average_1m": spread, "interleaved": True, "skipped": skipped,
                                              "rows": rows, "goals": result}, indent=2) + "\n")
-    lines = [MARK_BEGIN, f"`{command}` (1 thread, end to end from the original val image, uint8 resize; "
-             f"load average at the start {rows[0].get('load_average_1m', 'n/a') if rows else 'n/a'}):", "",
+    load_text = (f"1-minute load average over the run {spread['min']:.1f} / {spread['median']:.1f} / "
+                 f"{spread['max']:.1f} (min / median / max) on {os.cpu_count()} cores") if load else "load n/a"
+    lines = [MARK_BEGIN, f"`{command}` (1 thread, end to end from the original val image, uint8 resize; every "
+             f"configuration run on each image in turn; {load_text}):", "",
              "| detector | runtime | dtype | long side | easy | medium | hard | p50 ms | p90 ms | inference p50 ms |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         lines.append(f"| {r['detector']} | {r['runtime']} | {r['dtype']} | {r['long_side']} | {r['easy']:.4f} | "
                      f"{r['medium']:.4f} | {r['hard']:.4f} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | "
                      f"{r.get('inference_p50_ms', float('nan')):.2f} |")
+    if skipped:
+        lines += ["", f"Not built, so not measured (`--reuse-only`): {', '.join(skipped)}."]
     lines += ["", f"Goals in this run: `{json.dumps(result['int8_over_float_at_320'])}`; against YuNet-n: " +
               "; ".join(f"@{g['yunet_n_long_side']}: {'met by ' + g['fdq']['detector'] + ' ' + g['fdq']['runtime'] if g['met'] else 'not met'}"
                         for g in result["against_yunet_n"]), MARK_END]
@@ -141,8 +189,10 @@ def main() -> int:
     ap.add_argument("--long-sides", default="320,640")
     ap.add_argument("--configs", default=",".join(CONFIGS), help=f"subset of: {', '.join(CONFIGS)}")
     ap.add_argument("--work", default=str(ROOT / "out" / "bench_runtimes"), help="bundles are built here once")
+    ap.add_argument("--reuse-only", default="", help="configurations measured only where their bundle is already "
+                                                     "under --work (ExecuTorch lowering takes minutes a bundle)")
     ap.add_argument("--json", default=str(ROOT / "docs" / "results" / "bench_runtimes.json"))
-    ap.add_argument("--markdown", default=str(ROOT / "docs" / "BENCHMARKS.md"))
+    ap.add_argument("--markdown", default=str(ROOT / "docs" / "SPEED.md"))
     args = ap.parse_args()
     configs = args.configs.split(",")
     unknown = [c for c in configs if c not in CONFIGS]
@@ -155,42 +205,30 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     sides = [int(v) for v in args.long_sides.split(",")]
     plan = [(m, s, c) for m in args.models.split(",") for s in sides for c in configs]
+    reuse_only = set(filter(None, args.reuse_only.split(",")))
+    skipped = [f"{m}-{s}-{c}" for m, s, c in plan if c in reuse_only and not (work / f"{m}-{s}-{c}" / "manifest.yaml").is_file()]
+    for name in skipped:
+        print(f"skipped {name}: not built under {work} (--reuse-only)", flush=True)
+    plan = [key for key in plan if "-".join(map(str, key)) not in skipped]
     bundles = {key: build(*key, work, calib) for key in plan}  # all builds first: the timings come in one stretch
 
-    rows: List[dict] = []
     detect = yunet_detect(shared / "peers" / "yunet_n_dynamic.onnx")
-    for side in YUNET_POINTS:
-        rows.append({"detector": "yunet_n", "runtime": "opencv-dnn", "dtype": "fp32", "long_side": side,
-                     "load_average_1m": os.getloadavg()[0], **yunet_row(detect, images, side, gt)})
-        print(rows[-1], flush=True)
+    timers: Dict[str, Timer] = {f"yunet_n@{side}": yunet_timer(detect, side) for side in YUNET_POINTS}
+    meta: Dict[str, dict] = {f"yunet_n@{side}": {"detector": "yunet_n", "runtime": "opencv-dnn", "dtype": "fp32",
+                                                 "long_side": side} for side in YUNET_POINTS}
     for (model, side, config), path in bundles.items():
-        rows.append({"detector": f"fdq {model}", "runtime": config, "dtype": CONFIGS[config][0], "long_side": side,
-                     "load_average_1m": os.getloadavg()[0], **measure(path, side, images, gt)})
-        print(rows[-1], flush=True)
+        name = f"{model}@{side}/{config}"
+        timers[name], kernels = fdq_timer(path, side)
+        meta[name] = {"detector": f"fdq {model}", "runtime": config, "dtype": CONFIGS[config][0], "long_side": side,
+                      "kernels": kernels}
+    measured, load = measure_interleaved(timers, images, gt)
+    rows = [{**meta[name], **measured[name]} for name in timers]
+    for row in rows:
+        print(row, flush=True)
     result = goals(rows)
-    write_outputs(rows, result, args, "python scripts/bench_runtimes.py " + " ".join(sys.argv[1:]))
+    write_outputs(rows, result, load, skipped, args, "python scripts/bench_runtimes.py " + " ".join(sys.argv[1:]))
     print(json.dumps(result, indent=2))
     return 0
-
-
-def yunet_row(detect, images, side: int, gt) -> Dict[str, float]:
-    """YuNet-n timed like the fdq rows: from the original image, its uint8 resize included."""
-    predictions, times = {}, []
-    for key, image in images:
-        ratio = resize_ratio(image.shape[0], image.shape[1], side)
-
-        def run():
-            resized = cv2.resize(image, None, None, fx=ratio, fy=ratio, interpolation=cv2.INTER_LINEAR)
-            return detect(resized)
-
-        run()  # untimed: the first call at a new input size
-        t = time.perf_counter()
-        boxes, scores = run()
-        times.append((time.perf_counter() - t) * 1e3)
-        predictions[key] = to_wider_rows(boxes / np.float32(ratio), scores)
-    ap = evaluate(predictions, gt)
-    return {"easy": ap["easy"], "medium": ap["medium"], "hard": ap["hard"],
-            "p50_ms": float(np.percentile(times, 50)), "p90_ms": float(np.percentile(times, 90))}
 
 
 if __name__ == "__main__":
