@@ -2,9 +2,11 @@
 
 * :class:`Stepper` is the training step, the only one: forward under autocast (``--amp``: bfloat16 on
   CPU, float16 on CUDA), the loss in float32, backward through a gradient scaler (enabled for float16
-  only), optional gradient clipping, optimizer and learning-rate scheduler step. ``fdq quantize
-  --level 3|4`` (:func:`fdq.calibration.qat.finetune`) and :func:`fit` both step through it.
-* :func:`fit` runs epochs over a dataset on one process or under ``torchrun`` (DistributedDataParallel:
+  only), optional gradient clipping, optimizer and learning-rate scheduler step; :func:`fit` steps
+  through it.
+* :func:`fit` is the loop of every entry point: ``fdq train`` (also ``--qat``) and ``fdq quantize
+  --level 3|4`` (:func:`fdq.calibration.qat.finetune`: ``steps`` ends its run, ``out`` None writes
+  nothing). It runs epochs over a dataset on one process or under ``torchrun`` (DistributedDataParallel:
   gloo on CPU, nccl on CUDA; a ``DistributedSampler`` splits every epoch). Rank 0 alone logs, shows a
   rich progress bar with ETA and running loss, evaluates, and writes the output folder:
   ``checkpoint.pt`` (everything to resume: model, optimizer, scheduler, scaler, RNG states, position in
@@ -198,7 +200,7 @@ class FitConfig:
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str, milestones: Sequence[float],
               gamma: float) -> float:
-    """Learning-rate multiplier at ``step`` of ``total``: linear warm-up, then cosine or step decay."""
+    """Learning-rate multiplier at ``step`` of ``total``: linear warm-up, then cosine or step decay (or none)."""
     if warmup > 0 and step < warmup:
         return (step + 1) / warmup
     if schedule == "constant":
@@ -342,7 +344,8 @@ def fit(model: nn.Module, dataset: Dataset, loss_for: Callable[[Dict[str, torch.
         collate: Optional[Callable[[List[Any]], Dict[str, torch.Tensor]]] = None,
         resume: Optional[Dict[str, Any]] = None, extra_state: Optional[Dict[str, Any]] = None,
         log: Optional[Log] = None, progress: bool = True) -> FitResult:
-    """Train ``model`` for ``config.epochs`` epochs (from ``resume``, a loaded checkpoint, if given).
+    """Train ``model`` for ``config.epochs`` epochs, or ``config.steps`` steps (from ``resume``, a loaded
+    checkpoint, if given).
 
     ``loss_for(batch)`` gives the loss function of a batch's outputs; ``evaluate(model)`` (rank 0, after
     each epoch) returns metrics whose ``"mean"`` picks ``best.pt`` (without it: the lowest epoch loss);
