@@ -33,7 +33,7 @@ import statistics
 import sys
 import time
 import warnings
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -95,7 +95,8 @@ def run_task(model: str, backend: str, data: str, long_side: int, seeds: List[in
                                           statassist=statassist, gradboost=gradboost, **{**options, "seed": seed})
             infer = torch_inference(int8)
             rows.append({"method": key, "label": label, "seed": seed, "iters": report["iters"],
-                         "best_iter": report["best_iter"], "output_error": output_error(float_infer, infer, val_blobs),
+                         "best_iter": report["best_iter"], "checkpoints": report["checkpoints"],
+                         "output_error": output_error(float_infer, infer, val_blobs),
                          "ap": score(infer, model, long_side, val_images, gt),
                          "train_cpu_seconds": round(time.process_time() - t0, 1)})
             print(json.dumps({"model": model, "backend": backend, **{k: rows[-1][k] for k in
@@ -132,6 +133,17 @@ def ap_noise() -> Dict[str, float]:
         return {}
     doc = json.loads(RESOLUTION.read_text())
     return {r["model"]: round(r["max_drop"]["max"] - r["max_drop"]["min"], 2) for r in doc["results"]}
+
+
+def has_vnni() -> Optional[bool]:
+    """Whether this x86 CPU has VNNI: without it fbgemm's int8 convolutions sum pairs of products in
+    16 bits and saturate unless activations are 7-bit (``--reduce-range``), so x86 int8 strays further
+    from float here than the fake-quant model QAT trains (None: not known)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    return "avx512_vnni" in flags or "avx_vnni" in flags
 
 
 def markdown(doc: Dict[str, Any]) -> str:
@@ -177,22 +189,30 @@ def main(argv: Optional[List[str]] = None) -> int:
     methods = ["l2", *[m for m in METHODS if m in args.methods and m != "l2"]]
     pairs = [(m, b) for m in args.models.split(",") for b in args.backends.split(",")]
     load_before, t0 = os.getloadavg()[0], time.perf_counter()
+    noise = ap_noise()
+    command = " ".join(["bench_qat.py", *(argv if argv is not None else sys.argv[1:])])
+    tasks: List[Dict[str, Any]] = []
+
+    def document() -> Dict[str, Any]:
+        """The results so far (``complete`` once every pair is in), rewritten after each pair."""
+        ordered = sorted(tasks, key=lambda t: pairs.index((t["model"], t["backend"])))
+        return {"benchmark": "fdq.bench_qat/1", "command": command, "complete": len(tasks) == len(pairs),
+                "date": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+                "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
+                            "x86_vnni": has_vnni(), "load_before": load_before, "load_now": os.getloadavg()[0],
+                            "wall_seconds": round(time.perf_counter() - t0, 1)},
+                "settings": {"long_side": args.long_side, "iters": args.iters, "seeds": seeds, "options": options,
+                             "goal_reduction": GOAL_REDUCTION},
+                "train_cpu_seconds": round(sum(r["train_cpu_seconds"] for t in tasks for r in t["runs"]), 1),
+                "summary": [summarise(t, noise.get(t["model"])) for t in ordered], "tasks": ordered}
+
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         futures = [pool.submit(run_task, m, b, args.data, args.long_side, seeds, args.iters, options, methods)
                    for m, b in pairs]
-        tasks = [f.result() for f in futures]
-    noise = ap_noise()
-    summary = [summarise(t, noise.get(t["model"])) for t in tasks]
-    argv_used = argv if argv is not None else sys.argv[1:]
-    doc = {"benchmark": "fdq.bench_qat/1", "command": " ".join(["bench_qat.py", *argv_used]),
-           "date": _dt.datetime.now(_dt.timezone.utc).isoformat(),
-           "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                       "load_before": load_before, "load_after": os.getloadavg()[0],
-                       "wall_seconds": round(time.perf_counter() - t0, 1)},
-           "settings": {"long_side": args.long_side, "iters": args.iters, "seeds": seeds, "options": options,
-                        "goal_reduction": GOAL_REDUCTION},
-           "summary": summary, "tasks": tasks}
-    atomic_write_text(target, json.dumps(doc, indent=1) + "\n")
+        for future in as_completed(futures):
+            tasks.append(future.result())
+            doc = document()
+            atomic_write_text(target, json.dumps(doc, indent=1) + "\n")
     print(markdown(doc))
     print(f"wrote {target}")
     return 0

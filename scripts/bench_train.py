@@ -96,8 +96,8 @@ def main() -> int:
            "settings": {k: v for k, v in vars(args).items() if k not in ("json", "force")},
            "load": {"min": min(loads), "median": statistics.median(loads), "max": max(loads),
                     "note": "1-minute load average before and after each run; the machine is shared with "
-                            "other users' processes, so a load above the core count slows every configuration "
-                            "(and two processes most)"},
+                            "other users' processes: a load above the core count slows every configuration, "
+                            "and most the one process whose OpenMP threads wait for each other"},
            "summary": summary, "runs": runs}
     atomic_write_text(target, json.dumps(doc, indent=1) + "\n")
     for name, s in summary.items():
