@@ -1,9 +1,10 @@
 """Level 3: quantization-aware fine-tuning with labels (and the fine-tuning level 4 shares).
 
-Every step goes through :class:`fdq.calibration.training.Stepper`, the training step of ``fdq train``
-too, and ``fdq train --qat`` (:mod:`fdq.calibration.qat_training`) builds its student, optimizer,
-calibration and loss with the helpers below (:func:`level2_student`, :func:`new_optimizer`,
-:func:`start_fake_quant`, :func:`qat_loss`).
+The StatAssist warm-up and the fake-quant iterations run through :func:`fdq.calibration.training.fit`,
+the loop of ``fdq train`` (one training step, one schedule), and ``fdq train --qat``
+(:mod:`fdq.calibration.qat_training`) builds its student, optimizer, warm-up, calibration, schedule
+and loss with the helpers below (:func:`level2_student`, :func:`new_optimizer`,
+:func:`statassist_warmup`, :func:`start_fake_quant`, :func:`fake_quant_schedule`, :func:`qat_loss_for`).
 
 On a few dozen images QAT must stay close to the float model, so the float model itself is the main
 teacher: the loss is :func:`~fdq.calibration.losses.distillation_loss` (its face scores by KL, its box and
@@ -14,8 +15,8 @@ One run (:func:`finetune`):
 
 1. images are split: every ``round(1 / holdout)``-th image (sorted keys) is held back for checkpoint
    selection, the rest is trained on; inputs are preprocessed like inference (resize to ``long_side``,
-   BGR mean subtraction), lightly augmented (horizontal flip, optional scale jitter) and padded to a
-   common size per batch (padded anchors take part in no loss);
+   BGR mean subtraction), lightly augmented (horizontal flip, optional scale jitter, drawn per
+   (seed, epoch, index)) and padded to a common size per batch (padded anchors take part in no loss);
 2. the student starts as the level-2 model: BatchNorm folded into the convolutions, cross-layer
    equalized (``cle``) and, with ``bias_correction``, bias-corrected for weight rounding; with
    ``cle=False`` it keeps trainable ConvBn modules, whose statistics freeze after
@@ -33,12 +34,12 @@ One run (:func:`finetune`):
 4. after preparation, one pass over the training images with fake-quant off calibrates the observers
    (histogram-type observers, the default, are then frozen at once: they are too slow to run every
    step). This untrained checkpoint is the level-2 model: the baseline a fine-tuned one must beat;
-5. ``iters`` fake-quant iterations; **GradBoost** (if on) adds its noise from the first of them (its
-   statistics come from the warm-up; without StatAssist from the first ``warmup_iters`` QAT iterations,
+5. ``iters`` fake-quant iterations at a ``constant`` (or ``cosine``) learning rate; **GradBoost** (if
+   on) adds its noise from the first of them (its statistics come from the warm-up; without StatAssist from the first ``warmup_iters`` QAT iterations,
    which then run without noise); its noise decays by ``gradboost_decay`` per iteration, so that the
    last iterations settle. Weight observers freeze after ``freeze_observers_after`` iterations;
-6. every ``eval_every`` iterations the model is converted to int8 and scored on the held-back images:
-   the distillation loss against the float model (continuous, where the AP of 8 images moves by points
+6. every ``eval_every`` iterations (one epoch of ``fit``) the model is converted to int8 and scored on
+   the held-back images: the distillation loss against the float model (continuous, where the AP of 8 images moves by points
    per face) and their AP (against their labels, or for level 4 against the float model's detections
    with score >= 0.5). With ``select="both"`` (the default) a fine-tuned checkpoint replaces the
    level-2 one only if its AP is at least as high and its distillation loss lower; among those the
@@ -53,13 +54,14 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 from fdq.device.anchors import prior_boxes
 from fdq.device.detector import FaceDetector
@@ -75,7 +77,7 @@ from .datafree import bias_correct, cross_layer_equalize
 from .gradboost import GradBoost, carry_optimizer_state
 from .labels import LabelSource, ground_truth_of, load_labels, subset_ground_truth
 from .losses import MatchTargets, distillation_loss, match, multibox_loss, stack_targets
-from .training import Stepper
+from .training import SCHEDULES, Distributed, FitConfig, LossFn, fit
 
 Log = Optional[Callable[[str], None]]
 
@@ -119,6 +121,7 @@ class FinetuneOptions:
     freeze_bn_after: int = 0            # QAT iterations before BatchNorm statistics freeze (0: frozen;
                                         # > 0 keeps trainable ConvBn modules and needs cle=False)
     freeze_observers_after: Optional[int] = None   # default: half of ``iters``
+    schedule: str = "constant"          # learning rate over the fake-quant iterations: or "cosine" (to 0)
     eval_every: int = 25
     holdout: float = 0.25               # fraction of the images held back for checkpoint selection
     select: str = "both"                # checkpoint choice on them: "distill" (int8 vs float), "ap", or "both":
@@ -184,27 +187,30 @@ def load_samples(images_dir: str, long_side: int,
     return train, held, sizes
 
 
-def make_batch(samples: Sequence[Sample], spec: DetectorSpec, rng: np.random.Generator, flip: bool,
-               scale_jitter: float) -> Tuple[torch.Tensor, np.ndarray, torch.Tensor, List[Optional[np.ndarray]]]:
-    """Augment, mean-subtract and zero-pad (= mean colour) to a common size.
+def augment_sample(sample: Sample, rng: np.random.Generator, flip: bool,
+                   scale_jitter: float) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """One image's light augmentation: random downscale by up to ``scale_jitter``, horizontal flip
+    half of the time (``flip``); (image, boxes in its pixels or None)."""
+    img, b = sample.image, None if sample.boxes is None else sample.boxes.copy()
+    if scale_jitter > 0:
+        f = float(rng.uniform(1.0 - scale_jitter, 1.0))
+        if f < 0.999:
+            img = cv2.resize(img, None, None, fx=f, fy=f, interpolation=cv2.INTER_LINEAR)
+            b = None if b is None else b * f
+    if flip and rng.random() < 0.5:
+        img = img[:, ::-1]
+        if b is not None:
+            b = np.stack([img.shape[1] - b[:, 2], b[:, 1], img.shape[1] - b[:, 0], b[:, 3]], axis=1)
+    return np.ascontiguousarray(img), b
+
+
+def pad_batch(images: Sequence[np.ndarray], boxes: Sequence[Optional[np.ndarray]], spec: DetectorSpec
+              ) -> Tuple[torch.Tensor, np.ndarray, torch.Tensor, List[Optional[np.ndarray]]]:
+    """Mean-subtract and zero-pad (= mean colour) images to a common size.
 
     Returns (input NCHW, priors (N, 4) for the padded size, valid (B, N) anchors whose centre lies in
     the image, per-image boxes normalised to the padded size or None).
     """
-    images, boxes = [], []
-    for s in samples:
-        img, b = s.image, None if s.boxes is None else s.boxes.copy()
-        if scale_jitter > 0:
-            f = float(rng.uniform(1.0 - scale_jitter, 1.0))
-            if f < 0.999:
-                img = cv2.resize(img, None, None, fx=f, fy=f, interpolation=cv2.INTER_LINEAR)
-                b = None if b is None else b * f
-        if flip and rng.random() < 0.5:
-            img = img[:, ::-1]
-            if b is not None:
-                b = np.stack([img.shape[1] - b[:, 2], b[:, 1], img.shape[1] - b[:, 0], b[:, 3]], axis=1)
-        images.append(np.ascontiguousarray(img))
-        boxes.append(b)
     height = max(i.shape[0] for i in images)
     width = max(i.shape[1] for i in images)
     mean = np.asarray(spec.mean_bgr, dtype=np.float32)
@@ -217,6 +223,49 @@ def make_batch(samples: Sequence[Sample], spec: DetectorSpec, rng: np.random.Gen
     scale = np.array([width, height, width, height], dtype=np.float32)
     norm = [None if b is None else (b / scale).astype(np.float32) for b in boxes]
     return torch.from_numpy(batch), priors, torch.from_numpy(valid), norm
+
+
+def make_batch(samples: Sequence[Sample], spec: DetectorSpec, rng: np.random.Generator, flip: bool,
+               scale_jitter: float) -> Tuple[torch.Tensor, np.ndarray, torch.Tensor, List[Optional[np.ndarray]]]:
+    """:func:`augment_sample` each sample (drawing from ``rng``), then :func:`pad_batch`."""
+    pairs = [augment_sample(s, rng, flip, scale_jitter) for s in samples]
+    return pad_batch([p[0] for p in pairs], [p[1] for p in pairs], spec)
+
+
+class FinetuneData(Dataset):
+    """The training images of a :func:`finetune` run as :func:`~fdq.calibration.training.fit` draws
+    them: ``period`` batches an epoch (each epoch ends in a held-back checkpoint), the images taken in
+    turn across epochs, each augmented by a generator of (seed, epoch, index). :meth:`collate` pads a
+    batch and, for labelled images, adds their anchor targets (the keys of
+    :class:`~fdq.calibration.widerface_data.WiderFaceTraining`) and the padded size's ``priors``."""
+
+    def __init__(self, samples: Sequence[Sample], spec: DetectorSpec, batch_size: int, period: int,
+                 opts: "FinetuneOptions") -> None:
+        self.samples = list(samples)
+        self.spec = spec
+        self.opts = opts
+        self.length = batch_size * period
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.length
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __getitem__(self, index: int) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        sample = self.samples[(self.epoch * self.length + index) % len(self.samples)]
+        rng = np.random.default_rng([self.opts.seed, self.epoch, index])
+        return augment_sample(sample, rng, self.opts.flip, self.opts.scale_jitter)
+
+    def collate(self, items: List[Tuple[np.ndarray, Optional[np.ndarray]]]) -> Dict[str, torch.Tensor]:
+        x, priors_np, valid, norm = pad_batch([i[0] for i in items], [i[1] for i in items], self.spec)
+        priors = torch.from_numpy(np.array(priors_np))
+        batch = {"image": x, "valid": valid, "priors": priors}
+        if all(b is not None for b in norm):
+            t = stack_targets([match(torch.from_numpy(b), priors, self.opts.match_threshold) for b in norm])
+            batch.update(loc=t.loc, labels=t.labels, landm=t.landm, landm_valid=t.landm_valid)
+        return batch
 
 
 # --------------------------------------------------------------------------------------------------
@@ -411,6 +460,68 @@ def qat_loss(teacher_out: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tenso
     return loss
 
 
+def qat_loss_for(teacher: nn.Module, spec: DetectorSpec, opts: "FinetuneOptions", phase: str, distill: bool,
+                 labelled: bool, priors: Optional[torch.Tensor] = None) -> Callable[[Dict[str, torch.Tensor]], LossFn]:
+    """``fit``'s ``loss_for`` in a QAT run's ``phase`` ("float": the StatAssist warm-up, or "qat").
+
+    With ``distill`` the :func:`qat_loss` of the teacher plus ``gt_weight`` x the multibox loss,
+    without it the multibox loss alone; ``labelled`` batches carry anchor targets, otherwise the
+    float phase learns from the teacher's detections (:func:`pseudo_targets`). ``priors`` are those of
+    every batch (fixed-size training), or None: each batch's own (:class:`FinetuneData`).
+    """
+    weights = opts if distill else replace(opts, gt_weight=1.0)
+
+    def make(batch: Dict[str, torch.Tensor]) -> LossFn:
+        x, valid = batch["image"], batch["valid"]
+        t_out = None
+        if distill or (phase == "float" and not labelled):
+            with torch.no_grad():
+                t_out = teacher(x)
+        targets: Optional[MatchTargets] = None
+        key = "gt"
+        if labelled:
+            targets = MatchTargets(batch["loc"], batch["labels"], batch["landm"], batch["landm_valid"])
+        elif phase == "float" and weights.gt_weight > 0:
+            anchors = (batch["priors"] if priors is None else priors).cpu().numpy()
+            targets, key = pseudo_targets(t_out, anchors, valid, spec, (x.shape[3], x.shape[2]), opts), "pseudo"
+        return qat_loss(t_out if distill else None, valid, targets, weights, key)
+
+    return make
+
+
+def statassist_warmup(student: nn.Module, dataset: Dataset, loss_for: Callable[[Dict[str, torch.Tensor]], LossFn],
+                      optimizer: Any, steps: int, batch_size: int, seed: int, env: Distributed, restore: bool,
+                      collate: Optional[Callable[[List[Any]], Dict[str, torch.Tensor]]] = None) -> int:
+    """StatAssist: ``steps`` float steps of ``student`` (through ``fit``: DDP under torchrun), whose
+    optimizer state (momentum, GradBoost's statistics) the fake-quant phase inherits; with
+    ``restore`` the weights go back to where they started. Returns the steps done."""
+    start = {k: v.clone() for k, v in student.state_dict().items()} if restore else None
+    config = FitConfig(epochs=1, batch_size=batch_size, workers=0, seed=seed, warmup_epochs=0, schedule="constant",
+                       steps=steps)
+    result = fit(student, dataset, loss_for, optimizer, config, env, None, train_mode=logits_mode, collate=collate,
+                 progress=False)
+    if start is not None:
+        student.load_state_dict(start)
+    return result.steps
+
+
+def fake_quant_schedule(prepared: nn.Module, optimizer: Any, boost_from: int, freeze_bn_after: int,
+                        freeze_observers_after: int) -> Callable[[int], None]:
+    """``fit``'s ``on_step`` of the fake-quant phase: GradBoost's noise from step ``boost_from``,
+    BatchNorm statistics frozen at ``freeze_bn_after`` (when > 0; else they were from the start),
+    observers at ``freeze_observers_after``."""
+
+    def on_step(step: int) -> None:
+        if isinstance(optimizer, GradBoost) and step >= boost_from and not optimizer.boosting:
+            optimizer.start_boost()
+        if step == freeze_bn_after and step > 0:
+            quant_api.freeze_bn_stats(prepared)
+        if step == freeze_observers_after:
+            quant_api.freeze_observers(prepared)
+
+    return on_step
+
+
 # --------------------------------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------------------------------
@@ -438,6 +549,8 @@ def finetune(model_name: str, float_model: nn.Module, images_dir: str, labels: O
         raise ValueError(f"unknown checkpoint selection {opts.select!r} (choose from: {', '.join(SELECTIONS)})")
     if opts.optimizer not in DEFAULT_LR:
         raise ValueError(f"unknown optimizer {opts.optimizer!r} (choose from: {', '.join(DEFAULT_LR)})")
+    if opts.schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {opts.schedule!r} (choose from: {', '.join(SCHEDULES)})")
     if use_gt_loss and labels is None:
         raise ValueError("the ground-truth loss needs labels")
     quant_api.set_engine(backend)
@@ -489,43 +602,30 @@ def finetune(model_name: str, float_model: nn.Module, images_dir: str, labels: O
     student = level2_student(float_model, inputs, backend, observer, per_channel, opts)
     optimizer: Any = None
     lr = opts.lr if opts.lr is not None else DEFAULT_LR.get(opts.optimizer, DEFAULT_LR["sgd"])
-    batch_order: List[int] = []
-
-    def next_batch() -> List[Sample]:
-        nonlocal batch_order
-        out = []
-        while len(out) < min(opts.batch_size, len(train)):
-            if not batch_order:
-                batch_order = list(rng.permutation(len(train)))
-            out.append(train[batch_order.pop()])
-        return out
-
+    env = Distributed(0, 1, torch.device("cpu"))
+    batch_size = min(opts.batch_size, len(train))
     history: List[Dict[str, float]] = []
 
-    def train_step(model: nn.Module, phase: str, it: int) -> None:
-        x, priors_np, valid, norm_boxes = make_batch(next_batch(), spec, rng, opts.flip, opts.scale_jitter)
-        priors = torch.from_numpy(np.array(priors_np))
-        with torch.no_grad():
-            t_out = teacher(x)
-        targets, key = None, "gt"
-        if use_gt_loss and opts.gt_weight > 0:
-            targets = stack_targets([match(torch.from_numpy(b), priors, opts.match_threshold) for b in norm_boxes])
-        elif phase == "float" and opts.gt_weight > 0:
-            targets, key = pseudo_targets(t_out, priors_np, valid, spec, (x.shape[3], x.shape[2]), opts), "pseudo"
-        losses = Stepper(model, optimizer).step(x, qat_loss(t_out, valid, targets, opts, key))
-        history.append({"phase_qat": float(phase == "qat"), "iter": it, **losses})
+    def loss_for(phase: str) -> Callable[[Dict[str, torch.Tensor]], LossFn]:
+        make = qat_loss_for(teacher, spec, opts, phase, distill=True, labelled=use_gt_loss)
+
+        def recorded(batch: Dict[str, torch.Tensor]) -> LossFn:
+            loss = make(batch)
+
+            def record(out: Tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> Dict[str, torch.Tensor]:
+                parts = loss(out)
+                history.append({"phase_qat": float(phase == "qat"), **{k: float(v.detach()) for k, v in parts.items()}})
+                return parts
+            return record
+        return recorded
 
     t_warm = time.perf_counter()
     warm_done = 0
     if statassist and opts.warmup_iters > 0:
         optimizer = new_optimizer(student, opts, lr, gradboost, gen)
-        logits_mode(student)
-        start_weights = copy.deepcopy(student.state_dict()) if opts.warmup_restore else None
-        for it in range(opts.warmup_iters):
-            train_step(student, "float", it)
-        warm_done = opts.warmup_iters
-        if start_weights is not None:
-            student.load_state_dict(start_weights)
+        warm = FinetuneData(train, spec, batch_size, opts.warmup_iters, opts)
+        warm_done = statassist_warmup(student, warm, loss_for("float"), optimizer, opts.warmup_iters, batch_size,
+                                      opts.seed, env, opts.warmup_restore, collate=warm.collate)
         say(f"float warm-up: {warm_done} iterations, loss {history[-1]['total']:.4f}")
     prepared, optimizer, carry = start_fake_quant(student, qconfig, optimizer, inputs, observer, opts,
                                                   lambda m: new_optimizer(m, opts, lr, gradboost, gen))
@@ -534,8 +634,10 @@ def finetune(model_name: str, float_model: nn.Module, images_dir: str, labels: O
 
     checkpoints: List[Dict[str, Any]] = []
     best: Dict[str, Any] = {"metric": None, "model": None, "iter": None}
+    period = max(1, min(opts.eval_every, iters))
 
-    def checkpoint(it: int) -> None:
+    def checkpoint(it: int) -> Dict[str, float]:
+        prepared.eval()
         int8 = quant_api.convert(prepared)
         entry: Dict[str, Any] = {"iter": it}
         if held_gt is not None:
@@ -551,25 +653,22 @@ def finetune(model_name: str, float_model: nn.Module, images_dir: str, labels: O
         if metric is not None and (best["metric"] is None or metric > best["metric"]):
             best.update(metric=metric, model=int8, iter=it)
         say(f"checkpoint {it}: " + ", ".join(f"{k} {v:.4f}" for k, v in entry.items() if k != "iter"))
+        return {"mean": float(entry.get("mean", it))}
 
     checkpoint(0)
 
-    # ---- fake-quant fine-tuning ----------------------------------------------------------------
+    # ---- fake-quant fine-tuning: fit's epochs, one checkpoint after each -------------------------
     freeze_obs = opts.freeze_observers_after if opts.freeze_observers_after is not None else iters // 2
     boost_from = 0 if warm_done else (opts.warmup_iters if gradboost else 0)
     t_qat = time.perf_counter()
-    for it in range(iters):
-        if gradboost and it == boost_from:
-            optimizer.start_boost()
-        if it == opts.freeze_bn_after and it > 0:
-            quant_api.freeze_bn_stats(prepared)
-        if it == freeze_obs:
-            quant_api.freeze_observers(prepared)
-        prepared.train()
-        train_step(prepared, "qat", it + 1)
-        if (it + 1) % max(1, opts.eval_every) == 0 or it + 1 == iters:
-            prepared.eval()
-            checkpoint(it + 1)
+    if iters:
+        data = FinetuneData(train, spec, batch_size, period, opts)
+        config = FitConfig(epochs=1, batch_size=batch_size, workers=0, seed=opts.seed, warmup_epochs=0,
+                           schedule=opts.schedule, steps=iters)
+        fit(prepared, data, loss_for("qat"), optimizer, config, env, None,
+            evaluate=lambda m: checkpoint(min(iters, period * len(checkpoints))),
+            on_step=fake_quant_schedule(prepared, optimizer, boost_from, opts.freeze_bn_after, freeze_obs),
+            collate=data.collate, progress=False)
     t_qat = time.perf_counter() - t_qat
 
     int8_model = best["model"]

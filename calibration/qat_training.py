@@ -18,14 +18,11 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Subset
 
 from . import quant_api
-from .gradboost import GradBoost
-from .losses import MatchTargets
-from .qat import (FinetuneOptions, level2_student, logits_mode, new_optimizer, pseudo_targets, qat_loss,
-                  start_fake_quant)
-from .training import Distributed, FitConfig, LossFn, Stepper, fit
+from .qat import (FinetuneOptions, fake_quant_schedule, level2_student, logits_mode, new_optimizer, qat_loss_for,
+                  start_fake_quant, statassist_warmup)
+from .training import Distributed, FitConfig, LossFn, fit
 from .widerface_data import WiderFaceTraining
 
 #: Unaugmented training images that calibrate the observers before fake-quant training (level 2 uses
@@ -63,59 +60,24 @@ def train_qat(float_model: nn.Module, dataset: WiderFaceTraining, qs: QATSetting
     gen = torch.Generator().manual_seed(config.seed + 1)
     student = level2_student(float_model, inputs, qs.backend, qs.observer, qs.per_channel, opts)
     lr = float(opts.lr)
-    priors = dataset.priors.numpy()
-    size = (dataset.size, dataset.size)
 
     def loss_for(phase: str) -> Callable[[Dict[str, torch.Tensor]], LossFn]:
-        def make(batch: Dict[str, torch.Tensor]) -> LossFn:
-            x, valid = batch["image"], batch["valid"]
-            t_out = None
-            if qs.distill or (phase == "float" and not qs.labelled):
-                with torch.no_grad():
-                    t_out = teacher(x)
-            targets: Optional[MatchTargets] = None
-            key = "gt"
-            if qs.labelled:
-                targets = MatchTargets(batch["loc"], batch["labels"], batch["landm"], batch["landm_valid"])
-            elif phase == "float":
-                targets, key = pseudo_targets(t_out, priors, valid, spec, size, opts), "pseudo"
-            weights = opts if qs.distill else FinetuneOptions(**{**opts.__dict__, "gt_weight": 1.0})
-            return qat_loss(t_out if qs.distill else None, valid, targets, weights, key)
-        return make
+        return qat_loss_for(teacher, spec, opts, phase, qs.distill, qs.labelled, dataset.priors)
 
     optimizer: Any = None
     warm_done = 0
     if qs.statassist and qs.warmup_iters > 0:
         optimizer = new_optimizer(student, opts, lr, qs.gradboost, gen)
-        net: nn.Module = student
-        if env.world_size > 1:   # one optimizer state on every rank
-            net = nn.parallel.DistributedDataParallel(student)
-        stepper = Stepper(net, optimizer)
-        start = {k: v.clone() for k, v in student.state_dict().items()}
-        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(config.seed))
-        shard = Subset(dataset, order[env.rank::env.world_size].tolist())
-        make = loss_for("float")
-        while warm_done < qs.warmup_iters:
-            for batch in DataLoader(shard, batch_size=config.batch_size, num_workers=0):
-                if warm_done == qs.warmup_iters:
-                    break
-                logits_mode(student)
-                stepper.step(batch["image"], make(batch))
-                warm_done += 1
-        student.load_state_dict(start)   # StatAssist keeps the optimizer state, not the weights
+        # StatAssist keeps the optimizer state, not the weights
+        warm_done = statassist_warmup(student, dataset, loss_for("float"), optimizer, qs.warmup_iters,
+                                      config.batch_size, config.seed, env, restore=True)
         say(f"float warm-up (StatAssist): {warm_done} steps")
     prepared, optimizer, carry = start_fake_quant(student, qconfig, optimizer, inputs, qs.observer, opts,
                                                   lambda m: new_optimizer(m, opts, lr, qs.gradboost, gen))
     del student
     total = config.epochs * -(-len(dataset) // (config.batch_size * env.world_size))
     boost_from = 0 if warm_done else (qs.warmup_iters if qs.gradboost else 0)
-
-    def on_step(step: int) -> None:
-        if isinstance(optimizer, GradBoost) and step >= boost_from and not optimizer.boosting:
-            optimizer.start_boost()
-        if step == total // 2:
-            quant_api.freeze_observers(prepared)
-
+    on_step = fake_quant_schedule(prepared, optimizer, boost_from, opts.freeze_bn_after, total // 2)
     result = fit(prepared, dataset, loss_for("qat"), optimizer, config, env, out,
                  export=lambda m: {k: v.detach().cpu().clone() for k, v in m.state_dict().items()},
                  evaluate=(lambda m: evaluate(quant_api.convert(m.cpu()))) if evaluate else None,

@@ -2,9 +2,11 @@
 
 * :class:`Stepper` is the training step, the only one: forward under autocast (``--amp``: bfloat16 on
   CPU, float16 on CUDA), the loss in float32, backward through a gradient scaler (enabled for float16
-  only), optional gradient clipping, optimizer and learning-rate scheduler step. ``fdq quantize
-  --level 3|4`` (:func:`fdq.calibration.qat.finetune`) and :func:`fit` both step through it.
-* :func:`fit` runs epochs over a dataset on one process or under ``torchrun`` (DistributedDataParallel:
+  only), optional gradient clipping, optimizer and learning-rate scheduler step; :func:`fit` steps
+  through it.
+* :func:`fit` is the loop of every entry point: ``fdq train`` (also ``--qat``) and ``fdq quantize
+  --level 3|4`` (:func:`fdq.calibration.qat.finetune`: ``steps`` ends its run, ``out`` None writes
+  nothing). It runs epochs over a dataset on one process or under ``torchrun`` (DistributedDataParallel:
   gloo on CPU, nccl on CUDA; a ``DistributedSampler`` splits every epoch). Rank 0 alone logs, shows a
   rich progress bar with ETA and running loss, evaluates, and writes the output folder:
   ``checkpoint.pt`` (everything to resume: model, optimizer, scheduler, scaler, RNG states, position in
@@ -50,7 +52,7 @@ LAST = "last.pt"
 BEST = "best.pt"
 METRICS = "metrics.jsonl"
 CHECKPOINT_FORMAT = "fdq.train-checkpoint/1"
-SCHEDULES = ("cosine", "step")
+SCHEDULES = ("cosine", "step", "constant")
 
 
 class TrainingInterrupted(RuntimeError):
@@ -183,11 +185,14 @@ class FitConfig:
     workers: int = 2
     seed: int = 0
     warmup_epochs: float = 1.0      # linear learning-rate warm-up (the reference warms up for 5 of 250)
-    schedule: str = "cosine"        # or "step": x gamma at each of ``milestones`` (fractions of the run)
+    schedule: str = "cosine"        # or "step": x gamma at each of ``milestones`` (fractions of the run),
+                                    # or "constant" (after the warm-up; the short QAT runs of fdq quantize)
     milestones: Tuple[float, ...] = (0.76, 0.88)   # the reference's epochs 190 and 220 of 250
     gamma: float = 0.1
     clip_grad: Optional[float] = None
     amp: bool = False
+    steps: Optional[int] = None     # stop after this many steps (the last epoch ends early; ``epochs`` then
+                                    # follows from it): fdq quantize's ``--iters``
 
     def __post_init__(self) -> None:
         self.milestones = tuple(self.milestones)
@@ -195,9 +200,11 @@ class FitConfig:
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str, milestones: Sequence[float],
               gamma: float) -> float:
-    """Learning-rate multiplier at ``step`` of ``total``: linear warm-up, then cosine or step decay."""
+    """Learning-rate multiplier at ``step`` of ``total``: linear warm-up, then cosine or step decay (or none)."""
     if warmup > 0 and step < warmup:
         return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
     if schedule == "cosine":
         span = max(1, total - warmup)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / span)))
@@ -212,11 +219,14 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str, milestones: Seq
 class StopRequest:
     """SIGINT / SIGTERM set a flag that the loop reads between steps (never inside one)."""
 
-    def __init__(self) -> None:
+    def __init__(self, install: bool = True) -> None:
         self.requested = False
+        self.install = install
         self._previous: Dict[int, Any] = {}
 
     def __enter__(self) -> "StopRequest":
+        if not self.install:   # nothing to save: Ctrl-C stays a KeyboardInterrupt
+            return self
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
@@ -326,19 +336,23 @@ def _sums_to_means(sums: Dict[str, float], count: float, env: Distributed) -> Di
 
 
 def fit(model: nn.Module, dataset: Dataset, loss_for: Callable[[Dict[str, torch.Tensor]], LossFn],
-        optimizer: Any, config: FitConfig, env: Distributed, out: Path, *,
+        optimizer: Any, config: FitConfig, env: Distributed, out: Optional[Path], *,
         export: Callable[[nn.Module], Any] = lambda m: m.state_dict(),
         evaluate: Optional[Callable[[nn.Module], Dict[str, float]]] = None,
         train_mode: Callable[[nn.Module], Any] = lambda m: m.train(),
         on_step: Optional[Callable[[int], None]] = None,
+        collate: Optional[Callable[[List[Any]], Dict[str, torch.Tensor]]] = None,
         resume: Optional[Dict[str, Any]] = None, extra_state: Optional[Dict[str, Any]] = None,
         log: Optional[Log] = None, progress: bool = True) -> FitResult:
-    """Train ``model`` for ``config.epochs`` epochs (from ``resume``, a loaded checkpoint, if given).
+    """Train ``model`` for ``config.epochs`` epochs, or ``config.steps`` steps (from ``resume``, a loaded
+    checkpoint, if given).
 
     ``loss_for(batch)`` gives the loss function of a batch's outputs; ``evaluate(model)`` (rank 0, after
     each epoch) returns metrics whose ``"mean"`` picks ``best.pt`` (without it: the lowest epoch loss);
     ``on_step(step)`` runs before each step (QAT freezes observers there). ``extra_state`` is stored in
-    the checkpoint as is (the caller's own resume information).
+    the checkpoint as is (the caller's own resume information). ``collate`` makes a batch of samples
+    (default: stacking). ``out`` None writes nothing and leaves Ctrl-C alone (fine-tuning inside
+    ``fdq quantize``, and the StatAssist warm-up, have nothing to resume).
     """
     say = log if (log is not None and env.main) else (lambda msg: None)
     model.to(env.device)
@@ -348,7 +362,8 @@ def fit(model: nn.Module, dataset: Dataset, loss_for: Callable[[Dict[str, torch.
                                                   else None)
     sampler = ResumableSampler(dataset, num_replicas=env.world_size, rank=env.rank, shuffle=True, seed=config.seed)
     steps_per_epoch = math.ceil(sampler.num_samples / config.batch_size)
-    total = steps_per_epoch * config.epochs
+    epochs = config.epochs if config.steps is None else math.ceil(config.steps / steps_per_epoch)
+    total = steps_per_epoch * epochs if config.steps is None else config.steps
     warmup = int(round(config.warmup_epochs * steps_per_epoch))
     if config.schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {config.schedule!r} (choose from: {', '.join(SCHEDULES)})")
@@ -386,19 +401,21 @@ def fit(model: nn.Module, dataset: Dataset, loss_for: Callable[[Dict[str, torch.
 
     bar = _progress(env.main and progress)
     task = bar.add_task("train", total=total, completed=step, loss=float("nan"))
-    with StopRequest() as stop, bar:
-        while epoch < config.epochs:
+    with StopRequest(install=out is not None) as stop, bar:
+        while epoch < epochs:
             dataset.set_epoch(epoch)
             sampler.set_epoch(epoch)
             sampler.skip = batch_in_epoch * config.batch_size
             loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
                                 worker_init_fn=_ignore_sigint if config.workers else None,
-                                pin_memory=env.device.type == "cuda")
+                                pin_memory=env.device.type == "cuda", collate_fn=collate)
             train_mode(model)
             t0 = time.perf_counter()
             images = 0
-            bar.update(task, description=f"epoch {epoch + 1}/{config.epochs}")
+            bar.update(task, description=f"epoch {epoch + 1}/{epochs}")
             for batch in loader:
+                if step == total:
+                    break
                 if stop.agreed(env):
                     if env.main:
                         save_atomic(checkpoint(epoch, batch_in_epoch), out / CHECKPOINT)
@@ -442,17 +459,17 @@ def fit(model: nn.Module, dataset: Dataset, loss_for: Callable[[Dict[str, torch.
             epoch += 1
             batch_in_epoch = 0
             sums, count = {}, 0.0
-            if env.main:
+            if env.main and out is not None:
                 exported = export(model)
                 save_atomic(exported, out / LAST)
                 if improved:
                     save_atomic(exported, out / BEST)
                 atomic_write_text(out / METRICS, "".join(json.dumps(m) + "\n" for m in metrics))
                 save_atomic(checkpoint(epoch, 0), out / CHECKPOINT)
-                say(_epoch_line(record, config.epochs))
+            say(_epoch_line(record, epochs))
             if env.world_size > 1:
                 dist.barrier()
-            if stop.requested and epoch < config.epochs:
+            if stop.requested and epoch < epochs:
                 raise TrainingInterrupted(f"interrupted after epoch {epoch}: resumable checkpoint "
                                           f"{out / CHECKPOINT} (continue with --resume {out})")
     return FitResult(model, epoch, step, metrics)

@@ -6,7 +6,9 @@ folder of real WIDER images with their labels; the rate is the last epoch's ``im
 ``metrics.jsonl`` (the first epochs warm up: worker start, allocator, oneDNN kernels). The three
 configurations run interleaved, ``--reps`` rounds, and each one's median is compared with the one-process
 median of the same run, so a shared machine's drift hits all of them alike. The load average before and
-after each run is recorded with it.
+after each run is recorded with it, and its range over the whole benchmark in ``load``: on a shared
+machine (other processes busy) the ratios, not the rates, are what carries over, and only while the
+load stays below the number of cores.
 
 Example::
 
@@ -88,13 +90,19 @@ def main() -> int:
     summary = {name: {"median_images_per_s": statistics.median(r["images_per_s"] for r in rs),
                       "ratio_to_1_process": statistics.median(r["images_per_s"] for r in rs) / base}
                for name, rs in runs.items()}
+    loads = [x for rs in runs.values() for r in rs for x in (r["load_before"], r["load_after"])]
     doc = {"benchmark": "fdq.bench_train/1", "date": _dt.datetime.now(_dt.timezone.utc).isoformat(),
            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__},
            "settings": {k: v for k, v in vars(args).items() if k not in ("json", "force")},
+           "load": {"min": min(loads), "median": statistics.median(loads), "max": max(loads),
+                    "note": "1-minute load average before and after each run; the machine is shared with "
+                            "other users' processes: a load above the core count slows every configuration, "
+                            "and most the one process whose OpenMP threads wait for each other"},
            "summary": summary, "runs": runs}
     atomic_write_text(target, json.dumps(doc, indent=1) + "\n")
     for name, s in summary.items():
         print(f"{name}: {s['median_images_per_s']:.2f} img/s, x{s['ratio_to_1_process']:.2f}")
+    print(f"load average {doc['load']['min']:.1f}-{doc['load']['max']:.1f} on {os.cpu_count()} cores")
     return 0
 
 

@@ -266,6 +266,26 @@ def test_a_few_iterations_lower_the_loss(shared_dir, tmp_path):
                                                            for m in lines)
 
 
+def test_steps_end_the_run_inside_an_epoch(shared_dir, tmp_path):
+    """``steps`` (fdq quantize's --iters) cuts the last epoch short; the constant schedule keeps the lr;
+    without ``out`` nothing is written (4 images at 64 px, batch 2: two steps an epoch, 3 steps)."""
+    from fdq.calibration.training import Distributed, FitConfig, detection_loss, fit
+
+    items = labelled_images(str(_subset(shared_dir, tmp_path / "images", every=8, limit=4)),
+                            shared_dir / DATA / "calib" / "ground_truth")
+    ds = WiderFaceTraining(items, SPECS["slim"], 64, augment=False)
+    model = load_model("slim", shared_dir / "weights" / "slim_Final.pth")
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    seen = []
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = fit(model, ds, detection_loss, opt, FitConfig(epochs=50, batch_size=2, workers=0, warmup_epochs=0,
+                                                          schedule="constant", steps=3),
+                 Distributed(0, 1, torch.device("cpu")), None, on_step=seen.append, progress=False)
+    assert result.steps == 3 and result.epochs_done == 2 and seen == [0, 1, 2]
+    assert [m["step"] for m in result.metrics] == [2, 3] and all(m["lr"] == 1e-3 for m in result.metrics)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
 def test_training_from_pretrained_keeps_val_ap(shared_dir, tmp_path):
     """2 epochs on the 32 calib images at 160 px (lr 1e-4) from the pretrained weights: val AP at long side
     160 (64 images) stays within 2 points of the pretrained model's in every setting; best.pt and last.pt
