@@ -227,7 +227,9 @@ def test_ctrl_c_stops_the_runner_there_and_leaves_no_half_result(where, request,
     before = set((workdir / "results").glob("*")) if (workdir / "results").is_dir() else set()
     proc = subprocess.Popen([*PROFILE, "--target", str(profile), "--bundle",
                              str(slim_fp32_bundle), "--frames", "1000000", "--warmup", "0", "--runs", str(runs),
-                             "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # Ctrl-C must reach it even when this test runs as a background job (SIGINT ignored)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
         while not (_runner_pids(workdir) and all(_alive(p) for p in _runner_pids(workdir))):
