@@ -46,7 +46,6 @@ class InstructionCounter:
             raise CountingError("--count-instructions needs the instruction-counting qemu of an emulated board: "
                                 f"run the runner under the profile's instruction_counter (${OUT_ENV} is not set)")
         self.path = path
-        atexit.register(self.close)
         syscall = ctypes.CDLL(None, use_errno=True).syscall
         syscall.restype = ctypes.c_long
         syscall.argtypes = [ctypes.c_long] * 4
@@ -55,11 +54,14 @@ class InstructionCounter:
             self.mark(PROBE, index)
         try:
             probes = [count for code, _, count in self._lines() if code == PROBE]
-        except FileNotFoundError:  # the counting wrapper makes the file, the plugin writes it
+        except (FileNotFoundError, ValueError, UnicodeDecodeError):  # the wrapper makes it, the plugin writes it
             probes = []
         if len(probes) < PROBES:
             raise CountingError(f"--count-instructions: no counts arrived in {path}: this process does not run "
                                 "under the instruction-counting qemu (the profile's instruction_counter)")
+        # Only now is the file known to be the plugin's (made by the counting wrapper for this process):
+        # a stray $FDQ_COUNT_OUT naming a file of the user's is never removed.
+        atexit.register(self.close)
         self.startup = probes[0]
         # Two marks in a row differ by what one mark executes: taken off every stage below.
         self.mark_cost = min(b - a for a, b in zip(probes, probes[1:]))

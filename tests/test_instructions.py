@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 from typing import Dict, List
 
 import pytest
@@ -100,10 +101,13 @@ def test_counting_is_refused_where_nothing_counts(tmp_path, capsys):
     assert len(err) == 1 and "one thread" in err[0] and "(see --help)" in err[0] and not runs.exists()
 
 
-@pytest.mark.parametrize("env", [{}, {"FDQ_COUNT_OUT": "counts.txt"}])
-def test_the_runner_refuses_to_count_outside_the_counting_qemu(slim_fp32_bundle, tmp_path, env):
+@pytest.mark.parametrize("env, users_file", [({}, False), ({"FDQ_COUNT_OUT": "counts.txt"}, False),
+                                              ({"FDQ_COUNT_OUT": "notes.txt"}, True)])
+def test_the_runner_refuses_to_count_outside_the_counting_qemu(slim_fp32_bundle, tmp_path, env, users_file):
     out = tmp_path / "run.json"
     env = {k: str(tmp_path / v) for k, v in env.items()}
+    if users_file:  # a stray variable naming a file of the user's: refused, and the file is kept
+        Path(env["FDQ_COUNT_OUT"]).write_text("my notes\n")
     done = subprocess.run([sys.executable, "-m", "fdq.device.run", "--bundle", str(slim_fp32_bundle),
                            "--count-instructions", "--frames", "1", "--json", str(out)],
                           capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", **env})
@@ -111,3 +115,5 @@ def test_the_runner_refuses_to_count_outside_the_counting_qemu(slim_fp32_bundle,
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("fdq-run: error: --count-instructions"), done.stderr
     assert ("is not set" if not env else "no counts arrived") in lines[0]
+    if users_file:
+        assert Path(env["FDQ_COUNT_OUT"]).read_text() == "my notes\n"
