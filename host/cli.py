@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from fdq.device.atomic import atomic_output, atomic_write_text
+from fdq.device.atomic import atomic_write_text
 from fdq.device.cliargs import Parser, describe_long_side, int_at_least, long_side
 from fdq.device.outputs import OutputRefused, atomic_folder, check_file_output, write_marker
 
@@ -244,7 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace, prog: str) -> int:
+def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namespace, prog: str) -> int:
+    """Run one command's function the way every fdq console script does: an error is one
+    ``PROG: error: ...`` line and exit 1, Ctrl-C is exit 130."""
     try:
         return func(args)
     except KeyboardInterrupt:
@@ -258,10 +260,10 @@ def _run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace, pr
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    return _run(args.func, args, "fdq")
+    return run_command(args.func, args, "fdq")
 
 
-def _target_arguments(p: Any, default: Optional[str] = None, required: Optional[bool] = None) -> None:
+def add_target_arguments(p: Any, default: Optional[str] = None, required: Optional[bool] = None) -> None:
     """The options that name a target and override its profile, on a parser or an argument group;
     ``--target`` is required unless it has a ``default`` or ``required`` says otherwise."""
     p.add_argument("--target", required=default is None if required is None else required, default=default,
@@ -322,7 +324,8 @@ def _targets(args: argparse.Namespace):
     return load_targets(args.target, **_overrides(args))
 
 
-def _load_target(args: argparse.Namespace):
+def load_target_from_args(args: argparse.Namespace):
+    """The one target ``--target`` names, with the command line's overrides (a fleet is refused)."""
     from fdq.host.targets import load_target
 
     return load_target(args.target, **_overrides(args))
@@ -331,7 +334,7 @@ def _load_target(args: argparse.Namespace):
 def _connect(args: argparse.Namespace):
     from fdq.host.remote import connect
 
-    return connect(_load_target(args))
+    return connect(load_target_from_args(args))
 
 
 def _deploy_summary(done) -> str:
@@ -339,7 +342,9 @@ def _deploy_summary(done) -> str:
             f"{len(done.removed)} removed")
 
 
-def _deploy(conn, bundles: List[str], setup: bool = False, prune_older_than_s: Optional[float] = None):
+def deploy_and_report(conn, bundles: List[str], setup: bool = False, prune_older_than_s: Optional[float] = None):
+    """Prepare the board (``--setup``), deploy ``bundles`` and print what travelled: the one deploy
+    step of fdq-deploy, fdq-profile and fdq-demo."""
     from fdq.host.deploy import deploy, notices
     from fdq.host.provision import prepare
 
@@ -361,7 +366,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         load_bundle(bundle)
     targets = _targets(args)
     if len(targets) > 1:
-        results = on_each(targets, lambda conn: _deploy(conn, args.bundles, args.setup, prune))
+        results = on_each(targets, lambda conn: deploy_and_report(conn, args.bundles, args.setup, prune))
         print_table(f"fdq-deploy: {args.target}", results,
                     [("sent", _deploy_summary), ("workdir", lambda done: done.workdir)])
         failed = [r for r in results if not r.ok]
@@ -373,7 +378,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
     conn = connect(targets[0])
     try:
-        done = _deploy(conn, args.bundles, args.setup, prune)
+        done = deploy_and_report(conn, args.bundles, args.setup, prune)
     finally:
         conn.close()
     for local, remote in done.bundles.items():
@@ -468,7 +473,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 def deploy_parser() -> argparse.ArgumentParser:
     p = Parser(prog="fdq-deploy", description="Put the device runner and bundles on a target (only what changed "
                                               "travels).")
-    _target_arguments(p)
+    add_target_arguments(p)
     p.add_argument("bundles", nargs="+", metavar="BUNDLE", help="bundle folder(s) to put on the target")
     p.add_argument("--prune", action="store_true",
                    help="first remove the bundles and results on the target that this deploy does not name")
@@ -478,7 +483,7 @@ def deploy_parser() -> argparse.ArgumentParser:
 
 
 def deploy_main(argv: Optional[List[str]] = None) -> int:
-    return _run(cmd_deploy, deploy_parser().parse_args(argv), "fdq-deploy")
+    return run_command(cmd_deploy, deploy_parser().parse_args(argv), "fdq-deploy")
 
 
 def _comma_list(parse: Callable[[str], Any]) -> Callable[[str], List[Any]]:
@@ -525,7 +530,7 @@ def profile_parser() -> argparse.ArgumentParser:
 
     p = Parser(prog="fdq-profile", description="Quantize (or take) bundles, run them on a target, and "
                        "compare the runs: latency per stage, cold start, memory, temperature, AP.")
-    _target_arguments(p, default="local")
+    add_target_arguments(p, default="local")
     p.add_argument("--against", type=_against, metavar="BACKEND@TARGET",
                    help="also run the model there, as the baseline (for example x86@local)")
     p.add_argument("--model", default="slim", help="slim, rfb or mnet025")
@@ -574,7 +579,7 @@ def profile_parser() -> argparse.ArgumentParser:
 def profile_main(argv: Optional[List[str]] = None) -> int:
     args = profile_parser().parse_args(argv)
     args.command_line = shlex.join(["fdq-profile", *(sys.argv[1:] if argv is None else argv)])
-    return _run(cmd_profile, args, "fdq-profile")
+    return run_command(cmd_profile, args, "fdq-profile")
 
 
 if __name__ == "__main__":

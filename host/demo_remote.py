@@ -25,7 +25,7 @@ from typing import List, Optional, Sequence, Tuple
 from fdq.device import demo
 from fdq.device.bundle import load_bundle
 
-from .cli import CliError, _deploy, _load_target, _run, _target_arguments
+from .cli import CliError, add_target_arguments, deploy_and_report, load_target_from_args, run_command
 from .forward import PortForward
 from .profiling import board_command
 from .remote import SSHConnection, connect
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = demo.build_parser()
     parser.set_defaults(threads=None)  # with --target: the profile's threads, as fdq-profile runs
     group = parser.add_argument_group("on a board, watched here through SSH (--target)")
-    _target_arguments(group, required=False)
+    add_target_arguments(group, required=False)
     group.add_argument("--forward", metavar="HOST:PORT", default=DEFAULT_FORWARD,
                        help="with --target: the address here the board's page is forwarded to (loopback only; "
                             "port 0: any free one)")
@@ -68,7 +68,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     if args.target is None:
         return demo.main(args_list)  # as it always was: its own checks, on this machine
-    return _run(run_on_board, args, PROG)
+    return run_command(run_on_board, args, PROG)
 
 
 def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Tuple[str, int]:
@@ -147,7 +147,7 @@ class _Relay:
 def run_on_board(args: argparse.Namespace) -> int:
     """Deploy, start the demo on the board, forward its page here until it ends or Ctrl-C."""
     load_bundle(args.bundle)  # a bad bundle is one line before anything is reached (deploy checks it again)
-    target = _load_target(args)
+    target = load_target_from_args(args)
     if target.transport != "ssh":
         raise CliError(f"--target {args.target} is this machine: run fdq-demo without --target "
                        f"(--serve {args.forward} serves the page here)")
@@ -160,7 +160,7 @@ def run_on_board(args: argparse.Namespace) -> int:
             workdir = conn.path(target.workdir)
             if args.output:
                 _check_board_output(conn, workdir, args.output, args.force)
-            deployed = _deploy(conn, [args.bundle], args.setup)
+            deployed = deploy_and_report(conn, [args.bundle], args.setup)
             remote_bundle = deployed.bundles[str(Path(args.bundle).resolve())]
             print(f"{PROG}: starting the demo on {target.name} (it loads the bundle there first)", file=sys.stderr,
                   flush=True)

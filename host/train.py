@@ -333,7 +333,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """``python -m fdq.host.train`` / ``torchrun ... -m fdq.host.train``: the same command as ``fdq train``."""
-    from fdq.host.cli import _run as run_command   # the CLI's own error handling: 'fdq: error: ...'
+    from fdq.host.cli import run_command   # the CLI's own error handling: 'fdq: error: ...'
     from fdq.host.cli import build_parser
 
     args = build_parser().parse_args(["train", *(sys.argv[1:] if argv is None else argv)])

@@ -297,8 +297,8 @@ def test_training_from_pretrained_keeps_val_ap(shared_dir, tmp_path):
          "--epochs", 2, "--batch-size", 8, "--size", 160, "--lr", 1e-4, "--warmup-epochs", 0, "--workers", 1,
          "--out", out)
     metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    base = _fdq(shared_dir, "eval", "--model", "slim", "--images", d / "val" / "images", "--gt",
-                d / "val" / "ground_truth", "--long-side", 160, "--json", tmp_path / "base.json")
+    _fdq(shared_dir, "eval", "--model", "slim", "--images", d / "val" / "images", "--gt",
+         d / "val" / "ground_truth", "--long-side", 160, "--json", tmp_path / "base.json")
     reference = json.loads((tmp_path / "base.json").read_text())
     ap = reference.get("ap", reference)
     for m in metrics:
