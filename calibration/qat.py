@@ -76,7 +76,7 @@ from . import quant_api
 from .datafree import bias_correct, cross_layer_equalize
 from .gradboost import GradBoost, carry_optimizer_state
 from .labels import LabelSource, ground_truth_of, load_labels, subset_ground_truth
-from .losses import MatchTargets, distillation_loss, match, multibox_loss, stack_targets
+from .losses import MatchTargets, distillation_loss, match, multibox_loss, output_match_loss, stack_targets
 from .training import SCHEDULES, Distributed, FitConfig, LossFn, fit
 
 Log = Optional[Callable[[str], None]]
@@ -112,6 +112,9 @@ class FinetuneOptions:
     gt_weight: float = 0.1              # multibox loss weight: ground truth (level 3), pseudo labels in
                                         # the float warm-up (level 4)
     distill_weight: float = 1.0         # teacher (float model) loss weight
+    match_weight: float = 0.0           # ... of which L1 output matching on the anchors the teacher scores
+                                        # >= match_score (the report's out err as a loss), besides the KL
+    match_score: float = 0.1
     confident: float = 0.05             # teacher face score above which its boxes are soft targets
     temperature: float = 1.0
     match_threshold: float = 0.35
@@ -321,9 +324,7 @@ def heldout_distillation(model: nn.Module, teacher: nn.Module, held: Sequence[Sa
         logits_mode(model)
         for s in held:
             x, _, valid, _ = make_batch([s], spec, rng, flip=False, scale_jitter=0.0)
-            out = distillation_loss(model(x), teacher(x), confident=opts.confident, temperature=opts.temperature,
-                                    valid=valid)
-            losses.append(float(out["total"]))
+            losses.append(float(teacher_loss(model(x), teacher(x), valid, opts)))
     model.eval()
     return float(np.mean(losses))
 
@@ -439,6 +440,19 @@ def pseudo_targets(teacher_out: Tuple[torch.Tensor, torch.Tensor, torch.Tensor],
                           for b, pts in pseudo])
 
 
+def teacher_loss(out: Tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                 teacher_out: Tuple[torch.Tensor, torch.Tensor, torch.Tensor], valid: torch.Tensor,
+                 opts: "FinetuneOptions") -> torch.Tensor:
+    """The loss against the float teacher, in training and in held-back checkpoint selection alike:
+    :func:`~fdq.calibration.losses.distillation_loss` plus ``match_weight`` x
+    :func:`~fdq.calibration.losses.output_match_loss`."""
+    total = distillation_loss(out, teacher_out, confident=opts.confident, temperature=opts.temperature,
+                              valid=valid)["total"]
+    if opts.match_weight > 0:
+        total = total + opts.match_weight * output_match_loss(out, teacher_out, opts.match_score, valid)["total"]
+    return total
+
+
 def qat_loss(teacher_out: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]], valid: torch.Tensor,
              targets: Optional[MatchTargets], opts: "FinetuneOptions", key: str = "gt"):
     """The fine-tuning loss of a student's outputs: ``distill_weight`` x distillation from the teacher
@@ -448,8 +462,7 @@ def qat_loss(teacher_out: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tenso
         parts: Dict[str, torch.Tensor] = {}
         total = out[0].sum() * 0.0
         if teacher_out is not None:
-            parts["distill"] = distillation_loss(out, teacher_out, confident=opts.confident,
-                                                 temperature=opts.temperature, valid=valid)["total"]
+            parts["distill"] = teacher_loss(out, teacher_out, valid, opts)
             total = total + opts.distill_weight * parts["distill"]
         if targets is not None and opts.gt_weight > 0:
             parts[key] = multibox_loss(out[0], out[1], out[2], targets, opts.neg_pos_ratio, valid)["total"]

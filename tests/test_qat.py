@@ -11,7 +11,7 @@ import torch
 from fdq.calibration import quant_api
 from fdq.calibration.gradboost import GradBoost, carry_optimizer_state
 from fdq.calibration.labels import LabelError, load_labels, subset_ground_truth, training_boxes
-from fdq.calibration.losses import distillation_loss, match, multibox_loss, stack_targets
+from fdq.calibration.losses import distillation_loss, match, multibox_loss, output_match_loss, stack_targets
 from fdq.device.anchors import prior_boxes
 from fdq.models import SPECS, load_model
 
@@ -186,6 +186,32 @@ def test_distillation_loss_zero_when_student_equals_teacher():
     assert same["total"].item() < 1e-6
     other = distillation_loss((out[0] + 1, -out[1], out[2] + 1), out)
     assert other["score"].item() > 0 and other["loc"].item() > 0 and other["landm"].item() > 0
+
+
+
+def test_output_match_loss_is_the_report_output_error_on_the_counted_anchors():
+    """The L1 term equals the calibration report's out err (mean |face logit| and |box offset| error on the
+    anchors the teacher scores >= 0.1), ignores the others and the invalid ones, and pulls every counted
+    anchor's logit with the same force."""
+    from fdq.calibration.report import face_logit
+
+    torch.manual_seed(0)
+    teacher = (torch.randn(1, 6, 4), torch.tensor([[[0.0, 3.0], [0.0, -1.0], [0.0, -5.0], [0.0, 0.5],
+                                                    [0.0, 2.0], [0.0, -4.0]]]), torch.randn(1, 6, 10))
+    loc = teacher[0] + torch.tensor([0.1, -0.2, 0.3, 0.0])
+    logits = (teacher[1] + torch.tensor([0.0, 0.4])).requires_grad_(True)
+    valid = torch.tensor([[True, True, True, True, False, True]])
+    parts = output_match_loss((loc, logits, teacher[2]), teacher, 0.1, valid)
+    keep = [0, 1, 3]                      # face scores 0.95, 0.27, 0.62; anchor 4 is invalid, 2 and 5 are < 0.1
+    scores = torch.softmax(teacher[1], -1)[0, :, 1].numpy().astype(np.float64)
+    moved = torch.softmax(logits.detach(), -1)[0, :, 1].numpy().astype(np.float64)
+    want_logit = np.abs(face_logit(moved[keep]) - face_logit(scores[keep])).mean()
+    assert parts["logit"].item() == pytest.approx(want_logit, abs=1e-5)
+    assert parts["loc"].item() == pytest.approx(0.15, abs=1e-6)
+    parts["total"].backward()
+    grad = logits.grad[0, :, 1]
+    assert torch.allclose(grad[keep], torch.full((3,), 1 / 3)) and not grad[[2, 4, 5]].any()
+    assert output_match_loss(teacher, teacher, 0.1)["total"].item() == 0.0
 
 
 # ---------------------------------------------------------------- labels
