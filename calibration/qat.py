@@ -136,6 +136,7 @@ class FinetuneOptions:
     gradboost_decay: float = 0.05
     gradboost_beta: float = 0.9
     gradboost_clip: float = 1.0
+    reduce_range: bool = False          # 7-bit activations (x86/fbgemm without VNNI saturates otherwise)
     seed: int = 0
 
     @classmethod
@@ -375,7 +376,8 @@ def level2_student(float_model: nn.Module, inputs: Sequence[torch.Tensor], backe
                              "folds away: pass cle=False with it")
         student, _ = cross_layer_equalize(quant_api.fuse(float_model), inputs[0])
         if opts.bias_correction:  # measured on the training images, as level 2 does on its calibration images
-            student = bias_correct(student, quant_api.make_qconfig(backend, observer, per_channel), inputs)
+            qconfig = quant_api.make_qconfig(backend, observer, per_channel, reduce_range=opts.reduce_range)
+            student = bias_correct(student, qconfig, inputs)
         return logits_mode(student)
     if opts.bias_correction:
         raise ValueError("bias correction needs the folded level-2 student: pass cle=True, or bias_correction=False")
@@ -567,7 +569,7 @@ def finetune(model_name: str, float_model: nn.Module, images_dir: str, labels: O
     if use_gt_loss and labels is None:
         raise ValueError("the ground-truth loss needs labels")
     quant_api.set_engine(backend)
-    qconfig = quant_api.make_qconfig(backend, observer, per_channel, qat=True)
+    qconfig = quant_api.make_qconfig(backend, observer, per_channel, qat=True, reduce_range=opts.reduce_range)
     spec: DetectorSpec = getattr(float_model, "spec", None) or _spec_of(model_name)
     torch.manual_seed(opts.seed)
     rng = np.random.default_rng(opts.seed)

@@ -321,11 +321,11 @@ def test_level4_runs_without_labels(shared_dir, tmp_path):
     assert report["loss_first"]["pseudo"] > 0 and abs(report["loss_first"]["distill"]) < 1e-5
 
 
-@pytest.mark.parametrize("bias_correction", [False, True])
-def test_level3_starts_from_the_level2_model(shared_dir, tmp_path, bias_correction):
+@pytest.mark.parametrize("bias_correction,reduce_range", [(False, False), (True, False), (False, True)])
+def test_level3_starts_from_the_level2_model(shared_dir, tmp_path, bias_correction, reduce_range):
     """Checkpoint 0 (no fake-quant step yet) is the level-2 model: CLE, histogram observers calibrated
-    on the training images, bias correction if asked for, even after a StatAssist warm-up, whose weight updates are undone while
-    its optimizer state is kept. Tolerance: the face scores of a val image agree to 1e-4."""
+    on the training images, bias correction and 7-bit activations (``reduce_range``) if asked for, even
+    after a StatAssist warm-up, whose weight updates are undone while its optimizer state is kept. Tolerance: the face scores of a val image agree to 1e-4."""
     from fdq.calibration.ptq import PTQOptions, calibrate
     from fdq.calibration.qat import load_samples, make_batch, run_level3
     from fdq.device.images import read_image
@@ -339,12 +339,14 @@ def test_level3_starts_from_the_level2_model(shared_dir, tmp_path, bias_correcti
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         int8, report = run_level3("slim", float_model, str(tmp_path), calib / "ground_truth", backend="x86",
-                                  long_side=160, iters=0, warmup_iters=3, bias_correction=bias_correction)
+                                  long_side=160, iters=0, warmup_iters=3, bias_correction=bias_correction,
+                                  reduce_range=reduce_range)
         assert report["warmup_iters_done"] == 3 and report["best_iter"] == 0
         train, _, _ = load_samples(str(tmp_path), 160, holdout=0.25)
         rng = np.random.default_rng(0)
         inputs = [make_batch([s], SPECS["slim"], rng, flip=False, scale_jitter=0.0)[0] for s in train]
-        level2 = calibrate(float_model, PTQOptions(backend="x86", bias_correction=bias_correction), inputs).convert()
+        level2 = calibrate(float_model, PTQOptions(backend="x86", bias_correction=bias_correction,
+                                                      reduce_range=reduce_range), inputs).convert()
 
     image = read_image(shared_dir / DATA / "val" / "images" / "1--Handshaking" / "1_Handshaking_Handshaking_1_579.jpg")
     blob = torch.from_numpy(normalize(resize_image(image, 160)[0], SPECS["slim"].mean_bgr))
