@@ -8,7 +8,9 @@ and loss with the helpers below (:func:`level2_student`, :func:`new_optimizer`,
 
 On a few dozen images QAT must stay close to the float model, so the float model itself is the main
 teacher: the loss is :func:`~fdq.calibration.losses.distillation_loss` (its face scores by KL, its box and
-landmark regressions by smooth-L1 where it is confident) plus the ground-truth
+landmark regressions by smooth-L1 where it is confident), with ``match_weight`` plus
+:func:`~fdq.calibration.losses.output_match_loss` (L1 on the face logit and box offsets of the anchors it
+scores >= 0.1: the output error the benchmark measures, as a loss), plus the ground-truth
 :func:`~fdq.calibration.losses.multibox_loss` with a small weight (``gt_weight``; 0 for level 4).
 
 One run (:func:`finetune`):
@@ -112,8 +114,9 @@ class FinetuneOptions:
     gt_weight: float = 0.1              # multibox loss weight: ground truth (level 3), pseudo labels in
                                         # the float warm-up (level 4)
     distill_weight: float = 1.0         # teacher (float model) loss weight
-    match_weight: float = 0.0           # ... of which L1 output matching on the anchors the teacher scores
-                                        # >= match_score (the report's out err as a loss), besides the KL
+    match_weight: float = 1.0           # L1 output matching on the anchors the teacher scores >= match_score
+                                        # (the report's out err as a loss), added to the KL and smooth-L1
+                                        # terms (docs/ACCURACY.md: 21 % lower face-logit error, slim qnnpack)
     match_score: float = 0.1
     confident: float = 0.05             # teacher face score above which its boxes are soft targets
     temperature: float = 1.0
