@@ -50,7 +50,8 @@ def train_qat(float_model: nn.Module, dataset: WiderFaceTraining, qs: QATSetting
     """Fake-quant training of ``float_model``'s level-2 int8 model; returns (int8 model, report)."""
     say = log if (log is not None and env.main) else (lambda msg: None)
     quant_api.set_engine(qs.backend)
-    qconfig = quant_api.make_qconfig(qs.backend, qs.observer, qs.per_channel, qat=True)
+    qconfig = quant_api.make_qconfig(qs.backend, qs.observer, qs.per_channel, qat=True,
+                                      reduce_range=opts.reduce_range)
     spec = dataset.spec
     plain = WiderFaceTraining(dataset.items, spec, dataset.size, augment=False, min_face=dataset.min_face)
     inputs = [plain[i]["image"][None] for i in range(min(len(plain), CALIBRATION_IMAGES))]

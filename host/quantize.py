@@ -273,6 +273,8 @@ def _qat(args: argparse.Namespace, model: nn.Module, report: Dict[str, Any]) -> 
     for name in ("cle", "bias_correction", "warmup_iters", "lr", "freeze_bn_after", "freeze_observers_after", "seed"):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
+    if args.reduce_range:
+        options["reduce_range"] = True
     quantized, qat_report = run(args.model, model, args.calib, args.labels, **options)
     report["training"] = qat_report
     effective = {k: qat_report[k] for k in _QAT_MANIFEST_KEYS if k in qat_report}

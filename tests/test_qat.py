@@ -11,7 +11,7 @@ import torch
 from fdq.calibration import quant_api
 from fdq.calibration.gradboost import GradBoost, carry_optimizer_state
 from fdq.calibration.labels import LabelError, load_labels, subset_ground_truth, training_boxes
-from fdq.calibration.losses import distillation_loss, match, multibox_loss, stack_targets
+from fdq.calibration.losses import distillation_loss, match, multibox_loss, output_match_loss, stack_targets
 from fdq.device.anchors import prior_boxes
 from fdq.models import SPECS, load_model
 
@@ -188,6 +188,32 @@ def test_distillation_loss_zero_when_student_equals_teacher():
     assert other["score"].item() > 0 and other["loc"].item() > 0 and other["landm"].item() > 0
 
 
+
+def test_output_match_loss_is_the_report_output_error_on_the_counted_anchors():
+    """The L1 term equals the calibration report's out err (mean |face logit| and |box offset| error on the
+    anchors the teacher scores >= 0.1), ignores the others and the invalid ones, and pulls every counted
+    anchor's logit with the same force."""
+    from fdq.calibration.report import face_logit
+
+    torch.manual_seed(0)
+    teacher = (torch.randn(1, 6, 4), torch.tensor([[[0.0, 3.0], [0.0, -1.0], [0.0, -5.0], [0.0, 0.5],
+                                                    [0.0, 2.0], [0.0, -4.0]]]), torch.randn(1, 6, 10))
+    loc = teacher[0] + torch.tensor([0.1, -0.2, 0.3, 0.0])
+    logits = (teacher[1] + torch.tensor([0.0, 0.4])).requires_grad_(True)
+    valid = torch.tensor([[True, True, True, True, False, True]])
+    parts = output_match_loss((loc, logits, teacher[2]), teacher, 0.1, valid)
+    keep = [0, 1, 3]                      # face scores 0.95, 0.27, 0.62; anchor 4 is invalid, 2 and 5 are < 0.1
+    scores = torch.softmax(teacher[1], -1)[0, :, 1].numpy().astype(np.float64)
+    moved = torch.softmax(logits.detach(), -1)[0, :, 1].numpy().astype(np.float64)
+    want_logit = np.abs(face_logit(moved[keep]) - face_logit(scores[keep])).mean()
+    assert parts["logit"].item() == pytest.approx(want_logit, abs=1e-5)
+    assert parts["loc"].item() == pytest.approx(0.15, abs=1e-6)
+    parts["total"].backward()
+    grad = logits.grad[0, :, 1]
+    assert torch.allclose(grad[keep], torch.full((3,), 1 / 3)) and not grad[[2, 4, 5]].any()
+    assert output_match_loss(teacher, teacher, 0.1)["total"].item() == 0.0
+
+
 # ---------------------------------------------------------------- labels
 def test_labels_that_describe_other_images_are_refused(shared_dir):
     calib_gt = shared_dir / DATA / "calib" / "ground_truth"
@@ -295,11 +321,11 @@ def test_level4_runs_without_labels(shared_dir, tmp_path):
     assert report["loss_first"]["pseudo"] > 0 and abs(report["loss_first"]["distill"]) < 1e-5
 
 
-@pytest.mark.parametrize("bias_correction", [False, True])
-def test_level3_starts_from_the_level2_model(shared_dir, tmp_path, bias_correction):
+@pytest.mark.parametrize("bias_correction,reduce_range", [(False, False), (True, False), (False, True)])
+def test_level3_starts_from_the_level2_model(shared_dir, tmp_path, bias_correction, reduce_range):
     """Checkpoint 0 (no fake-quant step yet) is the level-2 model: CLE, histogram observers calibrated
-    on the training images, bias correction if asked for, even after a StatAssist warm-up, whose weight updates are undone while
-    its optimizer state is kept. Tolerance: the face scores of a val image agree to 1e-4."""
+    on the training images, bias correction and 7-bit activations (``reduce_range``) if asked for, even
+    after a StatAssist warm-up, whose weight updates are undone while its optimizer state is kept. Tolerance: the face scores of a val image agree to 1e-4."""
     from fdq.calibration.ptq import PTQOptions, calibrate
     from fdq.calibration.qat import load_samples, make_batch, run_level3
     from fdq.device.images import read_image
@@ -313,12 +339,14 @@ def test_level3_starts_from_the_level2_model(shared_dir, tmp_path, bias_correcti
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         int8, report = run_level3("slim", float_model, str(tmp_path), calib / "ground_truth", backend="x86",
-                                  long_side=160, iters=0, warmup_iters=3, bias_correction=bias_correction)
+                                  long_side=160, iters=0, warmup_iters=3, bias_correction=bias_correction,
+                                  reduce_range=reduce_range)
         assert report["warmup_iters_done"] == 3 and report["best_iter"] == 0
         train, _, _ = load_samples(str(tmp_path), 160, holdout=0.25)
         rng = np.random.default_rng(0)
         inputs = [make_batch([s], SPECS["slim"], rng, flip=False, scale_jitter=0.0)[0] for s in train]
-        level2 = calibrate(float_model, PTQOptions(backend="x86", bias_correction=bias_correction), inputs).convert()
+        level2 = calibrate(float_model, PTQOptions(backend="x86", bias_correction=bias_correction,
+                                                      reduce_range=reduce_range), inputs).convert()
 
     image = read_image(shared_dir / DATA / "val" / "images" / "1--Handshaking" / "1_Handshaking_Handshaking_1_579.jpg")
     blob = torch.from_numpy(normalize(resize_image(image, 160)[0], SPECS["slim"].mean_bgr))
