@@ -50,6 +50,18 @@ SCHEMES = {True: {"activation_scheme": "affine int8, per tensor (EMA of each ima
            False: {"activation_scheme": "symmetric int8, per tensor (threshold of the feature method)",
                    "weight_scheme": "symmetric int8, per channel (weight_quantize_method)"}}
 PathLike = Union[str, Path]
+# Set once MNN's KL or ADMM calibration ran in this process: its tensor callbacks stay registered in the
+# extension and the converter's constant folding then calls them on freed memory (it hung, and once
+# crashed, in every later conversion here). One export per process (the CLI) never meets it.
+_CALLBACKS_LEFT: List[str] = []
+
+
+def _converter() -> Any:
+    """``_tools`` for a conversion, refused with one line where a calibration's callbacks would hang it."""
+    if _CALLBACKS_LEFT:
+        raise RuntimeError(f"MNN's converter cannot run after its {_CALLBACKS_LEFT[0]} calibration in the same process "
+                           f"(the calibration's callbacks outlive it and hang the converter): export in a new process")
+    return _tools()
 
 
 def _tools() -> Any:
@@ -73,7 +85,7 @@ def convert_onnx(onnx_path: Path, mnn_path: Path) -> None:
     """ONNX -> ``.mnn`` with MNN's converter, in-process."""
     lines: List[str] = []
     with captured_fds(lines):
-        ok = _tools().mnnconvert(["MNNConvert", "-f", "ONNX", "--modelFile", str(onnx_path),
+        ok = _converter().mnnconvert(["MNNConvert", "-f", "ONNX", "--modelFile", str(onnx_path),
                                   "--MNNModel", str(mnn_path), "--bizCode", "fdq"])
     if not ok or not mnn_path.is_file():
         raise RuntimeError(f"MNN's converter failed on {onnx_path.name}: {tail(lines)}")
@@ -99,7 +111,7 @@ def graph_ops(mnn_path: Path) -> List[Dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="fdq-mnnjson-") as tmp:
         dump = Path(tmp) / "model.json"
         with captured_fds(lines):
-            ok = _tools().mnnconvert(["MNNConvert", "-f", "MNN", "--modelFile", str(mnn_path), "--JsonFile", str(dump)])
+            ok = _converter().mnnconvert(["MNNConvert", "-f", "MNN", "--modelFile", str(mnn_path), "--JsonFile", str(dump)])
         if not ok or not dump.is_file():
             raise RuntimeError(f"MNN's converter could not list the ops of {mnn_path.name}: {tail(lines)}")
         net = json.loads(dump.read_text(encoding="utf-8"))
@@ -178,6 +190,8 @@ def quantize_mnn(float_path: Path, out_path: Path, blobs: List[np.ndarray], inpu
         config_path = Path(tmp) / "quant.json"
         config_path.write_text(json.dumps({"path": str(samples), "used_sample_num": len(blobs),
                                            "input_type": "sequence", **config}), encoding="utf-8")
+        if chosen["feature_quantize_method"] != "EMA":
+            _CALLBACKS_LEFT.append(chosen["feature_quantize_method"])
         with captured_fds(lines):
             ok = _tools().mnnquant(["quantized.out", str(float_path), str(out_path), str(config_path)])
     if not ok or not out_path.is_file():
@@ -225,7 +239,7 @@ def export_mnn(bundle: Bundle, model: nn.Module, weights_info: Dict[str, Any], o
                                  _verification_inputs, preprocessed)
     from fdq.host.bundles import write_bundle
 
-    _tools()  # a missing MNN wheel is one line before any work
+    _converter()  # a missing MNN wheel (or a converter that would hang) is one line before any work
     int8 = calib is not None
     manifest = _base_manifest(bundle, "mnn", "int8" if int8 else "fp32", long_side)
     manifest["input"]["dynamic_hw"] = True

@@ -70,48 +70,51 @@ def mnn_detector(path: Path, model: str, side: int, fp32: bool) -> FaceDetector:
     return detector
 
 
-def run(models: List[str], sides: List[int], names: List[str], data: Path, calib_limit: int) -> Dict[str, Any]:
+def run(models: List[str], sides: List[int], names: List[str], data: Path, calib_limit: int,
+        work: Path) -> Dict[str, Any]:
     gt = load_ground_truth(data / "val" / "ground_truth")
     images = [(key, read_image(p)) for key, p in list_images(str(data / "val" / "images"))]
     paths, calib_info = calibration_images(data / "calib" / "images", calib_limit or None)
-    rows: List[Dict[str, Any]] = []
+    # Every conversion before any calibration: after MNN's ADMM or KL the converter cannot run again here.
     for model in models:
         net = load_model(model, resolve_weights(model, None))
         for side in sides:
-            with tempfile.TemporaryDirectory(prefix="fdq-bench-mnn-") as tmp:
-                work = Path(tmp)
-                _export_onnx_float(net, work / "float.onnx", side)
-                convert_onnx(work / "float.onnx", work / "float.mnn")
-                blobs = list(preprocessed(paths, side, SPECS[model].mean_bgr))
-                detectors = {"float": mnn_detector(work / "float.mnn", model, side, True)}
-                made: Dict[str, Dict[str, Any]] = {}
-                for name in names:
-                    started = time.perf_counter()
-                    used = quantize_mnn(work / "float.mnn", work / f"{name}.mnn", blobs, settings=SETTINGS[name])
-                    made[name] = {"quantize_s": round(time.perf_counter() - started, 1),
-                                  "float_ops": used["float_ops"]}
-                    detectors[name] = mnn_detector(work / f"{name}.mnn", model, side, False)
-                    print(f"{model} {side} {name}: quantized in {made[name]['quantize_s']} s", flush=True)
-                predictions: Dict[str, Dict[str, np.ndarray]] = {k: {} for k in detectors}
-                for _ in range(2):  # an untimed pass (first sizes), then the measured one
-                    for det in detectors.values():
-                        det.inference_ms.clear()
-                    for key, image in images:
-                        for name, det in detectors.items():
-                            dets = det.detect(image)
-                            predictions[name][key] = to_wider_rows(dets.boxes, dets.scores)
-                ap = {name: {s: round(100 * evaluate(pred, gt)[s], 3) for s in SETTINGS_AP}
-                      for name, pred in predictions.items()}
-                median = {name: float(np.median(det.inference_ms)) for name, det in detectors.items()}
-                for name in detectors:
-                    row = {"model": model, "long_side": side, "setting": name, "ap": ap[name],
-                           "ap_minus_float": {s: round(ap[name][s] - ap["float"][s], 3) for s in SETTINGS_AP},
-                           "inference_ms_p50": round(median[name], 3),
-                           "inference_vs_float": round(median[name] / median["float"], 3),
-                           **({"settings": {k: list(v) if isinstance(v, tuple) else v
-                                            for k, v in SETTINGS[name].items()}, **made[name]} if name in made else {})}
-                    rows.append(row)
-                    print(json.dumps(row), flush=True)
+            _export_onnx_float(net, work / f"{model}-{side}.onnx", side)
+            convert_onnx(work / f"{model}-{side}.onnx", work / f"{model}-{side}-float.mnn")
+    rows: List[Dict[str, Any]] = []
+    for model in models:
+        for side in sides:
+            float_path = work / f"{model}-{side}-float.mnn"
+            blobs = list(preprocessed(paths, side, SPECS[model].mean_bgr))
+            detectors = {"float": mnn_detector(float_path, model, side, True)}
+            made: Dict[str, Dict[str, Any]] = {}
+            for name in names:
+                started = time.perf_counter()
+                out = work / f"{model}-{side}-{name}.mnn"
+                used = quantize_mnn(float_path, out, blobs, settings=SETTINGS[name])
+                made[name] = {"quantize_s": round(time.perf_counter() - started, 1), "float_ops": used["float_ops"]}
+                detectors[name] = mnn_detector(out, model, side, False)
+                print(f"{model} {side} {name}: quantized in {made[name]['quantize_s']} s", flush=True)
+            predictions: Dict[str, Dict[str, np.ndarray]] = {k: {} for k in detectors}
+            for _ in range(2):  # an untimed pass (first sizes), then the measured one
+                for det in detectors.values():
+                    det.inference_ms.clear()
+                for key, image in images:
+                    for name, det in detectors.items():
+                        dets = det.detect(image)
+                        predictions[name][key] = to_wider_rows(dets.boxes, dets.scores)
+            ap = {name: {s: round(100 * evaluate(pred, gt)[s], 3) for s in SETTINGS_AP}
+                  for name, pred in predictions.items()}
+            median = {name: float(np.median(det.inference_ms)) for name, det in detectors.items()}
+            for name in detectors:
+                row = {"model": model, "long_side": side, "setting": name, "ap": ap[name],
+                       "ap_minus_float": {s: round(ap[name][s] - ap["float"][s], 3) for s in SETTINGS_AP},
+                       "inference_ms_p50": round(median[name], 3),
+                       "inference_vs_float": round(median[name] / median["float"], 3),
+                       **({"settings": {k: list(v) if isinstance(v, tuple) else v
+                                        for k, v in SETTINGS[name].items()}, **made[name]} if name in made else {})}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
     return {"calibration": calib_info, "rows": rows}
 
 
@@ -152,8 +155,9 @@ def main(argv: List[str]) -> int:
     bad = [n for n in names if n not in SETTINGS]
     if bad:
         parser.error(f"unknown setting(s) {', '.join(bad)}")
-    result = run(args.models.split(","), [int(s) for s in args.long_sides.split(",")], names, Path(args.data),
-                 args.calib_limit)
+    with tempfile.TemporaryDirectory(prefix="fdq-bench-mnn-") as tmp:
+        result = run(args.models.split(","), [int(s) for s in args.long_sides.split(",")], names, Path(args.data),
+                     args.calib_limit, Path(tmp))
     result["command"] = "python scripts/bench_mnn_int8.py " + " ".join(argv)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     if not args.no_docs:

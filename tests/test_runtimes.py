@@ -137,6 +137,27 @@ def test_the_block_is_real(workdir):
             subprocess.run(["true"])
 
 
+def test_mnn_float_roles_are_found_in_the_graph(workdir, data):
+    """The first convolution and the last convolutions of the heads (and the ops after them) of slim.
+    Before the MNN bundles are made: after their ADMM calibration this process cannot convert again."""
+    _require("MNN")
+    from fdq.host.export import _export_onnx_float
+    from fdq.host.export_mnn import convert_onnx, graph_ops, sensitive_ops
+    from fdq.models import load_model
+
+    onnx_path, mnn_path = workdir / "roles.onnx", workdir / "roles.mnn"
+    _export_onnx_float(load_model("slim", data["weights"]), onnx_path, LONG_SIDE)
+    convert_onnx(onnx_path, mnn_path)
+    ops = graph_ops(mnn_path)
+    assert sensitive_ops(ops, ("first",)) == ["/conv1/conv1.0/Conv_output_0"]
+    types = {op["name"]: op["type"] for op in ops}
+    heads = sensitive_ops(ops, ("heads",))
+    head_convs = sorted(n for n in heads if types[n].startswith("Convolution"))
+    expected = [f"/{h}.{i}/{h}.{i}.2/Conv_output_0" for h in ("conf", "loc", "landm") for i in range(3)]
+    assert head_convs == sorted(expected + [f"/{h}.3/Conv_output_0" for h in ("conf", "loc", "landm")])
+    assert "conf" in heads and not any(n.startswith("/conv") for n in heads)
+
+
 def test_mnn_manifests(mnn_bundles, data):
     fp32, int8 = (load_bundle(str(mnn_bundles[k])).manifest for k in ("fp32", "int8"))
     for manifest, dtype in ((fp32, "fp32"), (int8, "int8")):
@@ -159,26 +180,6 @@ def test_mnn_int8_close_to_float(mnn_bundles, float_ap, data):
     assert _within(_ap(mnn_bundles["int8"], data), float_ap, 1.2) == {}
 
 
-def test_mnn_float_roles_are_found_in_the_graph(workdir, data):
-    """The first convolution and the last convolutions of the heads (and the ops after them) of slim."""
-    _require("MNN")
-    from fdq.host.export import _export_onnx_float
-    from fdq.host.export_mnn import convert_onnx, graph_ops, sensitive_ops
-    from fdq.models import load_model
-
-    onnx_path, mnn_path = workdir / "roles.onnx", workdir / "roles.mnn"
-    _export_onnx_float(load_model("slim", data["weights"]), onnx_path, LONG_SIDE)
-    convert_onnx(onnx_path, mnn_path)
-    ops = graph_ops(mnn_path)
-    assert sensitive_ops(ops, ("first",)) == ["/conv1/conv1.0/Conv_output_0"]
-    types = {op["name"]: op["type"] for op in ops}
-    heads = sensitive_ops(ops, ("heads",))
-    head_convs = sorted(n for n in heads if types[n].startswith("Convolution"))
-    expected = [f"/{h}.{i}/{h}.{i}.2/Conv_output_0" for h in ("conf", "loc", "landm") for i in range(3)]
-    assert head_convs == sorted(expected + [f"/{h}.3/Conv_output_0" for h in ("conf", "loc", "landm")])
-    assert "conf" in heads and not any(n.startswith("/conv") for n in heads)
-
-
 def test_mnn_ema_refuses_float_ops(workdir):
     _require("MNN")
     from fdq.host.export_mnn import quantize_mnn
@@ -187,6 +188,15 @@ def test_mnn_ema_refuses_float_ops(workdir):
         quantize_mnn(workdir / "roles.mnn", workdir / "never.mnn", [], settings={"feature_quantize_method": "EMA",
                                                                               "skip": ("heads",)})
     assert not (workdir / "never.mnn").exists()
+
+
+def test_mnn_converter_refuses_after_admm_calibration(mnn_bundles, workdir):
+    """After the int8 export's ADMM calibration a conversion in this process is one error, not a hang."""
+    from fdq.host.export_mnn import convert_onnx
+
+    with pytest.raises(RuntimeError, match="cannot run after its ADMM calibration in the same process"):
+        convert_onnx(workdir / "roles.onnx", workdir / "again.mnn")
+    assert not (workdir / "again.mnn").exists()
 
 
 def test_mnn_int8_export_needs_images(float_bundle, workdir):
