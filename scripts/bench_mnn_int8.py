@@ -21,41 +21,39 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
-from fdq.device.evaluation import evaluate, load_ground_truth, to_wider_rows
-from fdq.device.images import list_images, read_image
-from fdq.device.runtimes import split_outputs
-from fdq.host.export import _export_onnx_float, calibration_images, preprocessed
-from fdq.host.export_check import OUTPUT_NAMES
-from fdq.host.export_mnn import convert_onnx, quantize_mnn
-from fdq.device.runtimes import open_mnn, run_mnn
-from fdq.device.detector import FaceDetector
-from fdq.host.zoo import resolve_weights
-from fdq.models import SPECS, load_model
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_peers import write_section  # noqa: E402  (same folder: the docs block)
+
+from fdq.device.atomic import atomic_write_text  # noqa: E402
+from fdq.device.detector import FaceDetector  # noqa: E402
+from fdq.device.evaluation import evaluate, load_ground_truth, to_wider_rows  # noqa: E402
+from fdq.device.images import list_images, read_image  # noqa: E402
+from fdq.device.runtimes import open_mnn, run_mnn, split_outputs  # noqa: E402
+from fdq.host.export import _export_onnx_float, calibration_images, preprocessed  # noqa: E402
+from fdq.host.export_check import OUTPUT_NAMES  # noqa: E402
+from fdq.host.export_mnn import convert_onnx, quantize_mnn  # noqa: E402
+from fdq.host.zoo import resolve_weights  # noqa: E402
+from fdq.models import SPECS, load_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MARK_BEGIN, MARK_END = "<!-- bench_mnn_int8:begin -->", "<!-- bench_mnn_int8:end -->"
 SETTINGS_AP = ("easy", "medium", "hard")
-# name -> (quantize_mnn settings, calibration images: None = all of calib/)
+# name -> quantize_mnn settings, every key given (the export's default keeps ops in float)
 SETTINGS: Dict[str, Dict[str, Any]] = {
-    "ema": {"feature_quantize_method": "EMA"},
-    "kl": {"feature_quantize_method": "KL"},
-    "admm": {"feature_quantize_method": "ADMM"},
-    "admm-skip-heads": {"feature_quantize_method": "ADMM", "skip": ("heads",)},
-    "admm-skip-first-heads": {"feature_quantize_method": "ADMM", "skip": ("first", "heads")},
-    "admm-wadmm-skip-first-heads": {"feature_quantize_method": "ADMM", "weight_quantize_method": "ADMM",
-                                    "skip": ("first", "heads")},
-    "kl-skip-heads": {"feature_quantize_method": "KL", "skip": ("heads",)},
-    "kl-skip-first-heads": {"feature_quantize_method": "KL", "skip": ("first", "heads")},
-    "kl-wadmm-skip-first-heads": {"feature_quantize_method": "KL", "weight_quantize_method": "ADMM",
-                                  "skip": ("first", "heads")},
-}
+    f"{feature.lower()}{'-wadmm' if weight == 'ADMM' else ''}{'-skip-' + '-'.join(skip) if skip else ''}":
+        {"feature_quantize_method": feature, "weight_quantize_method": weight, "skip": skip}
+    for feature, weight, skip in [("EMA", "MAX_ABS", ()), ("KL", "MAX_ABS", ()), ("KL", "MAX_ABS", ("heads",)),
+                                  ("KL", "MAX_ABS", ("first", "heads")), ("KL", "ADMM", ("first", "heads")),
+                                  ("ADMM", "MAX_ABS", ()), ("ADMM", "MAX_ABS", ("heads",)),
+                                  ("ADMM", "MAX_ABS", ("first", "heads")), ("ADMM", "ADMM", ("first", "heads"))]}
 
 
-def mnn_detector(path: Path, model: str, side: int, fp32: bool) -> FaceDetector:
+def mnn_detector(path: Path, model: str, side: int, fp32: bool) -> Tuple[FaceDetector, List[float]]:
+    """The runner's pipeline around one ``.mnn`` file, and the list its inference times (ms) go to."""
     module = open_mnn(str(path), "input", OUTPUT_NAMES, threads=1, fp32=fp32)
     timed: List[float] = []
 
@@ -65,9 +63,7 @@ def mnn_detector(path: Path, model: str, side: int, fp32: bool) -> FaceDetector:
         timed.append(1000 * (time.perf_counter() - started))
         return split_outputs(*out)
 
-    detector = FaceDetector(infer, SPECS[model], side, resize="uint8")
-    detector.inference_ms = timed  # type: ignore[attr-defined]
-    return detector
+    return FaceDetector(infer, SPECS[model], side, resize="uint8"), timed
 
 
 def run(models: List[str], sides: List[int], names: List[str], data: Path, calib_limit: int,
@@ -86,7 +82,7 @@ def run(models: List[str], sides: List[int], names: List[str], data: Path, calib
         for side in sides:
             float_path = work / f"{model}-{side}-float.mnn"
             blobs = list(preprocessed(paths, side, SPECS[model].mean_bgr))
-            detectors = {"float": mnn_detector(float_path, model, side, True)}
+            detectors = {"float": mnn_detector(float_path, model, side, True)}  # name -> (detector, times)
             made: Dict[str, Dict[str, Any]] = {}
             for name in names:
                 started = time.perf_counter()
@@ -97,15 +93,15 @@ def run(models: List[str], sides: List[int], names: List[str], data: Path, calib
                 print(f"{model} {side} {name}: quantized in {made[name]['quantize_s']} s", flush=True)
             predictions: Dict[str, Dict[str, np.ndarray]] = {k: {} for k in detectors}
             for _ in range(2):  # an untimed pass (first sizes), then the measured one
-                for det in detectors.values():
-                    det.inference_ms.clear()
+                for _, times in detectors.values():
+                    times.clear()
                 for key, image in images:
-                    for name, det in detectors.items():
+                    for name, (det, _) in detectors.items():
                         dets = det.detect(image)
                         predictions[name][key] = to_wider_rows(dets.boxes, dets.scores)
             ap = {name: {s: round(100 * evaluate(pred, gt)[s], 3) for s in SETTINGS_AP}
                   for name, pred in predictions.items()}
-            median = {name: float(np.median(det.inference_ms)) for name, det in detectors.items()}
+            median = {name: float(np.median(times)) for name, (_, times) in detectors.items()}
             for name in detectors:
                 row = {"model": model, "long_side": side, "setting": name, "ap": ap[name],
                        "ap_minus_float": {s: round(ap[name][s] - ap["float"][s], 3) for s in SETTINGS_AP},
@@ -129,17 +125,6 @@ def table(rows: List[Dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_section(doc: Path, text: str) -> None:
-    content = doc.read_text(encoding="utf-8")
-    block = f"{MARK_BEGIN}\n{text}\n{MARK_END}"
-    if MARK_BEGIN in content:
-        head, rest = content.split(MARK_BEGIN, 1)
-        content = head + block + rest.split(MARK_END, 1)[1]
-    else:
-        content = content.rstrip("\n") + "\n\n" + block + "\n"
-    doc.write_text(content, encoding="utf-8")
-
-
 def main(argv: List[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="slim,rfb,mnet025")
@@ -159,9 +144,11 @@ def main(argv: List[str]) -> int:
         result = run(args.models.split(","), [int(s) for s in args.long_sides.split(",")], names, Path(args.data),
                      args.calib_limit, Path(tmp))
     result["command"] = "python scripts/bench_mnn_int8.py " + " ".join(argv)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     if not args.no_docs:
-        write_section(ROOT / "docs" / "ACCURACY.md", f"`{result['command']}`\n\n{table(result['rows'])}")
+        write_section(str(ROOT / "docs" / "ACCURACY.md"),
+                      [MARK_BEGIN, f"`{result['command']}`", "", table(result["rows"]), MARK_END],
+                      "MNN int8: which of MNN's calibrations (issue 14)")
     return 0
 
 
