@@ -36,7 +36,7 @@ MNN_FILE = "model.mnn"
 # The default, from scripts/bench_mnn_int8.py (docs/ACCURACY.md): ADMM activation thresholds and ADMM
 # per-channel weights, with the first convolution and the heads (and the in-graph softmax after them)
 # kept in float. At 320 it lost at most 1.0 / 1.7 / 0.9 AP points (slim / rfb / mnet025) where MNN's EMA
-# lost 1.1 / 3.2 / 3.4 (and ignores the skip list) and KL 17-22.
+# lost 1.1 / 3.2 / 3.4 (and ignores the skip list) and KL 14-22.
 FEATURE_METHOD = "ADMM"
 WEIGHT_METHOD = "ADMM"  # symmetric per-channel int8 weights, scales fitted by ADMM
 # Ops MNN's tool can keep in float (its ``skip_quant_op_names``), by role: found in the float graph.
@@ -86,7 +86,7 @@ def convert_onnx(onnx_path: Path, mnn_path: Path) -> None:
     lines: List[str] = []
     with captured_fds(lines):
         ok = _converter().mnnconvert(["MNNConvert", "-f", "ONNX", "--modelFile", str(onnx_path),
-                                  "--MNNModel", str(mnn_path), "--bizCode", "fdq"])
+                                      "--MNNModel", str(mnn_path), "--bizCode", "fdq"])
     if not ok or not mnn_path.is_file():
         raise RuntimeError(f"MNN's converter failed on {onnx_path.name}: {tail(lines)}")
 
@@ -267,7 +267,8 @@ def export_mnn(bundle: Bundle, model: nn.Module, weights_info: Dict[str, Any], o
                      "io": {"input": "input", "outputs": {n: n for n in OUTPUT_NAMES}}, "entry": {"model": MNN_FILE}})
     if int8:
         _identity(manifest, export, "mnn calibration",
-                  f"calibrated by MNN's offline quantization ({FEATURE_METHOD}, {'/'.join(SKIP_ROLES)} in float) on {calib_info['images']} images of "
+                  f"calibrated by MNN's offline quantization ({FEATURE_METHOD}, {' and '.join(SKIP_ROLES)} in float) "
+                  f"on {calib_info['images']} images of "
                   f"{calib_info['dir']} (list sha256 {calib_info['list_sha256'][:16]}), from the float weights of "
                   f"{_label(bundle)}")
     else:
