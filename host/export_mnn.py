@@ -2,10 +2,13 @@
 
 * ``mnn``: the float ONNX export of :mod:`fdq.host.export` (dynamic height and width) converted by
   MNN's converter; checked against PyTorch at three input sizes.
-* ``mnn-int8``: that float ``.mnn`` quantized by MNN's calibration tool (EMA activation ranges,
-  MAX_ABS symmetric per-channel weights) on the calibration images given, each preprocessed exactly as
-  the runner preprocesses it (``resize_image`` to the long side + ``normalize``) and handed to the tool
-  as its "sequence" input: the tool's own image reader would stretch every image to one size.
+* ``mnn-int8``: that float ``.mnn`` quantized by MNN's calibration tool (ADMM symmetric per-tensor
+  activation thresholds, ADMM symmetric per-channel weights, the first convolution and the heads
+  kept in float: :data:`DEFAULT_SETTINGS`) on the calibration images given, each preprocessed exactly
+  as the runner preprocesses it (``resize_image`` to the long side + ``normalize``) and handed to the
+  tool as its "sequence" input (the tool's own image reader would stretch every image to one size);
+  ADMM takes them in one batch, so they are zero-padded (the mean colour) at the bottom and right to
+  the largest of them.
 
 Both tools run in this process through the compiled extension ``_tools`` (``mnnconvert`` /
 ``mnnquant`` with argv-style lists). fdq never calls MNN's Python command wrappers (``mnnconvert``,
@@ -30,11 +33,35 @@ from fdq.host.export_check import OUTPUT_NAMES, max_diffs, torch_outputs, worst_
 from fdq.host.native_output import captured_fds, tail
 
 MNN_FILE = "model.mnn"
-# EMA (asymmetric activation ranges, one image a step): MNN's default KL cost slim 13-16 AP points on
-# the validation subset where EMA costs at most 1.1; ADMM needs every image in one batch of one size.
-FEATURE_METHOD = "EMA"
-WEIGHT_METHOD = "MAX_ABS"  # symmetric per-channel int8 weights
+# The default, from scripts/bench_mnn_int8.py (docs/ACCURACY.md): ADMM activation thresholds and ADMM
+# per-channel weights, with the first convolution and the heads (and the in-graph softmax after them)
+# kept in float. At 320 it lost at most 1.0 / 1.7 / 0.9 AP points (slim / rfb / mnet025) where MNN's EMA
+# lost 1.1 / 3.2 / 3.4 (and ignores the skip list) and KL 17-22.
+FEATURE_METHOD = "ADMM"
+WEIGHT_METHOD = "ADMM"  # symmetric per-channel int8 weights, scales fitted by ADMM
+# Ops MNN's tool can keep in float (its ``skip_quant_op_names``), by role: found in the float graph.
+SKIP_ROLES = ("first", "heads")
+DEFAULT_SETTINGS: Dict[str, Any] = {"feature_quantize_method": FEATURE_METHOD, "weight_quantize_method": WEIGHT_METHOD,
+                                    "skip": SKIP_ROLES}
+# What each path of MNN's tool does (EMA: its own quantization-aware module, which takes no weight
+# method and no skip list; KL / ADMM: thresholds on the float graph, weights by weight_quantize_method).
+SCHEMES = {True: {"activation_scheme": "affine int8, per tensor (EMA of each image's range)",
+                  "weight_scheme": "symmetric int8, per channel (max abs)"},
+           False: {"activation_scheme": "symmetric int8, per tensor (threshold of the feature method)",
+                   "weight_scheme": "symmetric int8, per channel (weight_quantize_method)"}}
 PathLike = Union[str, Path]
+# Set once MNN's KL or ADMM calibration ran in this process: its tensor callbacks stay registered in the
+# extension and the converter's constant folding then calls them on freed memory (it hung, and once
+# crashed, in every later conversion here). One export per process (the CLI) never meets it.
+_CALLBACKS_LEFT: List[str] = []
+
+
+def _converter() -> Any:
+    """``_tools`` for a conversion, refused with one line where a calibration's callbacks would hang it."""
+    if _CALLBACKS_LEFT:
+        raise RuntimeError(f"MNN's converter cannot run after its {_CALLBACKS_LEFT[0]} calibration in the same process "
+                           f"(the calibration's callbacks outlive it and hang the converter): export in a new process")
+    return _tools()
 
 
 def _tools() -> Any:
@@ -58,7 +85,7 @@ def convert_onnx(onnx_path: Path, mnn_path: Path) -> None:
     """ONNX -> ``.mnn`` with MNN's converter, in-process."""
     lines: List[str] = []
     with captured_fds(lines):
-        ok = _tools().mnnconvert(["MNNConvert", "-f", "ONNX", "--modelFile", str(onnx_path),
+        ok = _converter().mnnconvert(["MNNConvert", "-f", "ONNX", "--modelFile", str(onnx_path),
                                   "--MNNModel", str(mnn_path), "--bizCode", "fdq"])
     if not ok or not mnn_path.is_file():
         raise RuntimeError(f"MNN's converter failed on {onnx_path.name}: {tail(lines)}")
@@ -75,26 +102,104 @@ def _write_samples(blobs: List[np.ndarray], folder: Path, input_name: str) -> No
         np.ascontiguousarray(blob, dtype=np.float32).reshape(-1).tofile(str(sample / f"{input_name}.txt"), sep="\n")
 
 
-def quantize_mnn(float_path: Path, out_path: Path, blobs: List[np.ndarray], input_name: str = "input") -> Dict[str, Any]:
-    """Quantize a float ``.mnn`` on preprocessed ``blobs`` with MNN's offline tool; the settings used."""
-    settings = {"feature_quantize_method": FEATURE_METHOD, "weight_quantize_method": WEIGHT_METHOD,
-                "feature_clamp_value": 127, "weight_clamp_value": 127, "quant_bits": 8,
-                "batch_size": 1}  # images of different sizes: one a step
+_CONVS = ("Convolution", "ConvolutionDepthwise")
+
+
+def graph_ops(mnn_path: Path) -> List[Dict[str, Any]]:
+    """The ops of a ``.mnn`` file (name, type, input and output tensor names), from the converter's JSON dump."""
+    lines: List[str] = []
+    with tempfile.TemporaryDirectory(prefix="fdq-mnnjson-") as tmp:
+        dump = Path(tmp) / "model.json"
+        with captured_fds(lines):
+            ok = _converter().mnnconvert(["MNNConvert", "-f", "MNN", "--modelFile", str(mnn_path), "--JsonFile", str(dump)])
+        if not ok or not dump.is_file():
+            raise RuntimeError(f"MNN's converter could not list the ops of {mnn_path.name}: {tail(lines)}")
+        net = json.loads(dump.read_text(encoding="utf-8"))
+    names = net["tensorName"]
+    return [{"name": op.get("name", ""), "type": op.get("type", ""),
+             "inputs": [names[i] for i in op.get("inputIndexes", [])],
+             "outputs": [names[i] for i in op.get("outputIndexes", [])]} for op in net["oplists"]]
+
+
+def sensitive_ops(ops: List[Dict[str, Any]], roles: Tuple[str, ...]) -> List[str]:
+    """Names of the ops in ``roles``: ``first``, the convolutions the input reaches through no other
+    convolution; ``heads``, the convolutions whose outputs reach a network output through no other
+    convolution, and every op after them (the in-graph softmax and concatenations of the outputs)."""
+    producer = {t: op for op in ops for t in op["outputs"]}
+
+    def back_to_convs(tensors: List[str]) -> Tuple[List[str], List[str]]:
+        """(nearest convolutions upstream of ``tensors``, the other ops passed on the way)."""
+        convs: List[str] = []
+        between: List[str] = []
+        seen = set()
+        stack = list(tensors)
+        while stack:
+            op = producer.get(stack.pop())
+            if op is None or op["name"] in seen:
+                continue
+            seen.add(op["name"])
+            if op["type"] in _CONVS:
+                convs.append(op["name"])
+            elif op["type"] not in ("Input", "Const"):
+                between.append(op["name"])
+                stack.extend(op["inputs"])
+        return convs, between
+
+    picked: List[str] = []
+    if "first" in roles:
+        picked += [op["name"] for op in ops if op["type"] in _CONVS and not back_to_convs(op["inputs"])[0]]
+    if "heads" in roles:
+        convs, after = back_to_convs([name for name in OUTPUT_NAMES if name in producer])
+        picked += convs + after
+    return sorted(set(picked))
+
+
+def padded_to_common_size(blobs: List[np.ndarray]) -> List[np.ndarray]:
+    """The blobs zero-padded at the bottom and right to the largest height and width among them: MNN's
+    ADMM takes every image in one batch of one size, and zero is the mean colour after ``normalize``."""
+    height, width = (max(b.shape[axis] for b in blobs) for axis in (2, 3))
+    return [np.pad(b, ((0, 0), (0, 0), (0, height - b.shape[2]), (0, width - b.shape[3]))) for b in blobs]
+
+
+def quantize_mnn(float_path: Path, out_path: Path, blobs: List[np.ndarray], input_name: str = "input",
+                 settings: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Quantize a float ``.mnn`` on preprocessed ``blobs`` with MNN's offline tool; the settings used.
+
+    ``settings`` overrides :data:`DEFAULT_SETTINGS`: ``feature_quantize_method`` (EMA, KL, ADMM),
+    ``weight_quantize_method`` (MAX_ABS, ADMM), ``skip`` (roles of :data:`SKIP_ROLES` kept in float)."""
+    chosen = {**DEFAULT_SETTINGS, **(settings or {})}
+    unknown = set(chosen["skip"]) - set(SKIP_ROLES)
+    if unknown:
+        raise ValueError(f"unknown MNN skip role(s) {', '.join(sorted(unknown))} (choose from: {', '.join(SKIP_ROLES)})")
+    if chosen["skip"] and chosen["feature_quantize_method"] == "EMA":
+        # measured: the EMA path writes the same file with or without skip_quant_op_names
+        raise ValueError("MNN's EMA calibration quantizes every convolution: keeping ops in float needs KL or ADMM")
+    skipped = sensitive_ops(graph_ops(float_path), tuple(chosen["skip"])) if chosen["skip"] else []
+    if chosen["feature_quantize_method"] == "ADMM":
+        blobs = padded_to_common_size(blobs)
+    config = {"feature_quantize_method": chosen["feature_quantize_method"],
+              "weight_quantize_method": chosen["weight_quantize_method"],
+              "feature_clamp_value": 127, "weight_clamp_value": 127, "quant_bits": 8,
+              "batch_size": 1,  # EMA: images of different sizes, one a step (ADMM takes them all at once)
+              "skip_quant_op_names": skipped}
     lines: List[str] = []
     with tempfile.TemporaryDirectory(prefix="fdq-mnnquant-") as tmp:
         samples = Path(tmp) / "samples"
         samples.mkdir()
         _write_samples(blobs, samples, input_name)
-        config = Path(tmp) / "quant.json"
-        config.write_text(json.dumps({"path": str(samples), "used_sample_num": len(blobs), "input_type": "sequence",
-                                      **settings}), encoding="utf-8")
+        config_path = Path(tmp) / "quant.json"
+        config_path.write_text(json.dumps({"path": str(samples), "used_sample_num": len(blobs),
+                                           "input_type": "sequence", **config}), encoding="utf-8")
+        if chosen["feature_quantize_method"] != "EMA":
+            _CALLBACKS_LEFT.append(chosen["feature_quantize_method"])
         with captured_fds(lines):
-            ok = _tools().mnnquant(["quantized.out", str(float_path), str(out_path), str(config)])
+            ok = _tools().mnnquant(["quantized.out", str(float_path), str(out_path), str(config_path)])
     if not ok or not out_path.is_file():
         raise RuntimeError(f"MNN's quantizer failed: {tail(lines)}")
-    return {"tool": "MNN offline quantization (_tools.mnnquant, in-process)", **settings,
-            "activation_scheme": "affine int8, per tensor (EMA of the observed ranges)",
-            "weight_scheme": "symmetric int8, per channel"}
+    record = {k: v for k, v in config.items() if k != "skip_quant_op_names"}
+    return {"tool": "MNN offline quantization (_tools.mnnquant, in-process)", **record,
+            "float_roles": list(chosen["skip"]), "float_ops": len(skipped),
+            **SCHEMES[chosen["feature_quantize_method"] == "EMA"]}
 
 
 def mnn_runner(path: Path, fp32: bool):
@@ -134,7 +239,7 @@ def export_mnn(bundle: Bundle, model: nn.Module, weights_info: Dict[str, Any], o
                                  _verification_inputs, preprocessed)
     from fdq.host.bundles import write_bundle
 
-    _tools()  # a missing MNN wheel is one line before any work
+    _converter()  # a missing MNN wheel (or a converter that would hang) is one line before any work
     int8 = calib is not None
     manifest = _base_manifest(bundle, "mnn", "int8" if int8 else "fp32", long_side)
     manifest["input"]["dynamic_hw"] = True
@@ -162,7 +267,7 @@ def export_mnn(bundle: Bundle, model: nn.Module, weights_info: Dict[str, Any], o
                      "io": {"input": "input", "outputs": {n: n for n in OUTPUT_NAMES}}, "entry": {"model": MNN_FILE}})
     if int8:
         _identity(manifest, export, "mnn calibration",
-                  f"calibrated by MNN's offline quantization ({FEATURE_METHOD}) on {calib_info['images']} images of "
+                  f"calibrated by MNN's offline quantization ({FEATURE_METHOD}, {'/'.join(SKIP_ROLES)} in float) on {calib_info['images']} images of "
                   f"{calib_info['dir']} (list sha256 {calib_info['list_sha256'][:16]}), from the float weights of "
                   f"{_label(bundle)}")
     else:

@@ -10,8 +10,10 @@ the same weights. Tolerances, in AP points on each of easy / medium / hard:
   float-eps weight scales): the project's int8 bar, 1.0; measured 0.51 (easy), 0.34 (medium), 0.00
   (hard) with the 32 calibration images. XNNPACK's stock configuration (histogram ranges, every scale
   floored at 2**-12) lost 2.04 / 1.38 / 0.50 through the same PT2E model (docs/ACCURACY.md).
-* MNN int8 (MNN's own EMA calibration): 1.5; measured 1.1 (easy), 0.2 (medium), -0.1 (hard) with the
-  32 calibration images: MNN's per-tensor activation ranges lose a little more than PT2E's.
+* MNN int8 (MNN's ADMM calibration, first convolution and heads in float): 1.2, above the project's
+  1.0 bar because this setting does not reach it on slim at 320: measured 0.73 (easy), 1.02 (medium),
+  0.39 (hard) with the 32 calibration images (scripts/bench_mnn_int8.py; MNN's EMA lost 1.1 / 0.2 /
+  -0.1 on slim but 3.2 and 3.4 on rfb and mnet025, docs/ACCURACY.md).
 * uint8 vs float resize (same float model): 0.2; the two resized images differ by rounding (at most one
   grey level a pixel), measured 0.09.
 
@@ -135,6 +137,27 @@ def test_the_block_is_real(workdir):
             subprocess.run(["true"])
 
 
+def test_mnn_float_roles_are_found_in_the_graph(workdir, data):
+    """The first convolution and the last convolutions of the heads (and the ops after them) of slim.
+    Before the MNN bundles are made: after their ADMM calibration this process cannot convert again."""
+    _require("MNN")
+    from fdq.host.export import _export_onnx_float
+    from fdq.host.export_mnn import convert_onnx, graph_ops, sensitive_ops
+    from fdq.models import load_model
+
+    onnx_path, mnn_path = workdir / "roles.onnx", workdir / "roles.mnn"
+    _export_onnx_float(load_model("slim", data["weights"]), onnx_path, LONG_SIDE)
+    convert_onnx(onnx_path, mnn_path)
+    ops = graph_ops(mnn_path)
+    assert sensitive_ops(ops, ("first",)) == ["/conv1/conv1.0/Conv_output_0"]
+    types = {op["name"]: op["type"] for op in ops}
+    heads = sensitive_ops(ops, ("heads",))
+    head_convs = sorted(n for n in heads if types[n].startswith("Convolution"))
+    expected = [f"/{h}.{i}/{h}.{i}.2/Conv_output_0" for h in ("conf", "loc", "landm") for i in range(3)]
+    assert head_convs == sorted(expected + [f"/{h}.3/Conv_output_0" for h in ("conf", "loc", "landm")])
+    assert "conf" in heads and not any(n.startswith("/conv") for n in heads)
+
+
 def test_mnn_manifests(mnn_bundles, data):
     fp32, int8 = (load_bundle(str(mnn_bundles[k])).manifest for k in ("fp32", "int8"))
     for manifest, dtype in ((fp32, "fp32"), (int8, "int8")):
@@ -142,7 +165,9 @@ def test_mnn_manifests(mnn_bundles, data):
         assert manifest["input"]["dynamic_hw"] is True and manifest["entry"]["model"] == "model.mnn"
         assert manifest["exported_from"]["manifest_sha256"]
     assert max(fp32["export"]["verification"]["max_abs_diff_vs_torch"].values()) < 1e-3
-    assert int8["quantization"]["feature_quantize_method"] == "EMA"
+    q = int8["quantization"]
+    assert (q["feature_quantize_method"], q["weight_quantize_method"]) == ("ADMM", "ADMM")
+    assert q["float_roles"] == ["first", "heads"] and q["float_ops"] > 12
     assert int8["quantization"]["weights"]["sha256"] == sha256_file(data["weights"])
     assert int8["calibration"]["images"] == 32 and "as the runner" in int8["calibration"]["preprocess"]
 
@@ -152,7 +177,26 @@ def test_mnn_float_matches_torch(mnn_bundles, float_ap, data):
 
 
 def test_mnn_int8_close_to_float(mnn_bundles, float_ap, data):
-    assert _within(_ap(mnn_bundles["int8"], data), float_ap, 1.5) == {}
+    assert _within(_ap(mnn_bundles["int8"], data), float_ap, 1.2) == {}
+
+
+def test_mnn_ema_refuses_float_ops(workdir):
+    _require("MNN")
+    from fdq.host.export_mnn import quantize_mnn
+
+    with pytest.raises(ValueError, match="EMA calibration quantizes every convolution"):
+        quantize_mnn(workdir / "roles.mnn", workdir / "never.mnn", [], settings={"feature_quantize_method": "EMA",
+                                                                              "skip": ("heads",)})
+    assert not (workdir / "never.mnn").exists()
+
+
+def test_mnn_converter_refuses_after_admm_calibration(mnn_bundles, workdir):
+    """After the int8 export's ADMM calibration a conversion in this process is one error, not a hang."""
+    from fdq.host.export_mnn import convert_onnx
+
+    with pytest.raises(RuntimeError, match="cannot run after its ADMM calibration in the same process"):
+        convert_onnx(workdir / "roles.onnx", workdir / "again.mnn")
+    assert not (workdir / "again.mnn").exists()
 
 
 def test_mnn_int8_export_needs_images(float_bundle, workdir):
