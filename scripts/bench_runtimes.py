@@ -101,11 +101,13 @@ def yunet_timer(detect, side: int) -> Timer:
     return run
 
 
-def measure_interleaved(timers: Dict[str, Timer], images, gt) -> Tuple[Dict[str, Dict[str, float]], List[float]]:
+def measure_interleaved(timers: Dict[str, Timer], images, gt,
+                        latency_images: int = 0) -> Tuple[Dict[str, Dict[str, float]], List[float]]:
     """AP and p50 / p90 per configuration, every configuration run on each image in turn (the order
     rotating from image to image) so that all of them share the machine's load of the same moments;
-    each image is detected once untimed first (a new input size costs extra the first time). Returns the
-    rows and the 1-minute load average sampled at every image."""
+    each timed image is detected once untimed first (a new input size costs extra the first time).
+    ``latency_images`` > 0: only the first that many images are timed, the others detected once for AP.
+    Returns the rows and the 1-minute load average sampled at every image."""
     names = list(timers)
     predictions: Dict[str, dict] = {n: {} for n in names}
     total: Dict[str, List[float]] = {n: [] for n in names}
@@ -113,12 +115,15 @@ def measure_interleaved(timers: Dict[str, Timer], images, gt) -> Tuple[Dict[str,
     load: List[float] = []
     for index, (key, image) in enumerate(images):
         load.append(os.getloadavg()[0])
+        timed = not latency_images or index < latency_images
         for name in names[index % len(names):] + names[:index % len(names)]:
-            timers[name](image)
+            if timed:
+                timers[name](image)
             rows, ms, infer_ms = timers[name](image)
             predictions[name][key] = rows
-            total[name].append(ms)
-            inference[name].append(infer_ms)
+            if timed:
+                total[name].append(ms)
+                inference[name].append(infer_ms)
     out = {}
     for name in names:
         ap = evaluate(predictions[name], gt)
@@ -157,12 +162,15 @@ def write_outputs(rows: List[dict], result: Dict[str, object], load: List[float]
 
     spread = {"min": min(load), "median": float(np.median(load)), "max": max(load)} if load else {}
     atomic_write_text(args.json, json.dumps({"command": command, "threads": 1, "machine": machine(),
-                                             "load_average_1m": spread, "interleaved": True, "skipped": skipped,
+                                             "load_average_1m": spread, "interleaved": True,
+                                             "latency_images": args.latency_images or "all", "skipped": skipped,
                                              "rows": rows, "goals": result}, indent=2) + "\n")
     load_text = (f"1-minute load average over the run {spread['min']:.1f} / {spread['median']:.1f} / "
                  f"{spread['max']:.1f} (min / median / max) on {os.cpu_count()} cores") if load else "load n/a"
     lines = [MARK_BEGIN, f"`{command}` (1 thread, end to end from the original val image, uint8 resize; every "
-             f"configuration run on each image in turn; {load_text}):", "",
+             f"configuration run on each image in turn; "
+             f"{'latency on the first %d images, AP on all; ' % args.latency_images if args.latency_images else ''}"
+             f"{load_text}):", "",
              "| detector | runtime | dtype | long side | built at | easy | medium | hard | p50 ms | p90 ms | inference p50 ms |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
@@ -195,6 +203,8 @@ def main() -> int:
     ap.add_argument("--build-long-side", type=int, default=0,
                     help="make every bundle once, at this long side (int8: calibrated there), and run it at each "
                          "--long-sides (default: a bundle per long side)")
+    ap.add_argument("--latency-images", type=int, default=0,
+                    help="time only the first N val images (AP still on all of them; default: time every image)")
     ap.add_argument("--reuse-only", default="", help="configurations measured only where their bundle is already "
                                                      "under --work (ExecuTorch lowering takes minutes a bundle)")
     ap.add_argument("--json", default=str(ROOT / "docs" / "results" / "bench_runtimes.json"))
@@ -233,7 +243,7 @@ def main() -> int:
         timers[name], kernels = fdq_timer(path, side)
         meta[name] = {"detector": f"fdq {model}", "runtime": config, "dtype": CONFIGS[config][0], "long_side": side,
                       "built_at_long_side": built_at[model, side, config], "kernels": kernels}
-    measured, load = measure_interleaved(timers, images, gt)
+    measured, load = measure_interleaved(timers, images, gt, args.latency_images)
     rows = [{**meta[name], **measured[name]} for name in timers]
     for row in rows:
         print(row, flush=True)
