@@ -297,6 +297,10 @@ def open_executorch(path: str, threads: int) -> Any:
 
 def _executorch(bundle: Bundle, threads: int) -> InferenceFn:
     torch = _import("torch", "executorch")
+    # The bindings copy inputs and outputs through libtorch, whose OpenMP pool (one thread a core) then
+    # spin-waits after every call beside XNNPACK's own threads: perf showed 44 % of a 1-thread ExecuTorch
+    # process in libgomp. Capping torch's pool keeps the run's thread count.
+    torch.set_num_threads(max(1, int(threads)))
     method = open_executorch(str(bundle.file("model")), threads)
     low, high = ((bundle.manifest.get("input") or {}).get(k) for k in ("min_hw", "max_hw"))
 

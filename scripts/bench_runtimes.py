@@ -9,7 +9,9 @@ as in ``bench_peers.py`` at its 320 and 400 operating points, timed the same way
 On a shared machine only ratios within one run mean something: every configuration (YuNet-n's included)
 runs on each image in turn, so all of them are timed under the same moments' load, which is recorded.
 
-Bundles are made per long side (calibrated at that size) under ``--work`` and reused when present:
+Bundles are made per long side (calibrated at that size) under ``--work`` and reused when present;
+``--build-long-side N`` makes each bundle once, at N, and runs it at every long side (an ExecuTorch
+program made at N takes sides up to 2N):
 
     python scripts/bench_runtimes.py --models slim,rfb,mnet025 --long-sides 320,640
 
@@ -99,11 +101,13 @@ def yunet_timer(detect, side: int) -> Timer:
     return run
 
 
-def measure_interleaved(timers: Dict[str, Timer], images, gt) -> Tuple[Dict[str, Dict[str, float]], List[float]]:
+def measure_interleaved(timers: Dict[str, Timer], images, gt,
+                        latency_images: int = 0) -> Tuple[Dict[str, Dict[str, float]], List[float]]:
     """AP and p50 / p90 per configuration, every configuration run on each image in turn (the order
     rotating from image to image) so that all of them share the machine's load of the same moments;
-    each image is detected once untimed first (a new input size costs extra the first time). Returns the
-    rows and the 1-minute load average sampled at every image."""
+    each timed image is detected once untimed first (a new input size costs extra the first time).
+    ``latency_images`` > 0: only the first that many images are timed, the others detected once for AP.
+    Returns the rows and the 1-minute load average sampled at every image."""
     names = list(timers)
     predictions: Dict[str, dict] = {n: {} for n in names}
     total: Dict[str, List[float]] = {n: [] for n in names}
@@ -111,12 +115,15 @@ def measure_interleaved(timers: Dict[str, Timer], images, gt) -> Tuple[Dict[str,
     load: List[float] = []
     for index, (key, image) in enumerate(images):
         load.append(os.getloadavg()[0])
+        timed = not latency_images or index < latency_images
         for name in names[index % len(names):] + names[:index % len(names)]:
-            timers[name](image)
+            if timed:
+                timers[name](image)
             rows, ms, infer_ms = timers[name](image)
             predictions[name][key] = rows
-            total[name].append(ms)
-            inference[name].append(infer_ms)
+            if timed:
+                total[name].append(ms)
+                inference[name].append(infer_ms)
     out = {}
     for name in names:
         ap = evaluate(predictions[name], gt)
@@ -155,16 +162,20 @@ def write_outputs(rows: List[dict], result: Dict[str, object], load: List[float]
 
     spread = {"min": min(load), "median": float(np.median(load)), "max": max(load)} if load else {}
     atomic_write_text(args.json, json.dumps({"command": command, "threads": 1, "machine": machine(),
-                                             "load_average_1m": spread, "interleaved": True, "skipped": skipped,
+                                             "load_average_1m": spread, "interleaved": True,
+                                             "latency_images": args.latency_images or "all", "skipped": skipped,
                                              "rows": rows, "goals": result}, indent=2) + "\n")
     load_text = (f"1-minute load average over the run {spread['min']:.1f} / {spread['median']:.1f} / "
                  f"{spread['max']:.1f} (min / median / max) on {os.cpu_count()} cores") if load else "load n/a"
     lines = [MARK_BEGIN, f"`{command}` (1 thread, end to end from the original val image, uint8 resize; every "
-             f"configuration run on each image in turn; {load_text}):", "",
-             "| detector | runtime | dtype | long side | easy | medium | hard | p50 ms | p90 ms | inference p50 ms |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             f"configuration run on each image in turn; "
+             f"{'latency on the first %d images, AP on all; ' % args.latency_images if args.latency_images else ''}"
+             f"{load_text}):", "",
+             "| detector | runtime | dtype | long side | built at | easy | medium | hard | p50 ms | p90 ms | inference p50 ms |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        lines.append(f"| {r['detector']} | {r['runtime']} | {r['dtype']} | {r['long_side']} | {r['easy']:.4f} | "
+        lines.append(f"| {r['detector']} | {r['runtime']} | {r['dtype']} | {r['long_side']} | "
+                     f"{r.get('built_at_long_side', '')} | {r['easy']:.4f} | "
                      f"{r['medium']:.4f} | {r['hard']:.4f} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | "
                      f"{r.get('inference_p50_ms', float('nan')):.2f} |")
     if skipped:
@@ -189,6 +200,11 @@ def main() -> int:
     ap.add_argument("--long-sides", default="320,640")
     ap.add_argument("--configs", default=",".join(CONFIGS), help=f"subset of: {', '.join(CONFIGS)}")
     ap.add_argument("--work", default=str(ROOT / "out" / "bench_runtimes"), help="bundles are built here once")
+    ap.add_argument("--build-long-side", type=int, default=0,
+                    help="make every bundle once, at this long side (int8: calibrated there), and run it at each "
+                         "--long-sides (default: a bundle per long side)")
+    ap.add_argument("--latency-images", type=int, default=0,
+                    help="time only the first N val images (AP still on all of them; default: time every image)")
     ap.add_argument("--reuse-only", default="", help="configurations measured only where their bundle is already "
                                                      "under --work (ExecuTorch lowering takes minutes a bundle)")
     ap.add_argument("--json", default=str(ROOT / "docs" / "results" / "bench_runtimes.json"))
@@ -199,18 +215,24 @@ def main() -> int:
     if unknown:
         ap.error(f"unknown configuration {unknown[0]!r} (choose from: {', '.join(CONFIGS)})")
 
+    sides = [int(v) for v in args.long_sides.split(",")]
+    if args.build_long_side and any(c.startswith("executorch") for c in configs) and max(sides) > 2 * args.build_long_side:
+        ap.error(f"an ExecuTorch program made at long side {args.build_long_side} takes sides up to "
+                 f"{2 * args.build_long_side}: raise --build-long-side or drop the larger --long-sides")
     shared = Path(args.shared)
     calib, gt, images = load_val(args.shared)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    sides = [int(v) for v in args.long_sides.split(",")]
     plan = [(m, s, c) for m in args.models.split(",") for s in sides for c in configs]
+    built_at = {key: args.build_long_side or key[1] for key in plan}  # the side each bundle is made (calibrated) at
     reuse_only = set(filter(None, args.reuse_only.split(",")))
-    skipped = [f"{m}-{s}-{c}" for m, s, c in plan if c in reuse_only and not (work / f"{m}-{s}-{c}" / "manifest.yaml").is_file()]
+    skipped = sorted({f"{m}-{built_at[m, s, c]}-{c}" for m, s, c in plan
+                      if c in reuse_only and not (work / f"{m}-{built_at[m, s, c]}-{c}" / "manifest.yaml").is_file()})
     for name in skipped:
         print(f"skipped {name}: not built under {work} (--reuse-only)", flush=True)
-    plan = [key for key in plan if "-".join(map(str, key)) not in skipped]
-    bundles = {key: build(*key, work, calib) for key in plan}  # all builds first: the timings come in one stretch
+    plan = [(m, s, c) for m, s, c in plan if f"{m}-{built_at[m, s, c]}-{c}" not in skipped]
+    # all builds first: the timings come in one stretch
+    bundles = {(m, s, c): build(m, built_at[m, s, c], c, work, calib) for m, s, c in plan}
 
     detect = yunet_detect(shared / "peers" / "yunet_n_dynamic.onnx")
     timers: Dict[str, Timer] = {f"yunet_n@{side}": yunet_timer(detect, side) for side in YUNET_POINTS}
@@ -220,8 +242,8 @@ def main() -> int:
         name = f"{model}@{side}/{config}"
         timers[name], kernels = fdq_timer(path, side)
         meta[name] = {"detector": f"fdq {model}", "runtime": config, "dtype": CONFIGS[config][0], "long_side": side,
-                      "kernels": kernels}
-    measured, load = measure_interleaved(timers, images, gt)
+                      "built_at_long_side": built_at[model, side, config], "kernels": kernels}
+    measured, load = measure_interleaved(timers, images, gt, args.latency_images)
     rows = [{**meta[name], **measured[name]} for name in timers]
     for row in rows:
         print(row, flush=True)

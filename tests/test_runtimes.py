@@ -260,6 +260,22 @@ def test_executorch_refuses_sizes_it_was_not_exported_for(executorch_bundles):
         infer(np.zeros((1, 3, 240, 700), dtype=np.float32))
 
 
+def test_executorch_keeps_torch_to_the_threads_of_the_run(executorch_bundles):
+    """The bindings copy through libtorch: its OpenMP pool would spin beside a 1-thread XNNPACK run."""
+    import torch
+
+    from fdq.device.runtimes import load_inference
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        infer = load_inference(load_bundle(str(executorch_bundles["int8"])), threads=1)
+        assert torch.get_num_threads() == 1
+        assert infer(np.zeros((1, 3, 240, 320), dtype=np.float32))[0].shape[-1] == 4
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("runtime, bundles, engine", [("mnn", "mnn_bundles", None),
                                                      ("executorch", "executorch_bundles", "xnnpack")])
 def test_the_runner_runs_an_int8_bundle_of_each_new_runtime(runtime, bundles, engine, request, workdir):
