@@ -7,8 +7,8 @@ int8 bundle per backend (the ``fdq quantize`` defaults) with the host's torch, c
 ``fdq/device`` alone into a scratch folder (what reaches a board: nothing of the host side), and
 runs ``python -m fdq.device.run`` on the val images under the host's Python and under
 ``--python``: a venv with the board's torch, or with ``--chroot ROOT`` the Python of an arm64 root
-filesystem (``scripts/make_board_root.sh``), run through qemu-user on an x86 host, so that the
-int8 bundles go through the ARM kernels (QNNPACK's NEON code) the board runs. ``--runtimes`` adds
+filesystem (``scripts/make_board_root.sh``), run through qemu-user as a Cortex-A72 on an x86 host, so
+that the int8 bundles go through the ARM kernels (QNNPACK's NEON code) the board runs. ``--runtimes`` adds
 every other runtime's float and int8 bundle, exported from those (``fdq export``: ONNX float and int8,
 ncnn, MNN float and int8, ExecuTorch float; ExecuTorch int8 through ``fdq quantize --backend xnnpack``);
 on an emulated board give ``--python`` a Python that has them, e.g. the venv ``fdq-deploy --setup``
@@ -25,7 +25,7 @@ Exit status 1 when a bundle fails to run or disagrees, so the script doubles as 
         --data ../shared/data/widerface_val_subset --json docs/results/board_arm64_compat.json
     sudo python scripts/check_board_torch.py --chroot /var/lib/fdq-testboard/NAME/root \\
         --python /root/host1/runtimes/venv/bin/python --runtimes all --models slim --rows fp32,l2 \\
-        --backends qnnpack --frames 8 --data ../shared/data/widerface_val_subset \\
+        --backends qnnpack --images 8 --data ../shared/data/widerface_val_subset \\
         --json docs/results/board_arm64_runtimes.json
 """
 from __future__ import annotations
@@ -46,6 +46,7 @@ from typing import Any, Dict, List, Optional
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_quant import build, rows_for  # noqa: E402  (the one way a benchmark builds bundles)
 
+from fdq.calibration.labels import subset_ground_truth  # noqa: E402
 from fdq.device.atomic import atomic_write_text  # noqa: E402
 from fdq.device.bundle import load_bundle  # noqa: E402
 from fdq.host.export import export_bundle  # noqa: E402
@@ -54,6 +55,9 @@ from fdq.models import MODEL_NAMES  # noqa: E402
 
 DEVICE_DIR = Path(__file__).resolve().parent.parent / "device"
 BOARD_MOUNT = "/mnt/fdq-check"
+# The CPU a chrooted board's programs run as under qemu-user, as on the test boards: a Pi 4's, not qemu's
+# default "max", which has the dot product, SVE and i8mm extensions int8 kernels are chosen by.
+BOARD_CPU = "cortex-a72"
 RUNTIMES = ("torchscript", "onnxruntime", "ncnn", "mnn", "executorch")
 # runtime -> (name, fdq export format, from the float bundle (else the int8 one), takes --calib)
 EXPORTS = {"onnxruntime": [("onnx", "onnx", True, False), ("onnx-int8", "onnx-int8", False, False)],
@@ -90,8 +94,9 @@ class Interpreter:
         raise ValueError(f"{path} is outside what the board sees")
 
     def command(self, args: List[str]) -> List[str]:
+        cpu = [] if self.root is None else [f"QEMU_CPU={BOARD_CPU}"]  # qemu-user (binfmt) reads it
         inner = ["env", "-i", "PATH=/usr/bin:/bin", f"HOME={self.path(self.work)}", "PYTHONDONTWRITEBYTECODE=1",
-                 f"PYTHONPATH={self.path(self.work / 'board')}", self.python, *args]
+                 *cpu, f"PYTHONPATH={self.path(self.work / 'board')}", self.python, *args]
         if self.root is None:
             return inner
         root, mount = shlex.quote(str(self.root)), shlex.quote(str(self.root) + BOARD_MOUNT)
@@ -103,12 +108,12 @@ class Interpreter:
         return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script]
 
 
-def run_device(interpreter: Interpreter, bundle: Path, gt: Path, out: Path, frames: Optional[int]) -> Dict[str, Any]:
-    """One ``fdq.device.run`` over the val images (the first ``frames``); its result, or the error it printed."""
+def run_device(interpreter: Interpreter, bundle: Path, gt: Path, out: Path) -> Dict[str, Any]:
+    """One ``fdq.device.run`` over every val image; its result document, or the error it printed."""
     p = interpreter.path
     proc = subprocess.run(interpreter.command(["-m", "fdq.device.run", "--bundle", p(bundle), "--source",
                                                p(interpreter.images), "--gt", p(gt), "--warmup", "1",
-                                               *(["--frames", str(frames)] if frames else []), "--json", p(out)]),
+                                               "--json", p(out)]),
                           capture_output=True, text=True, cwd=str(interpreter.work))
     if proc.returncode != 0:
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
@@ -162,14 +167,21 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="check_board_torch.") as tmp:
         work = Path(tmp)
         device_only_tree(work / "board")
+        truth = load_ground_truth(data / "val" / "ground_truth")
+        if args.images:  # copies (a chroot cannot follow links out) of the first N images, their ground truth alone
+            keys = sorted(str(p.relative_to(images).with_suffix("")) for p in Path(images).rglob("*.jpg"))[:args.images]
+            for key in keys:
+                (work / "images" / key).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(Path(images, f"{key}.jpg"), work / "images" / f"{key}.jpg")
+            truth, images = subset_ground_truth(truth, keys), str(work / "images")
         host = Interpreter(sys.executable, work, Path(images))
         board = Interpreter(args.python, work, Path(images), Path(args.chroot).resolve() if args.chroot else None)
         gt = work / "gt.json"  # the board reads JSON ground truth (no scipy there)
-        save_ground_truth_json(load_ground_truth(data / "val" / "ground_truth"), gt)
+        save_ground_truth_json(truth, gt)
         for model in args.models:
             for key, backend, bundle in bundles_of(model, rows, args, work, calib):
-                on_host = run_device(host, bundle, gt, work / "host.json", args.frames)
-                on_board = run_device(board, bundle, gt, work / "board.json", args.frames)
+                on_host = run_device(host, bundle, gt, work / "host.json")
+                on_board = run_device(board, bundle, gt, work / "board.json")
                 entry = {"model": model, "row": key, "backend": backend, "host": on_host, "board": on_board,
                          **compare(on_host, on_board, args.ap_tolerance)}
                 print(json.dumps({k: entry.get(k) for k in ("model", "row", "backend", "agree", "max_ap_delta")}),
@@ -218,7 +230,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="torch bundles besides fp32: fp16, l2 (level-2 int8, histogram observer)")
     p.add_argument("--runtimes", type=lambda s: list(RUNTIMES) if s == "all" else s.split(","),
                    default=["torchscript"], help=f"runtimes whose bundles run: {', '.join(RUNTIMES)} or all")
-    p.add_argument("--frames", type=int, help="only the first N val images (emulation is slow)")
+    p.add_argument("--images", type=int, help="only the first N val images, sorted (emulation is slow)")
     p.add_argument("--long-side", type=int, default=320)
     p.add_argument("--ap-tolerance", type=float, default=0.5,
                    help="largest AP difference that agrees (points; int8 kernels of another CPU round differently)")
