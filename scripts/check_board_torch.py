@@ -180,8 +180,9 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         save_ground_truth_json(truth, gt)
         for model in args.models:
             for key, backend, bundle in bundles_of(model, rows, args, work, calib):
-                on_host = run_device(host, bundle, gt, work / "host.json")
-                on_board = run_device(board, bundle, gt, work / "board.json")
+                # one result file per run: the runner never replaces one
+                on_host = run_device(host, bundle, gt, work / f"host-{bundle.name}.json")
+                on_board = run_device(board, bundle, gt, work / f"board-{bundle.name}.json")
                 entry = {"model": model, "row": key, "backend": backend, "host": on_host, "board": on_board,
                          **compare(on_host, on_board, args.ap_tolerance)}
                 print(json.dumps({k: entry.get(k) for k in ("model", "row", "backend", "agree", "max_ap_delta")}),
