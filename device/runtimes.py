@@ -277,12 +277,14 @@ def open_executorch(path: str, threads: int) -> Any:
     """The ``forward`` method of a ``.pte`` program (also used by the host's export check).
 
     XNNPACK sizes its thread pool when a program is loaded, so the pool is set first, and only when
-    it differs: resetting it under a loaded program has crashed.
+    it differs: resetting it under a loaded program has crashed. executorch 1.0 (a board on torch 2.9)
+    cannot tell its pool's size; there it is set each time (the runner loads one program per process).
     """
     runtime = _import("executorch.runtime", "executorch")
     pybind = _import("executorch.extension.pybindings.portable_lib", "executorch")
     threads = max(1, int(threads))
-    if pybind._threadpool_get_thread_count() != threads:
+    count = getattr(pybind, "_threadpool_get_thread_count", None)
+    if count is None or count() != threads:
         pybind._unsafe_reset_threadpool(threads)
     try:
         program = runtime.Runtime.get().load_program(str(path))

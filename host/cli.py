@@ -365,6 +365,11 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     for bundle in args.bundles:  # one error line for a bad bundle, not one per host
         load_bundle(bundle)
     targets = _targets(args)
+    if args.setup:  # what --setup would install, checked before any connection
+        from fdq.host.provision import requirements
+
+        for target in targets:
+            requirements(target)
     if len(targets) > 1:
         results = on_each(targets, lambda conn: deploy_and_report(conn, args.bundles, args.setup, prune))
         print_table(f"fdq-deploy: {args.target}", results,

@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from fdq.device.bundle import MANIFEST, RUNTIME_MODULES, Bundle, load_bundle, sha256_file
 
+from .provision import EXECUTORCH_FOR_TORCH, executorch_for
 from .remote import Connection, RemoteError
 
 DEVICE_DIR = Path(__file__).resolve().parent.parent / "device"
@@ -168,6 +169,8 @@ def refusal(target_name: str, python: str, bundle: Bundle, facts: Dict[str, Any]
     if not modules.get(module):
         return (f"{python} there ({facts['machine']}, Python {facts['python']}) lacks {module}, "
                 f"which {name} needs (install it there, or deploy with --setup)")
+    if bundle.runtime == "executorch":
+        return executorch_refusal(name, bundle, facts)
     if bundle.runtime == "torchscript" and bundle.engine:
         if engine and bundle.engine != engine:
             return f"{name} is for the {bundle.engine} engine; {target_name} runs int8 on {engine} (its profile)"
@@ -175,6 +178,26 @@ def refusal(target_name: str, python: str, bundle: Bundle, facts: Dict[str, Any]
         if bundle.engine not in have:
             return (f"{name} needs the {bundle.engine} engine; torch {modules['torch']} there "
                     f"({facts['machine']}) has {', '.join(have)}")
+    return None
+
+
+def executorch_refusal(name: str, bundle: Bundle, facts: Dict[str, Any]) -> Optional[str]:
+    """Why the board's executorch cannot run ``bundle`` (None: it can): its runtime links the libtorch it
+    was built against, so it needs that torch beside it; and 1.0.1 stops with SIGILL on an XNNPACK int8
+    program on the emulated Cortex-A72 (ARMv8.0), while it runs the same program on qemu's default CPU
+    (ARMv8.2+ extensions): an int8 kernel there needs more than a Pi 4 has."""
+    modules = facts["modules"]
+    executorch, torch = (str(modules.get(m) or "").split("+")[0] for m in ("executorch", "torch"))
+    built_for = {e: t for t, e in EXECUTORCH_FOR_TORCH.items()}.get(executorch)
+    where = f"({facts['machine']}, Python {facts['python']})"
+    if built_for and executorch_for(torch or "0.0") != executorch:
+        return (f"executorch {executorch} there {where} was built against torch {built_for}, torch there is "
+                f"{torch or 'missing'}: {name} cannot load (fdq-deploy --setup installs a matching pair)")
+    dtype = str((bundle.manifest.get("backend") or {}).get("dtype", "fp32"))
+    if dtype == "int8" and executorch.startswith("1.0.") and facts["machine"] == "aarch64":
+        return (f"{name} is an XNNPACK int8 program; executorch {executorch} there {where} stops on it with "
+                f"SIGILL on a Cortex-A72, and the release that runs it (1.5.1) needs torch 2.13, which PyPI has "
+                f"for aarch64 only as a CUDA build: deploy its float program (fdq export --format executorch)")
     return None
 
 

@@ -6,7 +6,9 @@ downloads the wheels for exactly that platform (cached under ``$FDQ_HOME/wheels`
 needs no internet, and pip never resolves anything there (minutes under emulation, and a Pi in the
 field is often offline). What is installed: the runner's packages, and per runtime of the profile's
 ``runtimes`` its package (torch's CPU wheel at the profile's ``torch`` version, default the newest
-one for that Python; onnxruntime, at the profile's ``onnxruntime`` version; ncnn).
+one for that Python; onnxruntime, at the profile's ``onnxruntime`` version; ncnn; MNN; executorch,
+whose runtime links the libtorch it was built against: the release built for the board's torch,
+installed without its declared dependencies, as ``scripts/install_runtimes.sh`` does here).
 
 Once a work directory has that venv, deploy and profile run its Python. Without ``--setup``, a
 Python that lacks one of the runner's modules is refused in one line that names it.
@@ -22,22 +24,32 @@ import sys
 import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from packaging.requirements import Requirement
 
 from fdq.device.outputs import atomic_folder
 
 from .remote import Connection
+from .targets import Target
 
 VENV = "venv"
 WHEELS = "wheels"
 # module the runner imports -> the distribution that provides it (ranges as fdq's own setup.py)
 RUNNER_PACKAGES = {"numpy": "numpy>=1.23,<3", "cv2": "opencv-python-headless>=4.8,<6", "yaml": "pyyaml>=6.0,<7",
                    "psutil": "psutil>=5.9,<8"}
-# mnn: the version fdq's exporter writes (setup.py's mnn extra). executorch is not here yet: its wheel
-# must match the board's torch (1.5.x was built against torch 2.13) and installs with --no-deps.
-RUNTIME_PACKAGES = {"torchscript": "torch", "onnxruntime": "onnxruntime", "ncnn": "ncnn", "mnn": "MNN==3.6.1"}
+# mnn: the version fdq's exporter writes (setup.py's mnn extra).
+RUNTIME_PACKAGES = {"torchscript": "torch", "onnxruntime": "onnxruntime", "ncnn": "ncnn", "mnn": "MNN==3.6.1",
+                    "executorch": "executorch"}
+# torch major.minor -> the executorch release built against it (both have cp311 aarch64 wheels). 1.5.1 is the
+# host's (setup.py's executorch extra), but PyPI's aarch64 torch 2.13 is a CUDA build (libtorch_cuda and the
+# CUDA 13 toolkit, gigabytes, cannot load without them), so a Pi gets torch 2.9.1, the last CPU-only aarch64
+# wheel there, and executorch 1.0.1, which loads the host's 1.5.1 fp32 programs (measured on the emulated A72).
+EXECUTORCH_FOR_TORCH = {"2.13": "1.5.1", "2.9": "1.0.1"}
+EXECUTORCH_TORCH = "2.9.1"  # the board's torch for executorch when the profile pins none
+# What executorch's runtime imports besides torch (its other declared dependencies serve other backends);
+# installed with its dependencies, executorch itself with --no-deps.
+EXECUTORCH_DEPS = ("ruamel.yaml>=0.17", "flatbuffers>=24", "tabulate>=0.9")
 INSTALL_TIMEOUT_S = 3600.0  # torch unpacks for minutes under emulation
 
 # Run by the board's Python: what pip needs to know of the platform, and which modules are missing.
@@ -102,18 +114,34 @@ def board_python(conn: Connection, modules: Sequence[str] = (), prefer_venv: boo
                        facts["machine"], tuple(facts["libc"]), tuple(facts["missing"]))
 
 
-def requirements(conn: Connection) -> List[str]:
-    """What the runner needs on this target: its packages and those of the profile's runtimes."""
-    target = conn.target
-    wanted = list(RUNNER_PACKAGES.values())
+def executorch_for(torch_version: str) -> Optional[str]:
+    """The executorch release built against ``torch_version`` (None: none is)."""
+    return EXECUTORCH_FOR_TORCH.get(".".join(torch_version.split("+")[0].split(".")[:2]))
+
+
+def requirements(target: Target) -> Tuple[List[str], List[str]]:
+    """What the runner needs on ``target``, its packages and those of the profile's runtimes: those
+    installed with their dependencies, and those without (executorch)."""
+    wanted, alone = list(RUNNER_PACKAGES.values()), []
+    torch = target.torch or (EXECUTORCH_TORCH if "executorch" in target.runtimes else None)
     for runtime in target.runtimes:
         if runtime not in RUNTIME_PACKAGES:
             raise SetupError(f"{target.name}: --setup knows runtimes {', '.join(RUNTIME_PACKAGES)}, "
                               f"the profile names {runtime!r}")
         package = RUNTIME_PACKAGES[runtime]
-        version = {"torch": target.torch, "onnxruntime": target.onnxruntime}.get(package)
+        if package == "executorch":
+            executorch = executorch_for(torch)
+            if executorch is None:
+                pairs = ", ".join(f"torch {t} (executorch {e})" for t, e in EXECUTORCH_FOR_TORCH.items())
+                raise SetupError(f"{target.name}: the profile pins torch {torch}; executorch has builds for {pairs}")
+            alone.append(f"executorch=={executorch}")
+            wanted += EXECUTORCH_DEPS
+            continue
+        version = {"torch": torch, "onnxruntime": target.onnxruntime}.get(package)
         wanted.append(f"{package}=={version}" if version else package)
-    return wanted
+    if alone and not any(Requirement(p).name == "torch" for p in wanted):
+        wanted.append(f"torch=={torch}")
+    return wanted, alone
 
 
 def _pip_download(board: BoardPython, folder: Path, packages: Sequence[str], deps: bool) -> None:
@@ -141,9 +169,11 @@ def _wheel_requirements(wheel: Path, board: BoardPython) -> List[str]:
     return out
 
 
-def download_wheels(board: BoardPython, packages: Sequence[str], cache: Path) -> List[Path]:
-    """Every wheel ``packages`` need on the board, with pip itself, from the cache when it has this set."""
-    key = hashlib.sha256(json.dumps([board.platforms(), board.python, sorted(packages)]).encode()).hexdigest()[:16]
+def download_wheels(board: BoardPython, packages: Sequence[str], alone: Sequence[str], cache: Path) -> List[Path]:
+    """Every wheel ``packages`` need on the board, with pip itself, and the wheels of ``alone`` (without
+    their dependencies), from the cache when it has this set."""
+    key = hashlib.sha256(json.dumps([board.platforms(), board.python, sorted(packages)]
+                                    + ([sorted(alone)] if alone else [])).encode()).hexdigest()[:16]
     folder = cache / f"cp{board.python.replace('.', '')}-{board.machine}-{key}"
     if not folder.is_dir():
         with atomic_folder(folder) as scratch:
@@ -155,6 +185,8 @@ def download_wheels(board: BoardPython, packages: Sequence[str], cache: Path) ->
                 _pip_download(board, scratch, torch, deps=False)
                 others += _wheel_requirements(next(scratch.glob("torch-*.whl")), board)
             _pip_download(board, scratch, [*others, "pip"], deps=True)
+            if alone:
+                _pip_download(board, scratch, alone, deps=False)
     return sorted(folder.glob("*.whl"))
 
 
@@ -170,10 +202,10 @@ _SIZES = ("import json, os, sys; d = sys.argv[1]; "
 def setup(conn: Connection) -> str:
     """Install what the runner needs into ``WORKDIR/venv`` on the board; the venv's Python."""
     q = shlex.quote
+    packages, alone = requirements(conn.target)
     workdir = conn.path(conn.target.workdir)
     board = board_python(conn, prefer_venv=False)
-    packages = requirements(conn)
-    wheels = download_wheels(board, packages, wheel_cache())
+    wheels = download_wheels(board, packages, alone, wheel_cache())
     remote_wheels = str(PurePosixPath(workdir, WHEELS))
     conn.makedirs(remote_wheels)
     listing = conn.run(f"{q(board.executable)} -c {q(_SIZES)} {q(remote_wheels)}", timeout=120)
@@ -182,13 +214,15 @@ def setup(conn: Connection) -> str:
     for wheel in sent:
         conn.put(wheel, str(PurePosixPath(remote_wheels, wheel.name)))
     print(f"{conn.target.name}: --setup for {board.machine}, Python {board.python}, {' '.join(board.libc)}: "
-          f"{len(sent)} of {len(wheels)} wheel(s) sent; installing {', '.join(packages)} into {workdir}/{VENV}",
+          f"{len(sent)} of {len(wheels)} wheel(s) sent; installing {', '.join([*packages, *alone])} into {workdir}/{VENV}",
           file=sys.stderr)
     pip_wheel = next(w for w in wheels if w.name.startswith("pip-"))
     venv = _venv_python(conn)
+    pip = (f"{q(venv)} {q(f'{WHEELS}/{pip_wheel.name}/pip')} install -q --disable-pip-version-check"
+           f" --no-index --find-links {WHEELS}")
     command = (f"cd {q(workdir)} && {{ [ -x {q(venv)} ] || {q(board.executable)} -m venv --without-pip {VENV}; }}"
-               f" && {q(venv)} {q(f'{WHEELS}/{pip_wheel.name}/pip')} install -q --disable-pip-version-check"
-               f" --no-index --find-links {WHEELS} " + " ".join(q(p) for p in packages))
+               f" && {pip} " + " ".join(q(p) for p in packages)
+               + (f" && {pip} --no-deps " + " ".join(q(p) for p in alone) if alone else ""))
     done = conn.run(command, timeout=INSTALL_TIMEOUT_S)
     if done.returncode != 0:
         raise SetupError(f"{conn.target.name}: installing into {workdir}/{VENV} failed: {done.last_error_line()}")

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Do bundles written by this host's torch run, unchanged, on the board's older torch and CPU?
+"""Do bundles written by this host's torch and runtimes run, unchanged, on the board's older ones and CPU?
 
 The board runs the aarch64 torch 2.9.1 wheel, older than the host's; a bundle is TorchScript
 saved by the host. For each model this script builds a float bundle, an fp16 one and a level-2
@@ -7,10 +7,14 @@ int8 bundle per backend (the ``fdq quantize`` defaults) with the host's torch, c
 ``fdq/device`` alone into a scratch folder (what reaches a board: nothing of the host side), and
 runs ``python -m fdq.device.run`` on the val images under the host's Python and under
 ``--python``: a venv with the board's torch, or with ``--chroot ROOT`` the Python of an arm64 root
-filesystem (``scripts/make_board_root.sh``), run through qemu-user on an x86 host, so that the
-int8 bundles go through the ARM kernels (QNNPACK's NEON code) the board runs. Each run's machine,
-torch version, AP and faces per frame are recorded; a bundle agrees when it runs on both and the
-AP of every setting matches within ``--ap-tolerance`` points.
+filesystem (``scripts/make_board_root.sh``), run through qemu-user as a Cortex-A72 on an x86 host, so
+that the int8 bundles go through the ARM kernels (QNNPACK's NEON code) the board runs. ``--runtimes`` adds
+every other runtime's float and int8 bundle, exported from those (``fdq export``: ONNX float and int8,
+ncnn, MNN float and int8, ExecuTorch float; ExecuTorch int8 through ``fdq quantize --backend xnnpack``);
+on an emulated board give ``--python`` a Python that has them, e.g. the venv ``fdq-deploy --setup``
+installed into a test board's work directory. Each run's machine, runtime version, AP and faces per
+frame are recorded; a bundle agrees when it runs on both and the AP of every setting matches within
+``--ap-tolerance`` points.
 
 Exit status 1 when a bundle fails to run or disagrees, so the script doubles as a check.
 
@@ -19,6 +23,10 @@ Exit status 1 when a bundle fails to run or disagrees, so the script doubles as 
     sudo scripts/make_board_root.sh /srv/fdq-board
     sudo python scripts/check_board_torch.py --chroot /srv/fdq-board --python /opt/fdq/bin/python \\
         --data ../shared/data/widerface_val_subset --json docs/results/board_arm64_compat.json
+    sudo python scripts/check_board_torch.py --chroot /var/lib/fdq-testboard/NAME/root \\
+        --python /root/host1/runtimes/venv/bin/python --runtimes all --models slim --rows fp32,l2 \\
+        --backends qnnpack --images 8 --data ../shared/data/widerface_val_subset \\
+        --json docs/results/board_arm64_runtimes.json
 """
 from __future__ import annotations
 
@@ -38,12 +46,24 @@ from typing import Any, Dict, List, Optional
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_quant import build, rows_for  # noqa: E402  (the one way a benchmark builds bundles)
 
+from fdq.calibration.labels import subset_ground_truth  # noqa: E402
 from fdq.device.atomic import atomic_write_text  # noqa: E402
+from fdq.device.bundle import load_bundle  # noqa: E402
+from fdq.host.export import export_bundle  # noqa: E402
 from fdq.device.evaluation import SETTINGS, load_ground_truth, save_ground_truth_json  # noqa: E402
 from fdq.models import MODEL_NAMES  # noqa: E402
 
 DEVICE_DIR = Path(__file__).resolve().parent.parent / "device"
 BOARD_MOUNT = "/mnt/fdq-check"
+# The CPU a chrooted board's programs run as under qemu-user, as on the test boards: a Pi 4's, not qemu's
+# default "max", which has the dot product, SVE and i8mm extensions int8 kernels are chosen by.
+BOARD_CPU = "cortex-a72"
+RUNTIMES = ("torchscript", "onnxruntime", "ncnn", "mnn", "executorch")
+# runtime -> (name, fdq export format, from the float bundle (else the int8 one), takes --calib)
+EXPORTS = {"onnxruntime": [("onnx", "onnx", True, False), ("onnx-int8", "onnx-int8", False, False)],
+           "ncnn": [("ncnn", "ncnn", True, False)],
+           "mnn": [("mnn", "mnn", True, False), ("mnn-int8", "mnn-int8", True, True)],
+           "executorch": [("executorch", "executorch", True, False)]}
 
 
 def device_only_tree(root: Path) -> Path:
@@ -74,8 +94,9 @@ class Interpreter:
         raise ValueError(f"{path} is outside what the board sees")
 
     def command(self, args: List[str]) -> List[str]:
+        cpu = [] if self.root is None else [f"QEMU_CPU={BOARD_CPU}"]  # qemu-user (binfmt) reads it
         inner = ["env", "-i", "PATH=/usr/bin:/bin", f"HOME={self.path(self.work)}", "PYTHONDONTWRITEBYTECODE=1",
-                 f"PYTHONPATH={self.path(self.work / 'board')}", self.python, *args]
+                 *cpu, f"PYTHONPATH={self.path(self.work / 'board')}", self.python, *args]
         if self.root is None:
             return inner
         root, mount = shlex.quote(str(self.root)), shlex.quote(str(self.root) + BOARD_MOUNT)
@@ -99,8 +120,11 @@ def run_device(interpreter: Interpreter, bundle: Path, gt: Path, out: Path) -> D
         return {"error": lines[-1] if lines else f"exit status {proc.returncode}"}
     doc = json.loads(out.read_text(encoding="utf-8"))
     device = doc["device"]
+    versions = device["runtime_versions"]
+    module = {"torchscript": "torch", "mnn": "MNN"}.get(versions["runtime"], versions["runtime"])
     return {"machine": device["machine"]["arch"], "emulated": device["emulation"]["emulated"],
-            "torch": device["runtime_versions"].get("torch"), "kernels": device["kernels"],
+            "torch": versions.get("torch"), "runtime": versions["runtime"], "version": versions.get(module),
+            "kernels": device["kernels"],
             "ap": {s: round(100.0 * doc["accuracy"][s], 2) for s in SETTINGS},
             "faces_per_frame": doc["detections"]["per_frame"]}
 
@@ -113,30 +137,57 @@ def compare(host: Dict[str, Any], board: Dict[str, Any], tolerance: float) -> Di
     return {"agree": ap_delta <= tolerance, "max_ap_delta": round(ap_delta, 2), "frames_with_other_face_count": frames}
 
 
+def bundles_of(model: str, rows: List[Any], args: argparse.Namespace, work: Path, calib: str):
+    """(row, backend, bundle) of ``model``: the torch rows, then each of ``args.runtimes``' exports of the
+    float row and of the first int8 row's first backend, and the ExecuTorch int8 program."""
+    built = [(row, backend, build(model, row, backend, args.long_side, work)["bundle"].path)
+             for row in rows for backend in (args.backends if row.backend else [None])]
+    if "torchscript" in args.runtimes:
+        yield from ((row.key, backend, path) for row, backend, path in built)
+    float_path = next(path for row, _, path in built if row.key == "fp32")
+    int8 = next(((row, backend, path) for row, backend, path in built if row.backend), None)
+    for runtime in args.runtimes:
+        for name, fmt, from_float, calibrated in EXPORTS.get(runtime, []):
+            if not from_float and int8 is None:
+                continue
+            source = float_path if from_float else int8[2]
+            out = work / f"{model}-{name}-{args.long_side}"
+            yield (name, None if from_float else int8[1],
+                   load_bundle(str(export_bundle(source, fmt, out, calib if calibrated else None))).path)
+    if "executorch" in args.runtimes and int8 is not None:
+        yield f"{int8[0].key}-executorch", "xnnpack", build(model, int8[0], "xnnpack", args.long_side, work)["bundle"].path
+
+
 def run(args: argparse.Namespace) -> Dict[str, Any]:
     data = Path(args.data).resolve()  # the runs start in the scratch folder
     images, calib = str(data / "val" / "images"), str(data / "calib" / "images")
-    rows = [r for r in rows_for(["fp32", "fp16", "l2"], ["histogram"], calib, str(data / "calib" / "ground_truth"), 0)
+    rows = [r for r in rows_for(["fp32", *args.rows], ["histogram"], calib, str(data / "calib" / "ground_truth"), 0)
             if r.key in ("fp32", "fp16", "l2-histogram")]
     results: List[Dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="check_board_torch.") as tmp:
         work = Path(tmp)
         device_only_tree(work / "board")
+        truth = load_ground_truth(data / "val" / "ground_truth")
+        if args.images:  # copies (a chroot cannot follow links out) of the first N images, their ground truth alone
+            keys = sorted(str(p.relative_to(images).with_suffix("")) for p in Path(images).rglob("*.jpg"))[:args.images]
+            for key in keys:
+                (work / "images" / key).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(Path(images, f"{key}.jpg"), work / "images" / f"{key}.jpg")
+            truth, images = subset_ground_truth(truth, keys), str(work / "images")
         host = Interpreter(sys.executable, work, Path(images))
         board = Interpreter(args.python, work, Path(images), Path(args.chroot).resolve() if args.chroot else None)
         gt = work / "gt.json"  # the board reads JSON ground truth (no scipy there)
-        save_ground_truth_json(load_ground_truth(data / "val" / "ground_truth"), gt)
+        save_ground_truth_json(truth, gt)
         for model in args.models:
-            for row in rows:
-                for backend in (args.backends if row.backend else [None]):
-                    bundle = build(model, row, backend, args.long_side, work)["bundle"].path
-                    on_host = run_device(host, bundle, gt, work / "host.json")
-                    on_board = run_device(board, bundle, gt, work / "board.json")
-                    entry = {"model": model, "row": row.key, "backend": backend, "host": on_host, "board": on_board,
-                             **compare(on_host, on_board, args.ap_tolerance)}
-                    print(json.dumps({k: entry.get(k) for k in ("model", "row", "backend", "agree", "max_ap_delta")}),
-                          flush=True)
-                    results.append(entry)
+            for key, backend, bundle in bundles_of(model, rows, args, work, calib):
+                # one result file per run: the runner never replaces one
+                on_host = run_device(host, bundle, gt, work / f"host-{bundle.name}.json")
+                on_board = run_device(board, bundle, gt, work / f"board-{bundle.name}.json")
+                entry = {"model": model, "row": key, "backend": backend, "host": on_host, "board": on_board,
+                         **compare(on_host, on_board, args.ap_tolerance)}
+                print(json.dumps({k: entry.get(k) for k in ("model", "row", "backend", "agree", "max_ap_delta")}),
+                      flush=True)
+                results.append(entry)
     return {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "command": " ".join(["check_board_torch.py", *sys.argv[1:]]),
             "machine": platform.machine(), "board_root": args.chroot, "long_side": args.long_side,
@@ -154,13 +205,17 @@ def markdown(doc: Dict[str, Any]) -> str:
             return machine
         return f"{run['machine']}{', emulated' if run['emulated'] else ''}, torch {run['torch']}"
 
-    header = (f"| model | bundle | backend | host ({side('host', doc['machine'])}) | board ({side('board', 'board')}) "
-              "| max AP diff | frames with another face count |")
+    def runtime(r: Dict[str, Any]) -> str:
+        run = r["board"] if "error" not in r["board"] else r["host"]
+        return "-" if "error" in run else f"{run.get('runtime', 'torchscript')} {run.get('version') or run['torch']}"
+
+    header = (f"| model | bundle | backend | runtime (board) | host ({side('host', doc['machine'])}) "
+              f"| board ({side('board', 'board')}) | max AP diff | frames with another face count |")
     lines = [f"`{doc['command']}` ({doc['created']}; long side {doc['long_side']}; AP easy / medium / hard, points)",
-             "", header, "|---|---|---|---|---|---|---|"]
+             "", header, "|---|---|---|---|---|---|---|---|"]
     for r in doc["results"]:
-        lines.append(f"| {r['model']} | {r['row']} | {r['backend'] or '-'} | {ap(r['host'])} | {ap(r['board'])} "
-                     f"| {r.get('max_ap_delta', '-')} | {r.get('frames_with_other_face_count', '-')} |")
+        lines.append(f"| {r['model']} | {r['row']} | {r['backend'] or '-'} | {runtime(r)} | {ap(r['host'])} "
+                     f"| {ap(r['board'])} | {r.get('max_ap_delta', '-')} | {r.get('frames_with_other_face_count', '-')} |")
     return "\n".join(lines)
 
 
@@ -172,6 +227,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--data", help="WIDER subset root with val/ and calib/")
     p.add_argument("--models", type=lambda s: s.split(","), default=list(MODEL_NAMES))
     p.add_argument("--backends", type=lambda s: s.split(","), default=["qnnpack", "x86"])
+    p.add_argument("--rows", type=lambda s: [r for r in s.split(",") if r != "fp32"], default=["fp16", "l2"],
+                   help="torch bundles besides fp32: fp16, l2 (level-2 int8, histogram observer)")
+    p.add_argument("--runtimes", type=lambda s: list(RUNTIMES) if s == "all" else s.split(","),
+                   default=["torchscript"], help=f"runtimes whose bundles run: {', '.join(RUNTIMES)} or all")
+    p.add_argument("--images", type=int, help="only the first N val images, sorted (emulation is slow)")
     p.add_argument("--long-side", type=int, default=320)
     p.add_argument("--ap-tolerance", type=float, default=0.5,
                    help="largest AP difference that agrees (points; int8 kernels of another CPU round differently)")
