@@ -185,7 +185,8 @@ def executorch_refusal(name: str, bundle: Bundle, facts: Dict[str, Any]) -> Opti
     """Why the board's executorch cannot run ``bundle`` (None: it can): its runtime links the libtorch it
     was built against, so it needs that torch beside it; and 1.0.1 stops with SIGILL on an XNNPACK int8
     program on the emulated Cortex-A72 (ARMv8.0), while it runs the same program on qemu's default CPU
-    (ARMv8.2+ extensions): an int8 kernel there needs more than a Pi 4 has."""
+    (ARMv8.2+ extensions): an int8 kernel there needs more than a Pi 4 has, as far as emulation shows
+    (not tried on a real Pi). Refused: a crash at run time would be worse than a line at deploy."""
     modules = facts["modules"]
     executorch, torch = (str(modules.get(m) or "").split("+")[0] for m in ("executorch", "torch"))
     built_for = {e: t for t, e in EXECUTORCH_FOR_TORCH.items()}.get(executorch)
@@ -196,7 +197,8 @@ def executorch_refusal(name: str, bundle: Bundle, facts: Dict[str, Any]) -> Opti
     dtype = str((bundle.manifest.get("backend") or {}).get("dtype", "fp32"))
     if dtype == "int8" and executorch.startswith("1.0.") and facts["machine"] == "aarch64":
         return (f"{name} is an XNNPACK int8 program; executorch {executorch} there {where} stops on it with "
-                f"SIGILL on a Cortex-A72, and the release that runs it (1.5.1) needs torch 2.13, which PyPI has "
+                f"SIGILL on a Cortex-A72 as qemu-user emulates it (untried on a real Pi), and the release that runs "
+                f"it (1.5.1) needs torch 2.13, which PyPI has "
                 f"for aarch64 only as a CUDA build: deploy its float program (fdq export --format executorch)")
     return None
 
