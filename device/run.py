@@ -33,6 +33,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from . import instructions
 from .cliargs import Parser, float_at_least, int_at_least
+from .atomic import PathLike
 from .outputs import check_file_output
 
 PROG = "fdq-run"
@@ -292,7 +293,7 @@ def check_interrupted() -> None:
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-def write_json_atomic(path: Path, document: Dict[str, Any]) -> None:
+def write_json_atomic(path: PathLike, document: Dict[str, Any]) -> None:
     """Temp file in the target folder, fsync, rename: the file is complete or absent."""
     from .atomic import atomic_output
 

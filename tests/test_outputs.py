@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Dict
 
@@ -205,12 +206,21 @@ def test_a_marked_folder_is_replaced_only_with_force(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
+def test_checking_a_file_output_interns_nothing(tmp_path: Path) -> None:
+    """The runner checks its --json, a name new each run, before it counts instructions: interned (as
+    pathlib does with every part), the name would change what the counted frames execute."""
+    name = "".join(["run-", uuid.uuid4().hex, ".json"])
+    assert check_file_output(f"{tmp_path}{os.sep}{name}") == os.path.join(tmp_path, name)
+    probe = "".join(["run-", name[4:]])  # the same text, a new object: interning keeps it only if none was
+    assert sys.intern(probe) is probe
+
+
 def test_file_outputs(tmp_path: Path) -> None:
     existing = tmp_path / "r.json"
     existing.write_text("{}")
-    assert check_file_output(tmp_path / "new.json") == tmp_path / "new.json"
+    assert check_file_output(tmp_path / "new.json") == str(tmp_path / "new.json")
     with pytest.raises(OutputRefused, match="add --force"):
         check_file_output(existing)
-    assert check_file_output(existing, force=True) == existing
+    assert check_file_output(existing, force=True) == str(existing)
     with pytest.raises(OutputRefused, match="not a regular file"):
         check_file_output(tmp_path, force=True)
