@@ -85,8 +85,8 @@ def train_qat(float_model: nn.Module, dataset: WiderFaceTraining, qs: QATSetting
                  on_step=on_step, resume=resume, extra_state=extra_state, log=log)
     int8 = quant_api.convert(result.model.cpu())
     report = {"method": "qat-distill" if qs.distill else "qat", "backend": qs.backend, "observer": qs.observer,
-              "per_channel": qs.per_channel, "statassist": qs.statassist, "gradboost": qs.gradboost,
-              "distill": qs.distill, "gt_loss": qs.labelled, "warmup_iters_done": warm_done,
+              "per_channel": qs.per_channel, "reduce_range": opts.reduce_range, "statassist": qs.statassist,
+              "gradboost": qs.gradboost, "distill": qs.distill, "gt_loss": qs.labelled, "warmup_iters_done": warm_done,
               "optimizer_carry": carry, "lr": lr, "epochs": result.epochs_done, "steps": result.steps,
               "calibration_images": len(inputs), "metrics": result.metrics}
     return int8, report

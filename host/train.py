@@ -43,7 +43,7 @@ DEFAULTS: Dict[str, Any] = {
     "schedule": "cosine", "clip_grad": None, "size": 320, "min_face": 2.0, "seed": 0, "workers": 2,
     "optimizer": None, "amp": False, "device": None,
     "qat": False, "backend": None, "statassist": False, "gradboost": False, "distill": False,
-    "warmup_iters": 20, "observer": "histogram", "per_channel": True, "gt_weight": None,
+    "warmup_iters": 20, "observer": "histogram", "per_channel": True, "gt_weight": None, "reduce_range": False,
 }
 #: Options a resumed run may change (everything else comes from the checkpoint).
 RESUME_MAY_CHANGE = ("epochs", "workers", "device")
@@ -123,9 +123,11 @@ def _check(s: argparse.Namespace) -> None:
         raise TrainError("--clip-grad must be > 0")
     if s.optimizer not in ("sgd", "adam"):
         raise TrainError(f"unknown --optimizer {s.optimizer!r} (choose from: sgd, adam)")
-    qat_only = [f"--{k}" for k in ("backend", "statassist", "gradboost", "distill") if getattr(s, k)]
+    qat_only = [f"--{k.replace('_', '-')}" for k in ("backend", "statassist", "gradboost", "distill", "reduce_range")
+                if getattr(s, k)]
     if not s.qat and qat_only:
-        raise TrainError(f"{', '.join(qat_only)} apply to --qat (quantization-aware training)")
+        raise TrainError(f"{', '.join(qat_only)} {'applies' if len(qat_only) == 1 else 'apply'} to --qat "
+                         "(quantization-aware training)")
     if s.qat:
         from fdq.calibration.observers import activation_observer
         from fdq.calibration.quant_api import check_backend
@@ -133,6 +135,8 @@ def _check(s: argparse.Namespace) -> None:
         if not s.backend:
             raise TrainError("--qat needs --backend (qnnpack for ARM, x86 or fbgemm for Intel/AMD)")
         check_backend(s.backend)
+        if s.reduce_range and s.backend == "qnnpack":
+            raise TrainError("--reduce-range is an x86/fbgemm workaround; qnnpack has no use for it")
         activation_observer(s.observer)
         if s.amp:
             raise TrainError("--amp applies to float training; fake-quantized training runs in float32")
@@ -236,7 +240,8 @@ def _train_qat(s: argparse.Namespace, model: "nn.Module", dataset: Any, config: 
     qs = QATSettings(backend=s.backend, observer=s.observer, per_channel=s.per_channel, statassist=s.statassist,
                      gradboost=s.gradboost, distill=s.distill, labelled=bool(s.labels), warmup_iters=s.warmup_iters)
     opts = FinetuneOptions(optimizer=s.optimizer, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay,
-                           gt_weight=0.1 if s.gt_weight is None else s.gt_weight, seed=s.seed)
+                           gt_weight=0.1 if s.gt_weight is None else s.gt_weight, reduce_range=s.reduce_range,
+                           seed=s.seed)
     int8, report = train_qat(model, dataset, qs, opts, config, env, out, evaluate=evaluate,
                              resume=s.resume_state, extra_state={"settings": settings}, log=log)
     if not env.main:
@@ -320,6 +325,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     q.add_argument("--per-tensor", dest="per_channel", action="store_false", default=None,
                    help="--qat: per-tensor int8 weights (default per-channel)")
     q.add_argument("--gt-weight", type=float, help="--qat --distill: weight of the labels' loss (default 0.1)")
+    q.add_argument("--reduce-range", action="store_true", default=None,
+                   help="--qat: 7-bit activations, for x86/fbgemm targets without VNNI (AVX2 only)")
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:

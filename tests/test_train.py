@@ -407,8 +407,9 @@ def test_out_never_replaces_a_users_folder(shared_dir, tmp_path):
 @pytest.mark.parametrize("labelled", [True, False])
 def test_qat_through_the_training_loop_writes_an_int8_bundle(shared_dir, tmp_path, labelled):
     """--qat --statassist --gradboost --distill, 1 epoch on 4 images at 96 px: with labels level 3,
-    without level 4 (the float warm-up learns from the teacher's detections). The bundle loads through
-    the device loader and carries the report; the StatAssist optimizer state was carried over."""
+    without level 4 (the float warm-up learns from the teacher's detections); the labelled run with
+    7-bit activations (--reduce-range). The bundle loads through the device loader and carries the
+    report; the StatAssist optimizer state was carried over."""
     from fdq.device.bundle import load_bundle
 
     images = _subset(shared_dir, tmp_path / "images", limit=4)
@@ -416,11 +417,17 @@ def test_qat_through_the_training_loop_writes_an_int8_bundle(shared_dir, tmp_pat
     labels = ["--labels", shared_dir / DATA / "calib" / "ground_truth"] if labelled else []
     _fdq(shared_dir, "train", "--model", "slim", "--images", images, *labels, "--qat", "--backend", "x86",
          "--statassist", "--gradboost", "--distill", "--warmup-iters", 2, "--epochs", 1, "--batch-size", 2,
-         "--size", 96, "--workers", 0, "--observer", "moving-minmax", "--out", out)
+         "--size", 96, "--workers", 0, "--observer", "moving-minmax", *(["--reduce-range"] if labelled else []),
+         "--out", out)
     bundle = load_bundle(out / "bundle")
     manifest = bundle.manifest
     assert manifest["backend"] == {"engine": "x86", "dtype": "int8"}
     assert manifest["quantization"]["level"] == (3 if labelled else 4)
+    assert manifest["quantization"]["reduce_range"] is labelled
+    # The input's int8 grid: codes up to 127 reach the brightest pixels only with 7-bit activations (with
+    # 8 bits, code 127 sits near the middle of the mean-subtracted range, [-123, 151], below 14).
+    grid = manifest["input"]["quantized"]
+    assert ((127 - grid["zero_point"]) * grid["scale"] > 60) is labelled
     report = json.loads((out / "bundle" / "report.json").read_text())
     training = report["training"]
     assert training["warmup_iters_done"] == 2 and training["optimizer_carry"] in ("same", "remapped")
@@ -428,3 +435,16 @@ def test_qat_through_the_training_loop_writes_an_int8_bundle(shared_dir, tmp_pat
     assert report["calibration_report"]["in_sample"] and "output_error" in report["calibration_report"]
     m = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert m["distill"] > 0 and (("gt" in m) is labelled)
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--reduce-range"], "--reduce-range applies to --qat"),
+    (["--qat", "--backend", "qnnpack", "--reduce-range"], "--reduce-range is an x86/fbgemm workaround"),
+])
+def test_qat_options_are_checked_before_any_work(shared_dir, tmp_path, options, message):
+    out = tmp_path / "run"
+    done = _fdq(shared_dir, "train", "--model", "slim", "--images", shared_dir / DATA / "calib" / "images",
+                "--labels", shared_dir / DATA / "calib" / "ground_truth", *options, "--out", out, check=False)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and len(lines) == 1 and lines[0].startswith("fdq: error: ") and message in lines[0]
+    assert not out.exists()
