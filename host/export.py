@@ -423,7 +423,7 @@ def _check_request(bundle: Bundle, fmt: str, calib_dir: Optional[PathLike], floa
     if fmt == "mnn-int8":
         if calib_dir is None:
             raise _fail(f"mnn-int8 export needs --calib DIR: MNN calibrates its int8 ranges on those images "
-                        f"(see --help)")
+                        "(see --help)")
         return
     if fmt == "onnx-int8" and source == "int8":
         if calib_dir is not None:

@@ -36,8 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_peers import fdq, load_val, write_section, yunet_detect  # noqa: E402  (same folder: YuNet setup, docs block)
 
 from fdq.device.bundle import load_bundle  # noqa: E402
-from fdq.device.evaluation import evaluate, load_ground_truth, to_wider_rows  # noqa: E402
-from fdq.device.images import list_images, read_image  # noqa: E402
+from fdq.device.evaluation import evaluate, to_wider_rows  # noqa: E402
 from fdq.device.preprocess import resize_ratio  # noqa: E402
 from fdq.device.runtimes import bundle_detector  # noqa: E402
 
