@@ -422,7 +422,7 @@ def _check_request(bundle: Bundle, fmt: str, calib_dir: Optional[PathLike], floa
         raise _fail(f"--float applies to the float formats {', '.join(FLOAT_FORMATS)}, not {fmt} (see --help)")
     if fmt == "mnn-int8":
         if calib_dir is None:
-            raise _fail(f"mnn-int8 export needs --calib DIR: MNN calibrates its int8 ranges on those images "
+            raise _fail("mnn-int8 export needs --calib DIR: MNN calibrates its int8 ranges on those images "
                         "(see --help)")
         return
     if fmt == "onnx-int8" and source == "int8":
