@@ -39,10 +39,12 @@ MNN_FILE = "model.mnn"
 # lost 1.1 / 3.2 / 3.4 (and ignores the skip list) and KL 14-22.
 FEATURE_METHOD = "ADMM"
 WEIGHT_METHOD = "ADMM"  # symmetric per-channel int8 weights, scales fitted by ADMM
-# Ops MNN's tool can keep in float (its ``skip_quant_op_names``), by role: found in the float graph.
+# Ops MNN's tool can keep in float (its ``skip_quant_op_names``), by role: found in the float graph
+# (:func:`sensitive_ops`). ROLES: every role it knows; SKIP_ROLES: those the export keeps in float.
+ROLES = ("first", "heads", "preheads")
 SKIP_ROLES = ("first", "heads")
 DEFAULT_SETTINGS: Dict[str, Any] = {"feature_quantize_method": FEATURE_METHOD, "weight_quantize_method": WEIGHT_METHOD,
-                                    "skip": SKIP_ROLES}
+                                    "skip": SKIP_ROLES, "mirror": False}
 # What each path of MNN's tool does (EMA: its own quantization-aware module, which takes no weight
 # method and no skip list; KL / ADMM: thresholds on the float graph, weights by weight_quantize_method).
 SCHEMES = {True: {"activation_scheme": "affine int8, per tensor (EMA of each image's range)",
@@ -124,7 +126,10 @@ def graph_ops(mnn_path: Path) -> List[Dict[str, Any]]:
 def sensitive_ops(ops: List[Dict[str, Any]], roles: Tuple[str, ...]) -> List[str]:
     """Names of the ops in ``roles``: ``first``, the convolutions the input reaches through no other
     convolution; ``heads``, the convolutions whose outputs reach a network output through no other
-    convolution, and every op after them (the in-graph softmax and concatenations of the outputs)."""
+    convolution, and every op after them (the in-graph softmax and concatenations of the outputs);
+    ``preheads``, the convolutions the heads' convolutions read through no other convolution (the
+    depthwise halves of slim's and rfb's separable heads, the last body convolution before the
+    smallest scale's heads, the last convolutions of mnet025's SSH blocks), and the ops between."""
     producer = {t: op for op in ops for t in op["outputs"]}
 
     def back_to_convs(tensors: List[str]) -> Tuple[List[str], List[str]]:
@@ -148,9 +153,13 @@ def sensitive_ops(ops: List[Dict[str, Any]], roles: Tuple[str, ...]) -> List[str
     picked: List[str] = []
     if "first" in roles:
         picked += [op["name"] for op in ops if op["type"] in _CONVS and not back_to_convs(op["inputs"])[0]]
+    heads, after = back_to_convs([name for name in OUTPUT_NAMES if name in producer])
     if "heads" in roles:
-        convs, after = back_to_convs([name for name in OUTPUT_NAMES if name in producer])
-        picked += convs + after
+        picked += heads + after
+    if "preheads" in roles:
+        by_name = {op["name"]: op for op in ops}
+        convs, between = back_to_convs([t for name in heads for t in by_name[name]["inputs"]])
+        picked += convs + between
     return sorted(set(picked))
 
 
@@ -162,19 +171,25 @@ def padded_to_common_size(blobs: List[np.ndarray]) -> List[np.ndarray]:
 
 
 def quantize_mnn(float_path: Path, out_path: Path, blobs: List[np.ndarray], input_name: str = "input",
-                 settings: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+                 settings: Optional[Dict[str, Any]] = None,
+                 ops: Optional[List[Dict[str, Any]]] = None) -> Dict[str, Any]:
     """Quantize a float ``.mnn`` on preprocessed ``blobs`` with MNN's offline tool; the settings used.
 
     ``settings`` overrides :data:`DEFAULT_SETTINGS`: ``feature_quantize_method`` (EMA, KL, ADMM),
-    ``weight_quantize_method`` (MAX_ABS, ADMM), ``skip`` (roles of :data:`SKIP_ROLES` kept in float)."""
+    ``weight_quantize_method`` (MAX_ABS, ADMM), ``skip`` (roles of :data:`ROLES` kept in float),
+    ``mirror`` (calibrate on each image and its horizontal mirror: twice the data, same distribution).
+    ``ops``: :func:`graph_ops` of ``float_path`` listed beforehand (the listing runs the converter, which
+    cannot run after a calibration in this process: several calibrations in one process pass it)."""
     chosen = {**DEFAULT_SETTINGS, **(settings or {})}
-    unknown = set(chosen["skip"]) - set(SKIP_ROLES)
+    unknown = set(chosen["skip"]) - set(ROLES)
     if unknown:
-        raise ValueError(f"unknown MNN skip role(s) {', '.join(sorted(unknown))} (choose from: {', '.join(SKIP_ROLES)})")
+        raise ValueError(f"unknown MNN skip role(s) {', '.join(sorted(unknown))} (choose from: {', '.join(ROLES)})")
     if chosen["skip"] and chosen["feature_quantize_method"] == "EMA":
         # measured: the EMA path writes the same file with or without skip_quant_op_names
         raise ValueError("MNN's EMA calibration quantizes every convolution: keeping ops in float needs KL or ADMM")
-    skipped = sensitive_ops(graph_ops(float_path), tuple(chosen["skip"])) if chosen["skip"] else []
+    skipped = sensitive_ops(ops or graph_ops(float_path), tuple(chosen["skip"])) if chosen["skip"] else []
+    if chosen["mirror"]:
+        blobs = blobs + [np.ascontiguousarray(b[..., ::-1]) for b in blobs]
     if chosen["feature_quantize_method"] == "ADMM":
         blobs = padded_to_common_size(blobs)
     config = {"feature_quantize_method": chosen["feature_quantize_method"],
@@ -198,7 +213,7 @@ def quantize_mnn(float_path: Path, out_path: Path, blobs: List[np.ndarray], inpu
         raise RuntimeError(f"MNN's quantizer failed: {tail(lines)}")
     record = {k: v for k, v in config.items() if k != "skip_quant_op_names"}
     return {"tool": "MNN offline quantization (_tools.mnnquant, in-process)", **record,
-            "float_roles": list(chosen["skip"]), "float_ops": len(skipped),
+            "float_roles": list(chosen["skip"]), "float_ops": len(skipped), "mirrored": bool(chosen["mirror"]),
             **SCHEMES[chosen["feature_quantize_method"] == "EMA"]}
 
 
