@@ -3,12 +3,12 @@
 * ``mnn``: the float ONNX export of :mod:`fdq.host.export` (dynamic height and width) converted by
   MNN's converter; checked against PyTorch at three input sizes.
 * ``mnn-int8``: that float ``.mnn`` quantized by MNN's calibration tool (ADMM symmetric per-tensor
-  activation thresholds, ADMM symmetric per-channel weights, the first convolution and the heads
-  kept in float: :data:`DEFAULT_SETTINGS`) on the calibration images given, each preprocessed exactly
-  as the runner preprocesses it (``resize_image`` to the long side + ``normalize``) and handed to the
-  tool as its "sequence" input (the tool's own image reader would stretch every image to one size);
-  ADMM takes them in one batch, so they are zero-padded (the mean colour) at the bottom and right to
-  the largest of them.
+  activation thresholds, ADMM symmetric per-channel weights, the first convolution, the heads and the
+  convolutions the heads read kept in float: :data:`DEFAULT_SETTINGS`) on the calibration images
+  given and their horizontal mirrors, each preprocessed exactly as the runner preprocesses it
+  (``resize_image`` to the long side + ``normalize``) and handed to the tool as its "sequence" input
+  (the tool's own image reader would stretch every image to one size); ADMM takes them in one batch,
+  so they are zero-padded (the mean colour) at the bottom and right to the largest of them.
 
 Both tools run in this process through the compiled extension ``_tools`` (``mnnconvert`` /
 ``mnnquant`` with argv-style lists). fdq never calls MNN's Python command wrappers (``mnnconvert``,
@@ -34,17 +34,20 @@ from fdq.host.native_output import captured_fds, tail
 
 MNN_FILE = "model.mnn"
 # The default, from scripts/bench_mnn_int8.py (docs/ACCURACY.md): ADMM activation thresholds and ADMM
-# per-channel weights, with the first convolution and the heads (and the in-graph softmax after them)
-# kept in float. At 320 it lost at most 1.0 / 1.7 / 0.9 AP points (slim / rfb / mnet025) where MNN's EMA
-# lost 1.1 / 3.2 / 3.4 (and ignores the skip list) and KL 14-22.
+# per-channel weights, with the first convolution, the heads (and the in-graph softmax after them) and
+# the convolutions the heads read kept in float, calibrated on the images and their mirrors. At 320 it
+# lost at most 0.8 / 0.9 / 1.05 AP points (slim / rfb / mnet025) where the same without the mirrors and
+# the pre-head convolutions lost 1.0 / 1.7 / 0.9, MNN's EMA 1.1 / 3.2 / 3.4 (it ignores the skip list)
+# and KL 14-22.
 FEATURE_METHOD = "ADMM"
 WEIGHT_METHOD = "ADMM"  # symmetric per-channel int8 weights, scales fitted by ADMM
 # Ops MNN's tool can keep in float (its ``skip_quant_op_names``), by role: found in the float graph
 # (:func:`sensitive_ops`). ROLES: every role it knows; SKIP_ROLES: those the export keeps in float.
 ROLES = ("first", "heads", "preheads")
-SKIP_ROLES = ("first", "heads")
+SKIP_ROLES = ("first", "heads", "preheads")
+MIRROR = True  # calibrate on each image and its horizontal mirror (rfb's worst loss 1.46 -> 0.90 with it)
 DEFAULT_SETTINGS: Dict[str, Any] = {"feature_quantize_method": FEATURE_METHOD, "weight_quantize_method": WEIGHT_METHOD,
-                                    "skip": SKIP_ROLES, "mirror": False}
+                                    "skip": SKIP_ROLES, "mirror": MIRROR}
 # What each path of MNN's tool does (EMA: its own quantization-aware module, which takes no weight
 # method and no skip list; KL / ADMM: thresholds on the float graph, weights by weight_quantize_method).
 SCHEMES = {True: {"activation_scheme": "affine int8, per tensor (EMA of each image's range)",
@@ -282,8 +285,8 @@ def export_mnn(bundle: Bundle, model: nn.Module, weights_info: Dict[str, Any], o
                      "io": {"input": "input", "outputs": {n: n for n in OUTPUT_NAMES}}, "entry": {"model": MNN_FILE}})
     if int8:
         _identity(manifest, export, "mnn calibration",
-                  f"calibrated by MNN's offline quantization ({FEATURE_METHOD}, {' and '.join(SKIP_ROLES)} in float) "
-                  f"on {calib_info['images']} images of "
+                  f"calibrated by MNN's offline quantization ({FEATURE_METHOD}, {', '.join(SKIP_ROLES)} in float) "
+                  f"on {calib_info['images']} images{' and their mirrors' if MIRROR else ''} of "
                   f"{calib_info['dir']} (list sha256 {calib_info['list_sha256'][:16]}), from the float weights of "
                   f"{_label(bundle)}")
     else:

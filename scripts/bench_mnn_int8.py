@@ -54,7 +54,8 @@ SETTINGS: Dict[str, Dict[str, Any]] = {
         ("ADMM", "MAX_ABS", (), False), ("ADMM", "MAX_ABS", ("heads",), False),
         ("ADMM", "MAX_ABS", ("first", "heads"), False), ("ADMM", "ADMM", ("first", "heads"), False),
         ("ADMM", "ADMM", ("first", "heads", "preheads"), False), ("ADMM", "MAX_ABS", ("first", "heads", "preheads"), False),
-        ("ADMM", "ADMM", ("first", "heads"), True), ("ADMM", "ADMM", ("first", "heads", "preheads"), True)]}
+        ("ADMM", "ADMM", ("first", "heads"), True), ("ADMM", "MAX_ABS", ("first", "heads"), True),
+        ("ADMM", "ADMM", ("first", "heads", "preheads"), True)]}
 
 
 def mnn_detector(path: Path, model: str, side: int, fp32: bool) -> Tuple[FaceDetector, List[float]]:
