@@ -38,7 +38,7 @@ MNN_FILE = "model.mnn"
 # the convolutions the heads read kept in float, calibrated on the images and their mirrors. At 320 it
 # lost at most 0.8 / 0.9 / 1.05 AP points (slim / rfb / mnet025) where the same without the mirrors and
 # the pre-head convolutions lost 1.0 / 1.7 / 0.9, MNN's EMA 1.1 / 3.2 / 3.4 (it ignores the skip list)
-# and KL 14-22.
+# and KL 14-22; at 640 1.1 / 1.1 / 1.5 (without the mirrors and pre-heads: 0.6 / - / 2.0).
 FEATURE_METHOD = "ADMM"
 WEIGHT_METHOD = "ADMM"  # symmetric per-channel int8 weights, scales fitted by ADMM
 # Ops MNN's tool can keep in float (its ``skip_quant_op_names``), by role: found in the float graph
