@@ -3,12 +3,12 @@
 * ``mnn``: the float ONNX export of :mod:`fdq.host.export` (dynamic height and width) converted by
   MNN's converter; checked against PyTorch at three input sizes.
 * ``mnn-int8``: that float ``.mnn`` quantized by MNN's calibration tool (ADMM symmetric per-tensor
-  activation thresholds, ADMM symmetric per-channel weights, the first convolution and the heads
-  kept in float: :data:`DEFAULT_SETTINGS`) on the calibration images given, each preprocessed exactly
-  as the runner preprocesses it (``resize_image`` to the long side + ``normalize``) and handed to the
-  tool as its "sequence" input (the tool's own image reader would stretch every image to one size);
-  ADMM takes them in one batch, so they are zero-padded (the mean colour) at the bottom and right to
-  the largest of them.
+  activation thresholds, ADMM symmetric per-channel weights, the first convolution, the heads and the
+  convolutions the heads read kept in float: :data:`DEFAULT_SETTINGS`) on the calibration images
+  given and their horizontal mirrors, each preprocessed exactly as the runner preprocesses it
+  (``resize_image`` to the long side + ``normalize``) and handed to the tool as its "sequence" input
+  (the tool's own image reader would stretch every image to one size); ADMM takes them in one batch,
+  so they are zero-padded (the mean colour) at the bottom and right to the largest of them.
 
 Both tools run in this process through the compiled extension ``_tools`` (``mnnconvert`` /
 ``mnnquant`` with argv-style lists). fdq never calls MNN's Python command wrappers (``mnnconvert``,
@@ -34,15 +34,20 @@ from fdq.host.native_output import captured_fds, tail
 
 MNN_FILE = "model.mnn"
 # The default, from scripts/bench_mnn_int8.py (docs/ACCURACY.md): ADMM activation thresholds and ADMM
-# per-channel weights, with the first convolution and the heads (and the in-graph softmax after them)
-# kept in float. At 320 it lost at most 1.0 / 1.7 / 0.9 AP points (slim / rfb / mnet025) where MNN's EMA
-# lost 1.1 / 3.2 / 3.4 (and ignores the skip list) and KL 14-22.
+# per-channel weights, with the first convolution, the heads (and the in-graph softmax after them) and
+# the convolutions the heads read kept in float, calibrated on the images and their mirrors. At 320 it
+# lost at most 0.8 / 0.9 / 1.05 AP points (slim / rfb / mnet025) where the same without the mirrors and
+# the pre-head convolutions lost 1.0 / 1.7 / 0.9, MNN's EMA 1.1 / 3.2 / 3.4 (it ignores the skip list)
+# and KL 14-22; at 640 1.1 / 1.1 / 1.5 (without the mirrors and pre-heads: 0.6 / - / 2.0).
 FEATURE_METHOD = "ADMM"
 WEIGHT_METHOD = "ADMM"  # symmetric per-channel int8 weights, scales fitted by ADMM
-# Ops MNN's tool can keep in float (its ``skip_quant_op_names``), by role: found in the float graph.
-SKIP_ROLES = ("first", "heads")
+# Ops MNN's tool can keep in float (its ``skip_quant_op_names``), by role: found in the float graph
+# (:func:`sensitive_ops`). ROLES: every role it knows; SKIP_ROLES: those the export keeps in float.
+ROLES = ("first", "heads", "preheads")
+SKIP_ROLES = ("first", "heads", "preheads")
+MIRROR = True  # calibrate on each image and its horizontal mirror (rfb's worst loss 1.46 -> 0.90 with it)
 DEFAULT_SETTINGS: Dict[str, Any] = {"feature_quantize_method": FEATURE_METHOD, "weight_quantize_method": WEIGHT_METHOD,
-                                    "skip": SKIP_ROLES}
+                                    "skip": SKIP_ROLES, "mirror": MIRROR}
 # What each path of MNN's tool does (EMA: its own quantization-aware module, which takes no weight
 # method and no skip list; KL / ADMM: thresholds on the float graph, weights by weight_quantize_method).
 SCHEMES = {True: {"activation_scheme": "affine int8, per tensor (EMA of each image's range)",
@@ -124,7 +129,10 @@ def graph_ops(mnn_path: Path) -> List[Dict[str, Any]]:
 def sensitive_ops(ops: List[Dict[str, Any]], roles: Tuple[str, ...]) -> List[str]:
     """Names of the ops in ``roles``: ``first``, the convolutions the input reaches through no other
     convolution; ``heads``, the convolutions whose outputs reach a network output through no other
-    convolution, and every op after them (the in-graph softmax and concatenations of the outputs)."""
+    convolution, and every op after them (the in-graph softmax and concatenations of the outputs);
+    ``preheads``, the convolutions the heads' convolutions read through no other convolution (the
+    depthwise halves of slim's and rfb's separable heads, the last body convolution before the
+    smallest scale's heads, the last convolutions of mnet025's SSH blocks), and the ops between."""
     producer = {t: op for op in ops for t in op["outputs"]}
 
     def back_to_convs(tensors: List[str]) -> Tuple[List[str], List[str]]:
@@ -148,9 +156,13 @@ def sensitive_ops(ops: List[Dict[str, Any]], roles: Tuple[str, ...]) -> List[str
     picked: List[str] = []
     if "first" in roles:
         picked += [op["name"] for op in ops if op["type"] in _CONVS and not back_to_convs(op["inputs"])[0]]
+    heads, after = back_to_convs([name for name in OUTPUT_NAMES if name in producer])
     if "heads" in roles:
-        convs, after = back_to_convs([name for name in OUTPUT_NAMES if name in producer])
-        picked += convs + after
+        picked += heads + after
+    if "preheads" in roles:
+        by_name = {op["name"]: op for op in ops}
+        convs, between = back_to_convs([t for name in heads for t in by_name[name]["inputs"]])
+        picked += convs + between
     return sorted(set(picked))
 
 
@@ -162,19 +174,25 @@ def padded_to_common_size(blobs: List[np.ndarray]) -> List[np.ndarray]:
 
 
 def quantize_mnn(float_path: Path, out_path: Path, blobs: List[np.ndarray], input_name: str = "input",
-                 settings: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+                 settings: Optional[Dict[str, Any]] = None,
+                 ops: Optional[List[Dict[str, Any]]] = None) -> Dict[str, Any]:
     """Quantize a float ``.mnn`` on preprocessed ``blobs`` with MNN's offline tool; the settings used.
 
     ``settings`` overrides :data:`DEFAULT_SETTINGS`: ``feature_quantize_method`` (EMA, KL, ADMM),
-    ``weight_quantize_method`` (MAX_ABS, ADMM), ``skip`` (roles of :data:`SKIP_ROLES` kept in float)."""
+    ``weight_quantize_method`` (MAX_ABS, ADMM), ``skip`` (roles of :data:`ROLES` kept in float),
+    ``mirror`` (calibrate on each image and its horizontal mirror: twice the data, same distribution).
+    ``ops``: :func:`graph_ops` of ``float_path`` listed beforehand (the listing runs the converter, which
+    cannot run after a calibration in this process: several calibrations in one process pass it)."""
     chosen = {**DEFAULT_SETTINGS, **(settings or {})}
-    unknown = set(chosen["skip"]) - set(SKIP_ROLES)
+    unknown = set(chosen["skip"]) - set(ROLES)
     if unknown:
-        raise ValueError(f"unknown MNN skip role(s) {', '.join(sorted(unknown))} (choose from: {', '.join(SKIP_ROLES)})")
+        raise ValueError(f"unknown MNN skip role(s) {', '.join(sorted(unknown))} (choose from: {', '.join(ROLES)})")
     if chosen["skip"] and chosen["feature_quantize_method"] == "EMA":
         # measured: the EMA path writes the same file with or without skip_quant_op_names
         raise ValueError("MNN's EMA calibration quantizes every convolution: keeping ops in float needs KL or ADMM")
-    skipped = sensitive_ops(graph_ops(float_path), tuple(chosen["skip"])) if chosen["skip"] else []
+    skipped = sensitive_ops(ops or graph_ops(float_path), tuple(chosen["skip"])) if chosen["skip"] else []
+    if chosen["mirror"]:
+        blobs = blobs + [np.ascontiguousarray(b[..., ::-1]) for b in blobs]
     if chosen["feature_quantize_method"] == "ADMM":
         blobs = padded_to_common_size(blobs)
     config = {"feature_quantize_method": chosen["feature_quantize_method"],
@@ -198,7 +216,7 @@ def quantize_mnn(float_path: Path, out_path: Path, blobs: List[np.ndarray], inpu
         raise RuntimeError(f"MNN's quantizer failed: {tail(lines)}")
     record = {k: v for k, v in config.items() if k != "skip_quant_op_names"}
     return {"tool": "MNN offline quantization (_tools.mnnquant, in-process)", **record,
-            "float_roles": list(chosen["skip"]), "float_ops": len(skipped),
+            "float_roles": list(chosen["skip"]), "float_ops": len(skipped), "mirrored": bool(chosen["mirror"]),
             **SCHEMES[chosen["feature_quantize_method"] == "EMA"]}
 
 
@@ -267,8 +285,8 @@ def export_mnn(bundle: Bundle, model: nn.Module, weights_info: Dict[str, Any], o
                      "io": {"input": "input", "outputs": {n: n for n in OUTPUT_NAMES}}, "entry": {"model": MNN_FILE}})
     if int8:
         _identity(manifest, export, "mnn calibration",
-                  f"calibrated by MNN's offline quantization ({FEATURE_METHOD}, {' and '.join(SKIP_ROLES)} in float) "
-                  f"on {calib_info['images']} images of "
+                  f"calibrated by MNN's offline quantization ({FEATURE_METHOD}, {', '.join(SKIP_ROLES)} in float) "
+                  f"on {calib_info['images']} images{' and their mirrors' if MIRROR else ''} of "
                   f"{calib_info['dir']} (list sha256 {calib_info['list_sha256'][:16]}), from the float weights of "
                   f"{_label(bundle)}")
     else:

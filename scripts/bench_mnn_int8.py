@@ -35,21 +35,27 @@ from fdq.device.images import list_images, read_image  # noqa: E402
 from fdq.device.runtimes import open_mnn, run_mnn, split_outputs  # noqa: E402
 from fdq.host.export import _export_onnx_float, calibration_images, preprocessed  # noqa: E402
 from fdq.host.export_check import OUTPUT_NAMES  # noqa: E402
-from fdq.host.export_mnn import convert_onnx, quantize_mnn  # noqa: E402
+from fdq.host.export_mnn import convert_onnx, graph_ops, quantize_mnn  # noqa: E402
 from fdq.host.zoo import resolve_weights  # noqa: E402
 from fdq.models import SPECS, load_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MARK_BEGIN, MARK_END = "<!-- bench_mnn_int8:begin -->", "<!-- bench_mnn_int8:end -->"
 SETTINGS_AP = ("easy", "medium", "hard")
-# name -> quantize_mnn settings, every key given (the export's default keeps ops in float)
+# name -> quantize_mnn settings, every key given (the export's default keeps ops in float); "-mirror":
+# calibrated on the images and their horizontal mirrors
 SETTINGS: Dict[str, Dict[str, Any]] = {
-    f"{feature.lower()}{'-wadmm' if weight == 'ADMM' else ''}{'-skip-' + '-'.join(skip) if skip else ''}":
-        {"feature_quantize_method": feature, "weight_quantize_method": weight, "skip": skip}
-    for feature, weight, skip in [("EMA", "MAX_ABS", ()), ("KL", "MAX_ABS", ()), ("KL", "MAX_ABS", ("heads",)),
-                                  ("KL", "MAX_ABS", ("first", "heads")), ("KL", "ADMM", ("first", "heads")),
-                                  ("ADMM", "MAX_ABS", ()), ("ADMM", "MAX_ABS", ("heads",)),
-                                  ("ADMM", "MAX_ABS", ("first", "heads")), ("ADMM", "ADMM", ("first", "heads"))]}
+    f"{feature.lower()}{'-wadmm' if weight == 'ADMM' else ''}{'-skip-' + '-'.join(skip) if skip else ''}"
+    f"{'-mirror' if mirror else ''}":
+        {"feature_quantize_method": feature, "weight_quantize_method": weight, "skip": skip, "mirror": mirror}
+    for feature, weight, skip, mirror in [
+        ("EMA", "MAX_ABS", (), False), ("KL", "MAX_ABS", (), False), ("KL", "MAX_ABS", ("heads",), False),
+        ("KL", "MAX_ABS", ("first", "heads"), False), ("KL", "ADMM", ("first", "heads"), False),
+        ("ADMM", "MAX_ABS", (), False), ("ADMM", "MAX_ABS", ("heads",), False),
+        ("ADMM", "MAX_ABS", ("first", "heads"), False), ("ADMM", "ADMM", ("first", "heads"), False),
+        ("ADMM", "ADMM", ("first", "heads", "preheads"), False), ("ADMM", "MAX_ABS", ("first", "heads", "preheads"), False),
+        ("ADMM", "ADMM", ("first", "heads"), True), ("ADMM", "MAX_ABS", ("first", "heads"), True),
+        ("ADMM", "ADMM", ("first", "heads", "preheads"), True)]}
 
 
 def mnn_detector(path: Path, model: str, side: int, fp32: bool) -> Tuple[FaceDetector, List[float]]:
@@ -71,12 +77,15 @@ def run(models: List[str], sides: List[int], names: List[str], data: Path, calib
     gt = load_ground_truth(data / "val" / "ground_truth")
     images = [(key, read_image(p)) for key, p in list_images(str(data / "val" / "images"))]
     paths, calib_info = calibration_images(data / "calib" / "images", calib_limit or None)
-    # Every conversion before any calibration: after MNN's ADMM or KL the converter cannot run again here.
+    # Every conversion (and op listing) before any calibration: after MNN's ADMM or KL the converter
+    # cannot run again here.
+    graphs: Dict[Tuple[str, int], List[Dict[str, Any]]] = {}
     for model in models:
         net = load_model(model, resolve_weights(model, None))
         for side in sides:
             _export_onnx_float(net, work / f"{model}-{side}.onnx", side)
             convert_onnx(work / f"{model}-{side}.onnx", work / f"{model}-{side}-float.mnn")
+            graphs[model, side] = graph_ops(work / f"{model}-{side}-float.mnn")
     rows: List[Dict[str, Any]] = []
     for model in models:
         for side in sides:
@@ -87,7 +96,7 @@ def run(models: List[str], sides: List[int], names: List[str], data: Path, calib
             for name in names:
                 started = time.perf_counter()
                 out = work / f"{model}-{side}-{name}.mnn"
-                used = quantize_mnn(float_path, out, blobs, settings=SETTINGS[name])
+                used = quantize_mnn(float_path, out, blobs, settings=SETTINGS[name], ops=graphs[model, side])
                 made[name] = {"quantize_s": round(time.perf_counter() - started, 1), "float_ops": used["float_ops"]}
                 detectors[name] = mnn_detector(out, model, side, False)
                 print(f"{model} {side} {name}: quantized in {made[name]['quantize_s']} s", flush=True)
