@@ -2,8 +2,8 @@
 
 The board's own compiler builds ``kernels/fdq_kernels.c`` with ``-march=native`` (x86) or
 ``-mcpu=native`` (ARM), so the code is tuned to the exact CPU without shipping binaries. The
-library is cached under a name hashing everything that changes the binary (sources, compiler,
-its version, flags, machine), built into a temporary file and renamed into place, so concurrent
+library is cached under a name hashing everything that changes the binary (sources, the compiler
+binary by path, size and time, flags, machine, CPU), built into a temporary file and renamed into place, so concurrent
 processes never load a half-written file. Without a working compiler every wrapper here runs
 the numpy reference instead, after one warning.
 
@@ -179,6 +179,16 @@ def _arch_flags() -> List[str]:
     return []
 
 
+def _compiler_identity(path: str) -> str:
+    """The compiler as the cache key knows it: its real path, size and modification time (ccache's
+    default ``compiler_check``), read without running it. Running ``--version`` at every start cost a
+    process (a fork and a compiler start, slow on a Pi and slower emulated), and its output, arriving
+    in one read or two, made the runner's instruction counts vary from run to run."""
+    real = os.path.realpath(path)
+    st = os.stat(real)
+    return f"{real} {st.st_size} {st.st_mtime_ns}"
+
+
 def _cpu_signature() -> str:
     """The CPU's model and feature lines, and the features this process really has (under
     qemu-user /proc/cpuinfo is the host's): a cache shared across boards must not hand a
@@ -229,14 +239,13 @@ def _compiled() -> Optional[Kernels]:
         path = shutil.which(compiler[0]) if compiler else None
         if path is None:
             raise FileNotFoundError(f"compiler {compiler[0] if compiler else '(empty $CC)'!r} not found")
-        version = subprocess.run(compiler + ["--version"], capture_output=True, text=True, timeout=60)
         flag_sets = [list(BASE_FLAGS) + _arch_flags(), list(BASE_FLAGS)]
         if flag_sets[0] == flag_sets[1]:
             flag_sets.pop()
         digest = hashlib.sha256()
         for name in SOURCES:
             digest.update((SOURCE_DIR / name).read_bytes())
-        for part in ([os.path.realpath(path)] + compiler[1:] + [version.stdout + version.stderr]
+        for part in ([_compiler_identity(path)] + compiler[1:]
                      + [" ".join(f) for f in flag_sets] + [platform.machine(), _cpu_signature()]):
             digest.update(part.encode() + b"\0")
         target = _cache_dir() / f"fdq_kernels-{platform.machine()}-{digest.hexdigest()[:16]}.so"

@@ -296,6 +296,32 @@ def test_second_load_uses_the_cache(kernels, fresh_state):
     assert kmod.kernel_status() == "c"
 
 
+def test_a_cached_load_starts_no_process(kernels, fresh_state):
+    """Every runner start loads the kernels: from the cache without running the compiler (a process at
+    each start is slow on a Pi, and its timing made instruction counts vary)."""
+    def spawned(cmd, *args, **kwargs):
+        raise AssertionError(f"started {cmd}")
+
+    fresh_state.setattr(kmod.subprocess, "run", spawned)
+    again = kmod.load_kernels()
+    assert again is not None and not again.built and again.path == kernels.path
+
+
+def test_another_compiler_is_another_build(kernels, fresh_state, tmp_path):
+    """The cache knows a compiler by its real path, size and modification time (ccache's default
+    check): a new compiler binary, or the same one changed, builds anew."""
+    wrapper = tmp_path / "cc-wrapper"
+    wrapper.write_text(f"#!/bin/sh\nexec {shutil.which(shlex.split(os.environ.get('CC') or 'cc')[0])} \"$@\"\n")
+    wrapper.chmod(0o755)
+    fresh_state.setenv("CC", str(wrapper))
+    first = kmod.load_kernels()
+    assert first is not None and first.built and first.path != kernels.path
+    os.utime(wrapper, ns=(wrapper.stat().st_atime_ns, wrapper.stat().st_mtime_ns + 10**9))
+    kmod._compiled.cache_clear()
+    second = kmod.load_kernels()
+    assert second is not None and second.built and second.path not in (first.path, kernels.path)
+
+
 def test_rejected_arch_flag_falls_back_to_plain_build(kernels, fresh_state, tmp_path):
     fresh_state.setenv("FDQ_KERNEL_CACHE", str(tmp_path))
     fresh_state.setattr(kmod, "_arch_flags", lambda: ["-mno-such-cpu-flag=42"])
