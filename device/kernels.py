@@ -4,8 +4,8 @@ The board's own compiler builds ``kernels/fdq_kernels.c`` with ``-march=native``
 ``-mcpu=native`` (ARM), so the code is tuned to the exact CPU without shipping binaries. The
 library is cached under a name hashing everything that changes the binary (sources, the compiler
 binary by path, size and time, flags, machine, CPU), built into a temporary file and renamed into
-place, so concurrent processes never load a half-written file. Without a working compiler every wrapper here runs
-the numpy reference instead, after one warning.
+place, so concurrent processes never load a half-written file. Without a working compiler every
+wrapper here runs the numpy reference instead, after one warning.
 
 ``FDQ_KERNELS=numpy`` disables the C kernels, to compare both paths on the same board.
 """
