@@ -48,7 +48,7 @@ from bench_quant import build, rows_for  # noqa: E402  (the one way a benchmark 
 
 from fdq.calibration.labels import subset_ground_truth  # noqa: E402
 from fdq.device.atomic import atomic_write_text  # noqa: E402
-from fdq.device.bundle import load_bundle  # noqa: E402
+from fdq.device.bundle import RUNTIME_MODULES, load_bundle  # noqa: E402
 from fdq.host.export import export_bundle  # noqa: E402
 from fdq.device.evaluation import SETTINGS, load_ground_truth, save_ground_truth_json  # noqa: E402
 from fdq.models import MODEL_NAMES  # noqa: E402
@@ -58,7 +58,7 @@ BOARD_MOUNT = "/mnt/fdq-check"
 # The CPU a chrooted board's programs run as under qemu-user, as on the test boards: a Pi 4's, not qemu's
 # default "max", which has the dot product, SVE and i8mm extensions int8 kernels are chosen by.
 BOARD_CPU = "cortex-a72"
-RUNTIMES = ("torchscript", "onnxruntime", "ncnn", "mnn", "executorch")
+RUNTIMES = tuple(RUNTIME_MODULES)  # every runtime the runner knows
 # runtime -> (name, fdq export format, from the float bundle (else the int8 one), takes --calib)
 EXPORTS = {"onnxruntime": [("onnx", "onnx", True, False), ("onnx-int8", "onnx-int8", False, False)],
            "ncnn": [("ncnn", "ncnn", True, False)],
