@@ -44,7 +44,7 @@ BLOCK = 4096                         # files take whole blocks on the board's fi
 # argv: workdir, "1" when torch's int8 engines are wanted, then the folders to hash. Prints the
 # board's facts and {path relative to the workdir: [sha256 or None, size, mtime]} as JSON, and
 # removes the .part files a cut upload left.
-_FACTS = """import hashlib, importlib.util, json, os, platform, sys
+FACTS_SCRIPT = """import hashlib, importlib.util, json, os, platform, sys
 from importlib import metadata
 work, want_engines, tops = sys.argv[1], sys.argv[2] == '1', sys.argv[3:]
 os.makedirs(work, exist_ok=True)
@@ -62,6 +62,12 @@ for mod in ('numpy', 'yaml', 'cv2', 'torch', 'onnxruntime', 'ncnn', 'MNN', 'exec
             break
         except metadata.PackageNotFoundError:
             pass
+dotprod = None
+if platform.machine() == 'aarch64':  # HWCAP_ASIMDDP, bit 20 of AT_HWCAP: see executorch_refusal
+    import ctypes
+    getauxval = ctypes.CDLL(None).getauxval
+    getauxval.restype, getauxval.argtypes = ctypes.c_ulong, [ctypes.c_ulong]
+    dotprod = bool(getauxval(16) >> 20 & 1)
 engines = None
 if want_engines and modules['torch']:
     import torch
@@ -83,7 +89,7 @@ for top in tops + ['results']:
             files[os.path.relpath(path)] = [digest, st.st_size, st.st_mtime]
 vfs = os.statvfs('.')
 print(json.dumps({'machine': platform.machine(), 'python': platform.python_version(), 'modules': modules,
-                  'engines': engines, 'free': vfs.f_bavail * vfs.f_frsize, 'files': files, 'removed_parts': removed}))
+                  'engines': engines, 'dotprod': dotprod, 'free': vfs.f_bavail * vfs.f_frsize, 'files': files, 'removed_parts': removed}))
 """
 # Run by the target's Python on the deployed bundles: every checksum.
 _VERIFY = """import sys
@@ -152,7 +158,7 @@ def board_facts(conn: Connection, workdir: str, engines: bool = False, tops: Seq
     """The board's machine, Python, runtime modules and versions, free bytes in ``workdir`` (made if
     missing), torch's int8 engines (with ``engines``; importing torch is slow on a small board) and
     ``files``: [sha256, size, mtime] of what it holds of the runner, the bundles, ``tops`` and the results."""
-    command = (f"{shlex.quote(conn.target.python)} -c {shlex.quote(_FACTS)} {shlex.quote(workdir)} "
+    command = (f"{shlex.quote(conn.target.python)} -c {shlex.quote(FACTS_SCRIPT)} {shlex.quote(workdir)} "
                f"{int(engines)} " + " ".join(shlex.quote(t) for t in (LIB, BUNDLES, *tops)))
     out = _check(conn, command, f"{conn.target.python} cannot run in {workdir}", STEP_TIMEOUT_S)
     return json.loads(out)
@@ -183,10 +189,11 @@ def refusal(target_name: str, python: str, bundle: Bundle, facts: Dict[str, Any]
 
 def executorch_refusal(name: str, bundle: Bundle, facts: Dict[str, Any]) -> Optional[str]:
     """Why the board's executorch cannot run ``bundle`` (None: it can): its runtime links the libtorch it
-    was built against, so it needs that torch beside it; and 1.0.1 stops with SIGILL on an XNNPACK int8
-    program on the emulated Cortex-A72 (ARMv8.0), while it runs the same program on qemu's default CPU
-    (ARMv8.2+ extensions): an int8 kernel there needs more than a Pi 4 has, as far as emulation shows
-    (not tried on a real Pi). Refused: a crash at run time would be worse than a line at deploy."""
+    was built against, so it needs that torch beside it; and 1.0.x's aarch64 wheel runs an XNNPACK int8
+    program with the dot-product instruction SDOT (ARMv8.2) whether or not the CPU has it, so a board
+    without it (a Pi 4's Cortex-A72) stops with SIGILL. Found on the emulated A72 with a Pi 4's
+    /proc/cpuinfo, sysfs, HWCAP and ID registers (docs/ARCHITECTURE.md). Refused: a crash at run time
+    would be worse than a line at deploy."""
     modules = facts["modules"]
     executorch, torch = (str(modules.get(m) or "").split("+")[0] for m in ("executorch", "torch"))
     built_for = {e: t for t, e in EXECUTORCH_FOR_TORCH.items()}.get(executorch)
@@ -195,11 +202,12 @@ def executorch_refusal(name: str, bundle: Bundle, facts: Dict[str, Any]) -> Opti
         return (f"executorch {executorch} there {where} was built against torch {built_for}, torch there is "
                 f"{torch or 'missing'}: {name} cannot load (fdq-deploy --setup installs a matching pair)")
     dtype = str((bundle.manifest.get("backend") or {}).get("dtype", "fp32"))
-    if dtype == "int8" and executorch.startswith("1.0.") and facts["machine"] == "aarch64":
-        return (f"{name} is an XNNPACK int8 program; executorch {executorch} there {where} stops on it with "
-                f"SIGILL on a Cortex-A72 as qemu-user emulates it (untried on a real Pi), and the release that runs "
-                f"it (1.5.1) needs torch 2.13, which PyPI has "
-                f"for aarch64 only as a CUDA build: deploy its float program (fdq export --format executorch)")
+    if dtype == "int8" and executorch.startswith("1.0.") and facts["machine"] == "aarch64" \
+            and not facts.get("dotprod"):
+        return (f"{name} is an XNNPACK int8 program; executorch {executorch} there {where} runs it with the "
+                f"dot-product instruction SDOT, which that CPU lacks (no asimddp, as a Pi 4's Cortex-A72), and "
+                f"stops with SIGILL; the release built for the host's torch (1.5.1) needs torch 2.13, which PyPI "
+                f"has for aarch64 only as a CUDA build: deploy its float program (fdq export --format executorch)")
     return None
 
 

@@ -5,6 +5,7 @@ travels. Emulation is about 40x slower than this machine: the ARM runs measure a
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 from pathlib import Path
 from typing import Dict, List
@@ -13,6 +14,7 @@ import pytest
 import yaml
 
 from fdq.host.cli import deploy_main, main, profile_main
+from fdq.host.deploy import FACTS_SCRIPT
 from fdq.host.remote import connect
 from fdq.host.targets import load_target
 
@@ -89,6 +91,10 @@ def _features(profile: Path, workdir: str, python: str, env: str = "") -> List[s
     return json.loads(_board_run(profile, f"cd {workdir} && {env} PYTHONPATH=lib {python} -c '{code}'"))
 
 
+def _facts(profile: Path, workdir: str, python: str, env: str = "") -> Dict:
+    return json.loads(_board_run(profile, f"cd {workdir} && {env} {python} -c {shlex.quote(FACTS_SCRIPT)} . 0"))
+
+
 def test_arm64_board_is_a_cortex_a72_running_qnnpack(arm64_board, qnnpack_bundle, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("FDQ_HOME", str(tmp_path / "fdq-home"))
     doc = _deploy_profile_redeploy(arm64_board["profile"], qnnpack_bundle, tmp_path / "arm64.json", 2, capsys)
@@ -107,6 +113,9 @@ def test_arm64_board_is_a_cortex_a72_running_qnnpack(arm64_board, qnnpack_bundle
     python = arm64_board["fields"]["python"]
     assert set(NOT_ON_A72) <= set(_features(arm64_board["profile"], workdir, python, "env -u QEMU_CPU"))
     assert _features(arm64_board["profile"], workdir, python) == features
+    # deploy's facts read the dot-product bit an int8 ExecuTorch program needs there the same way
+    assert [_facts(arm64_board["profile"], workdir, python, env)["dotprod"] for env in ("", "env -u QEMU_CPU")] \
+        == [False, True]
 
 
 @pytest.fixture(scope="module")

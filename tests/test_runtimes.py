@@ -255,6 +255,22 @@ def test_executorch_int8_close_to_float(executorch_bundles, float_ap, data):
     assert _within(_ap(executorch_bundles["int8"], data), float_ap, 1.0) == {}
 
 
+def test_an_int8_program_is_refused_at_deploy_only_where_the_board_lacks_the_dot_product(executorch_bundles):
+    """executorch 1.0.1 runs XNNPACK int8 with SDOT whatever the CPU: a board without asimddp (a Pi 4) is one
+    line at deploy; a board with it (ARMv8.2+), and the float program anywhere, go through."""
+    from fdq.host.deploy import refusal
+
+    int8, fp32 = (load_bundle(str(executorch_bundles[k])) for k in ("int8", "fp32"))
+    pi4 = {"machine": "aarch64", "python": "3.11.2", "dotprod": False,
+           "modules": {"torch": "2.9.1", "executorch": "1.0.1"}}
+    why = refusal("pi", "python3", int8, pi4, ["executorch"], None)
+    assert why.startswith("slim_et_int8 is an XNNPACK int8 program; executorch 1.0.1 there (aarch64, Python "
+                          "3.11.2) runs it with the dot-product instruction SDOT, which that CPU lacks"), why
+    assert "SIGILL" in why and "\n" not in why
+    assert refusal("pi5", "python3", int8, {**pi4, "dotprod": True}, ["executorch"], None) is None
+    assert refusal("pi", "python3", fp32, pi4, ["executorch"], None) is None
+
+
 def test_executorch_refuses_sizes_it_was_not_exported_for(executorch_bundles):
     from fdq.device.runtimes import load_inference
 
