@@ -103,6 +103,7 @@ def test_quantize_kernel_equals_torch(kernels, scale, zero_point):
     the TorchScript runtime builds from the blob keeps."""
     rng = np.random.default_rng(2)
     image = rng.integers(0, 256, size=(61, 47, 3), dtype=np.uint8)
+    image.reshape(-1, 3)[:256] = np.arange(256, dtype=np.uint8)[:, None]  # every value in every channel
     expected = torch.quantize_per_tensor(torch.from_numpy(normalize(image, SLIM.mean_bgr)), scale, zero_point,
                                          torch.quint8).int_repr().numpy()
     for out in (kernels.quantize_input(image, SLIM.mean_bgr, scale, zero_point),

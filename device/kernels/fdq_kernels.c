@@ -45,16 +45,26 @@ static inline uint8_t quantize_one(float x, float inv_scale, float zero_point)
     return (uint8_t)q;
 }
 
+/* A uint8 channel value has 256 possible results: a table per channel, filled with quantize_one
+ * itself (so the values are the same), turns the per-element float multiply and rounding into one
+ * lookup. Counted on a 320x240 frame (GCC 12 -O3): x86-64 6.8 -> 4.4 instructions a value (callgrind),
+ * the emulated Cortex-A72 4.3 either way (the qemu counter): it pays on x86 and costs nothing on ARM. */
 void fdq_quantize_u8(const uint8_t *src, int64_t height, int64_t width,
                      float mean_b, float mean_g, float mean_r, float scale, int32_t zero_point, uint8_t *dst)
 {
     const int64_t plane = height * width;
     const float inv = 1.0f / scale, zp = (float)zero_point;
+    uint8_t lut_b[256], lut_g[256], lut_r[256];
+    for (int v = 0; v < 256; ++v) {
+        lut_b[v] = quantize_one((float)v - mean_b, inv, zp);
+        lut_g[v] = quantize_one((float)v - mean_g, inv, zp);
+        lut_r[v] = quantize_one((float)v - mean_r, inv, zp);
+    }
     uint8_t *restrict out = dst; /* same interleaved order as src: no transpose */
     for (int64_t i = 0; i < plane; ++i) {
-        out[3 * i] = quantize_one((float)src[3 * i] - mean_b, inv, zp);
-        out[3 * i + 1] = quantize_one((float)src[3 * i + 1] - mean_g, inv, zp);
-        out[3 * i + 2] = quantize_one((float)src[3 * i + 2] - mean_r, inv, zp);
+        out[3 * i] = lut_b[src[3 * i]];
+        out[3 * i + 1] = lut_g[src[3 * i + 1]];
+        out[3 * i + 2] = lut_r[src[3 * i + 2]];
     }
 }
 
