@@ -34,7 +34,7 @@ BASE: Dict[str, Callable[[Path, Path], List[str]]] = {
     "bench_runtimes": lambda s, t: ["--shared", str(s), "--work", f"{t}/work", "--markdown", f"{t}/SPEED.md"],
     "check_board_torch": lambda s, t: ["--python", sys.executable, "--data", f"{s}/data/widerface_val_subset"],
 }
-#: script -> every result file option it checks (the first one is the one refused unless listed below)
+#: script -> the options naming its result files: each is the existing one in a case of its own
 FILES = {name: ["--json"] for name in BASE}
 FILES.update(bench_mnn_int8=["--out"], bench_peers=["--json", "--plot"], bench_quant=["--json", "--markdown"])
 CASES = [(name, option) for name, options in FILES.items() for option in options]
@@ -49,9 +49,9 @@ def run_script(name: str, args: List[str], cwd: Path) -> subprocess.CompletedPro
 def test_existing_result_file_is_refused_before_work(name, option, shared_dir, tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    existing = run_dir / f"mine{'.svg' if option == '--plot' else '.md' if option == '--markdown' else '.json'}"
+    existing = run_dir / f"mine.{option[2:]}"
     existing.write_text("the user's own results\n", encoding="utf-8")
-    outputs = [arg for opt in FILES[name] for arg in (opt, existing if opt == option else run_dir / f"new{opt[2:]}")]
+    outputs = [arg for opt in FILES[name] for arg in (opt, existing if opt == option else run_dir / f"new.{opt[2:]}")]
     result = run_script(name, [*BASE[name](shared_dir, run_dir), *outputs], run_dir)
     assert result.returncode != 0, result.stdout + result.stderr
     last = result.stderr.strip().splitlines()[-1]
@@ -78,3 +78,16 @@ def test_help_offers_force():
     assert sorted(helps) == sorted(paths)
     for path, text in helps.items():
         assert "--force" in text and "replace an existing" in " ".join(text.split()), (path, text)
+
+
+@pytest.mark.parametrize("name,result", [("bench_instructions", "bench_instructions.json"),
+                                         ("check_board_torch", "board_torch_compat.json")])
+def test_from_json_only_reads_and_is_not_refused(name, result, tmp_path):
+    """--from-json writes no --json, so an existing one is neither refused nor touched."""
+    existing = tmp_path / "mine.json"
+    existing.write_text("the user's own results\n", encoding="utf-8")
+    earlier = SCRIPTS.parent / "docs" / "results" / result
+    run = run_script(name, ["--from-json", earlier, "--json", existing], tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "| slim |" in run.stdout  # the table of the earlier result
+    assert existing.read_text(encoding="utf-8") == "the user's own results\n"
