@@ -38,6 +38,7 @@ from fdq.calibration.data import find_images, split_holdout  # noqa: E402
 from fdq.calibration.report import output_error  # noqa: E402
 from fdq.device.atomic import atomic_write_text  # noqa: E402
 from fdq.device.evaluation import SETTINGS, load_ground_truth  # noqa: E402
+from fdq.device.outputs import check_file_output  # noqa: E402
 from fdq.host.torch_inference import torch_inference  # noqa: E402
 from fdq.host.zoo import resolve_weights  # noqa: E402
 from fdq.models import MODEL_NAMES, load_model  # noqa: E402
@@ -90,7 +91,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bias-correction", action=argparse.BooleanOptionalAction, default=False)
     p.add_argument("--json", default="docs/results/bench_ap_resolution.json")
+    p.add_argument("--force", action="store_true", help="replace an existing --json")
     args = p.parse_args(argv)
+    try:
+        target = check_file_output(args.json, args.force)
+    except ValueError as exc:
+        raise SystemExit(f"bench_ap_resolution: error: {exc}") from None
     torch.set_num_threads(1)
     sides = [int(s) for s in args.long_sides.split(",")]
     options = ptq.PTQOptions(backend="x86", bias_correction=args.bias_correction)
@@ -102,9 +108,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     doc = {"command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
            "torch": torch.__version__, "goal_points": GOAL_POINTS, "ptq_options": options.to_dict(),
            "results": results}
-    out = Path(args.json)
-    atomic_write_text(out, json.dumps(doc, indent=2) + "\n")
-    print(f"wrote {out}")
+    atomic_write_text(target, json.dumps(doc, indent=2) + "\n")
+    print(f"wrote {target}")
     return 0
 
 

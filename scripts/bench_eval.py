@@ -5,7 +5,7 @@ Compares, on the same real network outputs, fdq's post-processing (whichever pat
 ``FaceDetector`` selects) with the upstream reference's (decode every anchor in torch, filter,
 sort, NMS in Python/numpy). Medians after warm-up, 1 thread, within one run.
 
-    python scripts/bench_eval.py --shared ../shared --json docs/results/bench_eval.json
+    python scripts/bench_eval.py --shared ../shared --json docs/results/bench_eval.json --force
 """
 from __future__ import annotations
 
@@ -22,10 +22,12 @@ import numpy as np
 import torch
 
 from fdq.device.anchors import prior_boxes
+from fdq.device.atomic import atomic_write_text
 from fdq.device.detector import FaceDetector
 from fdq.device.evaluation import load_ground_truth
 from fdq.device.images import list_images, read_image
 from fdq.device.nms import nms
+from fdq.device.outputs import check_file_output
 from fdq.device.preprocess import normalize, resize_image
 from fdq.host.evaluate import evaluate_detector
 from fdq.host.torch_inference import torch_inference
@@ -67,7 +69,12 @@ def main() -> int:
     ap.add_argument("--model", default="slim")
     ap.add_argument("--long-side", type=int, default=320)
     ap.add_argument("--json", default="docs/results/bench_eval.json")
+    ap.add_argument("--force", action="store_true", help="replace an existing --json")
     args = ap.parse_args()
+    try:
+        target = check_file_output(args.json, args.force)
+    except ValueError as exc:
+        raise SystemExit(f"bench_eval: error: {exc}") from None
 
     torch.set_num_threads(1)
     split = Path(args.shared) / "data" / "widerface_val_subset" / "val"
@@ -109,10 +116,7 @@ def main() -> int:
     result["ratios"] = {"fdq_post_over_forward": per["postprocess_fdq"] / per["forward"],
                         "reference_post_over_forward": per["postprocess_reference"] / per["forward"],
                         "reference_over_fdq_post": per["postprocess_reference"] / per["postprocess_fdq"]}
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.json + ".tmp"
-    Path(tmp).write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, args.json)
+    atomic_write_text(target, json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return 0
 

@@ -6,7 +6,7 @@ bundle twice: one copy first sees 320x240, the other first sees 320x213 (an imag
 aspect ratio); both are then timed at 320x240 alternately (medians after warm-up, 1 thread). It
 also profiles the first copy and reports the share of time in the quantized convolutions.
 
-    python scripts/bench_first_shape.py --bundle out/slim-int8 [--json docs/results/bench_first_shape.json]
+    python scripts/bench_first_shape.py --bundle out/slim-int8 [--json docs/results/bench_first_shape.json] [--force]
 """
 from __future__ import annotations
 
@@ -22,7 +22,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_quant import paired_median_ms  # noqa: E402  (one timing method for every latency number)
 
+from fdq.device.atomic import atomic_write_text  # noqa: E402
 from fdq.device.bundle import load_bundle  # noqa: E402
+from fdq.device.outputs import check_file_output  # noqa: E402
 from fdq.device.runtimes import load_inference  # noqa: E402
 
 TIMED_HW, OTHER_HW = (240, 320), (213, 320)
@@ -45,7 +47,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--runs", type=int, default=60)
     p.add_argument("--json", default="docs/results/bench_first_shape.json")
+    p.add_argument("--force", action="store_true", help="replace an existing --json")
     args = p.parse_args(argv)
+    try:
+        target = check_file_output(args.json, args.force)
+    except ValueError as exc:
+        raise SystemExit(f"bench_first_shape: error: {exc}") from None
     bundle = load_bundle(args.bundle)
     rng = np.random.default_rng(0)
     timed = rng.uniform(-120, 130, size=(1, 3, *TIMED_HW)).astype(np.float32)
@@ -59,7 +66,7 @@ def main(argv: Optional[List[str]] = None) -> int:
            "first_shape_timed_ms": fast, "first_shape_other_ms": slow, "slowdown": round(slow / fast, 3),
            "conv_share": round(conv_share(first_timed, timed), 3), "threads": 1, "torch": torch.__version__,
            "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])])}
-    Path(args.json).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(target, json.dumps(doc, indent=2) + "\n")
     print(json.dumps(doc))
     return 0
 

@@ -15,7 +15,7 @@ is reported. Then the same CPI turns every configuration's count into millisecon
 whose method and limits are stated next to it.
 
     sudo python scripts/bench_instructions.py --board /run/fdq-testboard/arm64/profile.yaml \\
-        --shared ../shared --json docs/results/bench_instructions.json --markdown docs/SPEED.md
+        --shared ../shared --json docs/results/bench_instructions.json --force --markdown docs/SPEED.md
     python scripts/bench_instructions.py --from-json docs/results/bench_instructions.json --markdown docs/SPEED.md
 """
 from __future__ import annotations
@@ -36,6 +36,7 @@ from bench_peers import write_section  # noqa: E402  (the docs block)
 from bench_runtimes import CONFIGS, build  # noqa: E402  (the one way these benchmarks make bundles)
 
 from fdq.device.atomic import atomic_write_text  # noqa: E402
+from fdq.device.outputs import check_file_output  # noqa: E402
 from fdq.host.cli import profile_main  # noqa: E402
 from fdq.host.estimate import CALIBRATION, CLOCK_HZ, METHOD, PUBLISHED, cycles_per_instruction, estimate_ms  # noqa: E402
 
@@ -161,12 +162,17 @@ def main() -> int:
     p.add_argument("--json", default="docs/results/bench_instructions.json")
     p.add_argument("--markdown", help="put the table into this docs page (between its markers)")
     p.add_argument("--from-json", help="only write --markdown from this earlier result")
+    p.add_argument("--force", action="store_true", help="replace an existing --json")
     args = p.parse_args()
     if args.from_json:
         doc = json.loads(Path(args.from_json).read_text())
     else:
         if not args.board:
             p.error("--board PROFILE is needed (sudo scripts/testboard.sh up arm64 prints it)")
+        try:
+            target = check_file_output(args.json, args.force)
+        except ValueError as exc:
+            raise SystemExit(f"bench_instructions: error: {exc}") from None
         shared = Path(args.shared)
         os.environ.setdefault("FDQ_WEIGHTS_PATH", str(shared / "weights"))
         calib = shared / "data" / "widerface_val_subset" / "calib" / "images"
@@ -192,8 +198,8 @@ def main() -> int:
                "frames": args.frames, "warmup": args.warmup, "long_side": LONG_SIDE, "cpu_features": features,
                "rows": rows}
         doc["estimate"] = estimates(rows)
-        atomic_write_text(args.json, json.dumps(doc, indent=1) + "\n")
-        print(f"wrote {args.json}")
+        atomic_write_text(target, json.dumps(doc, indent=1) + "\n")
+        print(f"wrote {target}")
     if args.markdown:
         write_section(args.markdown, markdown(doc), "Instructions on the emulated Pi 4, and a Pi 4 estimate")
     print("\n".join(markdown(doc)))

@@ -7,7 +7,7 @@ frame for camera frames at the input size and at most 10 % from 640x480 and 1024
 device path resizes in uint8).
 Medians of many timed calls after a warm-up, each call timed alone with ``time.perf_counter``.
 
-    python scripts/bench_kernels.py [--image IMG] [--repeats 500] [--json docs/results/bench_kernels.json]
+    python scripts/bench_kernels.py [--image IMG] [--repeats 500] [--json docs/results/bench_kernels.json] [--force]
 """
 from __future__ import annotations
 
@@ -28,7 +28,9 @@ import numpy as np
 import torch
 
 from fdq.device.anchors import prior_boxes
+from fdq.device.atomic import atomic_write_text
 from fdq.device.kernels import load_kernels, normalize_c, postprocess_c, quantize_input, quantize_input_c
+from fdq.device.outputs import check_file_output
 from fdq.device.postprocess import candidates, postprocess, postprocess_cv2
 from fdq.device.preprocess import normalize
 from fdq.models import SPECS, load_model
@@ -143,7 +145,12 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=REPO / "docs" / "results" / "bench_kernels.json")
     parser.add_argument("--int8-bundle", type=Path, help="int8 x86 TorchScript bundle for the end-to-end share "
                         "of everything outside inference (fdq quantize --level 2 --backend x86 ...)")
+    parser.add_argument("--force", action="store_true", help="replace an existing --json")
     args = parser.parse_args()
+    try:
+        target = check_file_output(args.json, args.force)
+    except ValueError as exc:
+        raise SystemExit(f"bench_kernels: error: {exc}") from None
     if args.image is None:
         sys.exit("no validation image found: pass --image or set FDQ_SHARED")
     torch.set_num_threads(1)
@@ -217,8 +224,7 @@ def main() -> None:
         report["goals"]["outside_inference_under_15pct_at_input_size"] = rows_e2e[0]["outside_inference_share"] < 0.15
         report["goals"]["outside_inference_at_most_10pct_from_640x480_and_1024_wide"] = all(
             r["outside_inference_share"] <= 0.10 for r in rows_e2e[1:])
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_text(target, json.dumps(report, indent=2) + "\n")
 
     rows = [["step", "path", "median ms", "p90 ms", "x slower than C"]]
     for name in ("numpy", "numpy+cv2", "c"):
@@ -236,7 +242,7 @@ def main() -> None:
         print(f"\nend to end, int8 bundle, {e2e['source']} frames at long side {WIDTH}: {e2e['median_ms']}; outside "
               f"inference {e2e['outside_inference_median_ms']:.3f} ms = {100 * e2e['outside_inference_share']:.1f}% "
               f"of a frame")
-    print(f"\ngoals: {report['goals']}\nwrote {args.json}")
+    print(f"\ngoals: {report['goals']}\nwrote {target}")
 
 
 if __name__ == "__main__":

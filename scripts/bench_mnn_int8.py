@@ -8,7 +8,7 @@ pipeline (uint8 resize, normalize, MNN, decode, NMS) on the val split. Time per 
 1 thread, median over the val images after one untimed pass, every setting (and float) on each image
 in turn so that all of them share the moment's load; reported as a ratio to MNN float of the same run.
 
-    python scripts/bench_mnn_int8.py --models slim,rfb,mnet025 --long-sides 320,640
+    python scripts/bench_mnn_int8.py --models slim,rfb,mnet025 --long-sides 320,640 --force
 
 Writes docs/results/bench_mnn_int8.json and the table between its markers in docs/ACCURACY.md.
 """
@@ -32,6 +32,7 @@ from fdq.device.atomic import atomic_write_text  # noqa: E402
 from fdq.device.detector import FaceDetector  # noqa: E402
 from fdq.device.evaluation import evaluate, load_ground_truth, to_wider_rows  # noqa: E402
 from fdq.device.images import list_images, read_image  # noqa: E402
+from fdq.device.outputs import check_file_output  # noqa: E402
 from fdq.device.runtimes import open_mnn, run_mnn, split_outputs  # noqa: E402
 from fdq.host.export import _export_onnx_float, calibration_images, preprocessed  # noqa: E402
 from fdq.host.export_check import OUTPUT_NAMES  # noqa: E402
@@ -144,7 +145,12 @@ def main(argv: List[str]) -> int:
                                                / "data" / "widerface_val_subset"))
     parser.add_argument("--out", default=str(ROOT / "docs" / "results" / "bench_mnn_int8.json"))
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite the table in docs/ACCURACY.md")
+    parser.add_argument("--force", action="store_true", help="replace an existing --out")
     args = parser.parse_args(argv)
+    try:
+        target = check_file_output(args.out, args.force, "--out")
+    except ValueError as exc:
+        raise SystemExit(f"bench_mnn_int8: error: {exc}") from None
     names = [n for n in args.settings.split(",") if n]
     bad = [n for n in names if n not in SETTINGS]
     if bad:
@@ -153,7 +159,7 @@ def main(argv: List[str]) -> int:
         result = run(args.models.split(","), [int(s) for s in args.long_sides.split(",")], names, Path(args.data),
                      args.calib_limit, Path(tmp))
     result["command"] = "python scripts/bench_mnn_int8.py " + " ".join(argv)
-    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
+    atomic_write_text(target, json.dumps(result, indent=2) + "\n")
     if not args.no_docs:
         write_section(str(ROOT / "docs" / "ACCURACY.md"),
                       [MARK_BEGIN, f"`{result['command']}`", "", table(result["rows"]), MARK_END],

@@ -6,7 +6,7 @@ image at 1 thread, end to end from the resized image (fdq: normalize, inference,
 its whole ``FaceDetectorYN.detect`` call). YuNet runs as its README says is fair: score threshold
 0.02, NMS 0.3, top-k 5000, input size set to the resized image.
 
-    python scripts/bench_peers.py --shared ../shared
+    python scripts/bench_peers.py --shared ../shared --force
 
 Writes docs/results/bench_peers.json, docs/results/peers_ap_latency.svg, and the table in docs/SPEED.md.
 """
@@ -29,6 +29,7 @@ from fdq.device.anchors import prior_boxes
 from fdq.device.bundle import load_bundle
 from fdq.device.evaluation import evaluate, load_ground_truth, to_wider_rows
 from fdq.device.images import list_images, read_image
+from fdq.device.outputs import check_file_output
 from fdq.device.preprocess import resize_image, resize_ratio
 from fdq.device.runtimes import bundle_detector
 
@@ -207,7 +208,13 @@ def main() -> int:
     ap.add_argument("--json", default=str(ROOT / "docs" / "results" / "bench_peers.json"))
     ap.add_argument("--plot", default=str(ROOT / "docs" / "results" / "peers_ap_latency.svg"))
     ap.add_argument("--markdown", default=str(ROOT / "docs" / "SPEED.md"))
+    ap.add_argument("--force", action="store_true", help="replace an existing --json and --plot")
     args = ap.parse_args()
+    try:
+        for path, option in ((args.json, "--json"), (args.plot, "--plot")):
+            check_file_output(path, args.force, option)
+    except ValueError as exc:
+        raise SystemExit(f"bench_peers: error: {exc}") from None
 
     shared = Path(args.shared)
     calib, gt, images = load_val(args.shared)

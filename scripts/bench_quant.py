@@ -13,7 +13,7 @@ Writes ``--json`` (every number) and ``--markdown`` (tables and the goal checks)
 
 Example (the full run)::
 
-    FDQ_WEIGHTS_PATH=/path/to/weights python scripts/bench_quant.py \\
+    FDQ_WEIGHTS_PATH=/path/to/weights python scripts/bench_quant.py --force \\
         --data /path/to/widerface_val_subset --json docs/results/bench_quant.json --markdown docs/results/bench_quant.md
 
 Rows of one method only (``--only``, with ``fp32`` for the drop columns), one run per backend merged
@@ -40,11 +40,13 @@ import torch
 from fdq.calibration.data import find_images
 from fdq.calibration.observers import OBSERVER_NAMES
 from fdq.calibration.report import QuantizationCollapseWarning, output_error
+from fdq.device.atomic import atomic_write_text
 from fdq.device.bundle import load_bundle
 from fdq.device.detector import FaceDetector, InferenceFn
 from fdq.device.evaluation import SETTINGS, load_ground_truth
 from fdq.device.images import list_images, read_image
 from fdq.device.kernels import normalize_c
+from fdq.device.outputs import check_file_output
 from fdq.device.preprocess import resize_image
 from fdq.device.runtimes import bundle_detector
 from fdq.host.evaluate import evaluate_detector
@@ -381,7 +383,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--runs", type=int, default=50)
     p.add_argument("--json", default="docs/results/bench_quant.json")
     p.add_argument("--markdown", default="docs/results/bench_quant.md")
+    p.add_argument("--force", action="store_true", help="replace an existing --json and --markdown")
     args = p.parse_args(argv)
+    try:
+        target, page = (check_file_output(path, args.force, option)
+                        for path, option in ((args.json, "--json"), (args.markdown, "--markdown")))
+    except ValueError as exc:
+        raise SystemExit(f"bench_quant: error: {exc}") from None
     unknown = sorted(set(args.levels) - {"fp32", "fp16", "l1", "l2", "l3", "l4"})
     if unknown:
         p.error(f"unknown rows: {', '.join(unknown)}")
@@ -392,9 +400,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     else:
         p.error("give --data (run) or --from-json (merge)")
     add_goals(doc)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-    Path(args.markdown).write_text(markdown(doc) + "\n", encoding="utf-8")
+    atomic_write_text(target, json.dumps(doc, indent=2) + "\n")
+    atomic_write_text(page, markdown(doc) + "\n")
     print(f"wrote {args.json} and {args.markdown}")
     return 0
 

@@ -2,7 +2,7 @@
 """AP of the two resize paths on the val split: the reference protocol's float32 resize and the device
 path's uint8 resize (``fdq.device.preprocess``), same float model, same everything else.
 
-    python scripts/bench_resize.py --models slim,rfb,mnet025 --long-sides 320,640
+    python scripts/bench_resize.py --models slim,rfb,mnet025 --long-sides 320,640 --force
 
 Writes docs/results/bench_resize.json.
 """
@@ -17,6 +17,7 @@ from pathlib import Path
 from fdq.device.atomic import atomic_write_text
 from fdq.device.detector import FaceDetector
 from fdq.device.evaluation import load_ground_truth
+from fdq.device.outputs import check_file_output
 from fdq.host.evaluate import evaluate_detector
 from fdq.host.torch_inference import torch_inference
 from fdq.models import SPECS, load_model
@@ -31,7 +32,12 @@ def main() -> int:
     ap.add_argument("--models", default="slim,rfb,mnet025")
     ap.add_argument("--long-sides", default="320,640")
     ap.add_argument("--json", default=str(ROOT / "docs" / "results" / "bench_resize.json"))
+    ap.add_argument("--force", action="store_true", help="replace an existing --json")
     args = ap.parse_args()
+    try:
+        target = check_file_output(args.json, args.force)
+    except ValueError as exc:
+        raise SystemExit(f"bench_resize: error: {exc}") from None
     shared = Path(args.shared)
     split = shared / "data" / "widerface_val_subset" / "val"
     gt = load_ground_truth(split / "ground_truth")
@@ -49,7 +55,7 @@ def main() -> int:
                                                    for s in SETTINGS}})
             print(rows[-1], flush=True)
     worst = max(abs(v) for r in rows for v in r["uint8_minus_reference"].values())
-    atomic_write_text(args.json, json.dumps({"command": "python scripts/bench_resize.py " + " ".join(sys.argv[1:]),
+    atomic_write_text(target, json.dumps({"command": "python scripts/bench_resize.py " + " ".join(sys.argv[1:]),
                                              "split": "val (64 images)", "rows": rows,
                                              "largest_difference_ap_points": worst}, indent=2) + "\n")
     print(f"largest |uint8 - reference|: {worst:.3f} AP points")

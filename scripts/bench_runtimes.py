@@ -13,7 +13,7 @@ Bundles are made per long side (calibrated at that size) under ``--work`` and re
 ``--build-long-side N`` makes each bundle once, at N, and runs it at every long side (an ExecuTorch
 program made at N takes sides up to 2N):
 
-    python scripts/bench_runtimes.py --models slim,rfb,mnet025 --long-sides 320,640
+    python scripts/bench_runtimes.py --models slim,rfb,mnet025 --long-sides 320,640 --force
 
 Writes docs/results/bench_runtimes.json and the table between its markers in docs/SPEED.md.
 Goals it reports: the fastest int8 configuration of each model at 320 at most 0.7x its fastest float
@@ -37,6 +37,7 @@ from bench_peers import fdq, load_val, write_section, yunet_detect  # noqa: E402
 
 from fdq.device.bundle import load_bundle  # noqa: E402
 from fdq.device.evaluation import evaluate, to_wider_rows  # noqa: E402
+from fdq.device.outputs import check_file_output  # noqa: E402
 from fdq.device.preprocess import resize_ratio  # noqa: E402
 from fdq.device.runtimes import bundle_detector  # noqa: E402
 
@@ -208,7 +209,12 @@ def main() -> int:
                                                      "under --work (ExecuTorch lowering takes minutes a bundle)")
     ap.add_argument("--json", default=str(ROOT / "docs" / "results" / "bench_runtimes.json"))
     ap.add_argument("--markdown", default=str(ROOT / "docs" / "SPEED.md"))
+    ap.add_argument("--force", action="store_true", help="replace an existing --json")
     args = ap.parse_args()
+    try:
+        check_file_output(args.json, args.force)
+    except ValueError as exc:
+        raise SystemExit(f"bench_runtimes: error: {exc}") from None
     configs = args.configs.split(",")
     unknown = [c for c in configs if c not in CONFIGS]
     if unknown:

@@ -19,10 +19,10 @@ frame are recorded; a bundle agrees when it runs on both and the AP of every set
 Exit status 1 when a bundle fails to run or disagrees, so the script doubles as a check.
 
     python scripts/check_board_torch.py --python /path/to/torch-2.9.1/bin/python \\
-        --data ../shared/data/widerface_val_subset --json docs/results/board_torch_compat.json
+        --data ../shared/data/widerface_val_subset --json docs/results/board_torch_compat.json --force
     sudo scripts/make_board_root.sh /srv/fdq-board
     sudo python scripts/check_board_torch.py --chroot /srv/fdq-board --python /opt/fdq/bin/python \\
-        --data ../shared/data/widerface_val_subset --json docs/results/board_arm64_compat.json
+        --data ../shared/data/widerface_val_subset --json docs/results/board_arm64_compat.json --force
     sudo python scripts/check_board_torch.py --chroot /var/lib/fdq-testboard/NAME/root \\
         --python /root/host1/runtimes/venv/bin/python --runtimes all --models slim --rows fp32,l2 \\
         --backends qnnpack --images 8 --data ../shared/data/widerface_val_subset \\
@@ -51,6 +51,7 @@ from fdq.device.atomic import atomic_write_text  # noqa: E402
 from fdq.device.bundle import RUNTIME_MODULES, load_bundle  # noqa: E402
 from fdq.host.export import export_bundle  # noqa: E402
 from fdq.device.evaluation import SETTINGS, load_ground_truth, save_ground_truth_json  # noqa: E402
+from fdq.device.outputs import check_file_output  # noqa: E402
 from fdq.models import MODEL_NAMES  # noqa: E402
 
 DEVICE_DIR = Path(__file__).resolve().parent.parent / "device"
@@ -237,14 +238,18 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="largest AP difference that agrees (points; int8 kernels of another CPU round differently)")
     p.add_argument("--json", default="docs/results/board_torch_compat.json")
     p.add_argument("--from-json", metavar="JSON", help="run nothing: print the table of an earlier --json")
+    p.add_argument("--force", action="store_true", help="replace an existing --json")
     args = p.parse_args(argv)
     if args.from_json:
         print(markdown(json.loads(Path(args.from_json).read_text(encoding="utf-8"))))
         return 0
     if not (args.python and args.data):
         p.error("give --python and --data (run) or --from-json (print a table)")
+    try:
+        out = check_file_output(args.json, args.force)
+    except ValueError as exc:
+        raise SystemExit(f"check_board_torch: error: {exc}") from None
     doc = run(args)
-    out = Path(args.json)
     atomic_write_text(out, json.dumps(doc, indent=2) + "\n")
     failed = [r for r in doc["results"] if not r["agree"]]
     print(markdown(doc))
