@@ -75,8 +75,12 @@ def main() -> int:
     p.add_argument("--recalibrate-on", default="", help="also quantize the float model with ONNX Runtime's "
                                                         "calibration on these images (default: skip)")
     p.add_argument("--json", required=True, help="result file to write (must not exist)")
+    p.add_argument("--force", action="store_true", help="replace an existing --json")
     args = p.parse_args()
-    check_file_output(args.json)
+    try:
+        check_file_output(args.json, args.force)
+    except ValueError as exc:
+        raise SystemExit(f"bench_export_int8: error: {exc}") from None
     gt = load_ground_truth(args.gt)
     with tempfile.TemporaryDirectory(prefix="fdq-bench-export-") as tmp:
         models = [measure(b, args.images, gt, args.recalibrate_on, Path(tmp)) for b in args.bundle]

@@ -124,7 +124,14 @@ def main() -> int:
     ap.add_argument("--long-side", type=int, default=320)
     ap.add_argument("--rounds", type=int, default=60)
     ap.add_argument("--json", default=str(ROOT / "docs" / "results" / "bench_ort_int8.json"))
+    ap.add_argument("--force", action="store_true", help="replace an existing --json")
     args = ap.parse_args()
+    from fdq.device.outputs import check_file_output
+
+    try:
+        check_file_output(args.json, args.force)
+    except ValueError as exc:
+        raise SystemExit(f"bench_ort_int8: error: {exc}") from None
 
     import onnxruntime as ort
 
@@ -132,9 +139,7 @@ def main() -> int:
     from fdq.models import SPECS, load_model
 
     from fdq.device.atomic import atomic_write_text
-    from fdq.device.outputs import check_file_output
 
-    check_file_output(args.json, True)
     shared = Path(args.shared)
     os.environ.setdefault("FDQ_WEIGHTS_PATH", str(shared / "weights"))
     from fdq.host.zoo import resolve_weights

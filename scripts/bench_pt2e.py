@@ -63,18 +63,23 @@ def main() -> int:
     ap.add_argument("--models", default="slim,rfb,mnet025")
     ap.add_argument("--long-side", type=int, default=320)
     ap.add_argument("--json", default=str(ROOT / "docs" / "results" / "bench_pt2e.json"))
+    ap.add_argument("--force", action="store_true", help="replace an existing --json")
     args = ap.parse_args()
+    from fdq.device.outputs import check_file_output
+
+    try:
+        check_file_output(args.json, args.force)
+    except ValueError as exc:
+        raise SystemExit(f"bench_pt2e: error: {exc}") from None
 
     from fdq.calibration.data import find_images, split_holdout
     from fdq.calibration.ptq import calibrate_pt2e
     from fdq.device.atomic import atomic_write_text
     from fdq.device.evaluation import load_ground_truth
-    from fdq.device.outputs import check_file_output
     from fdq.host.export_executorch import export_inputs
     from fdq.host.zoo import resolve_weights
     from fdq.models import SPECS, load_model
 
-    check_file_output(args.json, True)
     torch.set_num_threads(1)
     data = Path(args.shared) / "data" / "widerface_val_subset"
     os.environ.setdefault("FDQ_WEIGHTS_PATH", str(Path(args.shared) / "weights"))

@@ -33,6 +33,11 @@ BASE: Dict[str, Callable[[Path, Path], List[str]]] = {
     "bench_resize": lambda s, t: ["--shared", str(s)],
     "bench_runtimes": lambda s, t: ["--shared", str(s), "--work", f"{t}/work", "--markdown", f"{t}/SPEED.md"],
     "check_board_torch": lambda s, t: ["--python", sys.executable, "--data", f"{s}/data/widerface_val_subset"],
+    "bench_export_int8": lambda s, t: ["--bundle", f"{t}/no-bundle", "--images",
+                                       f"{s}/data/widerface_val_subset/val/images",
+                                       "--gt", f"{s}/data/widerface_val_subset/val/ground_truth"],
+    "bench_ort_int8": lambda s, t: ["--shared", str(s)],
+    "bench_pt2e": lambda s, t: ["--shared", str(s)],
 }
 #: script -> the options naming its result files: each is the existing one in a case of its own
 FILES = {name: ["--json"] for name in BASE}
