@@ -216,11 +216,14 @@ def test_a_frozen_board_trips_the_run_timeout_and_the_remote_process_is_stopped(
             deadline = time.monotonic() + limit
             while not frozen and time.monotonic() < deadline:
                 for p in _processes_with(token):  # the runner itself, once its child runs (not the login shell)
-                    family = [p, *p.children(recursive=True)]
-                    if p.info["cmdline"][0] == sys.executable and any(c.name() == "sleep" for c in family):
-                        for q in family:
-                            q.send_signal(signal.SIGSTOP)
-                        frozen.extend(family)
+                    try:
+                        family = [p, *p.children(recursive=True)]
+                        if p.info["cmdline"][0] == sys.executable and any(c.name() == "sleep" for c in family):
+                            for q in family:
+                                q.send_signal(signal.SIGSTOP)
+                            frozen.extend(family)
+                    except psutil.NoSuchProcess:  # it ended while being looked at (the login shell): look again
+                        continue
                 time.sleep(0.1)
 
         helper = threading.Thread(target=freeze)
