@@ -23,7 +23,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Union
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 import yaml
 
@@ -94,6 +94,15 @@ def check_file_output(path: PathLike, force: bool = False, option: str = "--json
     if not force:
         raise OutputRefused(f"{option} {path}: file exists; add --force to replace it")
     return target
+
+
+def checked_outputs_or_exit(prog: str, force: bool, *outputs: Tuple[str, PathLike]) -> List[str]:
+    """:func:`check_file_output` for each (option, path), before a script's work starts; a refusal
+    ends the program with one ``PROG: error: ...`` line. The absolute paths, in order."""
+    try:
+        return [check_file_output(path, force, option) for option, path in outputs]
+    except OutputRefused as exc:
+        raise SystemExit(f"{prog}: error: {exc}") from None
 
 
 def write_marker(folder: Path, info: Optional[Dict[str, Any]] = None) -> None:

@@ -38,7 +38,7 @@ from fdq.calibration.data import find_images, split_holdout  # noqa: E402
 from fdq.calibration.report import output_error  # noqa: E402
 from fdq.device.atomic import atomic_write_text  # noqa: E402
 from fdq.device.evaluation import SETTINGS, load_ground_truth  # noqa: E402
-from fdq.device.outputs import check_file_output  # noqa: E402
+from fdq.device.outputs import checked_outputs_or_exit  # noqa: E402
 from fdq.host.torch_inference import torch_inference  # noqa: E402
 from fdq.host.zoo import resolve_weights  # noqa: E402
 from fdq.models import MODEL_NAMES, load_model  # noqa: E402
@@ -93,10 +93,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--json", default="docs/results/bench_ap_resolution.json")
     p.add_argument("--force", action="store_true", help="replace an existing --json")
     args = p.parse_args(argv)
-    try:
-        target = check_file_output(args.json, args.force)
-    except ValueError as exc:
-        raise SystemExit(f"bench_ap_resolution: error: {exc}") from None
+    target, = checked_outputs_or_exit("bench_ap_resolution", args.force, ("--json", args.json))
     torch.set_num_threads(1)
     sides = [int(s) for s in args.long_sides.split(",")]
     options = ptq.PTQOptions(backend="x86", bias_correction=args.bias_correction)

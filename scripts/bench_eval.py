@@ -27,7 +27,7 @@ from fdq.device.detector import FaceDetector
 from fdq.device.evaluation import load_ground_truth
 from fdq.device.images import list_images, read_image
 from fdq.device.nms import nms
-from fdq.device.outputs import check_file_output
+from fdq.device.outputs import checked_outputs_or_exit
 from fdq.device.preprocess import normalize, resize_image
 from fdq.host.evaluate import evaluate_detector
 from fdq.host.torch_inference import torch_inference
@@ -71,10 +71,7 @@ def main() -> int:
     ap.add_argument("--json", default="docs/results/bench_eval.json")
     ap.add_argument("--force", action="store_true", help="replace an existing --json")
     args = ap.parse_args()
-    try:
-        target = check_file_output(args.json, args.force)
-    except ValueError as exc:
-        raise SystemExit(f"bench_eval: error: {exc}") from None
+    target, = checked_outputs_or_exit("bench_eval", args.force, ("--json", args.json))
 
     torch.set_num_threads(1)
     split = Path(args.shared) / "data" / "widerface_val_subset" / "val"

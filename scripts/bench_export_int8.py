@@ -28,7 +28,7 @@ import torch
 from fdq.device.atomic import atomic_write_text
 from fdq.device.bundle import load_bundle
 from fdq.device.evaluation import load_ground_truth
-from fdq.device.outputs import check_file_output
+from fdq.device.outputs import checked_outputs_or_exit
 from fdq.device.runtimes import bundle_detector
 from fdq.host.artifacts import save_torchscript_bundle
 from fdq.host.evaluate import evaluate_detector
@@ -77,10 +77,7 @@ def main() -> int:
     p.add_argument("--json", required=True, help="result file to write (must not exist)")
     p.add_argument("--force", action="store_true", help="replace an existing --json")
     args = p.parse_args()
-    try:
-        check_file_output(args.json, args.force)
-    except ValueError as exc:
-        raise SystemExit(f"bench_export_int8: error: {exc}") from None
+    checked_outputs_or_exit("bench_export_int8", args.force, ("--json", args.json))
     gt = load_ground_truth(args.gt)
     with tempfile.TemporaryDirectory(prefix="fdq-bench-export-") as tmp:
         models = [measure(b, args.images, gt, args.recalibrate_on, Path(tmp)) for b in args.bundle]

@@ -24,7 +24,7 @@ from bench_quant import paired_median_ms  # noqa: E402  (one timing method for e
 
 from fdq.device.atomic import atomic_write_text  # noqa: E402
 from fdq.device.bundle import load_bundle  # noqa: E402
-from fdq.device.outputs import check_file_output  # noqa: E402
+from fdq.device.outputs import checked_outputs_or_exit  # noqa: E402
 from fdq.device.runtimes import load_inference  # noqa: E402
 
 TIMED_HW, OTHER_HW = (240, 320), (213, 320)
@@ -49,10 +49,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--json", default="docs/results/bench_first_shape.json")
     p.add_argument("--force", action="store_true", help="replace an existing --json")
     args = p.parse_args(argv)
-    try:
-        target = check_file_output(args.json, args.force)
-    except ValueError as exc:
-        raise SystemExit(f"bench_first_shape: error: {exc}") from None
+    target, = checked_outputs_or_exit("bench_first_shape", args.force, ("--json", args.json))
     bundle = load_bundle(args.bundle)
     rng = np.random.default_rng(0)
     timed = rng.uniform(-120, 130, size=(1, 3, *TIMED_HW)).astype(np.float32)

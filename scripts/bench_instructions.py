@@ -36,7 +36,7 @@ from bench_peers import write_section  # noqa: E402  (the docs block)
 from bench_runtimes import CONFIGS, build  # noqa: E402  (the one way these benchmarks make bundles)
 
 from fdq.device.atomic import atomic_write_text  # noqa: E402
-from fdq.device.outputs import check_file_output  # noqa: E402
+from fdq.device.outputs import checked_outputs_or_exit  # noqa: E402
 from fdq.host.cli import profile_main  # noqa: E402
 from fdq.host.estimate import CALIBRATION, CLOCK_HZ, METHOD, PUBLISHED, cycles_per_instruction, estimate_ms  # noqa: E402
 
@@ -169,10 +169,7 @@ def main() -> int:
     else:
         if not args.board:
             p.error("--board PROFILE is needed (sudo scripts/testboard.sh up arm64 prints it)")
-        try:
-            target = check_file_output(args.json, args.force)
-        except ValueError as exc:
-            raise SystemExit(f"bench_instructions: error: {exc}") from None
+        target, = checked_outputs_or_exit("bench_instructions", args.force, ("--json", args.json))
         shared = Path(args.shared)
         os.environ.setdefault("FDQ_WEIGHTS_PATH", str(shared / "weights"))
         calib = shared / "data" / "widerface_val_subset" / "calib" / "images"

@@ -30,7 +30,7 @@ import torch
 from fdq.device.anchors import prior_boxes
 from fdq.device.atomic import atomic_write_text
 from fdq.device.kernels import load_kernels, normalize_c, postprocess_c, quantize_input, quantize_input_c
-from fdq.device.outputs import check_file_output
+from fdq.device.outputs import checked_outputs_or_exit
 from fdq.device.postprocess import candidates, postprocess, postprocess_cv2
 from fdq.device.preprocess import normalize
 from fdq.models import SPECS, load_model
@@ -147,10 +147,7 @@ def main() -> None:
                         "of everything outside inference (fdq quantize --level 2 --backend x86 ...)")
     parser.add_argument("--force", action="store_true", help="replace an existing --json")
     args = parser.parse_args()
-    try:
-        target = check_file_output(args.json, args.force)
-    except ValueError as exc:
-        raise SystemExit(f"bench_kernels: error: {exc}") from None
+    target, = checked_outputs_or_exit("bench_kernels", args.force, ("--json", args.json))
     if args.image is None:
         sys.exit("no validation image found: pass --image or set FDQ_SHARED")
     torch.set_num_threads(1)

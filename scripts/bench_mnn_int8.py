@@ -32,7 +32,7 @@ from fdq.device.atomic import atomic_write_text  # noqa: E402
 from fdq.device.detector import FaceDetector  # noqa: E402
 from fdq.device.evaluation import evaluate, load_ground_truth, to_wider_rows  # noqa: E402
 from fdq.device.images import list_images, read_image  # noqa: E402
-from fdq.device.outputs import check_file_output  # noqa: E402
+from fdq.device.outputs import checked_outputs_or_exit  # noqa: E402
 from fdq.device.runtimes import open_mnn, run_mnn, split_outputs  # noqa: E402
 from fdq.host.export import _export_onnx_float, calibration_images, preprocessed  # noqa: E402
 from fdq.host.export_check import OUTPUT_NAMES  # noqa: E402
@@ -147,10 +147,7 @@ def main(argv: List[str]) -> int:
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite the table in docs/ACCURACY.md")
     parser.add_argument("--force", action="store_true", help="replace an existing --out")
     args = parser.parse_args(argv)
-    try:
-        target = check_file_output(args.out, args.force, "--out")
-    except ValueError as exc:
-        raise SystemExit(f"bench_mnn_int8: error: {exc}") from None
+    target, = checked_outputs_or_exit("bench_mnn_int8", args.force, ("--out", args.out))
     names = [n for n in args.settings.split(",") if n]
     bad = [n for n in names if n not in SETTINGS]
     if bad:

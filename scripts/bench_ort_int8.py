@@ -126,12 +126,9 @@ def main() -> int:
     ap.add_argument("--json", default=str(ROOT / "docs" / "results" / "bench_ort_int8.json"))
     ap.add_argument("--force", action="store_true", help="replace an existing --json")
     args = ap.parse_args()
-    from fdq.device.outputs import check_file_output
+    from fdq.device.outputs import checked_outputs_or_exit
 
-    try:
-        check_file_output(args.json, args.force)
-    except ValueError as exc:
-        raise SystemExit(f"bench_ort_int8: error: {exc}") from None
+    checked_outputs_or_exit("bench_ort_int8", args.force, ("--json", args.json))
 
     import onnxruntime as ort
 

@@ -29,7 +29,7 @@ from fdq.device.anchors import prior_boxes
 from fdq.device.bundle import load_bundle
 from fdq.device.evaluation import evaluate, load_ground_truth, to_wider_rows
 from fdq.device.images import list_images, read_image
-from fdq.device.outputs import check_file_output
+from fdq.device.outputs import checked_outputs_or_exit
 from fdq.device.preprocess import resize_image, resize_ratio
 from fdq.device.runtimes import bundle_detector
 
@@ -210,11 +210,7 @@ def main() -> int:
     ap.add_argument("--markdown", default=str(ROOT / "docs" / "SPEED.md"))
     ap.add_argument("--force", action="store_true", help="replace an existing --json and --plot")
     args = ap.parse_args()
-    try:
-        for path, option in ((args.json, "--json"), (args.plot, "--plot")):
-            check_file_output(path, args.force, option)
-    except ValueError as exc:
-        raise SystemExit(f"bench_peers: error: {exc}") from None
+    checked_outputs_or_exit("bench_peers", args.force, ("--json", args.json), ("--plot", args.plot))
 
     shared = Path(args.shared)
     calib, gt, images = load_val(args.shared)

@@ -65,12 +65,9 @@ def main() -> int:
     ap.add_argument("--json", default=str(ROOT / "docs" / "results" / "bench_pt2e.json"))
     ap.add_argument("--force", action="store_true", help="replace an existing --json")
     args = ap.parse_args()
-    from fdq.device.outputs import check_file_output
+    from fdq.device.outputs import checked_outputs_or_exit
 
-    try:
-        check_file_output(args.json, args.force)
-    except ValueError as exc:
-        raise SystemExit(f"bench_pt2e: error: {exc}") from None
+    checked_outputs_or_exit("bench_pt2e", args.force, ("--json", args.json))
 
     from fdq.calibration.data import find_images, split_holdout
     from fdq.calibration.ptq import calibrate_pt2e

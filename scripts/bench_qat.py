@@ -47,7 +47,7 @@ from fdq.calibration.qat import FinetuneOptions, run_level3  # noqa: E402
 from fdq.calibration.report import output_error  # noqa: E402
 from fdq.device.atomic import atomic_write_text  # noqa: E402
 from fdq.device.evaluation import SETTINGS, load_ground_truth  # noqa: E402
-from fdq.device.outputs import check_file_output  # noqa: E402
+from fdq.device.outputs import checked_outputs_or_exit  # noqa: E402
 from fdq.host.torch_inference import torch_inference  # noqa: E402
 from fdq.host.zoo import resolve_weights  # noqa: E402
 from fdq.models import MODEL_NAMES, load_model  # noqa: E402
@@ -177,10 +177,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--json", required=True)
     p.add_argument("--force", action="store_true", help="replace an existing --json")
     args = p.parse_args(argv)
-    try:
-        target = check_file_output(args.json, args.force)
-    except ValueError as exc:
-        raise SystemExit(f"bench_qat: error: {exc}") from None
+    target, = checked_outputs_or_exit("bench_qat", args.force, ("--json", args.json))
     seeds = [int(s) for s in args.seeds.split(",")]
     options = dict(args.option)
     unknown = sorted(set(args.methods) - set(METHODS))

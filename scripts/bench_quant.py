@@ -46,7 +46,7 @@ from fdq.device.detector import FaceDetector, InferenceFn
 from fdq.device.evaluation import SETTINGS, load_ground_truth
 from fdq.device.images import list_images, read_image
 from fdq.device.kernels import normalize_c
-from fdq.device.outputs import check_file_output
+from fdq.device.outputs import checked_outputs_or_exit
 from fdq.device.preprocess import resize_image
 from fdq.device.runtimes import bundle_detector
 from fdq.host.evaluate import evaluate_detector
@@ -385,11 +385,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--markdown", default="docs/results/bench_quant.md")
     p.add_argument("--force", action="store_true", help="replace an existing --json and --markdown")
     args = p.parse_args(argv)
-    try:
-        target, page = (check_file_output(path, args.force, option)
-                        for path, option in ((args.json, "--json"), (args.markdown, "--markdown")))
-    except ValueError as exc:
-        raise SystemExit(f"bench_quant: error: {exc}") from None
+    target, page = checked_outputs_or_exit("bench_quant", args.force, ("--json", args.json),
+                                           ("--markdown", args.markdown))
     unknown = sorted(set(args.levels) - {"fp32", "fp16", "l1", "l2", "l3", "l4"})
     if unknown:
         p.error(f"unknown rows: {', '.join(unknown)}")

@@ -17,7 +17,7 @@ from pathlib import Path
 from fdq.device.atomic import atomic_write_text
 from fdq.device.detector import FaceDetector
 from fdq.device.evaluation import load_ground_truth
-from fdq.device.outputs import check_file_output
+from fdq.device.outputs import checked_outputs_or_exit
 from fdq.host.evaluate import evaluate_detector
 from fdq.host.torch_inference import torch_inference
 from fdq.models import SPECS, load_model
@@ -34,10 +34,7 @@ def main() -> int:
     ap.add_argument("--json", default=str(ROOT / "docs" / "results" / "bench_resize.json"))
     ap.add_argument("--force", action="store_true", help="replace an existing --json")
     args = ap.parse_args()
-    try:
-        target = check_file_output(args.json, args.force)
-    except ValueError as exc:
-        raise SystemExit(f"bench_resize: error: {exc}") from None
+    target, = checked_outputs_or_exit("bench_resize", args.force, ("--json", args.json))
     shared = Path(args.shared)
     split = shared / "data" / "widerface_val_subset" / "val"
     gt = load_ground_truth(split / "ground_truth")

@@ -37,7 +37,7 @@ from bench_peers import fdq, load_val, write_section, yunet_detect  # noqa: E402
 
 from fdq.device.bundle import load_bundle  # noqa: E402
 from fdq.device.evaluation import evaluate, to_wider_rows  # noqa: E402
-from fdq.device.outputs import check_file_output  # noqa: E402
+from fdq.device.outputs import checked_outputs_or_exit  # noqa: E402
 from fdq.device.preprocess import resize_ratio  # noqa: E402
 from fdq.device.runtimes import bundle_detector  # noqa: E402
 
@@ -211,10 +211,7 @@ def main() -> int:
     ap.add_argument("--markdown", default=str(ROOT / "docs" / "SPEED.md"))
     ap.add_argument("--force", action="store_true", help="replace an existing --json")
     args = ap.parse_args()
-    try:
-        check_file_output(args.json, args.force)
-    except ValueError as exc:
-        raise SystemExit(f"bench_runtimes: error: {exc}") from None
+    checked_outputs_or_exit("bench_runtimes", args.force, ("--json", args.json))
     configs = args.configs.split(",")
     unknown = [c for c in configs if c not in CONFIGS]
     if unknown:

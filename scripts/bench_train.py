@@ -33,7 +33,7 @@ from typing import Any, Dict, List
 import torch
 
 from fdq.device.atomic import atomic_write_text
-from fdq.device.outputs import check_file_output
+from fdq.device.outputs import checked_outputs_or_exit
 
 CONFIGS = {
     "1 process": {"procs": 1, "amp": False},
@@ -74,10 +74,7 @@ def main() -> int:
     p.add_argument("--json", required=True)
     p.add_argument("--force", action="store_true", help="replace an existing --json")
     args = p.parse_args()
-    try:
-        target = check_file_output(args.json, args.force)
-    except ValueError as exc:
-        raise SystemExit(f"bench_train: error: {exc}") from None
+    target, = checked_outputs_or_exit("bench_train", args.force, ("--json", args.json))
     runs: Dict[str, List[Dict[str, Any]]] = {name: [] for name in CONFIGS}
     with tempfile.TemporaryDirectory(prefix="fdq-bench-train-") as tmp:
         for rep in range(args.reps):

@@ -51,7 +51,7 @@ from fdq.device.atomic import atomic_write_text  # noqa: E402
 from fdq.device.bundle import RUNTIME_MODULES, load_bundle  # noqa: E402
 from fdq.host.export import export_bundle  # noqa: E402
 from fdq.device.evaluation import SETTINGS, load_ground_truth, save_ground_truth_json  # noqa: E402
-from fdq.device.outputs import check_file_output  # noqa: E402
+from fdq.device.outputs import checked_outputs_or_exit  # noqa: E402
 from fdq.models import MODEL_NAMES  # noqa: E402
 
 DEVICE_DIR = Path(__file__).resolve().parent.parent / "device"
@@ -245,10 +245,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     if not (args.python and args.data):
         p.error("give --python and --data (run) or --from-json (print a table)")
-    try:
-        out = check_file_output(args.json, args.force)
-    except ValueError as exc:
-        raise SystemExit(f"check_board_torch: error: {exc}") from None
+    out, = checked_outputs_or_exit("check_board_torch", args.force, ("--json", args.json))
     doc = run(args)
     atomic_write_text(out, json.dumps(doc, indent=2) + "\n")
     failed = [r for r in doc["results"] if not r["agree"]]
