@@ -31,7 +31,7 @@ from bench_quant import paired_median_ms  # noqa: E402  (one timing method for e
 
 from fdq.device.atomic import atomic_write_text  # noqa: E402
 from fdq.device.images import list_images  # noqa: E402
-from fdq.device.outputs import check_file_output  # noqa: E402
+from fdq.device.outputs import checked_outputs_or_exit  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TESTBOARD = REPO / "scripts" / "testboard.sh"
@@ -65,7 +65,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--json", default="docs/results/bench_forward.json")
     p.add_argument("--force", action="store_true", help="replace an existing --json")
     args = p.parse_args(argv)
-    check_file_output(args.json, args.force, "--json")
+    checked_outputs_or_exit("bench_forward", args.force, ("--json", args.json))
     name = f"bench-forward-{os.getpid()}"
     with tempfile.TemporaryDirectory(prefix="fdq-bench-forward-") as tmp:
         bundle, video = _bundle_and_video(args.images, Path(tmp))

@@ -23,6 +23,7 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 BASE: Dict[str, Callable[[Path, Path], List[str]]] = {
     "bench_ap_resolution": lambda s, t: ["--data", f"{s}/data/widerface_val_subset"],
     "bench_eval": lambda s, t: ["--shared", str(s)],
+    "bench_forward": lambda s, t: ["--images", f"{t}/no-images"],
     "bench_first_shape": lambda s, t: ["--bundle", f"{t}/no-bundle"],
     "bench_instructions": lambda s, t: ["--board", f"{t}/no-board.yaml", "--shared", str(s), "--work", f"{t}/work"],
     "bench_kernels": lambda s, t: ["--image", next((s / "data/widerface_val_subset/val/images").rglob("*.jpg")),
