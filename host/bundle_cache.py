@@ -76,6 +76,7 @@ def quantized_bundle(model: str, backend: str, level: int, *, weights: Optional[
                      calib: Optional[str] = None, labels: Optional[str] = None, long_side: int = 320,
                      iters: Optional[int] = None) -> Path:
     """The bundle ``fdq quantize`` makes for these inputs (``backend`` ``fp32``: the float bundle)."""
+    from fdq.calibration.quant_api import default_reduce_range
     from fdq.calibration.report import QuantizationCollapseWarning
     from fdq.host.quantize import quantize_command
     from fdq.host.zoo import fdq_home, resolve_weights
@@ -89,8 +90,11 @@ def quantized_bundle(model: str, backend: str, level: int, *, weights: Optional[
     for flag, value in (("--calib", calib), ("--labels", labels), ("--iters", iters)):
         if value is not None:
             argv += [flag, str(value)]
+    # fdq quantize chooses x86 activations' bits by this machine's CPU: a bundle made with the other choice is another bundle
+    seven_bit = backend != FLOAT and default_reduce_range(backend)[0]
     key = _key({"model": model, "weights": sha256_file(weights_file), "level": level, "backend": backend,
-                "calib": _tree(calib), "labels": _tree(labels), "long_side": long_side, "iters": iters})
+                "calib": _tree(calib), "labels": _tree(labels), "long_side": long_side, "iters": iters,
+                "reduce_range": seven_bit})
     path = fdq_home() / "bundles" / f"{model}-{backend}-l{level}-{key}"
     if _cached(path):
         return path

@@ -85,6 +85,8 @@ def _check_args(args: argparse.Namespace) -> None:
         _check_pt2e_args(args)
     if args.reduce_range and args.backend == "qnnpack":
         raise QuantizeError("--reduce-range is an x86/fbgemm workaround; qnnpack has no use for it")
+    if args.reduce_range is not None and not int8:
+        raise QuantizeError("--[no-]reduce-range applies to int8 levels 1-4")
     if args.level == 0 and args.calib:
         raise QuantizeError("level 0 uses no data: drop --calib")
     if args.level >= 2 and not args.calib:
@@ -120,6 +122,16 @@ def _check_args(args: argparse.Namespace) -> None:
         raise QuantizeError("--iters must be >= 1")
 
 
+def _choose_reduce_range(args: argparse.Namespace) -> str:
+    """Set ``args.reduce_range`` where the user left it to fdq (by this machine's CPU); the reason, for the manifest."""
+    from fdq.calibration.quant_api import default_reduce_range
+
+    if args.reduce_range is not None:
+        return f"--{'' if args.reduce_range else 'no-'}reduce-range given"
+    args.reduce_range, why = default_reduce_range(args.backend)
+    return why
+
+
 def _check_pt2e_args(args: argparse.Namespace) -> None:
     """``--backend xnnpack`` is PT2E post-training quantization (level 2), with the observers PT2E has."""
     if args.level != 2:
@@ -129,7 +141,7 @@ def _check_pt2e_args(args: argparse.Namespace) -> None:
     if args.observer and args.observer not in PT2E_OBSERVERS:
         raise QuantizeError(f"--backend {args.backend} (PT2E) takes --observer {'|'.join(PT2E_OBSERVERS)}, "
                             f"not {args.observer}")
-    given = [flag for flag, on in (("--reduce-range", args.reduce_range),
+    given = [flag for flag, on in (("--[no-]reduce-range", args.reduce_range is not None),
                                    ("--sensitivity", args.sensitivity), ("--ap-budget", args.ap_budget is not None),
                                    ("--bias-correction", args.bias_correction)) if on]
     if given:
@@ -273,8 +285,7 @@ def _qat(args: argparse.Namespace, model: nn.Module, report: Dict[str, Any]) -> 
     for name in ("cle", "bias_correction", "warmup_iters", "lr", "freeze_bn_after", "freeze_observers_after", "seed"):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
-    if args.reduce_range:
-        options["reduce_range"] = True
+    options["reduce_range"] = bool(args.reduce_range)
     quantized, qat_report = run(args.model, model, args.calib, args.labels, **options)
     report["training"] = qat_report
     effective = {k: qat_report[k] for k in _QAT_MANIFEST_KEYS if k in qat_report}
@@ -313,7 +324,9 @@ def quantize_command(args: argparse.Namespace) -> Path:
         if args.backend in PT2E_BACKENDS:
             exported, method = _pt2e(args, model, cset)
         else:
+            why = _choose_reduce_range(args)
             exported, method = _ptq(args, model, cset, report) if args.level <= 2 else _qat(args, model, report)
+            method["reduce_range_reason"] = why
         section.update(method)
     if cset is not None and args.level >= 1:
         check = calib_report.compare(model, exported, spec, args.long_side, cset.held_back,
@@ -409,8 +422,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     weights.add_argument("--per-channel", dest="per_channel", action="store_true", default=True,
                          help="per-channel int8 weights (the default)")
     weights.add_argument("--per-tensor", dest="per_channel", action="store_false", help="per-tensor int8 weights")
-    p.add_argument("--reduce-range", action="store_true",
-                   help="7-bit activations, for x86/fbgemm targets without VNNI (AVX2 only)")
+    p.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=None,
+                   help="x86/fbgemm: 7-bit activations, which an x86 CPU without VNNI (AVX2 only) needs: its "
+                        "8-bit int8 saturates (default: by this machine's CPU flags, recorded in the bundle)")
     p.add_argument("--cle", action=argparse.BooleanOptionalAction, default=None,
                    help="cross-layer equalization before quantizing (default on for int8; levels 3-4 "
                         "then fine-tune the level-2 model)")

@@ -93,6 +93,14 @@ def _settings(args: argparse.Namespace) -> argparse.Namespace:
     settings.lr = settings.lr if settings.lr is not None else (QAT_LR if settings.qat else FLOAT_LR)
     if settings.weight_decay is None:
         settings.weight_decay = 0.0 if settings.qat else FLOAT_WEIGHT_DECAY
+    settings.reduce_range_reason = None
+    if settings.qat and settings.backend:
+        from fdq.calibration.quant_api import default_reduce_range
+
+        if args.reduce_range is None:
+            settings.reduce_range, settings.reduce_range_reason = default_reduce_range(settings.backend)
+        else:
+            settings.reduce_range_reason = f"--{'' if args.reduce_range else 'no-'}reduce-range given"
     settings.resume_state = None
     return settings
 
@@ -254,7 +262,8 @@ def _train_qat(s: argparse.Namespace, model: "nn.Module", dataset: Any, config: 
     gt = subset_ground_truth(gt, images.keys) if gt is not None else None
     check = calib_report.compare(model, int8, dataset.spec, s.size, images, gt, in_sample)
     level = 4 if s.distill and not s.labels else 3
-    section = {"level": level, **{k: v for k, v in report.items() if k != "metrics"}}
+    section = {"level": level, **{k: v for k, v in report.items() if k != "metrics"},
+               "reduce_range_reason": getattr(s, "reduce_range_reason", None)}
     calibration = {**images.manifest(), "held_back_images": len(images), "in_sample_report": in_sample,
                    "labels": bool(s.labels)}
     save_torchscript_bundle(int8, dataset.spec, s.size, str(out / "bundle"), engine=s.backend, dtype="int8",
@@ -325,8 +334,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     q.add_argument("--per-tensor", dest="per_channel", action="store_false", default=None,
                    help="--qat: per-tensor int8 weights (default per-channel)")
     q.add_argument("--gt-weight", type=float, help="--qat --distill: weight of the labels' loss (default 0.1)")
-    q.add_argument("--reduce-range", action="store_true", default=None,
-                   help="--qat: 7-bit activations, for x86/fbgemm targets without VNNI (AVX2 only)")
+    q.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=None,
+                   help="--qat, x86/fbgemm: 7-bit activations, which an x86 CPU without VNNI (AVX2 only) needs "
+                        "(default: by this machine's CPU flags, recorded in the bundle)")
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:

@@ -139,11 +139,11 @@ def has_vnni() -> Optional[bool]:
     """Whether this x86 CPU has VNNI: without it fbgemm's int8 convolutions sum pairs of products in
     16 bits and saturate unless activations are 7-bit (``--reduce-range``), so x86 int8 strays further
     from float here than the fake-quant model QAT trains (None: not known)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return None
-    return "avx512_vnni" in flags or "avx_vnni" in flags
+    from fdq.calibration.quant_api import VNNI_FLAGS
+    from fdq.device.sysinfo import cpu_features
+
+    flags = cpu_features()
+    return None if flags is None else bool(set(flags).intersection(VNNI_FLAGS))
 
 
 def markdown(doc: Dict[str, Any]) -> str:

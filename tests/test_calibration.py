@@ -30,6 +30,7 @@ from fdq.device.runtimes import load_inference
 from fdq.host.artifacts import trace
 from fdq.host.quantize import QuantizeError, quantize_command, register
 from fdq.models import SPECS, load_model
+from conftest import cpu_has_vnni
 
 RECALL_TOLERANCE = 0.9
 OFFSET_ERROR_MAX = 0.15     # mean |int8 - float| box offset; level 2 measures about 0.05-0.07
@@ -129,8 +130,13 @@ def test_level2_int8_bundle_matches_float(backend: str, calib_dir: Path, calib_l
     bundle = load_bundle(str(out))
     assert bundle.engine == backend and bundle.manifest["backend"]["dtype"] == "int8"
     q = bundle.manifest["quantization"]
+    # 7-bit activations exactly where 8-bit int8 saturates: the x86 engine on a CPU without VNNI
+    seven_bit = backend == "x86" and not cpu_has_vnni()
     assert (q["level"], q["method"], q["observer"], q["per_channel"], q["reduce_range"], q["cle"],
-            q["bias_correction"]) == (2, "ptq", "histogram", True, False, True, False)
+            q["bias_correction"]) == (2, "ptq", "histogram", True, seven_bit, True, False)
+    assert ("no VNNI" in q["reduce_range_reason"]) is seven_bit, q["reduce_range_reason"]
+    grid = bundle.manifest["input"]["quantized"]  # code 127 reaches the brightest pixels only with 7 bits
+    assert ((127 - grid["zero_point"]) * grid["scale"] > 60) is seven_bit
     names = sorted(p.relative_to(calib_dir).as_posix() for p in calib_dir.rglob("*.jpg"))
     assert bundle.manifest["calibration"]["images"] == CALIB_IMAGES
     assert bundle.manifest["calibration"]["file_list_sha256"] == hashlib.sha256("\n".join(names).encode()).hexdigest()
@@ -284,6 +290,7 @@ def _assert_nothing_written(out: Path) -> None:
     (["--backend", "tpu"], quant_api.UnsupportedBackendError, "unknown backend 'tpu'"),
     (["--backend", "x86", "--observer", "median"], ValueError, "unknown observer 'median'"),
     (["--backend", "qnnpack", "--reduce-range"], QuantizeError, "reduce-range"),
+    (["--level", "1", "--fp16", "--no-reduce-range"], QuantizeError, r"--\[no-\]reduce-range applies to int8"),
     ([], QuantizeError, "needs --backend"),
     (["--backend", "x86", "--lr", "1e-4"], QuantizeError, "apply to levels 3 and 4"),
     (["--backend", "x86", "--level", "3", "--labels", "gt", "--freeze-bn-after", "5"], QuantizeError, "--no-cle"),

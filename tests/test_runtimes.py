@@ -315,7 +315,7 @@ def test_the_runner_runs_an_int8_bundle_of_each_new_runtime(runtime, bundles, en
     (["--level", "1"], "--backend xnnpack quantizes through PT2E at level 2 only"),
     (["--level", "2", "--calib", "{calib}", "--observer", "moving-minmax"],
      "--backend xnnpack (PT2E) takes --observer percentile|histogram|minmax, not moving-minmax"),
-    (["--level", "2", "--calib", "{calib}", "--reduce-range"], "--reduce-range apply to the eager backends"),
+    (["--level", "2", "--calib", "{calib}", "--reduce-range"], "--[no-]reduce-range apply to the eager backends"),
 ])
 def test_xnnpack_options_are_checked_first(extra, needle, data, workdir):
     _require("executorch", "torchao")

@@ -21,6 +21,7 @@ from fdq.calibration.widerface_data import (Faces, WiderFaceTraining, augment, c
                                             labelled_images, mirror)
 from fdq.device.images import read_image
 from fdq.models import SPECS, load_model
+from conftest import cpu_has_vnni
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
 
@@ -408,8 +409,9 @@ def test_out_never_replaces_a_users_folder(shared_dir, tmp_path):
 def test_qat_through_the_training_loop_writes_an_int8_bundle(shared_dir, tmp_path, labelled):
     """--qat --statassist --gradboost --distill, 1 epoch on 4 images at 96 px: with labels level 3,
     without level 4 (the float warm-up learns from the teacher's detections); the labelled run with
-    7-bit activations (--reduce-range). The bundle loads through the device loader and carries the
-    report; the StatAssist optimizer state was carried over."""
+    7-bit activations (--reduce-range), the unlabelled one with fdq's choice (7-bit on a CPU without
+    VNNI). The bundle loads through the device loader and carries the report; the StatAssist optimizer
+    state was carried over."""
     from fdq.device.bundle import load_bundle
 
     images = _subset(shared_dir, tmp_path / "images", limit=4)
@@ -423,11 +425,15 @@ def test_qat_through_the_training_loop_writes_an_int8_bundle(shared_dir, tmp_pat
     manifest = bundle.manifest
     assert manifest["backend"] == {"engine": "x86", "dtype": "int8"}
     assert manifest["quantization"]["level"] == (3 if labelled else 4)
-    assert manifest["quantization"]["reduce_range"] is labelled
+    seven_bit = labelled or not cpu_has_vnni()
+    assert manifest["quantization"]["reduce_range"] is seven_bit
+    assert manifest["quantization"]["reduce_range_reason"].startswith(
+        "--reduce-range given" if labelled else "this machine's CPU has no VNNI" if seven_bit else
+        "this machine's CPU has VNNI")
     # The input's int8 grid: codes up to 127 reach the brightest pixels only with 7-bit activations (with
     # 8 bits, code 127 sits near the middle of the mean-subtracted range, [-123, 151], below 14).
     grid = manifest["input"]["quantized"]
-    assert ((127 - grid["zero_point"]) * grid["scale"] > 60) is labelled
+    assert ((127 - grid["zero_point"]) * grid["scale"] > 60) is seven_bit
     report = json.loads((out / "bundle" / "report.json").read_text())
     training = report["training"]
     assert training["warmup_iters_done"] == 2 and training["optimizer_carry"] in ("same", "remapped")
