@@ -44,12 +44,12 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Dict, List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_peers import fdq  # noqa: E402  (an fdq command in a process of its own)
 from bench_quant import build, rows_for  # noqa: E402  (the one way a benchmark builds bundles)
 
 from fdq.calibration.labels import subset_ground_truth  # noqa: E402
 from fdq.device.atomic import atomic_write_text  # noqa: E402
 from fdq.device.bundle import RUNTIME_MODULES, load_bundle  # noqa: E402
-from fdq.host.export import export_bundle  # noqa: E402
 from fdq.device.evaluation import SETTINGS, load_ground_truth, save_ground_truth_json  # noqa: E402
 from fdq.device.outputs import checked_outputs_or_exit  # noqa: E402
 from fdq.models import MODEL_NAMES  # noqa: E402
@@ -153,8 +153,10 @@ def bundles_of(model: str, rows: List[Any], args: argparse.Namespace, work: Path
                 continue
             source = float_path if from_float else int8[2]
             out = work / f"{model}-{name}-{args.long_side}"
-            yield (name, None if from_float else int8[1],
-                   load_bundle(str(export_bundle(source, fmt, out, calib if calibrated else None))).path)
+            # each export in a process of its own, as a user runs `fdq export`: after an MNN int8
+            # calibration, MNN's converter cannot run again in the same process (docs/ACCURACY.md)
+            fdq("export", str(source), "--format", fmt, "--out", str(out), *(["--calib", calib] if calibrated else []))
+            yield name, None if from_float else int8[1], load_bundle(str(out)).path
     if "executorch" in args.runtimes and int8 is not None:
         yield f"{int8[0].key}-executorch", "xnnpack", build(model, int8[0], "xnnpack", args.long_side, work)["bundle"].path
 
