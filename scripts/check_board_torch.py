@@ -24,7 +24,7 @@ Exit status 1 when a bundle fails to run or disagrees, so the script doubles as 
     sudo python scripts/check_board_torch.py --chroot /srv/fdq-board --python /opt/fdq/bin/python \\
         --data ../shared/data/widerface_val_subset --json docs/results/board_arm64_compat.json --force
     sudo python scripts/check_board_torch.py --chroot /var/lib/fdq-testboard/NAME/root \\
-        --python /root/host1/runtimes/venv/bin/python --runtimes all --models slim --rows fp32,l2 \\
+        --python /root/host1/runtimes/venv/bin/python --runtimes all --models slim,rfb,mnet025 --rows fp32,l2 \\
         --backends qnnpack --images 8 --data ../shared/data/widerface_val_subset \\
         --json docs/results/board_arm64_runtimes.json
 """
