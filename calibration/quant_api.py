@@ -106,6 +106,13 @@ def default_reduce_range(backend: str) -> Tuple[bool, str]:
     return True, "this machine's CPU has no VNNI (avx512_vnni, avx_vnni): 8-bit activations would saturate"
 
 
+def choose_reduce_range(backend: str, given: Optional[bool]) -> Tuple[bool, str]:
+    """The user's ``--[no-]reduce-range`` where given, else :func:`default_reduce_range`; with the reason."""
+    if given is not None:
+        return given, f"--{'' if given else 'no-'}reduce-range given"
+    return default_reduce_range(backend)
+
+
 def _activation_range(reduce_range: bool) -> Tuple[int, int]:
     return (0, 127) if reduce_range else (0, 255)
 

@@ -124,11 +124,9 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def _choose_reduce_range(args: argparse.Namespace) -> str:
     """Set ``args.reduce_range`` where the user left it to fdq (by this machine's CPU); the reason, for the manifest."""
-    from fdq.calibration.quant_api import default_reduce_range
+    from fdq.calibration.quant_api import choose_reduce_range
 
-    if args.reduce_range is not None:
-        return f"--{'' if args.reduce_range else 'no-'}reduce-range given"
-    args.reduce_range, why = default_reduce_range(args.backend)
+    args.reduce_range, why = choose_reduce_range(args.backend, args.reduce_range)
     return why
 
 

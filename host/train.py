@@ -95,12 +95,9 @@ def _settings(args: argparse.Namespace) -> argparse.Namespace:
         settings.weight_decay = 0.0 if settings.qat else FLOAT_WEIGHT_DECAY
     settings.reduce_range_reason = None
     if settings.qat and settings.backend:
-        from fdq.calibration.quant_api import default_reduce_range
+        from fdq.calibration.quant_api import choose_reduce_range
 
-        if args.reduce_range is None:
-            settings.reduce_range, settings.reduce_range_reason = default_reduce_range(settings.backend)
-        else:
-            settings.reduce_range_reason = f"--{'' if args.reduce_range else 'no-'}reduce-range given"
+        settings.reduce_range, settings.reduce_range_reason = choose_reduce_range(settings.backend, args.reduce_range)
     settings.resume_state = None
     return settings
 
