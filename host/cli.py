@@ -369,7 +369,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         from fdq.host.provision import requirements
 
         for target in targets:
-            requirements(target)
+            requirements(target, target.torch)
     if len(targets) > 1:
         results = on_each(targets, lambda conn: deploy_and_report(conn, args.bundles, args.setup, prune))
         print_table(f"fdq-deploy: {args.target}", results,

@@ -5,10 +5,15 @@ downloads the wheels for exactly that platform (cached under ``$FDQ_HOME/wheels`
 ``WORKDIR/wheels`` and installs them with ``pip --no-index`` into ``WORKDIR/venv``. So the board
 needs no internet, and pip never resolves anything there (minutes under emulation, and a Pi in the
 field is often offline). What is installed: the runner's packages, and per runtime of the profile's
-``runtimes`` its package (torch's CPU wheel at the profile's ``torch`` version, default the newest
-one for that Python; onnxruntime, at the profile's ``onnxruntime`` version; ncnn; MNN; executorch,
-whose runtime links the libtorch it was built against: the release built for the board's torch,
-installed without its declared dependencies, as ``scripts/install_runtimes.sh`` does here).
+``runtimes`` its package (torch at the profile's ``torch`` version, default the newest CPU-only wheel
+for that Python and machine; onnxruntime, at the profile's ``onnxruntime`` version; ncnn; MNN;
+executorch, whose runtime links the libtorch it was built against: the release built for the board's
+torch, installed without its declared dependencies, as ``scripts/install_runtimes.sh`` does here).
+
+PyPI's newest aarch64 torch wheels are CUDA builds (the CUDA toolkit, gigabytes, cannot install on a
+Pi). A CUDA build is known by its dependencies (``nvidia-*``, ``cuda-*``), read from the index's
+metadata before anything is downloaded, not by a list of versions that ages: without a pin the newest
+release series whose wheel needs none of them is taken, and a pinned CUDA build is one line.
 
 Once a work directory has that venv, deploy and profile run its Python. Without ``--setup``, a
 Python that lacks one of the runner's modules is refused in one line that names it.
@@ -21,6 +26,7 @@ import os
 import shlex
 import subprocess
 import sys
+import tempfile
 import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
@@ -46,7 +52,9 @@ RUNTIME_PACKAGES = {"torchscript": "torch", "onnxruntime": "onnxruntime", "ncnn"
 # CUDA 13 toolkit, gigabytes, cannot load without them), so a Pi gets torch 2.9.1, the last CPU-only aarch64
 # wheel there, and executorch 1.0.1, which loads the host's 1.5.1 fp32 programs (measured on the emulated A72).
 EXECUTORCH_FOR_TORCH = {"2.13": "1.5.1", "2.9": "1.0.1"}
-EXECUTORCH_TORCH = "2.9.1"  # the board's torch for executorch when the profile pins none
+TORCH_RUNTIMES = ("torchscript", "executorch")  # the runtimes that need torch on the board
+CUDA_DISTRIBUTIONS = ("nvidia-", "cuda-")  # a torch wheel that needs one of these is a CUDA build
+TORCH_SERIES_TRIED = 8  # release series (2.14, 2.13, ...) looked at for a CPU-only torch before giving up
 # What executorch's runtime imports besides torch (its other declared dependencies serve other backends);
 # installed with its dependencies, executorch itself with --no-deps.
 EXECUTORCH_DEPS = ("ruamel.yaml>=0.17", "flatbuffers>=24", "tabulate>=0.9")
@@ -114,27 +122,34 @@ def board_python(conn: Connection, modules: Sequence[str] = (), prefer_venv: boo
                        facts["machine"], tuple(facts["libc"]), tuple(facts["missing"]))
 
 
+def _series(version: str) -> str:
+    """A release's series: "2.9" of "2.9.1+cpu"."""
+    return ".".join(version.split("+")[0].split(".")[:2])
+
+
 def executorch_for(torch_version: str) -> Optional[str]:
     """The executorch release built against ``torch_version`` (None: none is)."""
-    return EXECUTORCH_FOR_TORCH.get(".".join(torch_version.split("+")[0].split(".")[:2]))
+    return EXECUTORCH_FOR_TORCH.get(_series(torch_version))
 
 
-def requirements(target: Target) -> Tuple[List[str], List[str]]:
+def requirements(target: Target, torch: Optional[str]) -> Tuple[List[str], List[str]]:
     """What the runner needs on ``target``, its packages and those of the profile's runtimes: those
-    installed with their dependencies, and those without (executorch)."""
+    installed with their dependencies, and those without (executorch). ``torch`` is the board's torch
+    release (the profile's pin, or :func:`choose_torch`'s); None only checks the runtime names."""
     wanted, alone = list(RUNNER_PACKAGES.values()), []
-    torch = target.torch or (EXECUTORCH_TORCH if "executorch" in target.runtimes else None)
     for runtime in target.runtimes:
         if runtime not in RUNTIME_PACKAGES:
             raise SetupError(f"{target.name}: --setup knows runtimes {', '.join(RUNTIME_PACKAGES)}, "
                               f"the profile names {runtime!r}")
         package = RUNTIME_PACKAGES[runtime]
         if package == "executorch":
-            executorch = executorch_for(torch)
-            if executorch is None:
+            executorch = executorch_for(torch) if torch else None
+            if torch and executorch is None:
                 pairs = ", ".join(f"torch {t} (executorch {e})" for t, e in EXECUTORCH_FOR_TORCH.items())
-                raise SetupError(f"{target.name}: the profile pins torch {torch}; executorch has builds for {pairs}")
-            alone.append(f"executorch=={executorch}")
+                chosen = ("the profile pins torch" if target.torch
+                          else "the newest CPU-only torch for the board is")
+                raise SetupError(f"{target.name}: {chosen} {torch}; executorch has builds for {pairs}")
+            alone += [f"executorch=={executorch}"] if executorch else []
             wanted += EXECUTORCH_DEPS
             continue
         version = {"torch": torch, "onnxruntime": target.onnxruntime}.get(package)
@@ -144,11 +159,66 @@ def requirements(target: Target) -> Tuple[List[str], List[str]]:
     return wanted, alone
 
 
+def _platform_args(board: BoardPython) -> List[str]:
+    """pip's options that select wheels for the board's interpreter and platform, not this machine's."""
+    return ["--only-binary=:all:", "--implementation", "cp", "--python-version", board.python,
+            *[a for tag in board.platforms() for a in ("--platform", tag)]]
+
+
+def torch_release(board: BoardPython, spec: str) -> Tuple[str, List[str]]:
+    """The version of the newest torch wheel for the board that ``spec`` allows, and the requirements
+    that hold there, from the index's metadata alone (``pip install --dry-run --report``: no download)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        report = Path(scratch) / "report.json"
+        command = [sys.executable, "-m", "pip", "install", "--dry-run", "--no-deps", "--ignore-installed", "-q",
+                   "--disable-pip-version-check", *_platform_args(board), "--target", str(Path(scratch) / "target"),
+                   "--report", str(report), spec]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            errors = [ln for ln in done.stderr.splitlines() if ln.startswith("ERROR")] or ["?"]
+            raise SetupError(f"no torch wheel ({spec}) for {board.machine} / Python {board.python}: "
+                             f"{errors[-1].strip()}")
+        metadata = json.loads(report.read_text())["install"][0]["metadata"]
+    held = [Requirement(r) for r in metadata.get("requires_dist", [])]
+    return metadata["version"], [r.name for r in held if r.marker is None or r.marker.evaluate(board.markers())]
+
+
+def _cuda_needs(names: Sequence[str]) -> List[str]:
+    return [n for n in names if n.lower().startswith(CUDA_DISTRIBUTIONS)]
+
+
+def choose_torch(board: BoardPython, target: Target) -> str:
+    """The torch release ``--setup`` installs: the profile's pin, else the newest CPU-only wheel for the
+    board (of a release series executorch has a build for, when the profile runs executorch). A CUDA
+    build is refused in one line that names ``torch:``."""
+    where = f"{board.machine} / Python {board.python}"
+    if target.torch:
+        _, needs = torch_release(board, f"torch=={target.torch}")
+        cuda = _cuda_needs(needs)
+        if cuda:
+            raise SetupError(f"{target.name}: the profile's torch {target.torch} is a CUDA build for {where} "
+                             f"(it needs {', '.join(cuda[:3])}): set `torch:` in the profile to a CPU-only "
+                             "release (2.9.1 on a Raspberry Pi)")
+        return target.torch
+    executorch = "executorch" in target.runtimes
+    newest_first = sorted(EXECUTORCH_FOR_TORCH, key=lambda v: tuple(map(int, v.split("."))), reverse=True)
+    candidates = [f"torch=={series}.*" for series in newest_first] if executorch else ["torch"]
+    cuda_builds: List[str] = []
+    while candidates and len(cuda_builds) < TORCH_SERIES_TRIED:
+        version, needs = torch_release(board, candidates.pop(0))
+        if not _cuda_needs(needs):
+            return version
+        cuda_builds.append(version)
+        if not executorch:
+            candidates.append(f"torch<{_series(version)}")  # the next older release series
+    raise SetupError(f"{target.name}: the newest torch wheels for {where}"
+                     f"{' that executorch has builds for' if executorch else ''} are CUDA builds "
+                     f"({', '.join(cuda_builds)}): set `torch:` in the profile to a CPU-only release")
+
+
 def _pip_download(board: BoardPython, folder: Path, packages: Sequence[str], deps: bool) -> None:
-    platform_args = [a for tag in board.platforms() for a in ("--platform", tag)]
-    command = [sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check", "--only-binary=:all:",
-               "--implementation", "cp", "--python-version", board.python, *platform_args, "-d", str(folder),
-               *([] if deps else ["--no-deps"]), *packages]
+    command = [sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check", *_platform_args(board),
+               "-d", str(folder), *([] if deps else ["--no-deps"]), *packages]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         errors = [ln for ln in done.stderr.splitlines() if ln.startswith("ERROR")] or done.stderr.splitlines() or ["?"]
@@ -202,9 +272,10 @@ _SIZES = ("import json, os, sys; d = sys.argv[1]; "
 def setup(conn: Connection) -> str:
     """Install what the runner needs into ``WORKDIR/venv`` on the board; the venv's Python."""
     q = shlex.quote
-    packages, alone = requirements(conn.target)
     workdir = conn.path(conn.target.workdir)
     board = board_python(conn, prefer_venv=False)
+    torch = choose_torch(board, conn.target) if set(TORCH_RUNTIMES) & set(conn.target.runtimes) else None
+    packages, alone = requirements(conn.target, torch)
     wheels = download_wheels(board, packages, alone, wheel_cache())
     remote_wheels = str(PurePosixPath(workdir, WHEELS))
     conn.makedirs(remote_wheels)

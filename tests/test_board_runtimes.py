@@ -1,6 +1,7 @@
 """Every runtime on the emulated Raspberry Pi 4 (``arm64_board``, a Cortex-A72 under qemu-user):
 ``fdq-deploy --setup`` installs them all from the profile's ``runtimes`` into a venv of the board's work
-directory (torch 2.9.1 with executorch 1.0.1: PyPI's aarch64 torch 2.13 is a CUDA build), then one
+directory (with no torch pin: the newest CPU-only torch with an executorch build, 2.9.1 with executorch
+1.0.1, since PyPI's newer aarch64 torch wheels are CUDA builds), then one
 ``fdq-profile`` runs every float and int8 bundle there on a few val images and one runs them here: AP
 within 1 point of this machine's for the same bundle. The ExecuTorch int8 program, which executorch 1.0.1
 runs with the dot product the A72 lacks (SIGILL), is refused at deploy in one line. Frames are few and
@@ -82,7 +83,9 @@ def board(arm64_board, bundles, tmp_path_factory) -> Dict[str, Path]:
     folder = tmp_path_factory.mktemp("board")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FDQ_HOME", str(folder / "fdq-home"))
-        fields = {**arm64_board["fields"], "workdir": "~/runtimes", "torch": "2.9.1", "onnxruntime": "1.19.2",
+        # no `torch:` pin: --setup takes the newest CPU-only torch executorch has a build for (PyPI's newer
+        # aarch64 wheels are CUDA builds, known by their dependencies)
+        fields = {**arm64_board["fields"], "workdir": "~/runtimes", "onnxruntime": "1.19.2",
                   "runtimes": ["torchscript", "onnxruntime", "ncnn", "mnn", "executorch"]}
         profile = folder / "pi.yaml"
         profile.write_text(yaml.safe_dump(fields))
