@@ -4,7 +4,8 @@
 
 Every frame goes through :class:`~fdq.device.detector.FaceDetector` with the bundle's runtime;
 boxes, landmarks, FPS and per-stage latency are drawn on it. The annotated frames can be written
-to a video (``--output``) and/or published over HTTP (``--serve HOST:PORT``) for a headless board:
+to a video (``--output``) and/or published over HTTP (``--serve HOST:PORT``) for a headless board
+(the sources are :mod:`fdq.device.sources`' live ones):
 
 * ``/``            a page showing the stream beside the board, its runtime and engine and the
                    live per-stage latency (:mod:`fdq.device.demo_page`);
@@ -22,19 +23,17 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
-import re
 import secrets
 import signal
 import socket
 import socketserver
 import sys
-import tempfile
 import threading
 import time
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -45,6 +44,7 @@ from .demo_page import board_facts, render_page, stats_document
 from .draw import draw_detections
 from .latency_window import LatencyWindow
 from .outputs import OutputRefused, check_file_output
+from .sources import SourceError, open_source
 
 PROG = "fdq-demo"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -263,93 +263,8 @@ def start_server(host: str, port: int, hub: FrameHub, page: str,
 
 
 # --------------------------------------------------------------------------------------------------
-# Video in and out
+# Video out
 # --------------------------------------------------------------------------------------------------
-
-
-def parse_source(text: str) -> Union[int, str]:
-    """An integer is a camera index; anything else a file, URL or capture pipeline."""
-    stripped = text.strip()
-    return int(stripped) if stripped.isdigit() else text
-
-
-@contextmanager
-def _quiet_opencv() -> Iterator[None]:
-    """OpenCV logs its own warnings while probing a source; the demo reports one clear line."""
-    logging = getattr(getattr(cv2, "utils", None), "logging", None)
-    if logging is None:
-        yield
-        return
-    old = logging.getLogLevel()
-    logging.setLogLevel(logging.LOG_LEVEL_ERROR)
-    try:
-        yield
-    finally:
-        logging.setLogLevel(old)
-
-
-@contextmanager
-def _captured_stderr_fd() -> Iterator[List[str]]:
-    """Collect what native code (FFmpeg, GStreamer) writes straight to fd 2 while probing a source.
-
-    Yields a list that holds the captured text once the block exits. Only used before any other
-    thread of the demo runs.
-    """
-    captured: List[str] = []
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):
-        yield captured
-        return
-    with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), 2)
-        try:
-            yield captured
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            captured.append(tmp.read(1 << 16).decode("utf-8", errors="replace"))
-
-
-def _native_reason(captured: Sequence[str]) -> str:
-    """The last line native code logged, without its ``[module @ 0x...]`` prefix."""
-    lines = [line.strip() for text in captured for line in text.splitlines() if line.strip()]
-    if not lines:
-        return ""
-    return re.sub(r"^(\[[^\]]*\]\s*)+", "", lines[-1])[:200]
-
-
-def open_source(source: Union[int, str]) -> Tuple[Any, np.ndarray]:
-    """Open the capture and read its first frame; DemoError (one line) if either fails."""
-    what = f"camera {source}" if isinstance(source, int) else repr(source)
-    if isinstance(source, str) and "://" not in source and "!" not in source and not os.path.exists(source):
-        raise DemoError(f"cannot open video source {what}: no such file")
-    frame = None
-    with _quiet_opencv(), _captured_stderr_fd() as captured:
-        cap = cv2.VideoCapture(source)
-        opened = cap.isOpened()
-        if opened:
-            if isinstance(source, int):
-                cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # best effort: the newest frame, not a backlog
-            ok, frame = cap.read()
-            if not ok:
-                frame = None
-    if frame is None:
-        cap.release()
-        reason = _native_reason(captured)
-        if not opened:
-            hint = " (is a camera connected, and is the index right?)" if isinstance(source, int) else ""
-            raise DemoError(f"cannot open video source {what}{hint}" + (f": {reason}" if reason else ""))
-        raise DemoError(f"cannot open video source {what}: no frame could be read"
-                        + (f" ({reason})" if reason else ""))
-    return cap, frame
-
-
-def source_fps(cap: Any, fallback: float = 25.0) -> float:
-    fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
-    return fps if np.isfinite(fps) and 1.0 <= fps <= 240.0 else fallback
 
 
 class VideoOutput:
@@ -514,7 +429,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             _info(STOP_REASONS[stop["signal"]])
             return 128 + int(stop["signal"])
         return code
-    except DemoError as exc:
+    except (DemoError, SourceError) as exc:
         return _error(str(exc))
 
 
@@ -536,8 +451,7 @@ def _load_detector(args: argparse.Namespace) -> Tuple[Any, Any]:
 
 
 def _run(args: argparse.Namespace, serve: Optional[Tuple[str, int]], stop: Dict[str, Optional[int]]) -> int:
-    source = parse_source(args.source)
-    cap, frame = open_source(source)  # fails fast, before the (slower) bundle loading
+    source = open_source(args.source, live=True)  # fails fast, before the (slower) bundle loading
     server = None
     hub = FrameHub()
     window = LatencyWindow()
@@ -548,15 +462,16 @@ def _run(args: argparse.Namespace, serve: Optional[Tuple[str, int]], stop: Dict[
     try:
         bundle, detector = _load_detector(args)
         if args.output:
-            height, width = frame.shape[:2]
-            output = VideoOutput(args.output, source_fps(cap), (width, height))
+            output = VideoOutput(args.output, source.playback_fps(), (source.width, source.height))
         if serve is not None:
             facts = board_facts(bundle, args.threads)
             server, _, url = start_server(serve[0], serve[1], hub, render_page(facts),
                                           lambda: stats_document(facts, window))
             _info(f"serving {url} (stream {url}stream.mjpg, still {url}frame.jpg)")
         t_start = time.perf_counter()
-        while frame is not None and stop["signal"] is None:
+        for _, frame in source.frames(None):
+            if stop["signal"] is not None:
+                break
             dets = detector.detect(frame).above(args.threshold)
             timings = dict(detector.last_timings_ms)
             detect_ms.append(timings.get("total", 0.0))
@@ -565,14 +480,11 @@ def _run(args: argparse.Namespace, serve: Optional[Tuple[str, int]], stop: Dict[
             if output is not None:
                 output.write(frame)
             if server is not None:
-                hub.publish(frame)  # cap.read() returns a fresh array: no copy needed
+                hub.publish(frame)  # each frame read is a fresh array: no copy needed
             frames += 1
             if args.max_frames is not None and frames >= args.max_frames:
                 break
-            ok, frame = cap.read()
-            if not ok:
-                frame = None
-        cap.release()
+        source.release()
         if output is not None and frames > 0:
             output.commit()
             committed = True
@@ -588,7 +500,7 @@ def _run(args: argparse.Namespace, serve: Optional[Tuple[str, int]], stop: Dict[
                 time.sleep(0.1)
         return 0  # a signal is a clean stop: what was recorded is kept
     finally:
-        cap.release()
+        source.release()
         if output is not None and not committed:
             output.discard()
         hub.close()
