@@ -5,12 +5,8 @@
 Every frame goes through :class:`~fdq.device.detector.FaceDetector` with the bundle's runtime;
 boxes, landmarks, FPS and per-stage latency are drawn on it. The annotated frames can be written
 to a video (``--output``) and/or published over HTTP (``--serve HOST:PORT``) for a headless board:
-
-* ``/``            a page showing the stream beside the board, its runtime and engine and the
-                   live per-stage latency (:mod:`fdq.device.demo_page`);
-* ``/stream.mjpg`` an MJPEG stream (``multipart/x-mixed-replace``, one JPEG per part);
-* ``/frame.jpg``   the latest annotated frame as a single JPEG;
-* ``/stats.json``  those facts and the per-stage p50 latency over the last second.
+a page with the stream, an MJPEG stream, the latest frame and live statistics
+(:mod:`fdq.device.mjpeg`). The sources are :mod:`fdq.device.sources`' live ones.
 
 The server only binds a loopback address unless ``--allow-remote`` is given (on a headless board,
 bind its LAN address with ``--allow-remote``; ``fdq-demo --target`` instead forwards the board's
@@ -22,19 +18,14 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
-import re
 import secrets
 import signal
-import socket
-import socketserver
 import sys
-import tempfile
 import threading
 import time
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -44,17 +35,11 @@ from .cliargs import Parser, int_at_least
 from .demo_page import board_facts, render_page, stats_document
 from .draw import draw_detections
 from .latency_window import LatencyWindow
+from .mjpeg import FrameHub, ServeError, is_loopback_host, parse_hostport, start_server
 from .outputs import OutputRefused, check_file_output
+from .sources import SourceError, open_source
 
 PROG = "fdq-demo"
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
-BOUNDARY = "fdqframe"
-JPEG_QUALITY = 80
-# While no new frame arrives (source ended, lingering) the stream re-sends the last one this
-# often: it keeps the connection alive and lets browsers that render a part only once the
-# next boundary arrives show the final frame.
-RESEND_SECONDS = 1.0
-FIRST_FRAME_WAIT_SECONDS = 10.0
 # How the demo says why it stopped; SIGHUP stands for --stop-on-eof (its session ended).
 STOP_REASONS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated",
                 signal.SIGHUP: "stopped: standard input closed (the session that started it ended)"}
@@ -65,291 +50,8 @@ class DemoError(Exception):
 
 
 # --------------------------------------------------------------------------------------------------
-# Latest-frame hub and the MJPEG server
+# Video out
 # --------------------------------------------------------------------------------------------------
-
-
-class FrameHub:
-    """The latest annotated frame, shared between the capture loop and any number of HTTP clients.
-
-    Frames are JPEG-encoded lazily, once per frame, by the first client that wants one: with no
-    viewer connected the capture loop pays nothing for serving, and with viewers the encoding
-    runs on their threads, beside the detector.
-    """
-
-    def __init__(self, quality: int = JPEG_QUALITY) -> None:
-        self._cond = threading.Condition()
-        self._frame: Optional[np.ndarray] = None
-        self._seq = 0
-        self._closed = False
-        self._quality = int(quality)
-        self._encode_lock = threading.Lock()
-        self._jpeg: Optional[bytes] = None
-        self._jpeg_seq = -1
-
-    def publish(self, frame: np.ndarray) -> None:
-        """Share a BGR frame; the caller must not modify it afterwards."""
-        with self._cond:
-            self._frame = frame
-            self._seq += 1
-            self._cond.notify_all()
-
-    def close(self) -> None:
-        """Wake every waiting client; they stop streaming."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-
-    @property
-    def closed(self) -> bool:
-        with self._cond:
-            return self._closed
-
-    def _encode(self, seq: int, frame: np.ndarray) -> bytes:
-        with self._encode_lock:
-            if self._jpeg_seq != seq or self._jpeg is None:
-                ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, self._quality])
-                if not ok:
-                    raise RuntimeError("JPEG encoding failed")
-                self._jpeg, self._jpeg_seq = buf.tobytes(), seq
-            return self._jpeg
-
-    def latest(self, timeout: float) -> Optional[bytes]:
-        """The latest frame as JPEG, waiting up to ``timeout`` seconds for the first one."""
-        with self._cond:
-            self._cond.wait_for(lambda: self._frame is not None or self._closed, timeout)
-            seq, frame = self._seq, self._frame
-        return None if frame is None else self._encode(seq, frame)
-
-    def next_after(self, seq: int, timeout: float) -> Tuple[int, Optional[bytes]]:
-        """Wait for a frame newer than ``seq``; on timeout return the current one again (a resend).
-
-        Returns ``(seq, jpeg)``; ``jpeg`` is None once the hub is closed or while nothing was
-        published yet.
-        """
-        with self._cond:
-            self._cond.wait_for(lambda: self._seq > seq or self._closed, timeout)
-            if self._closed:
-                return self._seq, None
-            seq, frame = self._seq, self._frame
-        return seq, None if frame is None else self._encode(seq, frame)
-
-
-def _make_handler(hub: FrameHub, page: bytes, stats: Callable[[], bytes]) -> type:
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "fdq-demo"
-        protocol_version = "HTTP/1.0"
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-            pass  # one line per request would drown the demo's own output
-
-        def _send_bytes(self, body: bytes, content_type: str, status: int = 200) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
-
-        def do_HEAD(self) -> None:  # noqa: N802 - stdlib naming
-            self.do_GET()
-
-        def do_GET(self) -> None:  # noqa: N802 - stdlib naming
-            path = self.path.split("?", 1)[0]
-            try:
-                if path in ("/", "/index.html"):
-                    self._send_bytes(page, "text/html; charset=utf-8")
-                elif path == "/stats.json":
-                    self._send_bytes(stats(), "application/json")
-                elif path == "/frame.jpg":
-                    jpeg = hub.latest(FIRST_FRAME_WAIT_SECONDS)
-                    if jpeg is None:
-                        self._send_bytes(b"no frame yet\n", "text/plain; charset=utf-8", 503)
-                    else:
-                        self._send_bytes(jpeg, "image/jpeg")
-                elif path == "/stream.mjpg":
-                    self._stream()
-                else:
-                    self._send_bytes(b"not found\n", "text/plain; charset=utf-8", 404)
-            except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, socket.timeout):
-                pass  # the client went away
-
-        def _stream(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
-            self.send_header("Cache-Control", "no-store")
-            self.send_header("Pragma", "no-cache")
-            self.send_header("Connection", "close")
-            self.end_headers()
-            if self.command == "HEAD":
-                return
-            seq = 0
-            while True:
-                seq, jpeg = hub.next_after(seq, RESEND_SECONDS)
-                if jpeg is None:
-                    if hub.closed:
-                        return
-                    continue  # nothing published yet
-                self.wfile.write(f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}"
-                                 "\r\n\r\n".encode("ascii"))
-                self.wfile.write(jpeg)
-                self.wfile.write(b"\r\n")
-                self.wfile.flush()
-
-    return Handler
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind resolves the host's FQDN, which can stall for seconds on a board
-        # without DNS; the name is only used for CGI environments.
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name, self.server_port = str(host), int(port)
-
-
-def parse_hostport(value: str) -> Tuple[str, int]:
-    """``HOST:PORT``, ``[IPV6]:PORT`` -> (host, port); raises ValueError with a readable message."""
-    if value.startswith("["):
-        host, sep, rest = value[1:].partition("]")
-        if not sep or not rest.startswith(":"):
-            raise ValueError(f"expected [IPV6]:PORT, got {value!r}")
-        port_text = rest[1:]
-    else:
-        host, sep, port_text = value.rpartition(":")
-        if not sep:
-            raise ValueError(f"expected HOST:PORT (for example 127.0.0.1:8080), got {value!r}")
-        if ":" in host:
-            raise ValueError(f"write an IPv6 address in brackets ([::1]:8080), got {value!r}")
-    if not host:
-        raise ValueError(f"missing host in {value!r} (for example 127.0.0.1:8080)")
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise ValueError(f"invalid port in {value!r}") from None
-    if not 0 <= port <= 65535:
-        raise ValueError(f"port out of range in {value!r}")
-    return host, port
-
-
-def is_loopback_host(host: str) -> bool:
-    return host.lower() in LOOPBACK_HOSTS
-
-
-def start_server(host: str, port: int, hub: FrameHub, page: str,
-                 stats: Callable[[], bytes]) -> Tuple[_Server, threading.Thread, str]:
-    """Bind and serve ``hub``'s frames, ``page`` at ``/`` and ``stats()`` at ``/stats.json`` in a
-    daemon thread; returns the server, its thread and the page URL."""
-    try:
-        infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
-    except socket.gaierror as exc:
-        raise DemoError(f"cannot resolve serve host {host!r}: {exc}") from None
-    family = infos[0][0]
-    server_class = type("_DemoServer", (_Server,), {"address_family": family})
-    try:
-        server = server_class((host, port), _make_handler(hub, page.encode("utf-8"), stats))
-    except OSError as exc:
-        raise DemoError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
-    bound_host, bound_port = server.server_address[:2]
-    url_host = f"[{bound_host}]" if ":" in str(bound_host) else str(bound_host)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
-                              name="fdq-demo-http", daemon=True)
-    thread.start()
-    return server, thread, f"http://{url_host}:{bound_port}/"
-
-
-# --------------------------------------------------------------------------------------------------
-# Video in and out
-# --------------------------------------------------------------------------------------------------
-
-
-def parse_source(text: str) -> Union[int, str]:
-    """An integer is a camera index; anything else a file, URL or capture pipeline."""
-    stripped = text.strip()
-    return int(stripped) if stripped.isdigit() else text
-
-
-@contextmanager
-def _quiet_opencv() -> Iterator[None]:
-    """OpenCV logs its own warnings while probing a source; the demo reports one clear line."""
-    logging = getattr(getattr(cv2, "utils", None), "logging", None)
-    if logging is None:
-        yield
-        return
-    old = logging.getLogLevel()
-    logging.setLogLevel(logging.LOG_LEVEL_ERROR)
-    try:
-        yield
-    finally:
-        logging.setLogLevel(old)
-
-
-@contextmanager
-def _captured_stderr_fd() -> Iterator[List[str]]:
-    """Collect what native code (FFmpeg, GStreamer) writes straight to fd 2 while probing a source.
-
-    Yields a list that holds the captured text once the block exits. Only used before any other
-    thread of the demo runs.
-    """
-    captured: List[str] = []
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):
-        yield captured
-        return
-    with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), 2)
-        try:
-            yield captured
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            captured.append(tmp.read(1 << 16).decode("utf-8", errors="replace"))
-
-
-def _native_reason(captured: Sequence[str]) -> str:
-    """The last line native code logged, without its ``[module @ 0x...]`` prefix."""
-    lines = [line.strip() for text in captured for line in text.splitlines() if line.strip()]
-    if not lines:
-        return ""
-    return re.sub(r"^(\[[^\]]*\]\s*)+", "", lines[-1])[:200]
-
-
-def open_source(source: Union[int, str]) -> Tuple[Any, np.ndarray]:
-    """Open the capture and read its first frame; DemoError (one line) if either fails."""
-    what = f"camera {source}" if isinstance(source, int) else repr(source)
-    if isinstance(source, str) and "://" not in source and "!" not in source and not os.path.exists(source):
-        raise DemoError(f"cannot open video source {what}: no such file")
-    frame = None
-    with _quiet_opencv(), _captured_stderr_fd() as captured:
-        cap = cv2.VideoCapture(source)
-        opened = cap.isOpened()
-        if opened:
-            if isinstance(source, int):
-                cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # best effort: the newest frame, not a backlog
-            ok, frame = cap.read()
-            if not ok:
-                frame = None
-    if frame is None:
-        cap.release()
-        reason = _native_reason(captured)
-        if not opened:
-            hint = " (is a camera connected, and is the index right?)" if isinstance(source, int) else ""
-            raise DemoError(f"cannot open video source {what}{hint}" + (f": {reason}" if reason else ""))
-        raise DemoError(f"cannot open video source {what}: no frame could be read"
-                        + (f" ({reason})" if reason else ""))
-    return cap, frame
-
-
-def source_fps(cap: Any, fallback: float = 25.0) -> float:
-    fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
-    return fps if np.isfinite(fps) and 1.0 <= fps <= 240.0 else fallback
 
 
 class VideoOutput:
@@ -514,7 +216,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             _info(STOP_REASONS[stop["signal"]])
             return 128 + int(stop["signal"])
         return code
-    except DemoError as exc:
+    except (DemoError, ServeError, SourceError) as exc:
         return _error(str(exc))
 
 
@@ -536,8 +238,7 @@ def _load_detector(args: argparse.Namespace) -> Tuple[Any, Any]:
 
 
 def _run(args: argparse.Namespace, serve: Optional[Tuple[str, int]], stop: Dict[str, Optional[int]]) -> int:
-    source = parse_source(args.source)
-    cap, frame = open_source(source)  # fails fast, before the (slower) bundle loading
+    source = open_source(args.source, live=True)  # fails fast, before the (slower) bundle loading
     server = None
     hub = FrameHub()
     window = LatencyWindow()
@@ -548,15 +249,16 @@ def _run(args: argparse.Namespace, serve: Optional[Tuple[str, int]], stop: Dict[
     try:
         bundle, detector = _load_detector(args)
         if args.output:
-            height, width = frame.shape[:2]
-            output = VideoOutput(args.output, source_fps(cap), (width, height))
+            output = VideoOutput(args.output, source.playback_fps(), (source.width, source.height))
         if serve is not None:
             facts = board_facts(bundle, args.threads)
             server, _, url = start_server(serve[0], serve[1], hub, render_page(facts),
                                           lambda: stats_document(facts, window))
             _info(f"serving {url} (stream {url}stream.mjpg, still {url}frame.jpg)")
         t_start = time.perf_counter()
-        while frame is not None and stop["signal"] is None:
+        for _, frame in source.frames(None):
+            if stop["signal"] is not None:
+                break
             dets = detector.detect(frame).above(args.threshold)
             timings = dict(detector.last_timings_ms)
             detect_ms.append(timings.get("total", 0.0))
@@ -565,14 +267,11 @@ def _run(args: argparse.Namespace, serve: Optional[Tuple[str, int]], stop: Dict[
             if output is not None:
                 output.write(frame)
             if server is not None:
-                hub.publish(frame)  # cap.read() returns a fresh array: no copy needed
+                hub.publish(frame)  # each frame read is a fresh array: no copy needed
             frames += 1
             if args.max_frames is not None and frames >= args.max_frames:
                 break
-            ok, frame = cap.read()
-            if not ok:
-                frame = None
-        cap.release()
+        source.release()
         if output is not None and frames > 0:
             output.commit()
             committed = True
@@ -588,7 +287,7 @@ def _run(args: argparse.Namespace, serve: Optional[Tuple[str, int]], stop: Dict[
                 time.sleep(0.1)
         return 0  # a signal is a clean stop: what was recorded is kept
     finally:
-        cap.release()
+        source.release()
         if output is not None and not committed:
             output.discard()
         hub.close()

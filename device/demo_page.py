@@ -13,7 +13,7 @@ from string import Template
 from typing import Any, Dict
 
 from .latency_window import LatencyWindow
-from .run import STAGES
+from .result import STAGES
 from .sysinfo import emulation
 
 POLL_MS = 500

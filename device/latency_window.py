@@ -1,7 +1,7 @@
 """Per-stage latency of the last second of frames, for the demo page's live numbers.
 
 The demo's capture loop adds each frame's stage times (the names ``fdq-profile`` reports, from
-:data:`fdq.device.run.STAGES`); the page polls a snapshot from the HTTP threads. A board slower
+:data:`fdq.device.result.STAGES`); the page polls a snapshot from the HTTP threads. A board slower
 than one frame a second (an emulated one) has no frame in the last second: the snapshot then holds
 the latest frame alone and says how old it is, so the page never shows an empty or invented number.
 """
@@ -14,7 +14,7 @@ from typing import Any, Deque, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
-from .run import STAGES
+from .result import STAGES
 
 WINDOW_S = 1.0
 

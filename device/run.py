@@ -10,8 +10,8 @@ Each frame goes through exactly the pipeline of :class:`fdq.device.detector.Face
 of MLPerf's single-stream scenario, ncnn's benchncnn and TVM's time_evaluator: the cold start (bundle
 load, first frame) is reported apart, warm-up frames are not recorded, and the run lasts until both
 ``--frames`` and ``--min-seconds`` are reached. The result is ONE JSON document (schema
-``fdq.run/1``), written atomically: a run that fails or is interrupted (SIGINT / SIGTERM) leaves no
-file behind.
+``fdq.run/1``, laid out by :mod:`fdq.device.result`), written atomically: a run that fails or is
+interrupted (SIGINT / SIGTERM) leaves no file behind. The sources are :mod:`fdq.device.sources`'.
 
 Exit codes: 0 success, 1 bad input or failure (one ``fdq-run: error: ...`` line on stderr),
 2 bad command line, 130 / 143 interrupted by SIGINT / SIGTERM.
@@ -22,35 +22,22 @@ imported once signal handling is in place); nothing from ``fdq.host``, paramiko 
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import json
 import os
 import signal
 import sys
 import time
-from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from . import instructions
+from . import instructions, result
 from .cliargs import Parser, float_at_least, int_at_least
-from .atomic import PathLike
 from .outputs import check_file_output
+from .sources import SYNTHETIC_DEFAULT_FRAMES, ImageFolderSource, open_source
 
 PROG = "fdq-run"
-SCHEMA = "fdq.run/1"
-FACE_THRESHOLD = 0.5
-"""Score from which a detection counts as a face in ``detections.per_frame``."""
-SYNTHETIC_SIZE = (640, 480)
-SYNTHETIC_POOL = 8
-SYNTHETIC_SEED = 0
-SYNTHETIC_DEFAULT_FRAMES = 50
 WARMUP_FRAMES = 10
 """Unrecorded frames before timing starts: the runner's default and fdq-profile's."""
-STAGES = ("preprocess", "inference", "postprocess", "total")
 MAX_TEMP_WAIT_S = 600.0
 PER_OP_FRAMES = 5
-VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".ts", ".wmv", ".flv",
-                  ".mjpg", ".mjpeg", ".h264", ".264", ".h265", ".hevc", ".y4m", ".gif")
 
 
 class RunError(Exception):
@@ -117,168 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # --------------------------------------------------------------------------------------------------
-# Frame sources
+# Signals and errors
 # --------------------------------------------------------------------------------------------------
-
-
-class ImageFolderSource:
-    """Images below a folder, in sorted order, keyed ``EVENT/NAME``; loops when more frames are asked."""
-
-    kind = "images"
-
-    def __init__(self, folder: str) -> None:
-        from .images import list_images
-
-        try:
-            self.items = list_images(folder)
-        except (FileNotFoundError, ValueError) as exc:
-            raise RunError(str(exc)) from None
-        self.folder = folder
-
-    def default_frames(self) -> int:
-        return len(self.items)
-
-    def frame(self, index: int) -> Tuple[str, Any]:
-        from .images import read_image
-
-        key, path = self.items[index % len(self.items)]
-        try:
-            return key, read_image(path)
-        except (FileNotFoundError, ValueError) as exc:
-            raise RunError(str(exc)) from None
-
-    def warmup(self, count: int) -> Iterator[Any]:
-        for i in range(count):
-            yield self.frame(i)[1]
-
-    def frames(self, count: int) -> Iterator[Tuple[str, Any]]:
-        for i in range(count):
-            yield self.frame(i)
-
-    def describe(self) -> Dict[str, Any]:
-        return {"kind": self.kind, "path": str(Path(self.folder).resolve()), "images": len(self.items)}
-
-
-class VideoSource:
-    """Frames of a video file (``cv2.VideoCapture``), reopened from the start when it runs out."""
-
-    kind = "video"
-
-    def __init__(self, path: str) -> None:
-        import cv2
-
-        self.path = path
-        self._cv2 = cv2
-        self.cap = self._open()
-        ok, first = self.cap.read()
-        if not ok or first is None:
-            self.cap.release()
-            raise RunError(f"cannot read any frame from video {path}")
-        self.first = first
-        self.width = int(first.shape[1])
-        self.height = int(first.shape[0])
-        self.fps = float(self.cap.get(cv2.CAP_PROP_FPS) or 0.0)
-        self.count = int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-        self._pending: Optional[Any] = first  # the frame already read counts as frame 0
-        self.loops = 0
-
-    def _open(self) -> Any:
-        cap = self._cv2.VideoCapture(str(self.path))
-        if not cap.isOpened():
-            raise RunError(f"cannot open video {self.path} (not a video OpenCV can decode)")
-        return cap
-
-    def default_frames(self) -> Optional[int]:
-        return None  # until the end of the file
-
-    def warmup(self, count: int) -> Iterator[Any]:
-        for _ in range(count):  # reading ahead would skip measured frames: repeat the first one
-            yield self.first
-
-    def _next(self) -> Optional[Any]:
-        if self._pending is not None:
-            frame, self._pending = self._pending, None
-            return frame
-        ok, frame = self.cap.read()
-        return frame if ok and frame is not None else None
-
-    def frames(self, count: Optional[int]) -> Iterator[Tuple[str, Any]]:
-        index = 0
-        while count is None or index < count:
-            frame = self._next()
-            if frame is None:
-                if count is None:
-                    return
-                self.cap.release()
-                self.cap = self._open()
-                self.loops += 1
-                frame = self._next()
-                if frame is None:
-                    raise RunError(f"video {self.path} stopped delivering frames after a rewind")
-            yield f"frame{index:06d}", frame
-            index += 1
-
-    def describe(self) -> Dict[str, Any]:
-        return {"kind": self.kind, "path": str(Path(self.path).resolve()), "width": self.width,
-                "height": self.height, "fps": self.fps, "frame_count": self.count, "loops": self.loops}
-
-
-class SyntheticSource:
-    """Deterministic uniform-noise 4:3 frames (numpy seed 0): a board with no data can still be timed."""
-
-    kind = "synthetic"
-
-    def __init__(self) -> None:
-        import numpy as np
-
-        rng = np.random.default_rng(SYNTHETIC_SEED)
-        width, height = SYNTHETIC_SIZE
-        self.pool = [rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8) for _ in range(SYNTHETIC_POOL)]
-
-    def default_frames(self) -> int:
-        return SYNTHETIC_DEFAULT_FRAMES
-
-    def warmup(self, count: int) -> Iterator[Any]:
-        for i in range(count):
-            yield self.pool[i % len(self.pool)]
-
-    def frames(self, count: int) -> Iterator[Tuple[str, Any]]:
-        for i in range(count):
-            yield f"synthetic{i:06d}", self.pool[i % len(self.pool)]
-
-    def describe(self) -> Dict[str, Any]:
-        return {"kind": self.kind, "width": SYNTHETIC_SIZE[0], "height": SYNTHETIC_SIZE[1],
-                "seed": SYNTHETIC_SEED, "distinct_frames": SYNTHETIC_POOL, "content": "uniform noise uint8"}
-
-
-def open_source(source: str) -> Any:
-    if source == "synthetic":
-        return SyntheticSource()
-    path = Path(source)
-    if path.is_dir():
-        return ImageFolderSource(source)
-    if path.is_file():
-        # FFmpeg opens almost anything (a .txt file decodes as ANSI art): insist on a video suffix.
-        if path.suffix.lower() not in VIDEO_SUFFIXES:
-            raise RunError(f"source {source} is neither an image folder nor a video file "
-                           f"({', '.join(VIDEO_SUFFIXES[:6])}, ...)")
-        return VideoSource(source)
-    raise RunError(f"source not found: {source} (an image folder, a video file or 'synthetic')")
-
-
-# --------------------------------------------------------------------------------------------------
-# Statistics and output
-# --------------------------------------------------------------------------------------------------
-
-
-def latency_stats(values: Sequence[float]) -> Dict[str, Any]:
-    """mean / p50 / p90 / p99 / min / max of per-frame milliseconds, plus the raw list."""
-    import numpy as np
-
-    arr = np.asarray(values, dtype=np.float64)
-    p50, p90, p99 = (float(v) for v in np.percentile(arr, [50, 90, 99]))
-    return {"mean": float(arr.mean()), "p50": p50, "p90": p90, "p99": p99, "min": float(arr.min()),
-            "max": float(arr.max()), "frames": [float(v) for v in arr]}
 
 
 _STATE: Dict[str, Any] = {"committed": False, "signal": None}
@@ -291,31 +118,6 @@ def check_interrupted() -> None:
 
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-def write_json_atomic(path: PathLike, document: Dict[str, Any]) -> None:
-    """Temp file in the target folder, fsync, rename: the file is complete or absent."""
-    from .atomic import atomic_output
-
-    with atomic_output(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(document, f, indent=1, allow_nan=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-    _STATE["committed"] = True  # complete results: a signal from now on is ignored
-
-
-def _quantization_level(manifest: Dict[str, Any]) -> Optional[str]:
-    q = manifest.get("quantization")
-    if isinstance(q, dict):
-        for key in ("level", "scheme", "mode", "method"):
-            if q.get(key):
-                return str(q[key])
-    elif q:
-        return str(q)
-    dtype = (manifest.get("backend") or {}).get("dtype")
-    return "float" if dtype in ("fp32", "float32", None) else None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -401,14 +203,57 @@ def _measured_frames(source: Any, frames: Optional[int], min_seconds: float) -> 
         yield item
 
 
+def _ground_truth(args: argparse.Namespace, source: Any) -> Any:
+    """``--gt``'s ground truth, checked against the source: its image folder, every image once."""
+    if not args.gt:
+        return None
+    from .evaluation import load_ground_truth
+
+    if not isinstance(source, ImageFolderSource):
+        raise RunError("--gt needs --source to be the ground truth's image folder")
+    gt = load_ground_truth(args.gt)
+    keys = {key for key, _ in source.items}
+    missing = [k for k in gt.keys if k not in keys]
+    if missing:
+        raise RunError(f"{args.source} is not the ground truth's image folder: {len(missing)} of "
+                       f"{gt.num_images} ground-truth images are missing (first: {missing[0]})")
+    if args.frames is not None and args.frames < len(source.items):
+        raise RunError(f"--gt needs every image once: --frames {args.frames} < {len(source.items)} images")
+    return gt
+
+
+def _measure(detector: Any, source: Any, frames: Optional[int], min_seconds: float,
+             counter: Optional[instructions.InstructionCounter], scored: int) -> Tuple[result.Frames, Dict[str, Any]]:
+    """Time every frame; the detections of the first ``scored`` (one pass over the ground truth's
+    folder) also as the evaluator's rows, by image key."""
+    to_rows = None
+    if scored:
+        from .evaluation import to_wider_rows as to_rows
+    mark = counter.mark if counter else _no_mark
+    infer = detector.infer
+    if counter:
+        detector.infer = counter.around_inference(infer)
+    measured = result.Frames()
+    predictions: Dict[str, Any] = {}
+    started = time.perf_counter()
+    for index, (key, image) in enumerate(_measured_frames(source, frames, min_seconds)):
+        check_interrupted()
+        mark(instructions.FRAME_START, index)
+        dets = detector.detect(image)
+        mark(instructions.FRAME_END, index)
+        measured.add(detector.last_timings_ms, dets)
+        if to_rows is not None and index < scored:
+            predictions[key] = to_rows(dets.boxes, dets.scores)
+    measured.seconds = time.perf_counter() - started
+    detector.infer = infer
+    return measured, predictions
+
+
 def run(args: argparse.Namespace, progress: Any = None) -> Dict[str, Any]:
     """Do the measurement described by parsed ``args``; returns the ``fdq.run/1`` document."""
-    import hashlib
-
     import cv2
 
-    from .bundle import MANIFEST, load_bundle
-    from .runtimes import runtime_versions
+    from .bundle import load_bundle
     from . import sysinfo
 
     started = time.perf_counter()
@@ -419,21 +264,7 @@ def run(args: argparse.Namespace, progress: Any = None) -> Dict[str, Any]:
     bundle = load_bundle(args.bundle)  # verifies every file's size and sha256
     load_ms = (time.perf_counter() - load_started) * 1e3
     source = open_source(args.source)
-
-    gt = None
-    if args.gt:
-        from .evaluation import load_ground_truth
-
-        if not isinstance(source, ImageFolderSource):
-            raise RunError("--gt needs --source to be the ground truth's image folder")
-        gt = load_ground_truth(args.gt)
-        keys = {key for key, _ in source.items}
-        missing = [k for k in gt.keys if k not in keys]
-        if missing:
-            raise RunError(f"{args.source} is not the ground truth's image folder: {len(missing)} of "
-                           f"{gt.num_images} ground-truth images are missing (first: {missing[0]})")
-        if args.frames is not None and args.frames < len(source.items):
-            raise RunError(f"--gt needs every image once: --frames {args.frames} < {len(source.items)} images")
+    gt = _ground_truth(args, source)
 
     frames = args.frames if args.frames is not None else source.default_frames()
     threads = int(args.threads)
@@ -446,8 +277,7 @@ def run(args: argparse.Namespace, progress: Any = None) -> Dict[str, Any]:
     mark(instructions.LOADED)
     detector.detect(first_image)  # the cold first frame a camera app pays at every start
     mark(instructions.FIRST_FRAME)
-    cold_start = {"load_ms": load_ms, "first_frame_ms": detector.last_timings_ms["total"],
-                  "first_frame_stages_ms": dict(detector.last_timings_ms)}
+    first_frame_ms = dict(detector.last_timings_ms)
 
     thermal_start = sysinfo.thermal_state(args.thermal_zone)
     if progress:
@@ -459,108 +289,26 @@ def run(args: argparse.Namespace, progress: Any = None) -> Dict[str, Any]:
     for image in source.warmup(args.warmup):
         detector.detect(image)
         check_interrupted()
-
-    timings: Dict[str, List[float]] = {s: [] for s in STAGES}
-    faces: List[int] = []
-    kept: List[int] = []
-    predictions: Dict[str, Any] = {}
-    n_images = len(source.items) if gt is not None else 0
-    to_rows = None
-    if gt is not None:
-        from .evaluation import to_wider_rows as to_rows
-    infer = detector.infer
-    if counter:
-        detector.infer = counter.around_inference(infer)
-    measure_started = time.perf_counter()
-    for index, (key, image) in enumerate(_measured_frames(source, frames, args.min_seconds)):
-        check_interrupted()
-        mark(instructions.FRAME_START, index)
-        dets = detector.detect(image)
-        mark(instructions.FRAME_END, index)
-        for stage in STAGES:
-            timings[stage].append(detector.last_timings_ms[stage])
-        faces.append(int((dets.scores >= FACE_THRESHOLD).sum()))
-        kept.append(len(dets))
-        if to_rows is not None and index < n_images:  # the first pass over the folder is scored
-            predictions[key] = to_rows(dets.boxes, dets.scores)
-    measured_s = time.perf_counter() - measure_started
-    detector.infer = infer
-    if not faces:
+    measured, predictions = _measure(detector, source, frames, args.min_seconds, counter,
+                                     len(source.items) if gt is not None else 0)
+    if not measured.faces:
         raise RunError(f"source {args.source} delivered no frames")
     thermal_end = sysinfo.thermal_state(args.thermal_zone)
-    throttling = sysinfo.throttling_during(thermal_start["throttled"], thermal_end["throttled"])
 
     per_op = None
     if args.per_op:
         from .perop import profile_ops
 
         check_interrupted()
-        per_op = profile_ops(bundle, detector, source.warmup(min(PER_OP_FRAMES, len(faces))), threads)
-
-    latency = {stage: latency_stats(timings[stage]) for stage in STAGES}
-    manifest = bundle.manifest
-    backend = manifest.get("backend") or {}
-    device_info = sysinfo.system_info()
-    if device_info["emulation"]["emulated"]:
-        warnings.append("emulated (qemu-user): this latency says nothing about a real board")
-    if throttling:
-        warnings.append(f"the CPU throttled during the run ({', '.join(throttling)}): the latency is not "
-                        "the board's steady speed")
-    if args.frames is not None and len(faces) < args.frames:
-        warnings.append(f"{len(faces)} frames measured, fewer than the {args.frames} asked")
-    document: Dict[str, Any] = {
-        "schema": SCHEMA,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "bundle": {
-            "path": str(bundle.path.resolve()),
-            "model": manifest["model"]["name"],
-            "runtime": bundle.runtime,
-            "engine": bundle.engine,
-            "dtype": backend.get("dtype"),
-            "quantization": _quantization_level(manifest),
-            "quantization_config": manifest.get("quantization"),
-            "manifest_sha256": hashlib.sha256((bundle.path / MANIFEST).read_bytes()).hexdigest(),
-            "created": manifest.get("created"),
-            "fdq_version": manifest.get("fdq_version"),
-            "long_side": bundle.long_side,
-        },
-        "device": {
-            **device_info,
-            "runtime": bundle.runtime,
-            "runtime_versions": runtime_versions(bundle),
-            "engine": bundle.engine,
-            "threads": threads,
-            "kernels": getattr(detector, "kernels", "numpy"),
-        },
-        "source": source.describe(),
-        "settings": {"frames": len(faces), "frames_asked": args.frames, "min_seconds": args.min_seconds,
-                     "measured_s": measured_s, "warmup": int(args.warmup), "threads": threads,
-                     "long_side": int(detector.long_side), "score_threshold": float(args.threshold),
-                     "nms_threshold": float(detector.nms_threshold), "face_threshold": FACE_THRESHOLD,
-                     **conditions},
-        "cold_start": cold_start,
-        "latency_ms": latency,
-        "fps": 1000.0 / latency["total"]["mean"] if latency["total"]["mean"] > 0 else None,
-        "memory": sysinfo.memory(),
-        "thermal": {"start_c": thermal_start["c"], "end_c": thermal_end["c"],
-                    "throttled_start": thermal_start["throttled"], "throttled_end": thermal_end["throttled"],
-                    "zone": args.thermal_zone, "throttled_during_run": throttling},
-        "detections": {"face_threshold": FACE_THRESHOLD, "per_frame": faces, "faces_total": int(sum(faces)),
-                       "candidates_per_frame": kept, "candidates_total": int(sum(kept)),
-                       "candidates_note": f"detections kept after NMS with score > {args.threshold}"},
-        "warnings": warnings,
-    }
-    if per_op is not None:
-        document["per_op"] = per_op
-    if counter:
-        document["instructions"] = counter.result(int(args.warmup), threads)
+        per_op = profile_ops(bundle, detector, source.warmup(min(PER_OP_FRAMES, len(measured.faces))), threads)
+    document = result.build(args, bundle, detector, source.describe(), measured, load_ms=load_ms,
+                            first_frame_ms=first_frame_ms, conditions=conditions,
+                            thermal=(thermal_start, thermal_end), warnings=warnings, per_op=per_op,
+                            instructions=counter.result(int(args.warmup), threads) if counter else None)
     if gt is not None:
         from .evaluation import evaluate
 
-        result = evaluate(predictions, gt)
-        document["accuracy"] = {"easy": result["easy"], "medium": result["medium"], "hard": result["hard"],
-                                "images": result["images"], "missing_images": result.get("missing_images", 0),
-                                "ground_truth": str(Path(args.gt).resolve())}
+        document["accuracy"] = result.accuracy_section(evaluate(predictions, gt), args.gt)
     document["wall_s"] = time.perf_counter() - started
     return document
 
@@ -595,7 +343,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         document["command"] = [sys.executable, "-m", "fdq.device.run",
                                *(sys.argv[1:] if argv is None else list(argv))]
         check_interrupted()
-        write_json_atomic(out, document)
+        result.write(out, document)
+        _STATE["committed"] = True  # complete results: a signal from now on is ignored
         fps = document["fps"]
         summary = f"{PROG}: wrote {out} ({document['settings']['frames']} frames, " \
                   f"{fps:.1f} FPS, total p50 {document['latency_ms']['total']['p50']:.1f} ms"

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path, PurePosixPath
 from typing import List, Optional, Sequence, Tuple
 
-from fdq.device import demo
+from fdq.device import demo, mjpeg
 from fdq.device.bundle import load_bundle
 
 from .cli import CliError, add_target_arguments, deploy_and_report, load_target_from_args, run_command
@@ -78,10 +78,10 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Tu
                      "--allow-remote (--forward HOST:PORT sets the address here)")
     demo.check_frame_options(parser, args)
     try:
-        host, port = demo.parse_hostport(args.forward)
+        host, port = mjpeg.parse_hostport(args.forward)
     except ValueError as exc:
         parser.error(f"--forward: {exc}")
-    if not demo.is_loopback_host(host):
+    if not mjpeg.is_loopback_host(host):
         parser.error(f"--forward {args.forward}: only a loopback address here (127.0.0.1): anyone who can "
                      f"reach {host} could watch the board's camera")
     return host, port

@@ -193,7 +193,7 @@ class Job:
 
 @dataclass
 class Outcome:
-    runs: List[Any]      # fdq.host.report.runs.Run, in job order
+    runs: List[Any]      # fdq.device.result.Run, in job order
     failures: List[str]
 
 
@@ -257,9 +257,10 @@ def _target_runs(conn: Connection, jobs: List[Job], settings: RunSettings, runs_
 
     from rich.console import Console
 
+    from fdq.device.result import Run
+
     from .deploy import deploy, notices
     from .provision import prepare
-    from .report.runs import Run
 
     target = conn.target
     status = Console(stderr=True)

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import pytest
 
-from fdq.device.run import STAGES
+from fdq.device.result import STAGES
 
 MIN_FACE_PX = 40
 MAX_INPUT_RED_PX = 50

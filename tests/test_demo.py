@@ -26,7 +26,8 @@ import pytest
 from demo_media import (MIN_RED_PX, assert_live_facts, assert_screenshot_shows_boxes, assert_serves_page_and_frames,
                         face_video, read_all, red_pixels)
 from fdq.device import demo
-from fdq.device.demo import main, parse_hostport
+from fdq.device.demo import main
+from fdq.device.mjpeg import parse_hostport
 from fdq.device.latency_window import LatencyWindow
 
 SIZE = (640, 480)

@@ -9,9 +9,10 @@ import io
 import shlex
 from typing import Any, Dict, Iterable, List, Sequence
 
-from .runs import SETTINGS, Run, accuracy, instruction_ratio, summary_rows, warnings_of
+from fdq.device.result import SETTINGS, STAGES, Run
 
-STAGES = ("preprocess", "inference", "postprocess", "total")
+from .runs import instruction_ratio, summary_rows
+
 _STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;padding:12px;color:#1b1f24;
 background:#fafafa;line-height:1.4}
@@ -101,12 +102,12 @@ def speedup_plot(runs: Sequence[Run], baseline: Run) -> str:
 def ap_plot(runs: Sequence[Run]) -> str:
     """AP easy / medium / hard of every run that measured it."""
     plt = _pyplot()
-    measured = [(i, run) for i, run in enumerate(runs) if accuracy(run)]
+    measured = [(i, run) for i, run in enumerate(runs) if run.accuracy]
     fig, ax = plt.subplots(figsize=(7.5, 3.0))
     width = 0.8 / max(1, len(measured))
     for k, (i, run) in enumerate(measured):
         xs = [s + k * width for s in range(len(SETTINGS))]
-        bars = ax.bar(xs, [100 * accuracy(run)[s] for s in SETTINGS], width, label=_names(runs)[i])
+        bars = ax.bar(xs, [100 * run.accuracy[s] for s in SETTINGS], width, label=_names(runs)[i])
         ax.bar_label(bars, fmt="%.1f", fontsize=7)
     ax.set_xticks([s + 0.4 - width / 2 for s in range(len(SETTINGS))], SETTINGS)
     ax.set_ylabel("AP (%)")
@@ -202,7 +203,7 @@ def render(runs: Sequence[Run], baseline: Run) -> str:
     rows = summary_rows(runs, baseline)
     columns = list(rows[0])
     facts = [_facts(run) for run in runs]
-    warnings = [(name, w) for name, run in zip(names, runs) for w in warnings_of(run)]
+    warnings = [(name, w) for name, run in zip(names, runs) for w in run.warnings()]
     out = ["<!DOCTYPE html><html lang=en><head><meta charset=utf-8>",
            '<meta name="viewport" content="width=device-width, initial-scale=1">',
            f"<title>fdq report: {len(runs)} runs</title><style>{_STYLE}</style></head><body>",
@@ -222,7 +223,7 @@ def render(runs: Sequence[Run], baseline: Run) -> str:
     out.append('<h2>Latency per stage</h2><div class="plot">' + stage_plot(runs) + "</div>")
     out.append('<h2>Latency over the run</h2><div class="plot">' + timeline_plot(runs) + "</div>")
     out.append('<h2>Speed-up</h2><div class="plot">' + speedup_plot(runs, baseline) + "</div>")
-    if any(accuracy(run) for run in runs):
+    if any(run.accuracy for run in runs):
         out.append('<h2>Accuracy (WIDER FACE AP)</h2><div class="plot">' + ap_plot(runs) + "</div>")
     out.append(_instructions(runs, names, baseline))
     per_op = _per_op(runs, names)

@@ -4,7 +4,9 @@ from __future__ import annotations
 import sys
 from typing import Dict, List, Sequence
 
-from .runs import Run, summary_rows, warnings_of
+from fdq.device.result import Run
+
+from .runs import summary_rows
 
 # summary column -> short terminal header
 TERMINAL_COLUMNS = {"run": "run", "target": "target", "runtime": "runtime", "threads": "thr", "emulated": "emul",
@@ -34,7 +36,7 @@ def print_table(runs: Sequence[Run], baseline: Run, console=None) -> None:
         table.add_row(*(row[c] for c in columns))
     console.print(table)
     for run in runs:
-        for warning in warnings_of(run):
+        for warning in run.warnings():
             console.print(f"[yellow]warning[/yellow] {run.name}: {warning}")
 
 
@@ -50,7 +52,7 @@ def markdown(runs: Sequence[Run], baseline: Run) -> str:
     if "instr. ratio" in columns:
         lines.append("Minstr: instructions per frame counted by the emulator (median, millions), exact and "
                      "repeatable, not a time; instr. ratio: run total / baseline total.")
-    notes = [f"- {run.name}: {w}" for run in runs for w in warnings_of(run)]
+    notes = [f"- {run.name}: {w}" for run in runs for w in run.warnings()]
     if notes:
         lines += ["", "Warnings:", "", *notes]
     return "\n".join(lines) + "\n"
