@@ -241,8 +241,9 @@ class Run:
         if self.emulated and not any("emulated" in w for w in found):
             found.append(EMULATED)
         asked = doc["settings"].get("frames_asked")
-        if asked and doc["settings"]["frames"] < asked and not any("fewer frames" in w for w in found):
-            found.append(fewer_frames(doc["settings"]["frames"], asked))
+        if asked and doc["settings"]["frames"] < asked:
+            warning = fewer_frames(doc["settings"]["frames"], asked)
+            found += [] if warning in found else [warning]
         return found
 
 

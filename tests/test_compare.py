@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -139,3 +140,18 @@ def test_html_report_renders_offline_in_chromium(runs, tmp_path):
     # the plots' blue (matplotlib C0, #1f77b4) is on screen, so the SVGs rendered
     blue = (np.abs(pixels - np.array([31, 119, 180])).sum(axis=2) < 40).sum()
     assert blue > 500, blue
+
+
+def test_a_short_run_is_warned_about_once(tmp_path):
+    """A run that measured fewer frames than asked carries the runner's own warning; the report adds none
+    of its own beside it (it did, worded differently), and adds it to an older document without one."""
+    from fdq.device.result import fewer_frames, read_run
+
+    source = sorted((Path(__file__).resolve().parents[1] / "docs" / "results" / "profile-local-runs").glob("local-*.json"))[0]
+    doc = json.loads(source.read_text())
+    doc["settings"].update(frames=3, frames_asked=10)
+    for own in ([fewer_frames(3, 10)], []):
+        doc["warnings"] = own
+        path = tmp_path / f"run{len(own)}.json"
+        path.write_text(json.dumps(doc))
+        assert read_run(path).warnings().count(fewer_frames(3, 10)) == 1
