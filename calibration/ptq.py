@@ -26,7 +26,7 @@ class PTQOptions:
     backend: str
     observer: str = "histogram"
     per_channel: bool = True
-    reduce_range: bool = False
+    reduce_range: str = "none"         # x86/fbgemm without VNNI: "activations" or "weights" lose a bit
     cle: bool = True
     bias_correction: bool = False      # opt-in: lower output error, AP within noise (docs/ACCURACY.md)
 

@@ -139,7 +139,7 @@ class FinetuneOptions:
     gradboost_decay: float = 0.05
     gradboost_beta: float = 0.9
     gradboost_clip: float = 1.0
-    reduce_range: bool = False          # 7-bit activations (x86/fbgemm without VNNI saturates otherwise)
+    reduce_range: str = "none"          # x86/fbgemm without VNNI: "activations" or "weights" are 7-bit
     seed: int = 0
 
     @classmethod

@@ -11,11 +11,15 @@ torchao's ``prepare_pt2e`` / ``convert_pt2e`` with ExecuTorch's XNNPACK quantize
 to an ExecuTorch program (:mod:`fdq.host.export_executorch`). Its imports load only when it is used.
 
 Weights are symmetric int8 (per channel by default), activations affine uint8. ``reduce_range``
-(7-bit activations) exists for x86/fbgemm CPUs *without* VNNI, where ``vpmaddubsw`` saturates its
-int16 pair sums: there 7-bit activations are much closer to float (41-66 % lower output error at
-level 2), while a CPU with VNNI does not saturate and keeps the full 8 bits.
-:func:`default_reduce_range` makes that choice from this machine's CPU flags when the user does not;
-the bundle records the choice and why.
+exists for x86/fbgemm CPUs *without* VNNI, where ``vpmaddubsw`` sums pairs of u8 x s8 products in
+int16 and saturates (2 x 255 x 127 = 64,770 > 32,767): one operand gives up a bit. ``"activations"``
+(torch's own reduce_range: 7-bit activations, 0..127, per tensor) or ``"weights"`` (7-bit weights,
+-64..63, per channel: 2 x 255 x 64 = 32,640 fits, and a per-channel weight bit costs less than a
+per-tensor activation one); ``"none"`` keeps 8 and 8, as a CPU with VNNI (``vpdpbusd``, no
+saturation) needs. :func:`default_reduce_range` makes that choice from this machine's CPU flags when
+the user does not (the measured best, docs/ACCURACY.md); the bundle records the choice and why, and
+:func:`integer_kernel_error` checks on real inputs that the int8 kernels compute what their own
+scales say, which a saturating kernel does not.
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ import contextlib
 import copy
 import logging
 import warnings
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -85,8 +89,15 @@ def set_engine(backend: str) -> None:
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni")
 
 
-def default_reduce_range(backend: str) -> Tuple[bool, str]:
-    """Whether activations should be 7-bit for ``backend`` on this machine, and why (for the manifest).
+#: Which operand of an x86/fbgemm int8 product gives up its 8th bit (see the module docstring).
+REDUCE_RANGES = ("none", "activations", "weights")
+#: What a CPU without VNNI gets: 7-bit weights measured closest to float (docs/ACCURACY.md, "x86 on a
+#: CPU without VNNI"; scripts/bench_x86_range.py).
+NO_VNNI_CHOICE = "weights"
+
+
+def default_reduce_range(backend: str) -> Tuple[str, str]:
+    """Which of :data:`REDUCE_RANGES` ``backend`` should use on this machine, and why (for the manifest).
 
     Only x86/fbgemm int8 saturates, and only on a CPU without VNNI; an x86 bundle runs on the
     workstation that quantized it in fdq's loop, so its flags decide. Give ``--[no-]reduce-range``
@@ -96,52 +107,61 @@ def default_reduce_range(backend: str) -> Tuple[bool, str]:
     from fdq.device.sysinfo import cpu_features
 
     if backend not in ("x86", "fbgemm"):
-        return False, f"{backend} has no use for it"
+        return "none", f"{backend} has no use for it"
     flags = set(cpu_features() or ()) if platform.machine().lower() in ("x86_64", "amd64") else set()
     vnni = sorted(flags.intersection(VNNI_FLAGS))
     if vnni:
-        return False, f"this machine's CPU has VNNI ({', '.join(vnni)}): 8-bit activations do not saturate"
+        return "none", f"this machine's CPU has VNNI ({', '.join(vnni)}): 8-bit int8 does not saturate"
     if not flags:
-        return False, "this machine's x86 CPU flags are unknown: 8-bit activations"
-    return True, "this machine's CPU has no VNNI (avx512_vnni, avx_vnni): 8-bit activations would saturate"
+        return "none", "this machine's x86 CPU flags are unknown: 8-bit int8"
+    return NO_VNNI_CHOICE, (f"this machine's CPU has no VNNI (avx512_vnni, avx_vnni): 8-bit int8 would saturate, "
+                            f"7-bit {NO_VNNI_CHOICE} do not")
 
 
-def choose_reduce_range(backend: str, given: Optional[bool]) -> Tuple[bool, str]:
-    """The user's ``--[no-]reduce-range`` where given, else :func:`default_reduce_range`; with the reason."""
+def choose_reduce_range(backend: str, given: Optional[str]) -> Tuple[str, str]:
+    """The user's ``--reduce-range [activations|weights]`` / ``--no-reduce-range`` where given, else
+    :func:`default_reduce_range`; with the reason."""
     if given is not None:
-        return given, f"--{'' if given else 'no-'}reduce-range given"
+        flag = {"none": "--no-reduce-range", "activations": "--reduce-range"}.get(given, f"--reduce-range {given}")
+        return given, f"{flag} given"
     return default_reduce_range(backend)
 
 
-def _activation_range(reduce_range: bool) -> Tuple[int, int]:
-    return (0, 127) if reduce_range else (0, 255)
+def _activation_range(reduce_range: str) -> Tuple[int, int]:
+    return (0, 127) if reduce_range == "activations" else (0, 255)
+
+
+def _weight_range(reduce_range: str) -> Tuple[int, int]:
+    return (-64, 63) if reduce_range == "weights" else (-128, 127)
 
 
 def make_qconfig(backend: str, observer: str = "histogram", per_channel: bool = True, qat: bool = False,
-                 reduce_range: bool = False) -> tq.QConfig:
+                 reduce_range: str = "none") -> tq.QConfig:
     """QConfig for ``backend``: named activation observer, symmetric int8 weights.
 
     ``qat=True`` wraps the same observers in fake-quantize modules (weights then use moving-average
-    observers, because they change every step). qnnpack never needs ``reduce_range``.
+    observers, because they change every step), over the same ranges. qnnpack never needs ``reduce_range``.
     """
     from .observers import activation_observer
 
     check_backend(backend)
-    if reduce_range and backend == "qnnpack":
+    if reduce_range not in REDUCE_RANGES:
+        raise ValueError(f"reduce_range is one of {', '.join(REDUCE_RANGES)}, not {reduce_range!r}")
+    if reduce_range != "none" and backend == "qnnpack":
         raise UnsupportedBackendError("reduce_range is an x86/fbgemm workaround; qnnpack has no use for it")
     qmin, qmax = _activation_range(reduce_range)
+    wmin, wmax = _weight_range(reduce_range)
     act_cls = activation_observer(observer)
     act_kwargs = dict(dtype=torch.quint8, qscheme=torch.per_tensor_affine, quant_min=qmin, quant_max=qmax)
     if per_channel:
         w_cls = tq.MovingAveragePerChannelMinMaxObserver if qat else tq.PerChannelMinMaxObserver
-        w_kwargs = dict(dtype=torch.qint8, qscheme=torch.per_channel_symmetric, ch_axis=0)
+        w_kwargs = dict(dtype=torch.qint8, qscheme=torch.per_channel_symmetric, ch_axis=0, quant_min=wmin, quant_max=wmax)
     else:
         w_cls = tq.MovingAverageMinMaxObserver if qat else tq.MinMaxObserver
-        w_kwargs = dict(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric)
+        w_kwargs = dict(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric, quant_min=wmin, quant_max=wmax)
     if qat:
         return tq.QConfig(activation=tq.FakeQuantize.with_args(observer=act_cls, **act_kwargs),
-                          weight=tq.FakeQuantize.with_args(observer=w_cls, quant_min=-128, quant_max=127,
-                                                           **w_kwargs))
+                          weight=tq.FakeQuantize.with_args(observer=w_cls, **w_kwargs))
     return tq.QConfig(activation=act_cls.with_args(**act_kwargs), weight=w_cls.with_args(**w_kwargs))
 
 
@@ -320,6 +340,41 @@ def float_islands(model: nn.Module, names: Sequence[str], links: Iterable[Tuple[
         if quantize_output:
             rename[f"{name}.quant"] = name
     return model, rename
+
+
+def integer_kernel_error(model: nn.Module, inputs: Iterable[torch.Tensor]) -> Dict[str, int]:
+    """Per quantized convolution of a converted ``model``, the largest difference (in output codes) between
+    what its int8 kernel returned on ``inputs`` and a float computation from the same int8 operands and
+    scales (dequantized input and weights, float convolution and bias, requantized). Rounding makes 1;
+    a kernel that saturates (x86/fbgemm's int16 pair sums without VNNI) makes far more."""
+    from torch.ao.nn import quantized as nnq
+    from torch.ao.nn.intrinsic import quantized as nniq
+    from torch.nn import functional as F
+
+    worst: Dict[str, int] = {}
+
+    def check(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: Tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+            x = args[0]
+            y = F.conv2d(x.dequantize(), module.weight().dequantize(), module.bias(), module.stride, module.padding,
+                         module.dilation, module.groups)
+            if isinstance(module, nniq.ConvReLU2d):
+                y = torch.relu(y)
+            codes = torch.clamp(torch.round(y / out.q_scale()) + out.q_zero_point(), 0, 255)
+            diff = int((codes - out.int_repr().float()).abs().max())
+            worst[name] = max(worst.get(name, 0), diff)
+        return hook
+
+    convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nnq.Conv2d)]  # ConvReLU2d is one too
+    handles = [m.register_forward_hook(check(n)) for n, m in convs]
+    try:
+        with torch.no_grad():
+            for x in inputs:
+                model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return worst
 
 
 def split_input_quantization(model: nn.Module) -> Tuple[nn.Module, Optional[Tuple[float, int]]]:

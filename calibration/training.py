@@ -343,7 +343,7 @@ def fit(model: nn.Module, dataset: Dataset, loss_for: Callable[[Dict[str, torch.
         on_step: Optional[Callable[[int], None]] = None,
         collate: Optional[Callable[[List[Any]], Dict[str, torch.Tensor]]] = None,
         resume: Optional[Dict[str, Any]] = None, extra_state: Optional[Dict[str, Any]] = None,
-        log: Optional[Log] = None, progress: bool = True) -> FitResult:
+        log: Optional[Log] = None, progress: bool = True, start_is_candidate: bool = False) -> FitResult:
     """Train ``model`` for ``config.epochs`` epochs, or ``config.steps`` steps (from ``resume``, a loaded
     checkpoint, if given).
 
@@ -352,7 +352,9 @@ def fit(model: nn.Module, dataset: Dataset, loss_for: Callable[[Dict[str, torch.
     ``on_step(step)`` runs before each step (QAT freezes observers there). ``extra_state`` is stored in
     the checkpoint as is (the caller's own resume information). ``collate`` makes a batch of samples
     (default: stacking). ``out`` None writes nothing and leaves Ctrl-C alone (fine-tuning inside
-    ``fdq quantize``, and the StatAssist warm-up, have nothing to resume).
+    ``fdq quantize``, and the StatAssist warm-up, have nothing to resume). ``start_is_candidate``
+    evaluates the starting weights first (metrics' epoch 0) and makes them ``best.pt`` until an epoch
+    beats them, so that fine-tuning a trained model never ends with a best.pt worse than where it began.
     """
     say = log if (log is not None and env.main) else (lambda msg: None)
     model.to(env.device)
@@ -399,6 +401,14 @@ def fit(model: nn.Module, dataset: Dataset, loss_for: Callable[[Dict[str, torch.
                 "scaler": amp.scaler.state_dict(), "rng": rng_state(), "sums": sums, "count": count,
                 "best": best, "metrics": metrics, "extra": extra_state or {}}
 
+    if start_is_candidate and evaluate is not None and resume is None and env.main:
+        start = {"epoch": 0, "step": 0, "val": evaluate(model), "best": True}
+        best = start["val"]["mean"]
+        metrics.append(start)
+        if out is not None:
+            save_atomic(export(model), out / BEST)
+            atomic_write_text(out / METRICS, json.dumps(start) + "\n")
+        say(_epoch_line(start, epochs))
     bar = _progress(env.main and progress)
     task = bar.add_task("train", total=total, completed=step, loss=float("nan"))
     with StopRequest(install=out is not None) as stop, bar:
@@ -476,12 +486,19 @@ def fit(model: nn.Module, dataset: Dataset, loss_for: Callable[[Dict[str, torch.
 
 
 def _epoch_line(record: Dict[str, Any], epochs: int) -> str:
-    parts = [f"epoch {record['epoch']}/{epochs}", f"loss {record['loss']:.4f}"]
-    parts += [f"{k} {record[k]:.4f}" for k in ("loc", "conf", "landm") if k in record]
-    parts += [f"lr {record['lr']:.2e}", f"{record['images_per_s']:.1f} img/s"]
-    if "val" in record:
-        parts.append("val AP " + " / ".join(f"{record['val'][s]:.4f}" for s in ("easy", "medium", "hard")
-                                            if s in record["val"]))
+    if record["epoch"] == 0:
+        parts = ["start (the weights before training)"]
+    else:
+        parts = [f"epoch {record['epoch']}/{epochs}", f"loss {record['loss']:.4f}"]
+        parts += [f"{k} {record[k]:.4f}" for k in ("loc", "conf", "landm") if k in record]
+        parts += [f"lr {record['lr']:.2e}", f"{record['images_per_s']:.1f} img/s"]
+    val = record.get("val", {})
+    if "easy" in val:
+        parts.append("val AP " + " / ".join(f"{val[s]:.4f}" for s in ("easy", "medium", "hard") if s in val))
+    if "heldback_loss" in val:
+        parts.append(f"held-back loss {val['heldback_loss']:.4f}")
+    if record.get("best"):
+        parts.append("best so far")
     return ", ".join(parts)
 
 

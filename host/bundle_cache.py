@@ -90,11 +90,11 @@ def quantized_bundle(model: str, backend: str, level: int, *, weights: Optional[
     for flag, value in (("--calib", calib), ("--labels", labels), ("--iters", iters)):
         if value is not None:
             argv += [flag, str(value)]
-    # fdq quantize chooses x86 activations' bits by this machine's CPU: a bundle made with the other choice is another bundle
-    seven_bit = backend != FLOAT and default_reduce_range(backend)[0]
+    # fdq quantize chooses x86's 7-bit operand by this machine's CPU: a bundle made with another choice is another bundle
+    narrowed = default_reduce_range(backend)[0] if backend != FLOAT else "none"
     key = _key({"model": model, "weights": sha256_file(weights_file), "level": level, "backend": backend,
                 "calib": _tree(calib), "labels": _tree(labels), "long_side": long_side, "iters": iters,
-                "reduce_range": seven_bit})
+                "reduce_range": narrowed})
     path = fdq_home() / "bundles" / f"{model}-{backend}-l{level}-{key}"
     if _cached(path):
         return path

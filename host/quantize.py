@@ -83,7 +83,7 @@ def _check_args(args: argparse.Namespace) -> None:
             activation_observer(args.observer)
     if int8 and args.backend in PT2E_BACKENDS:
         _check_pt2e_args(args)
-    if args.reduce_range and args.backend == "qnnpack":
+    if args.reduce_range not in (None, "none") and args.backend == "qnnpack":
         raise QuantizeError("--reduce-range is an x86/fbgemm workaround; qnnpack has no use for it")
     if args.reduce_range is not None and not int8:
         raise QuantizeError("--[no-]reduce-range applies to int8 levels 1-4")
@@ -120,6 +120,16 @@ def _check_args(args: argparse.Namespace) -> None:
                             "folds into the convolutions first: add --no-cle")
     if args.iters is not None and args.iters < 1:
         raise QuantizeError("--iters must be >= 1")
+
+
+def add_reduce_range_arguments(p: Any, applies_to: str = "") -> None:
+    """``--reduce-range [activations|weights]`` and ``--no-reduce-range`` (``fdq quantize``, ``fdq train --qat``)."""
+    p.add_argument("--reduce-range", nargs="?", const="activations", choices=("activations", "weights"), default=None,
+                   help=f"{applies_to}x86/fbgemm on a CPU without VNNI (AVX2 only), whose 8-bit int8 saturates: 7-bit "
+                        "activations, or with 'weights' 7-bit weights (-64..63) (default: by this machine's CPU "
+                        "flags, 7-bit weights without VNNI; recorded in the bundle)")
+    p.add_argument("--no-reduce-range", dest="reduce_range", action="store_const", const="none",
+                   help=f"{applies_to}x86/fbgemm: 8-bit activations and weights, as a CPU with VNNI takes")
 
 
 def _choose_reduce_range(args: argparse.Namespace) -> str:
@@ -283,7 +293,7 @@ def _qat(args: argparse.Namespace, model: nn.Module, report: Dict[str, Any]) -> 
     for name in ("cle", "bias_correction", "warmup_iters", "lr", "freeze_bn_after", "freeze_observers_after", "seed"):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
-    options["reduce_range"] = bool(args.reduce_range)
+    options["reduce_range"] = args.reduce_range
     quantized, qat_report = run(args.model, model, args.calib, args.labels, **options)
     report["training"] = qat_report
     effective = {k: qat_report[k] for k in _QAT_MANIFEST_KEYS if k in qat_report}
@@ -420,9 +430,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     weights.add_argument("--per-channel", dest="per_channel", action="store_true", default=True,
                          help="per-channel int8 weights (the default)")
     weights.add_argument("--per-tensor", dest="per_channel", action="store_false", help="per-tensor int8 weights")
-    p.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=None,
-                   help="x86/fbgemm: 7-bit activations, which an x86 CPU without VNNI (AVX2 only) needs: its "
-                        "8-bit int8 saturates (default: by this machine's CPU flags, recorded in the bundle)")
+    add_reduce_range_arguments(p)
     p.add_argument("--cle", action=argparse.BooleanOptionalAction, default=None,
                    help="cross-layer equalization before quantizing (default on for int8; levels 3-4 "
                         "then fine-tune the level-2 model)")

@@ -43,12 +43,18 @@ DEFAULTS: Dict[str, Any] = {
     "schedule": "cosine", "clip_grad": None, "size": 320, "min_face": 2.0, "seed": 0, "workers": 2,
     "optimizer": None, "amp": False, "device": None,
     "qat": False, "backend": None, "statassist": False, "gradboost": False, "distill": False,
-    "warmup_iters": 20, "observer": "histogram", "per_channel": True, "gt_weight": None, "reduce_range": False,
+    "warmup_iters": 20, "observer": "histogram", "per_channel": True, "gt_weight": None, "reduce_range": "none",
+    "holdout": None,
 }
 #: Options a resumed run may change (everything else comes from the checkpoint).
 RESUME_MAY_CHANGE = ("epochs", "workers", "device")
 #: Learning rate and optimizer: SGD as the reference for float training; Adam for QAT (folded weights).
-FLOAT_LR, QAT_LR = 1e-3, 1e-5
+#: Every run starts from trained weights (the zoo's or --weights), so the float default is a fine-tuning
+#: rate, not the reference's from-scratch 1e-3, which drove a pretrained slim 3.9 points (easy) down in
+#: 3 epochs on 32 images (docs/ACCURACY.md, "Fine-tuning a pretrained detector").
+FINETUNE_LR, QAT_LR = 1e-4, 1e-5
+#: Without --val-images, this share of the training images is held back: best.pt is kept by their loss.
+HOLDOUT = 0.25
 FLOAT_WEIGHT_DECAY = 5e-4   # the reference's; QAT: none (a few epochs near the pretrained weights)
 
 
@@ -90,7 +96,9 @@ def _settings(args: argparse.Namespace) -> argparse.Namespace:
         if getattr(settings, k) is None:
             setattr(settings, k, v)
     settings.optimizer = settings.optimizer or ("adam" if settings.qat else "sgd")
-    settings.lr = settings.lr if settings.lr is not None else (QAT_LR if settings.qat else FLOAT_LR)
+    settings.lr = settings.lr if settings.lr is not None else (QAT_LR if settings.qat else FINETUNE_LR)
+    if settings.holdout is None:
+        settings.holdout = 0.0 if settings.val_images or settings.qat else HOLDOUT
     if settings.weight_decay is None:
         settings.weight_decay = 0.0 if settings.qat else FLOAT_WEIGHT_DECAY
     settings.reduce_range_reason = None
@@ -124,12 +132,16 @@ def _check(s: argparse.Namespace) -> None:
             raise TrainError(f"{name} must be at least {low} (see --help)")
     if s.lr <= 0 or s.weight_decay < 0 or s.min_face < 0 or s.warmup_epochs < 0:
         raise TrainError("--lr must be > 0; --weight-decay, --min-face and --warmup-epochs >= 0")
+    if not 0 <= s.holdout < 1:
+        raise TrainError("--holdout must be at least 0 and below 1 (a share of the training images)")
+    if s.holdout and (s.val_images or s.qat):
+        raise TrainError("--holdout applies to float training without --val-images (those pick best.pt then)")
     if s.clip_grad is not None and s.clip_grad <= 0:
         raise TrainError("--clip-grad must be > 0")
     if s.optimizer not in ("sgd", "adam"):
         raise TrainError(f"unknown --optimizer {s.optimizer!r} (choose from: sgd, adam)")
     qat_only = [f"--{k.replace('_', '-')}" for k in ("backend", "statassist", "gradboost", "distill", "reduce_range")
-                if getattr(s, k)]
+                if getattr(s, k) not in (None, False, "none")]
     if not s.qat and qat_only:
         raise TrainError(f"{', '.join(qat_only)} {'applies' if len(qat_only) == 1 else 'apply'} to --qat "
                          "(quantization-aware training)")
@@ -140,7 +152,7 @@ def _check(s: argparse.Namespace) -> None:
         if not s.backend:
             raise TrainError("--qat needs --backend (qnnpack for ARM, x86 or fbgemm for Intel/AMD)")
         check_backend(s.backend)
-        if s.reduce_range and s.backend == "qnnpack":
+        if s.reduce_range != "none" and s.backend == "qnnpack":
             raise TrainError("--reduce-range is an x86/fbgemm workaround; qnnpack has no use for it")
         activation_observer(s.observer)
         if s.amp:
@@ -168,10 +180,36 @@ def _prepare_out(s: argparse.Namespace, env: "Distributed") -> Path:
     return target
 
 
-def _evaluator(s: argparse.Namespace) -> Optional[Any]:
-    """AP on --val-images (rank 0, a CPU copy of the model, the reference protocol at --size)."""
+def _heldback_loss(held: Any, batch_size: int) -> Any:
+    """The mean multibox loss on held-back images, unaugmented (rank 0): ``mean`` is its negative, so
+    that :func:`~fdq.calibration.training.fit` keeps the weights with the lowest loss as best.pt."""
+    import torch
+
+    from fdq.calibration.qat import logits_mode
+    from fdq.calibration.training import detection_loss
+
+    def evaluate(model: "nn.Module") -> Dict[str, float]:
+        device = next(model.parameters()).device
+        total, count = 0.0, 0
+        was_training = model.training
+        with torch.no_grad():
+            for start in range(0, len(held), batch_size):
+                samples = [held[i] for i in range(start, min(start + batch_size, len(held)))]
+                batch = {k: torch.stack([x[k] for x in samples]).to(device) for k in samples[0]}
+                total += float(detection_loss(batch)(logits_mode(model)(batch["image"]))["total"]) * len(samples)
+                count += len(samples)
+        model.train(was_training)
+        loss = total / count
+        return {"heldback_loss": loss, "heldback_images": count, "mean": -loss}
+
+    return evaluate
+
+
+def _evaluator(s: argparse.Namespace, held: Any = None) -> Optional[Any]:
+    """AP on --val-images (rank 0, a CPU copy of the model, the reference protocol at --size); else the
+    loss on the held-back training images, if any."""
     if not s.val_images:
-        return None
+        return _heldback_loss(held, s.batch_size) if held is not None and len(held) else None
     from fdq.device.detector import FaceDetector
     from fdq.device.evaluation import SETTINGS, load_ground_truth
     from fdq.host.evaluate import evaluate_detector
@@ -193,6 +231,7 @@ def train_command(args: argparse.Namespace) -> Path:
     """Run ``fdq train``; returns the output folder."""
     import torch
 
+    from fdq.calibration.qat import held_indices
     from fdq.calibration.training import FitConfig, detection_loss, fit, init_distributed
     from fdq.calibration.widerface_data import WiderFaceTraining, labelled_images
     from fdq.host.zoo import resolve_weights
@@ -207,8 +246,16 @@ def train_command(args: argparse.Namespace) -> Path:
     env = init_distributed(s.device)
     spec = SPECS[s.model]
     items = labelled_images(s.images, s.labels)
-    dataset = WiderFaceTraining(items, spec, s.size, seed=s.seed, min_face=s.min_face)
-    evaluate = _evaluator(s)
+    held_idx = held_indices(len(items), s.holdout)
+    if len(held_idx) == len(items):
+        raise TrainError(f"--holdout {s.holdout:g} leaves no training image of {len(items)}")
+    dataset = WiderFaceTraining([x for i, x in enumerate(items) if i not in held_idx], spec, s.size, seed=s.seed,
+                                min_face=s.min_face)
+    held = WiderFaceTraining([items[i] for i in sorted(held_idx)], spec, s.size, augment=False, min_face=s.min_face)
+    evaluate = _evaluator(s, held)
+    if held_idx and env.main:
+        print(f"fdq train: {len(dataset)} training images, {len(held)} held back: best.pt is kept by their loss, "
+              "the starting weights first", file=sys.stderr)
     model = load_model(s.model, resolve_weights(s.model, s.weights))
     out = _prepare_out(s, env)
     if env.world_size > 1:
@@ -227,7 +274,8 @@ def train_command(args: argparse.Namespace) -> Path:
         optimizer = torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay)
     fit(model, dataset, detection_loss, optimizer, config, env, out,
         export=lambda m: {k: v.detach().cpu().clone() for k, v in m.state_dict().items()},
-        evaluate=evaluate, resume=s.resume_state, extra_state={"settings": settings}, log=log)
+        evaluate=evaluate, resume=s.resume_state, extra_state={"settings": settings}, log=log,
+        start_is_candidate=True)
     return out
 
 
@@ -287,6 +335,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``fdq train`` (defaults in :data:`DEFAULTS`, applied after parsing)."""
+    from fdq.host.quantize import add_reduce_range_arguments
+
     d = DEFAULTS
     p.add_argument("--model", help="slim, rfb or mnet025")
     p.add_argument("--weights", help="initial weights: file (a last.pt / best.pt too) or zoo name "
@@ -294,12 +344,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", help="training images, WIDER layout EVENT/NAME.jpg")
     p.add_argument("--labels", help="their faces: wider_face_*_bbx_gt.txt, a folder of the official .mat files, "
                                     "or a RetinaFace label.txt with landmarks")
-    p.add_argument("--val-images", help="validation images (AP after every epoch; picks best.pt)")
+    p.add_argument("--val-images", help="validation images (AP after every epoch and of the starting weights; "
+                                        "picks best.pt)")
+    p.add_argument("--holdout", type=float, help=f"without --val-images: the share of --images held back, whose "
+                                                 f"loss picks best.pt, the starting weights first (default "
+                                                 f"{HOLDOUT:g}; 0: train on all, best.pt by training loss)")
     p.add_argument("--val-gt", help="their ground truth (.mat folder or .json)")
     p.add_argument("--epochs", type=int, help=f"epochs (default {d['epochs']})")
     p.add_argument("--batch-size", type=int, help=f"images per step and process (default {d['batch_size']})")
     p.add_argument("--optimizer", choices=("sgd", "adam"), help="default sgd (float), adam (--qat)")
-    p.add_argument("--lr", type=float, help=f"peak learning rate (default {FLOAT_LR:g}; --qat {QAT_LR:g})")
+    p.add_argument("--lr", type=float, help=f"peak learning rate (default {FINETUNE_LR:g}, fine-tuning trained "
+                                            f"weights; --qat {QAT_LR:g}; the reference trains from scratch at 1e-3)")
     p.add_argument("--momentum", type=float, help=f"SGD momentum (default {d['momentum']})")
     p.add_argument("--weight-decay", type=float, help=f"default {FLOAT_WEIGHT_DECAY:g} as the reference; --qat 0")
     p.add_argument("--warmup-epochs", type=float, help=f"linear learning-rate warm-up (default {d['warmup_epochs']})")
@@ -331,9 +386,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     q.add_argument("--per-tensor", dest="per_channel", action="store_false", default=None,
                    help="--qat: per-tensor int8 weights (default per-channel)")
     q.add_argument("--gt-weight", type=float, help="--qat --distill: weight of the labels' loss (default 0.1)")
-    q.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=None,
-                   help="--qat, x86/fbgemm: 7-bit activations, which an x86 CPU without VNNI (AVX2 only) needs "
-                        "(default: by this machine's CPU flags, recorded in the bundle)")
+    add_reduce_range_arguments(q, applies_to="--qat, ")
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:

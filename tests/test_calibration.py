@@ -13,17 +13,18 @@ import os
 import shutil
 import warnings
 from pathlib import Path
-from typing import Iterator, List
+from typing import Dict, Iterator, List, Tuple
 
 import pytest
 import torch
 
 from fdq.calibration import datafree, ptq, quant_api, sensitivity
 from fdq.calibration.data import CalibrationDataError, find_images, split_holdout
-from fdq.calibration.labels import LabelError
+from fdq.calibration.labels import LabelError, subset_ground_truth
 from fdq.calibration.report import QuantizationCollapseWarning, agreement, face_logit, output_error
 from fdq.device.bundle import BundleError, load_bundle
 from fdq.device.detector import FaceDetector
+from fdq.device.evaluation import SETTINGS, GroundTruth, load_ground_truth
 from fdq.device.images import list_images, read_image
 from fdq.device.postprocess import Detections
 from fdq.device.runtimes import load_inference
@@ -39,6 +40,7 @@ CALIB_IMAGES = 8
 VAL_KEYS = ("0--Parade/0_Parade_Parade_0_873", "0--Parade/0_Parade_marchingband_1_172",
             "0--Parade/0_Parade_Parade_0_194")   # 28 float faces at long side 320
 SUBSET = "data/widerface_val_subset"
+FEW_VAL = 16   # val images of the AP checks
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +75,26 @@ def calib_labels(shared_dir: Path) -> Path:
 @pytest.fixture(scope="module")
 def val_images(shared_dir: Path) -> List[Path]:
     return [p for key, p in list_images(str(shared_dir / SUBSET / "val" / "images")) if key in VAL_KEYS]
+
+
+@pytest.fixture(scope="module")
+def few_val(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Tuple[Path, GroundTruth]:
+    """The first FEW_VAL val images (links in their EVENT/ folders) and their ground truth."""
+    src = shared_dir / SUBSET / "val"
+    out = tmp_path_factory.mktemp("few-val")
+    found = list_images(str(src / "images"))[:FEW_VAL]
+    for _, path in found:
+        (out / path.parent.name).mkdir(exist_ok=True)
+        (out / path.parent.name / path.name).symlink_to(path)
+    return out, subset_ground_truth(load_ground_truth(str(src / "ground_truth")), [key for key, _ in found])
+
+
+def few_val_ap(bundle_dir: Path, few: Tuple[Path, GroundTruth]) -> Dict[str, float]:
+    from fdq.device.runtimes import bundle_detector
+    from fdq.host.evaluate import evaluate_detector
+
+    result = evaluate_detector(bundle_detector(load_bundle(str(bundle_dir)), 1, None), str(few[0]), few[1])
+    return {s: float(result[s]) for s in SETTINGS}
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -122,7 +144,10 @@ def test_level0_fp32_bundle_matches_float(fp32_bundle: Path, slim_float: List[De
 
 @pytest.mark.parametrize("backend", ["x86", "qnnpack"])
 def test_level2_int8_bundle_matches_float(backend: str, calib_dir: Path, calib_labels: Path, tmp_path: Path,
-                                          slim_float: List[Detections], val_images: List[Path]) -> None:
+                                          slim_float: List[Detections], val_images: List[Path], fp32_bundle: Path,
+                                          few_val: Tuple[Path, GroundTruth]) -> None:
+    """The level-2 bundle of slim: its manifest (the x86 choice by this CPU's flags), report and input grid,
+    its detections against float, and its AP within 1 point of the float bundle's on a few val images."""
     out = tmp_path / "bundle"
     args = parse("--model", "slim", "--level", "2", "--backend", backend, "--calib", str(calib_dir),
                  "--labels", str(calib_labels), "--out", str(out))
@@ -130,13 +155,14 @@ def test_level2_int8_bundle_matches_float(backend: str, calib_dir: Path, calib_l
     bundle = load_bundle(str(out))
     assert bundle.engine == backend and bundle.manifest["backend"]["dtype"] == "int8"
     q = bundle.manifest["quantization"]
-    # 7-bit activations exactly where 8-bit int8 saturates: the x86 engine on a CPU without VNNI
-    seven_bit = backend == "x86" and not cpu_has_vnni()
+    # a 7-bit operand exactly where 8-bit int8 saturates: the x86 engine on a CPU without VNNI
+    no_vnni = backend == "x86" and not cpu_has_vnni()
     assert (q["level"], q["method"], q["observer"], q["per_channel"], q["reduce_range"], q["cle"],
-            q["bias_correction"]) == (2, "ptq", "histogram", True, seven_bit, True, False)
-    assert ("no VNNI" in q["reduce_range_reason"]) is seven_bit, q["reduce_range_reason"]
+            q["bias_correction"]) == (2, "ptq", "histogram", True, quant_api.NO_VNNI_CHOICE if no_vnni else "none",
+                                      True, False)
+    assert ("no VNNI" in q["reduce_range_reason"]) is no_vnni, q["reduce_range_reason"]
     grid = bundle.manifest["input"]["quantized"]  # code 127 reaches the brightest pixels only with 7 bits
-    assert ((127 - grid["zero_point"]) * grid["scale"] > 60) is seven_bit
+    assert ((127 - grid["zero_point"]) * grid["scale"] > 60) is (q["reduce_range"] == "activations")
     names = sorted(p.relative_to(calib_dir).as_posix() for p in calib_dir.rglob("*.jpg"))
     assert bundle.manifest["calibration"]["images"] == CALIB_IMAGES
     assert bundle.manifest["calibration"]["file_list_sha256"] == hashlib.sha256("\n".join(names).encode()).hexdigest()
@@ -148,6 +174,8 @@ def test_level2_int8_bundle_matches_float(backend: str, calib_dir: Path, calib_l
     torch.jit.load(str(bundle.file("model")))
     assert recall(slim_float, bundle_detections(out, val_images)) >= RECALL_TOLERANCE
     assert_camera_frames_skip_the_float_blob(bundle, val_images)
+    int8_ap, float_ap = few_val_ap(out, few_val), few_val_ap(fp32_bundle, few_val)
+    assert all(abs(int8_ap[s] - float_ap[s]) <= 0.01 for s in SETTINGS), (int8_ap, float_ap)
 
 
 def assert_camera_frames_skip_the_float_blob(bundle, val_images: List[Path]) -> None:
@@ -217,6 +245,31 @@ def test_cross_layer_equalization_rescues_per_tensor_mnet025(calib_dir: Path, ca
                                "--calib", str(calib_dir), "--labels", str(calib_labels), "--out", str(out)))
     report = json.loads(load_bundle(str(out)).file("report").read_text())
     assert report["calibration_report"]["agreement"]["recall"] >= RECALL_TOLERANCE
+
+
+def test_x86_int8_kernels_saturate_nowhere_on_real_images(calib_dir: Path, weights_env: Path) -> None:
+    """fdq's x86 choice on this CPU (read from its flags here): every quantized convolution of slim's level-2
+    model returns, on real calibration images, what a float computation from its own int8 operands and
+    scales gives, to 1 code (rounding). With "weights" every weight lies in -64..63. On a CPU without VNNI
+    8-bit activations and weights saturate, and the same check sees it (tens of codes)."""
+    from fdq.host.zoo import resolve_weights
+
+    choice, _ = quant_api.default_reduce_range("x86")
+    assert choice == ("none" if cpu_has_vnni() else quant_api.NO_VNNI_CHOICE)
+    model = load_model("slim", resolve_weights("slim", None))
+    blobs, _ = find_images(str(calib_dir)).load(320, model.spec.mean_bgr)
+    quant_api.set_engine("x86")
+
+    def int8(reduce_range: str) -> torch.nn.Module:
+        return ptq.calibrate(model, ptq.PTQOptions(backend="x86", reduce_range=reduce_range), blobs).convert()
+
+    chosen = int8(choice)
+    assert max(quant_api.integer_kernel_error(chosen, blobs[:4]).values()) <= 1
+    if choice == "weights":
+        codes = [m.weight().int_repr() for m in chosen.modules() if isinstance(m, torch.ao.nn.quantized.Conv2d)]
+        assert min(int(c.min()) for c in codes) == -64 and max(int(c.max()) for c in codes) <= 63
+    if not cpu_has_vnni():
+        assert max(quant_api.integer_kernel_error(int8("none"), blobs[:4]).values()) > 8
 
 
 def test_bias_correction_brings_int8_closer_to_float(calib_dir: Path, weights_env: Path, shared_dir: Path) -> None:

@@ -321,10 +321,12 @@ def test_level4_runs_without_labels(shared_dir, tmp_path):
     assert report["loss_first"]["pseudo"] > 0 and abs(report["loss_first"]["distill"]) < 1e-5
 
 
-@pytest.mark.parametrize("bias_correction,reduce_range", [(False, False), (True, False), (False, True)])
+@pytest.mark.parametrize("bias_correction,reduce_range", [(False, "none"), (True, "none"), (False, "activations"),
+                                                           (False, "weights")])
 def test_level3_starts_from_the_level2_model(shared_dir, tmp_path, bias_correction, reduce_range):
     """Checkpoint 0 (no fake-quant step yet) is the level-2 model: CLE, histogram observers calibrated
-    on the training images, bias correction and 7-bit activations (``reduce_range``) if asked for, even
+    on the training images, bias correction and 7-bit activations or weights (``reduce_range``: the
+    fake-quant ranges follow the choice) if asked for, even
     after a StatAssist warm-up, whose weight updates are undone while its optimizer state is kept. Tolerance: the face scores of a val image agree to 1e-4."""
     from fdq.calibration.ptq import PTQOptions, calibrate
     from fdq.calibration.qat import load_samples, make_batch, run_level3

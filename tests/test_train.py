@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from fdq.calibration.labels import LabelError, read_faces
+from fdq.calibration.quant_api import NO_VNNI_CHOICE
 from fdq.calibration.widerface_data import (Faces, WiderFaceTraining, augment, crop, has_landmarks,
                                             labelled_images, mirror)
 from fdq.device.images import read_image
@@ -42,6 +43,11 @@ def _fdq(shared_dir, *args, check=True, **kw):
     if check:
         assert out.returncode == 0, out.stderr[-3000:]
     return out
+
+
+def _epochs(out: Path) -> list:
+    """The training epochs' records of an output's metrics.jsonl (epoch 0 is the starting weights')."""
+    return [m for m in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if m["epoch"] > 0]
 
 
 def _subset(shared_dir, dest: Path, every: int = 4, limit: int = 8) -> Path:
@@ -327,7 +333,7 @@ def test_amp_on_cpu_runs_and_its_loss_stays_close(shared_dir, tmp_path):
         _fdq(shared_dir, "train", "--model", "slim", "--images", images, "--labels",
              shared_dir / DATA / "calib" / "ground_truth", "--epochs", 1, "--batch-size", 4, "--size", 128,
              "--workers", 0, *(["--amp"] if amp else []), "--out", out)
-        m = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+        m = _epochs(out)[0]
         assert m["amp"] is amp
         losses[amp] = m["loss"]
     assert losses[True] != losses[False]
@@ -342,7 +348,7 @@ def test_ddp_two_processes_through_torchrun(shared_dir, tmp_path):
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                           "-m", "fdq.host.train", "--model", "slim", "--images", str(images), "--labels",
                           str(shared_dir / DATA / "calib" / "ground_truth"), "--epochs", "1", "--batch-size", "2",
-                          "--size", "128", "--workers", "1", "--out", str(out)],
+                          "--size", "128", "--workers", "1", "--holdout", "0", "--out", str(out)],
                          capture_output=True, text=True, env=_env(shared_dir), timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     m = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
@@ -353,8 +359,9 @@ def test_ddp_two_processes_through_torchrun(shared_dir, tmp_path):
 
 
 def test_ctrl_c_saves_a_checkpoint_and_resume_is_bit_for_bit(shared_dir, tmp_path):
-    """3 epochs of 4 steps; SIGINT during epoch 2 exits 130 with a mid-epoch checkpoint; --resume then
-    ends with exactly the weights and epoch losses of the run that was never interrupted."""
+    """3 epochs of 3 steps (2 of the 8 images held back); SIGINT during epoch 2 exits 130 with a mid-epoch
+    checkpoint; --resume then ends with exactly the weights, epoch losses and held-back losses of the run
+    that was never interrupted."""
     images = _subset(shared_dir, tmp_path / "images", limit=8)
     args = ["train", "--model", "slim", "--images", images, "--labels", shared_dir / DATA / "calib" / "ground_truth",
             "--epochs", 3, "--batch-size", 2, "--size", 128, "--workers", 1]
@@ -363,21 +370,21 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_is_bit_for_bit(shared_dir, tmp_pat
     proc = subprocess.Popen([sys.executable, "-m", "fdq.host.cli", *map(str, args), "--out", str(out)],
                             env=_env(shared_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
-    while not (out / "metrics.jsonl").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
+    while not ((out / "metrics.jsonl").exists() and _epochs(out)) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)  # epoch 1 is done (epoch 0, the starting weights' held-back loss, comes first)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err[-2000:]
     assert "resumable checkpoint" in err and "--resume" in err
     state = torch.load(out / "checkpoint.pt", weights_only=False)
-    assert 4 <= state["step"] < 12, state["step"]
+    assert 3 <= state["step"] < 9, state["step"]  # 6 training images (2 held back), batch 2: 3 steps an epoch
     again = _fdq(shared_dir, "train", "--resume", out, "--epochs", 3)
     assert "wrote" in again.stdout
     a, b = torch.load(tmp_path / "straight" / "last.pt"), torch.load(out / "last.pt")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    la = [json.loads(x) for x in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
-    lb = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    la, lb = _epochs(tmp_path / "straight"), _epochs(out)
     assert [m["loss"] for m in la] == [m["loss"] for m in lb] and len(la) == 3
+    assert [m["val"] for m in la] == [m["val"] for m in lb]  # the held-back loss too
     # a resumed run keeps its settings: other options are refused in one line
     bad = _fdq(shared_dir, "train", "--resume", out, "--lr", 0.1, check=False)
     assert bad.returncode == 1 and "--lr" in bad.stderr and bad.stderr.count("\n") == 1
@@ -409,8 +416,8 @@ def test_out_never_replaces_a_users_folder(shared_dir, tmp_path):
 def test_qat_through_the_training_loop_writes_an_int8_bundle(shared_dir, tmp_path, labelled):
     """--qat --statassist --gradboost --distill, 1 epoch on 4 images at 96 px: with labels level 3,
     without level 4 (the float warm-up learns from the teacher's detections); the labelled run with
-    7-bit activations (--reduce-range), the unlabelled one with fdq's choice (7-bit on a CPU without
-    VNNI). The bundle loads through the device loader and carries the report; the StatAssist optimizer
+    7-bit activations (--reduce-range), the unlabelled one with fdq's choice (7-bit weights on a CPU
+    without VNNI). The bundle loads through the device loader and carries the report; the StatAssist optimizer
     state was carried over."""
     from fdq.device.bundle import load_bundle
 
@@ -425,15 +432,15 @@ def test_qat_through_the_training_loop_writes_an_int8_bundle(shared_dir, tmp_pat
     manifest = bundle.manifest
     assert manifest["backend"] == {"engine": "x86", "dtype": "int8"}
     assert manifest["quantization"]["level"] == (3 if labelled else 4)
-    seven_bit = labelled or not cpu_has_vnni()
-    assert manifest["quantization"]["reduce_range"] is seven_bit
+    chosen = "activations" if labelled else "none" if cpu_has_vnni() else NO_VNNI_CHOICE
+    assert manifest["quantization"]["reduce_range"] == chosen
     assert manifest["quantization"]["reduce_range_reason"].startswith(
-        "--reduce-range given" if labelled else "this machine's CPU has no VNNI" if seven_bit else
-        "this machine's CPU has VNNI")
+        "--reduce-range given" if labelled else "this machine's CPU has VNNI" if cpu_has_vnni() else
+        "this machine's CPU has no VNNI")
     # The input's int8 grid: codes up to 127 reach the brightest pixels only with 7-bit activations (with
     # 8 bits, code 127 sits near the middle of the mean-subtracted range, [-123, 151], below 14).
     grid = manifest["input"]["quantized"]
-    assert ((127 - grid["zero_point"]) * grid["scale"] > 60) is seven_bit
+    assert ((127 - grid["zero_point"]) * grid["scale"] > 60) is (chosen == "activations")
     report = json.loads((out / "bundle" / "report.json").read_text())
     training = report["training"]
     assert training["warmup_iters_done"] == 2 and training["optimizer_carry"] in ("same", "remapped")
@@ -445,6 +452,8 @@ def test_qat_through_the_training_loop_writes_an_int8_bundle(shared_dir, tmp_pat
 
 @pytest.mark.parametrize("options, message", [
     (["--reduce-range"], "--reduce-range applies to --qat"),
+    (["--reduce-range", "weights"], "--reduce-range applies to --qat"),
+    (["--qat", "--backend", "qnnpack", "--reduce-range", "weights"], "--reduce-range is an x86/fbgemm workaround"),
     (["--qat", "--backend", "qnnpack", "--reduce-range"], "--reduce-range is an x86/fbgemm workaround"),
 ])
 def test_qat_options_are_checked_before_any_work(shared_dir, tmp_path, options, message):
@@ -454,3 +463,33 @@ def test_qat_options_are_checked_before_any_work(shared_dir, tmp_path, options, 
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 1 and len(lines) == 1 and lines[0].startswith("fdq: error: ") and message in lines[0]
     assert not out.exists()
+
+
+def test_a_fine_tune_never_ends_worse_than_it_started(shared_dir, tmp_path):
+    """From the pretrained weights with a learning rate that wrecks them (0.05, 2 epochs on 8 images at
+    128 px), without --val-images: a quarter of the images is held back, the starting weights are best.pt's
+    first candidate, and best.pt's loss on those images is no worse than the starting weights' (here it is
+    them, while last.pt is worse). The default learning rate is the fine-tuning one."""
+    from fdq.calibration.qat import held_indices
+    from fdq.host.train import FINETUNE_LR
+
+    images = _subset(shared_dir, tmp_path / "images", limit=8)
+    gt = shared_dir / DATA / "calib" / "ground_truth"
+    out = tmp_path / "run"
+    done = _fdq(shared_dir, "train", "--model", "slim", "--images", images, "--labels", gt, "--epochs", 2,
+                "--batch-size", 2, "--size", 128, "--workers", 0, "--lr", 0.05, "--warmup-epochs", 0, "--out", out)
+    assert "6 training images, 2 held back" in done.stderr
+    items = labelled_images(str(images), gt)
+    held = WiderFaceTraining([items[i] for i in sorted(held_indices(len(items), 0.25))], SPECS["slim"], 128,
+                             augment=False)
+    start = _loss_on(load_model("slim", shared_dir / "weights" / "slim_Final.pth"), held)
+    best, last = (_loss_on(load_model("slim", out / name), held) for name in ("best.pt", "last.pt"))
+    assert best <= start < last, (best, start, last)
+    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[0]["epoch"] == 0 and metrics[0]["best"] and metrics[0]["val"]["heldback_images"] == 2
+    assert abs(metrics[0]["val"]["heldback_loss"] - start) < 1e-4 * start
+    default = _fdq(shared_dir, "train", "--model", "slim", "--images", images, "--labels", gt, "--epochs", 1,
+                   "--batch-size", 4, "--size", 64, "--workers", 0, "--out", tmp_path / "default")
+    assert "held back" in default.stderr
+    settings = json.loads((tmp_path / "default" / "command.json").read_text())["settings"]
+    assert settings["lr"] == FINETUNE_LR and settings["holdout"] == 0.25
