@@ -7,6 +7,7 @@ from setuptools import setup
 
 SUBPACKAGES = {
     "fdq.host": "host",
+    "fdq.host.commands": "host/commands",
     "fdq.host.export": "host/export",
     "fdq.host.report": "host/report",
     "fdq.device": "device",
