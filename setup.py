@@ -7,6 +7,8 @@ from setuptools import setup
 
 SUBPACKAGES = {
     "fdq.host": "host",
+    "fdq.host.commands": "host/commands",
+    "fdq.host.export": "host/export",
     "fdq.host.report": "host/report",
     "fdq.device": "device",
     "fdq.models": "models",

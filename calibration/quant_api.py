@@ -8,7 +8,7 @@ The rest of fdq (PTQ, data-free, sensitivity, QAT, distillation) works through t
 
 PT2E (:func:`quantize_pt2e_xnnpack`) is the path to ARM that PyTorch keeps: ``torch.export``, then
 torchao's ``prepare_pt2e`` / ``convert_pt2e`` with ExecuTorch's XNNPACK quantizer, whose model is lowered
-to an ExecuTorch program (:mod:`fdq.host.export_executorch`). Its imports load only when it is used.
+to an ExecuTorch program (:mod:`fdq.host.export.executorch`). Its imports load only when it is used.
 
 Weights are symmetric int8 (per channel by default), activations affine uint8. ``reduce_range``
 exists for x86/fbgemm CPUs *without* VNNI, where ``vpmaddubsw`` sums pairs of u8 x s8 products in

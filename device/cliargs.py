@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Callable, NoReturn
+from typing import Any, Callable, List, NoReturn
 
 NATIVE = "native"
 
@@ -64,6 +64,62 @@ def int_at_least(kind: str, minimum: int) -> Callable[[str], int]:
 def float_at_least(kind: str, minimum: float) -> Callable[[str], float]:
     """An argparse type: a number >= ``minimum``, or an error naming ``kind``."""
     return _at_least(kind, minimum, float, "a number")
+
+
+def probability(kind: str) -> Callable[[str], float]:
+    """An argparse type: a number in [0, 1), or an error naming ``kind``."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{kind} must be a number, got {text!r}") from None
+        if not 0.0 <= value < 1.0:
+            raise argparse.ArgumentTypeError(f"{kind} must lie in [0, 1), got {value}")
+        return value
+
+    return parse
+
+
+def seconds(option: str) -> Callable[[str], float]:
+    """An argparse type: seconds above 0, or an error naming ``option``."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{option} takes seconds, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"{option} must be above 0 s, got {text}")
+        return value
+
+    return parse
+
+
+def duration(option: str) -> Callable[[str], float]:
+    """An argparse type: an age, ``30m``, ``12h``, ``7d`` or plain seconds, as seconds >= 0."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+    def parse(text: str) -> float:
+        number, unit = (text[:-1], units[text[-1]]) if text[-1:] in units else (text, 1)
+        try:
+            value = float(number) * unit
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{option} takes an age such as 30m, 12h or 7d, got {text!r}") from None
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"{option} must not be negative, got {text}")
+        return value
+
+    return parse
+
+
+def comma_list(parse: Callable[[str], Any]) -> Callable[[str], List[Any]]:
+    """An argparse type: ``a,b,c``, each item through ``parse``."""
+    def parse_all(text: str) -> List[Any]:
+        items = [item.strip() for item in text.split(",")]
+        if not all(items):
+            raise argparse.ArgumentTypeError(f"empty item in {text!r}")
+        return [parse(item) for item in items]
+
+    return parse_all
 
 
 def long_side(text: str) -> int:

@@ -29,7 +29,7 @@ import time
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from . import instructions, result
-from .cliargs import Parser, float_at_least, int_at_least
+from .cliargs import Parser, float_at_least, int_at_least, probability
 from .outputs import check_file_output
 from .sources import SYNTHETIC_DEFAULT_FRAMES, ImageFolderSource, open_source
 
@@ -61,16 +61,6 @@ class Interrupted(BaseException):
 # --------------------------------------------------------------------------------------------------
 
 
-def _probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"threshold must be a number, got {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"threshold must lie in [0, 1), got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog=PROG, description="Measure a face-detector bundle on this machine (fdq.run/1 JSON).")
     p.add_argument("--bundle", required=True, help="bundle folder (verified against its manifest)")
@@ -86,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gt", default=None, help="WIDER FACE ground truth (.mat folder or .json): adds AP")
     p.add_argument("--long-side", type=int_at_least("--long-side", 1), default=None,
                    help="network input long side (default: the bundle's)")
-    p.add_argument("--threshold", type=_probability, default=0.02, help="score threshold before NMS")
+    p.add_argument("--threshold", type=probability("threshold"), default=0.02, help="score threshold before NMS")
     p.add_argument("--per-op", action="store_true",
                    help="after the timed frames, time each operator (TorchScript, ONNX Runtime)")
     p.add_argument("--cooldown", type=float_at_least("--cooldown", 0), default=0.0,

@@ -65,11 +65,10 @@ def _cached(path: Path) -> Optional[Path]:
 
 def quantize_args(argv: List[str]) -> argparse.Namespace:
     """``fdq quantize ARGV`` as parsed by its own parser, so its defaults stay in one place."""
+    from fdq.host.commands import fdq_parser
     from fdq.host.quantize import register
 
-    parser = argparse.ArgumentParser(prog="fdq")
-    register(parser.add_subparsers(dest="command"))
-    return parser.parse_args(["quantize", *argv])
+    return fdq_parser([register]).parse_args(["quantize", *argv])
 
 
 def quantized_bundle(model: str, backend: str, level: int, *, weights: Optional[str] = None,

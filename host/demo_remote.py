@@ -25,7 +25,9 @@ from typing import List, Optional, Sequence, Tuple
 from fdq.device import demo, mjpeg
 from fdq.device.bundle import load_bundle
 
-from .cli import CliError, add_target_arguments, deploy_and_report, load_target_from_args, run_command
+from .commands import CliError, run_command
+from .commands.deploy import deploy_and_report
+from .commands.target_options import add_target_arguments, load_target_from_args
 from .forward import PortForward
 from .profiling import board_command
 from .remote import SSHConnection, connect

@@ -1,4 +1,4 @@
-"""Deploy the device runner and bundles to a target, and profile a bundle there.
+"""Deploy the device runner and bundles to a target.
 
 On the target everything lives under the profile's ``workdir``::
 
@@ -16,7 +16,6 @@ bundle, which verifies every checksum there.
 """
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import shlex
 import time
@@ -35,7 +34,6 @@ LIB = "lib"
 BUNDLES = "bundles"
 DATA = "data"
 RESULTS = "results"
-RUN_TIMEOUT_S = 3600.0
 # One deploy step on the board (its Python importing torch under emulation takes a while).
 STEP_TIMEOUT_S = 600.0
 BLOCK = 4096                         # files take whole blocks on the board's file system
@@ -147,7 +145,7 @@ def _in_workdir(conn: Connection, workdir: str, *python_args: str) -> str:
             + " ".join(shlex.quote(a) for a in (conn.target.python, *python_args)))
 
 
-def _check(conn: Connection, command: str, what: str, timeout: float = RUN_TIMEOUT_S) -> str:
+def _check(conn: Connection, command: str, what: str, timeout: float) -> str:
     done = conn.run(command, timeout=timeout)
     if done.returncode != 0:
         raise RemoteError(f"{conn.target.name}: {what}: {done.last_error_line()}")
@@ -288,17 +286,3 @@ def deploy(conn: Connection, bundles: Sequence[str], extra: Optional[Mapping[str
                "a deployed bundle does not verify there", STEP_TIMEOUT_S)
     return result
 
-
-def profile(conn: Connection, remote_bundle: str, out: Path, frames: int, warmup: int,
-            threads: Optional[int] = None, source: str = "synthetic") -> Dict[str, object]:
-    """Run the runner on a deployed bundle; fetch its JSON document to ``out`` and return it."""
-    workdir = conn.path(conn.target.workdir)
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
-    remote_json = f"{RESULTS}/{PurePosixPath(remote_bundle).name}-{stamp}.json"
-    args = ["--bundle", remote_bundle, "--source", source, "--frames", str(frames), "--warmup", str(warmup),
-            "--threads", str(threads or conn.target.threads), "--json", remote_json]
-    conn.makedirs(str(PurePosixPath(workdir, RESULTS)))
-    _check(conn, _in_workdir(conn, workdir, "-m", "fdq.device.run", *args), "the runner failed")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    conn.get(str(PurePosixPath(workdir, remote_json)), out)
-    return json.loads(out.read_text(encoding="utf-8"))

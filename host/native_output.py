@@ -2,7 +2,7 @@
 
 MNN's converter and quantizer (``_tools``) print progress straight to file descriptors 1 and 2 from
 C++, where no Python redirection reaches. They run in-process (fdq never starts their command
-wrappers, see :mod:`fdq.host.export_mnn`), so both descriptors point at a temporary file meanwhile;
+wrappers, see :mod:`fdq.host.export.mnn`), so both descriptors point at a temporary file meanwhile;
 its tail goes into the error message when the tool fails.
 """
 from __future__ import annotations

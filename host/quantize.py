@@ -216,7 +216,7 @@ def _pt2e(args: argparse.Namespace, model: nn.Module, cset: CalibrationSet) -> T
     """Level 2 for XNNPACK: PT2E quantization (:func:`fdq.calibration.ptq.calibrate_pt2e`)."""
     from fdq.calibration.ptq import calibrate_pt2e
     from fdq.calibration.quant_api import PT2E_DEFAULT_OBSERVER
-    from fdq.host.export_executorch import export_inputs
+    from fdq.host.export.executorch import export_inputs
 
     example, dynamic, _ = export_inputs(args.long_side)
     cle = args.cle is not False
@@ -353,7 +353,7 @@ def quantize_command(args: argparse.Namespace) -> Path:
         calibration = {"images": 0, "data": "distilled from BatchNorm statistics"}
     report["seconds"] = round(time.perf_counter() - start, 2)
     if engine in PT2E_BACKENDS:
-        from fdq.host.export_executorch import write_executorch_bundle
+        from fdq.host.export.executorch import write_executorch_bundle
 
         return write_executorch_bundle(exported, model, spec, args.long_side, args.out, dtype=dtype,
                                        manifest={"quantization": section, "calibration": calibration},

@@ -400,11 +400,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """``python -m fdq.host.train`` / ``torchrun ... -m fdq.host.train``: the same command as ``fdq train``."""
-    from fdq.host.cli import run_command   # the CLI's own error handling: 'fdq: error: ...'
-    from fdq.host.cli import build_parser
+    from fdq.host.commands import fdq_parser, run_program  # the CLI's own parsing and 'fdq: error: ...'
 
-    args = build_parser().parse_args(["train", *(sys.argv[1:] if argv is None else argv)])
-    return run_command(args.func, args, "fdq")
+    return run_program(fdq_parser([register]), ["train", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

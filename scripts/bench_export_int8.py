@@ -32,7 +32,8 @@ from fdq.device.outputs import checked_outputs_or_exit
 from fdq.device.runtimes import bundle_detector
 from fdq.host.artifacts import save_torchscript_bundle
 from fdq.host.evaluate import evaluate_detector
-from fdq.host.export import export_bundle, float_model, summary
+from fdq.host.export import export_bundle, summary
+from fdq.host.export.inputs import float_model
 
 SETTINGS = ("easy", "medium", "hard")
 

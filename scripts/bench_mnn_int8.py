@@ -34,9 +34,10 @@ from fdq.device.evaluation import evaluate, load_ground_truth, to_wider_rows  # 
 from fdq.device.images import list_images, read_image  # noqa: E402
 from fdq.device.outputs import checked_outputs_or_exit  # noqa: E402
 from fdq.device.runtimes import open_mnn, run_mnn, split_outputs  # noqa: E402
-from fdq.host.export import _export_onnx_float, calibration_images, preprocessed  # noqa: E402
-from fdq.host.export_check import OUTPUT_NAMES  # noqa: E402
-from fdq.host.export_mnn import convert_onnx, graph_ops, quantize_mnn  # noqa: E402
+from fdq.host.export.check import OUTPUT_NAMES  # noqa: E402
+from fdq.host.export.inputs import calibration_images, preprocessed  # noqa: E402
+from fdq.host.export.mnn import convert_onnx, graph_ops, quantize_mnn  # noqa: E402
+from fdq.host.export.onnx import export_onnx_float as _export_onnx_float  # noqa: E402
 from fdq.host.zoo import resolve_weights  # noqa: E402
 from fdq.models import SPECS, load_model  # noqa: E402
 

@@ -132,7 +132,8 @@ def main() -> int:
 
     import onnxruntime as ort
 
-    from fdq.host.export import _export_onnx_float, _quantize_onnx
+    from fdq.host.export.onnx import export_onnx_float as _export_onnx_float
+    from fdq.host.export.onnx import quantize_onnx as _quantize_onnx
     from fdq.models import SPECS, load_model
 
     from fdq.device.atomic import atomic_write_text

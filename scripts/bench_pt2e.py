@@ -73,7 +73,7 @@ def main() -> int:
     from fdq.calibration.ptq import calibrate_pt2e
     from fdq.device.atomic import atomic_write_text
     from fdq.device.evaluation import load_ground_truth
-    from fdq.host.export_executorch import export_inputs
+    from fdq.host.export.executorch import export_inputs
     from fdq.host.zoo import resolve_weights
     from fdq.models import SPECS, load_model
 

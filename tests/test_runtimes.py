@@ -142,12 +142,12 @@ def test_mnn_float_roles_are_found_in_the_graph(workdir, data):
     convolutions those read (the depthwise halves of the separable heads, conv14's last) of slim.
     Before the MNN bundles are made: after their ADMM calibration this process cannot convert again."""
     _require("MNN")
-    from fdq.host.export import _export_onnx_float
-    from fdq.host.export_mnn import convert_onnx, graph_ops, sensitive_ops
+    from fdq.host.export.mnn import convert_onnx, graph_ops, sensitive_ops
+    from fdq.host.export.onnx import export_onnx_float
     from fdq.models import load_model
 
     onnx_path, mnn_path = workdir / "roles.onnx", workdir / "roles.mnn"
-    _export_onnx_float(load_model("slim", data["weights"]), onnx_path, LONG_SIDE)
+    export_onnx_float(load_model("slim", data["weights"]), onnx_path, LONG_SIDE)
     convert_onnx(onnx_path, mnn_path)
     ops = graph_ops(mnn_path)
     assert sensitive_ops(ops, ("first",)) == ["/conv1/conv1.0/Conv_output_0"]
@@ -185,7 +185,7 @@ def test_mnn_int8_close_to_float(mnn_bundles, float_ap, data):
 
 def test_mnn_ema_refuses_float_ops(workdir):
     _require("MNN")
-    from fdq.host.export_mnn import quantize_mnn
+    from fdq.host.export.mnn import quantize_mnn
 
     with pytest.raises(ValueError, match="EMA calibration quantizes every convolution"):
         quantize_mnn(workdir / "roles.mnn", workdir / "never.mnn", [], settings={"feature_quantize_method": "EMA",
@@ -195,7 +195,7 @@ def test_mnn_ema_refuses_float_ops(workdir):
 
 def test_mnn_converter_refuses_after_admm_calibration(mnn_bundles, workdir):
     """After the int8 export's ADMM calibration a conversion in this process is one error, not a hang."""
-    from fdq.host.export_mnn import convert_onnx
+    from fdq.host.export.mnn import convert_onnx
 
     with pytest.raises(RuntimeError, match="cannot run after its ADMM calibration in the same process"):
         convert_onnx(workdir / "roles.onnx", workdir / "again.mnn")

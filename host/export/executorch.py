@@ -20,7 +20,9 @@ from torch import nn
 from fdq.device.bundle import Bundle
 from fdq.device.spec import DetectorSpec
 from fdq.host.bundles import write_bundle
-from fdq.host.export_check import max_diffs, torch_outputs, worst_diffs
+from fdq.host.export.check import max_diffs, torch_outputs, worst_diffs
+from fdq.host.export.inputs import verification_inputs
+from fdq.host.export.manifest import float_what
 
 PTE_FILE = "model.pte"
 REPORT_FILE = "report.json"
@@ -74,8 +76,6 @@ def write_executorch_bundle(program_model: nn.Module, float_model: nn.Module, sp
                             force: bool = False) -> Path:
     """Lower ``program_model`` and write it as an ``executorch`` bundle; ``manifest`` adds its own fields
     (quantization, calibration, provenance) to the common ones; ``summary``: the line ``fdq export`` prints."""
-    from fdq.host.export import _verification_inputs
-
     _, _, (low, high) = export_inputs(long_side)
     check: Dict[str, Any] = {"tool": "torch.export + executorch.exir.to_edge_transform_and_lower (XnnpackPartitioner)",
                              "executorch_version": executorch_version(), "torch_version": str(torch.__version__),
@@ -84,7 +84,7 @@ def write_executorch_bundle(program_model: nn.Module, float_model: nn.Module, sp
     def write_files(folder: Path) -> None:
         target = folder / PTE_FILE
         target.write_bytes(lower(program_model, long_side))
-        blobs = _verification_inputs(long_side)
+        blobs = verification_inputs(long_side)
         run = _pte_runner(target)
         check["verification"] = {"inputs": [list(b.shape) for b in blobs],
                                  "max_abs_diff_vs_torch": worst_diffs(program_model, blobs, run)}
@@ -109,9 +109,7 @@ def write_executorch_bundle(program_model: nn.Module, float_model: nn.Module, sp
 def export_executorch(bundle: Bundle, model: nn.Module, weights_info: Dict[str, Any], out: PathLike,
                       long_side: int, source: Dict[str, Any], force: bool) -> Path:
     """``fdq export --format executorch``: the bundle's float model as an XNNPACK fp32 program."""
-    from fdq.host.export import _float_what
-
     manifest = {"quantization": {"level": "float", "weights": weights_info, "params_from": None},
                 "calibration": None, "exported_from": source}
     return write_executorch_bundle(model.eval(), model, bundle.spec, long_side, out, dtype="fp32",
-                                   manifest=manifest, summary=f"executorch fp32: {_float_what(bundle)}", force=force)
+                                   manifest=manifest, summary=f"executorch fp32: {float_what(bundle)}", force=force)

@@ -1,6 +1,6 @@
 """MNN bundles: the float model through ONNX and MNN's converter; int8 by MNN's own offline quantization.
 
-* ``mnn``: the float ONNX export of :mod:`fdq.host.export` (dynamic height and width) converted by
+* ``mnn``: the float ONNX export of :mod:`fdq.host.export.onnx` (dynamic height and width) converted by
   MNN's converter; checked against PyTorch at three input sizes.
 * ``mnn-int8``: that float ``.mnn`` quantized by MNN's calibration tool (ADMM symmetric per-tensor
   activation thresholds, ADMM symmetric per-channel weights, the first convolution, the heads and the
@@ -29,7 +29,11 @@ from torch import nn
 
 from fdq.device.bundle import Bundle
 from fdq.device.runtimes import open_mnn, run_mnn
-from fdq.host.export_check import OUTPUT_NAMES, max_diffs, torch_outputs, worst_diffs
+from fdq.host.bundles import write_bundle
+from fdq.host.export.check import OUTPUT_NAMES, max_diffs, torch_outputs, worst_diffs
+from fdq.host.export.inputs import preprocessed, verification_inputs
+from fdq.host.export.manifest import base_manifest, float_what, identity, label
+from fdq.host.export.onnx import export_onnx_float
 from fdq.host.native_output import captured_fds, tail
 
 MNN_FILE = "model.mnn"
@@ -252,14 +256,10 @@ def write_mnn_files(folder: Path, model: nn.Module, onnx_path: Path, verify_blob
 def export_mnn(bundle: Bundle, model: nn.Module, weights_info: Dict[str, Any], out: PathLike, long_side: int,
                source: Dict[str, Any], calib: Optional[Tuple[List[Path], Dict[str, Any]]], force: bool) -> Path:
     """Write the ``mnn`` (``calib`` None) or ``mnn-int8`` bundle at ``out``; ``calib``: the calibration
-    images and their record, from :func:`fdq.host.export.calibration_images`."""
-    from fdq.host.export import (_base_manifest, _export_onnx_float, _float_what, _identity, _label,
-                                 _verification_inputs, preprocessed)
-    from fdq.host.bundles import write_bundle
-
+    images and their record, from :func:`fdq.host.export.inputs.calibration_images`."""
     _converter()  # a missing MNN wheel (or a converter that would hang) is one line before any work
     int8 = calib is not None
-    manifest = _base_manifest(bundle, "mnn", "int8" if int8 else "fp32", long_side)
+    manifest = base_manifest(bundle, "mnn", "int8" if int8 else "fp32", long_side)
     manifest["input"]["dynamic_hw"] = True
     quant: Dict[str, Any] = {"level": "int8-mnn-offline" if int8 else "float", "weights": weights_info}
     calib_info = None
@@ -275,20 +275,20 @@ def export_mnn(bundle: Bundle, model: nn.Module, weights_info: Dict[str, Any], o
     def write_files(folder: Path) -> None:
         with tempfile.TemporaryDirectory(prefix="fdq-onnx-") as tmp:
             onnx_path = Path(tmp) / "float.onnx"
-            _export_onnx_float(model, onnx_path, long_side)
+            export_onnx_float(model, onnx_path, long_side)
             blobs = list(preprocessed(calib[0], long_side, bundle.spec.mean_bgr)) if int8 else None
-            settings = write_mnn_files(folder, model, onnx_path, _verification_inputs(long_side), blobs, export)
+            settings = write_mnn_files(folder, model, onnx_path, verification_inputs(long_side), blobs, export)
         if settings:
             quant.update(settings)
 
     manifest.update({"quantization": quant, "calibration": calib_info, "exported_from": source, "export": export,
                      "io": {"input": "input", "outputs": {n: n for n in OUTPUT_NAMES}}, "entry": {"model": MNN_FILE}})
     if int8:
-        _identity(manifest, export, "mnn calibration",
-                  f"calibrated by MNN's offline quantization ({FEATURE_METHOD}, {', '.join(SKIP_ROLES)} in float) "
-                  f"on {calib_info['images']} images{' and their mirrors' if MIRROR else ''} of "
-                  f"{calib_info['dir']} (list sha256 {calib_info['list_sha256'][:16]}), from the float weights of "
-                  f"{_label(bundle)}")
+        identity(manifest, export, "mnn calibration",
+                 f"calibrated by MNN's offline quantization ({FEATURE_METHOD}, {', '.join(SKIP_ROLES)} in float) "
+                 f"on {calib_info['images']} images{' and their mirrors' if MIRROR else ''} of "
+                 f"{calib_info['dir']} (list sha256 {calib_info['list_sha256'][:16]}), from the float weights of "
+                 f"{label(bundle)}")
     else:
-        _identity(manifest, export, None, _float_what(bundle))
+        identity(manifest, export, None, float_what(bundle))
     return write_bundle(str(out), manifest, write_files, force=force)
