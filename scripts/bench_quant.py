@@ -17,7 +17,7 @@ Example (the full run)::
     python scripts/bench_quant.py --force --json docs/results/bench_quant.json --markdown docs/results/bench_quant.md
 
 Rows of one method only (``--only``, with ``fp32`` for the drop columns), one run per backend merged
-by ``--from-json``, as the entropy rows of docs/ACCURACY.md were made (docs/results/bench_quant_entropy*.json).
+by ``--from-json``, as the entropy rows of docs/HISTORY.md were made (docs/results/raw/bench_quant_entropy*.json).
 """
 from __future__ import annotations
 
@@ -211,7 +211,7 @@ NOTES = [
     "* **Activations: histogram observer** (torch's L2-optimal clipping). Min-max lets a few extreme "
     "activations stretch the grid; percentile is close to histogram but less consistent across models. "
     "There is no entropy (KL) observer: done as TensorRT does it, it lost up to 1.5 points on qnnpack, "
-    "no better than min-max (docs/ACCURACY.md), and was removed.",
+    "no better than min-max (docs/HISTORY.md), and was removed.",
     "* **Weights: per-channel symmetric int8 on every backend.** torch 2.13's qnnpack runs per-channel "
     "convolutions, depthwise included (checked by converting and running both), so the per-tensor default of "
     "its qconfig is not needed; per-tensor weights collapse mnet025 (two folded depthwise layers have "
