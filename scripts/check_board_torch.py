@@ -162,7 +162,7 @@ def bundles_of(model: str, keys: List[str], args: argparse.Namespace, work: Path
 
 
 def run(args: argparse.Namespace, data: Data, argv: Optional[List[str]]) -> Dict[str, Any]:
-    data = Data(data.root.resolve())  # the runs start in the scratch folder
+    data = Data.at(data.root.resolve())  # the runs start in the scratch folder
     images = str(data.val_images)
     torch_rows = [TORCH_ROWS[r] for r in ("fp32", *args.rows)]
     results: List[Dict[str, Any]] = []

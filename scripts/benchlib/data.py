@@ -34,25 +34,18 @@ def add_data_argument(parser: argparse.ArgumentParser) -> None:
 
 @dataclass(frozen=True)
 class Data:
-    """The folders of one ``--data`` root."""
+    """The folders of one ``--data`` root (:meth:`at`)."""
 
     root: Path
+    val_images: Path
+    val_gt: Path
+    calib_images: Path
+    calib_labels: Path
 
-    @property
-    def val_images(self) -> Path:
-        return self.root / "val" / "images"
-
-    @property
-    def val_gt(self) -> Path:
-        return self.root / "val" / "ground_truth"
-
-    @property
-    def calib_images(self) -> Path:
-        return self.root / "calib" / "images"
-
-    @property
-    def calib_labels(self) -> Path:
-        return self.root / "calib" / "ground_truth"
+    @classmethod
+    def at(cls, root: Path) -> "Data":
+        return cls(root, root / "val" / "images", root / "val" / "ground_truth", root / "calib" / "images",
+                   root / "calib" / "ground_truth")
 
     def ground_truth(self) -> Any:
         """The val split's ground truth."""
@@ -70,7 +63,7 @@ class Data:
 def data_of(args: argparse.Namespace, *splits: str) -> Data:
     """The parsed ``--data``, checked to hold ``SPLIT/images`` for each of ``splits`` (one error line
     and exit status 1 otherwise); from here on weights default to ``$FDQ_SHARED/weights``."""
-    data = Data(Path(args.data))
+    data = Data.at(Path(args.data))
     for split in splits:
         if not (data.root / split / "images").is_dir():
             raise SystemExit(f"{Path(sys.argv[0]).stem}: error: --data {args.data}: no {split}/images folder there "
