@@ -15,8 +15,7 @@ The output error measures how close int8 is to float with thousands of anchors b
 number; the drop is what a 64-image split makes of it. Their spread over draws of the same method
 is the resolution any AP goal on this split can be checked at.
 
-    FDQ_WEIGHTS_PATH=/path/to/weights python scripts/bench_ap_resolution.py \\
-        --data /path/to/widerface_val_subset --json docs/results/bench_ap_resolution.json
+    python scripts/bench_ap_resolution.py --json docs/results/bench_ap_resolution.json
 """
 from __future__ import annotations
 
@@ -24,24 +23,23 @@ import argparse
 import json
 import statistics
 import sys
-from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_quant import score  # noqa: E402  (the one way a benchmark scores AP)
+from benchlib.data import Data, add_data_argument, data_of
+from benchlib.results import result, write_result
+from benchlib.scoring import score
 
-from fdq.calibration import ptq  # noqa: E402
-from fdq.calibration.data import find_images, split_holdout  # noqa: E402
-from fdq.calibration.report import output_error  # noqa: E402
-from fdq.device.atomic import atomic_write_text  # noqa: E402
-from fdq.device.evaluation import SETTINGS, load_ground_truth  # noqa: E402
-from fdq.device.outputs import checked_outputs_or_exit  # noqa: E402
-from fdq.host.torch_inference import torch_inference  # noqa: E402
-from fdq.host.zoo import resolve_weights  # noqa: E402
-from fdq.models import MODEL_NAMES, load_model  # noqa: E402
+from fdq.calibration import ptq
+from fdq.calibration.data import find_images, split_holdout
+from fdq.calibration.report import output_error
+from fdq.device.evaluation import SETTINGS
+from fdq.device.outputs import checked_outputs_or_exit
+from fdq.host.torch_inference import torch_inference
+from fdq.host.zoo import resolve_weights
+from fdq.models import MODEL_NAMES, load_model
 
 GOAL_POINTS = 0.5
 
@@ -50,12 +48,12 @@ def max_drop(reference: Dict[str, Dict[str, float]], candidate: Dict[str, Dict[s
     return max(reference[side][s] - candidate[side][s] for side in reference for s in SETTINGS)
 
 
-def run_model(model: str, data: Path, long_sides: List[int], subsets: int, seed: int,
+def run_model(model: str, data: Data, long_sides: List[int], subsets: int, seed: int,
               options: ptq.PTQOptions) -> Dict[str, Any]:
-    val_images, gt = str(data / "val" / "images"), load_ground_truth(data / "val" / "ground_truth")
+    val_images, gt = str(data.val_images), data.ground_truth()
     float_model = load_model(model, resolve_weights(model, None)).eval()
     float_infer = torch_inference(float_model)
-    calib = find_images(str(data / "calib" / "images"))
+    calib = find_images(str(data.calib_images))
     own = split_holdout(calib)[0]  # what ``fdq quantize`` calibrates on
     ap_float = {str(side): score(float_infer, model, side, val_images, gt) for side in long_sides}
     val = find_images(val_images)
@@ -84,7 +82,7 @@ def run_model(model: str, data: Path, long_sides: List[int], subsets: int, seed:
 
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", required=True, help="WIDER subset root with val/ and calib/ (images/, ground_truth/)")
+    add_data_argument(p)
     p.add_argument("--models", default=",".join(MODEL_NAMES))
     p.add_argument("--long-sides", default="320,640")
     p.add_argument("--subsets", type=int, default=8, help="calibration subsets per model (the first: fdq quantize's own)")
@@ -94,18 +92,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--force", action="store_true", help="replace an existing --json")
     args = p.parse_args(argv)
     target, = checked_outputs_or_exit("bench_ap_resolution", args.force, ("--json", args.json))
+    data = data_of(args, "val", "calib")
     torch.set_num_threads(1)
     sides = [int(s) for s in args.long_sides.split(",")]
     options = ptq.PTQOptions(backend="x86", bias_correction=args.bias_correction)
     results = []
     for model in args.models.split(","):
-        results.append(run_model(model, Path(args.data), sides, args.subsets, args.seed, options))
+        results.append(run_model(model, data, sides, args.subsets, args.seed, options))
         print(json.dumps({k: results[-1][k] for k in ("model", "max_drop", "share_within_goal", "output_error_mean")}),
               flush=True)
-    doc = {"command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-           "torch": torch.__version__, "goal_points": GOAL_POINTS, "ptq_options": options.to_dict(),
-           "results": results}
-    atomic_write_text(target, json.dumps(doc, indent=2) + "\n")
+    write_result(target, result("bench_ap_resolution", results, argv=argv,
+                                settings={"goal_points": GOAL_POINTS, "ptq_options": options.to_dict(),
+                                          "long_sides": sides, "subsets": args.subsets, "seed": args.seed}))
     print(f"wrote {target}")
     return 0
 

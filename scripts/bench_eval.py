@@ -5,32 +5,30 @@ Compares, on the same real network outputs, fdq's post-processing (whichever pat
 ``FaceDetector`` selects) with the upstream reference's (decode every anchor in torch, filter,
 sort, NMS in Python/numpy). Medians after warm-up, 1 thread, within one run.
 
-    python scripts/bench_eval.py --shared ../shared --json docs/results/bench_eval.json --force
+    python scripts/bench_eval.py --json docs/results/bench_eval.json --force
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from benchlib.data import add_data_argument, data_of
+from benchlib.results import result, write_result
+from benchlib.timing import timed
+
 from fdq.device.anchors import prior_boxes
-from fdq.device.atomic import atomic_write_text
 from fdq.device.detector import FaceDetector
-from fdq.device.evaluation import load_ground_truth
-from fdq.device.images import list_images, read_image
 from fdq.device.nms import nms
 from fdq.device.outputs import checked_outputs_or_exit
 from fdq.device.preprocess import normalize, resize_image
 from fdq.host.evaluate import evaluate_detector
 from fdq.host.torch_inference import torch_inference
+from fdq.host.zoo import resolve_weights
 from fdq.models import SPECS, load_model
 
 
@@ -54,18 +52,9 @@ def reference_postprocess(loc, scores, landm, priors, variances, size, ratio, th
     return boxes[keep], sc[keep], landms[keep]
 
 
-def median_ms(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shared", default=os.environ.get("FDQ_SHARED", "../shared"))
+    add_data_argument(ap)
     ap.add_argument("--model", default="slim")
     ap.add_argument("--long-side", type=int, default=320)
     ap.add_argument("--json", default="docs/results/bench_eval.json")
@@ -74,47 +63,39 @@ def main() -> int:
     target, = checked_outputs_or_exit("bench_eval", args.force, ("--json", args.json))
 
     torch.set_num_threads(1)
-    split = Path(args.shared) / "data" / "widerface_val_subset" / "val"
-    gt = load_ground_truth(split / "ground_truth")
-    weights = Path(args.shared) / "weights" / {"slim": "slim_Final.pth", "rfb": "RBF_Final.pth",
-                                                 "mnet025": "mobilenet0.25_Final.pth"}[args.model]
-    model = load_model(args.model, weights)
+    data = data_of(args, "val")
+    gt, images = data.ground_truth(), str(data.val_images)
+    model = load_model(args.model, resolve_weights(args.model, None))
     spec = SPECS[args.model]
     infer = torch_inference(model)
     detector = FaceDetector(infer, spec, long_side=args.long_side)
 
-    evaluate_detector(detector, str(split / "images"), gt)  # warm-up (and kernel build)
-    walls = [evaluate_detector(detector, str(split / "images"), gt)["seconds"] for _ in range(3)]
+    evaluate_detector(detector, images, gt)  # warm-up (and kernel build)
+    walls = [evaluate_detector(detector, images, gt)["seconds"] for _ in range(3)]
 
     forward, ours, reference, candidates = [], [], [], []
-    for _, path in list_images(str(split / "images")):
-        resized, ratio = resize_image(read_image(path), args.long_side)
+    for _, image in data.read_val():
+        resized, ratio = resize_image(image, args.long_side)
         blob = normalize(resized, spec.mean_bgr)
         h, w = resized.shape[:2]
         priors = prior_boxes(spec.min_sizes, spec.steps, h, w)
         outputs = infer(blob)
         candidates.append(int((outputs[1] > 0.02).sum()))
-        forward.append(median_ms(lambda: infer(blob), 3))
-        ours.append(median_ms(lambda: detector.postprocess(*outputs, priors, spec.variance, (w, h), ratio), 5))
-        reference.append(median_ms(lambda: reference_postprocess(*outputs, priors, spec.variance, (w, h), ratio), 5))
+        forward.append(timed(lambda: infer(blob), 3)["median_ms"])
+        ours.append(timed(lambda: detector.postprocess(*outputs, priors, spec.variance, (w, h), ratio), 5)["median_ms"])
+        reference.append(timed(lambda: reference_postprocess(*outputs, priors, spec.variance, (w, h), ratio),
+                               5)["median_ms"])
 
-    result = {
-        "command": "python scripts/bench_eval.py " + " ".join(sys.argv[1:]),
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "torch": str(torch.__version__), "threads": 1},
-        "model": args.model, "long_side": args.long_side, "images": len(forward),
-        "kernels": detector.kernels,
-        "val_split_seconds_median": statistics.median(walls), "val_split_seconds_runs": walls,
-        "per_image_median_ms": {"forward": statistics.median(forward), "postprocess_fdq": statistics.median(ours),
-                                "postprocess_reference": statistics.median(reference)},
-        "candidates_median": statistics.median(candidates),
-    }
-    per = result["per_image_median_ms"]
-    result["ratios"] = {"fdq_post_over_forward": per["postprocess_fdq"] / per["forward"],
-                        "reference_post_over_forward": per["postprocess_reference"] / per["forward"],
-                        "reference_over_fdq_post": per["postprocess_reference"] / per["postprocess_fdq"]}
-    atomic_write_text(target, json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    per = {"forward": statistics.median(forward), "postprocess_fdq": statistics.median(ours),
+           "postprocess_reference": statistics.median(reference)}
+    row = {"model": args.model, "long_side": args.long_side, "images": len(forward), "kernels": detector.kernels,
+           "val_split_seconds_median": statistics.median(walls), "val_split_seconds_runs": walls,
+           "per_image_median_ms": per, "candidates_median": statistics.median(candidates),
+           "ratios": {"fdq_post_over_forward": per["postprocess_fdq"] / per["forward"],
+                      "reference_post_over_forward": per["postprocess_reference"] / per["forward"],
+                      "reference_over_fdq_post": per["postprocess_reference"] / per["postprocess_fdq"]}}
+    write_result(target, result("bench_eval", [row], settings={"threads": 1}))
+    print(json.dumps(row, indent=2))
     return 0
 
 

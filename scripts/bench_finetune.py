@@ -11,22 +11,22 @@ that no default is tuned on the images that judge it.
 Example::
 
     FDQ_WEIGHTS_PATH=../shared/weights python scripts/bench_finetune.py \\
-        --data ../shared/data/widerface_val_subset --lrs 1e-3,3e-4,1e-4,3e-5 \\
+        --lrs 1e-3,3e-4,1e-4,3e-5 \\
         --json docs/results/bench_finetune.json
 """
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
-import platform
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, List
 
-from fdq.device.atomic import atomic_write_text
+from benchlib.data import add_data_argument, data_of
+from benchlib.results import result, write_result
+
 from fdq.device.outputs import checked_outputs_or_exit
 
 SETTINGS = ("easy", "medium", "hard")
@@ -66,7 +66,7 @@ def one_run(model: str, lr: float, holdout: float, data: Path, epochs: int, size
 
 def main(argv: List[str] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", required=True, help="the WIDER subset: calib/ and val/, each images/ + ground_truth/")
+    add_data_argument(p)
     p.add_argument("--models", default="slim")
     p.add_argument("--lrs", default="1e-3,3e-4,1e-4,3e-5", help="learning rates, each with the default holdout")
     p.add_argument("--epochs", type=int, default=3)
@@ -75,7 +75,7 @@ def main(argv: List[str] = None) -> int:
     p.add_argument("--force", action="store_true", help="replace an existing --json")
     args = p.parse_args(argv)
     checked_outputs_or_exit("bench_finetune", args.force, ("--json", args.json))
-    data = Path(args.data)
+    data = data_of(args, "val", "calib").root
     rows: List[Dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
@@ -85,11 +85,8 @@ def main(argv: List[str] = None) -> int:
             rows.append(one_run(model, 1e-3, 0.0, data, args.epochs, args.size, scratch))  # the old default
             rows += [one_run(model, float(lr), 0.25, data, args.epochs, args.size, scratch)
                      for lr in args.lrs.split(",")]
-    doc = {"schema": "fdq.bench/1", "script": "bench_finetune.py", "command": " ".join(sys.argv),
-           "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-           "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
-           "rows": rows}
-    atomic_write_text(Path(args.json), json.dumps(doc, indent=1) + "\n")
+    settings = {"epochs": args.epochs, "size": args.size, "train": "calib", "judge": "val"}
+    write_result(args.json, result("bench_finetune", rows, settings))
     return 0
 
 

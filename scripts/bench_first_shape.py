@@ -13,19 +13,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import List, Optional
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_quant import paired_median_ms  # noqa: E402  (one timing method for every latency number)
+from benchlib.results import result, write_result
+from benchlib.timing import paired_median_ms
 
-from fdq.device.atomic import atomic_write_text  # noqa: E402
-from fdq.device.bundle import load_bundle  # noqa: E402
-from fdq.device.outputs import checked_outputs_or_exit  # noqa: E402
-from fdq.device.runtimes import load_inference  # noqa: E402
+from fdq.device.bundle import load_bundle
+from fdq.device.outputs import checked_outputs_or_exit
+from fdq.device.runtimes import load_inference
 
 TIMED_HW, OTHER_HW = (240, 320), (213, 320)
 
@@ -59,12 +57,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     first_other = load_inference(bundle, threads=1)
     first_other(other)
     fast, slow = paired_median_ms(lambda: first_timed(timed), lambda: first_other(timed), args.warmup, args.runs)
-    doc = {"bundle": args.bundle, "engine": bundle.engine, "timed_hw": list(TIMED_HW), "other_hw": list(OTHER_HW),
-           "first_shape_timed_ms": fast, "first_shape_other_ms": slow, "slowdown": round(slow / fast, 3),
-           "conv_share": round(conv_share(first_timed, timed), 3), "threads": 1, "torch": torch.__version__,
-           "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])])}
-    atomic_write_text(target, json.dumps(doc, indent=2) + "\n")
-    print(json.dumps(doc))
+    row = {"bundle": args.bundle, "engine": bundle.engine, "first_shape_timed_ms": fast, "first_shape_other_ms": slow,
+           "slowdown": round(slow / fast, 3), "conv_share": round(conv_share(first_timed, timed), 3)}
+    write_result(target, result("bench_first_shape", [row], argv=argv,
+                                settings={"timed_hw": list(TIMED_HW), "other_hw": list(OTHER_HW), "threads": 1,
+                                          "warmup": args.warmup, "runs": args.runs}))
+    print(json.dumps(row))
     return 0
 
 

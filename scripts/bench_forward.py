@@ -8,7 +8,7 @@ forward (127.0.0.1 here -> SSH channel -> the board's 127.0.0.1), in alternating
 after warm-up. Both ends are this machine, so this is the forward's own cost (paramiko, encryption,
 the threads), not a network's.
 
-    sudo python scripts/bench_forward.py [--images DIR] [--runs 200] [--json docs/results/bench_forward.json]
+    sudo python scripts/bench_forward.py [--data DIR] [--runs 200] [--json docs/results/bench_forward.json]
 """
 from __future__ import annotations
 
@@ -26,31 +26,25 @@ from typing import List, Optional
 
 import cv2
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_quant import paired_median_ms  # noqa: E402  (one timing method for every latency number)
+from benchlib.data import REPO, Data, add_data_argument, data_of
+from benchlib.recipes import build
+from benchlib.results import result, write_result
+from benchlib.timing import paired_median_ms
 
-from fdq.device.atomic import atomic_write_text  # noqa: E402
-from fdq.device.images import list_images  # noqa: E402
-from fdq.device.outputs import checked_outputs_or_exit  # noqa: E402
+from fdq.device.images import list_images
+from fdq.device.outputs import checked_outputs_or_exit
 
-REPO = Path(__file__).resolve().parents[1]
 TESTBOARD = REPO / "scripts" / "testboard.sh"
 SIZE, FRAMES = (640, 480), 4
 SERVING = re.compile(r"^fdq-demo: serving (http://127\.0\.0\.1:\d+/) from \S+ \(its 127\.0\.0\.1:(\d+),")
 
 
-def _bundle_and_video(images: str, folder: Path) -> List[Path]:
+def _bundle_and_video(data: Data, folder: Path) -> List[Path]:
     """The slim float bundle (zoo weights) and a video of the first val images."""
-    from fdq.host.artifacts import save_torchscript_bundle
-    from fdq.host.zoo import resolve_weights
-    from fdq.models import SPECS, load_model
-
-    bundle = folder / "slim_fp32"
-    save_torchscript_bundle(load_model("slim", resolve_weights("slim", None)), SPECS["slim"], 320, str(bundle),
-                            engine=None, dtype="fp32", quantization={"level": "float"})
+    bundle = build("fp32", "slim", 320, folder, data)
     video = folder / "faces.mp4"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, SIZE)
-    for _, path in list_images(images)[:FRAMES]:
+    for _, path in list_images(str(data.val_images))[:FRAMES]:
         writer.write(cv2.resize(cv2.imread(str(path)), SIZE, interpolation=cv2.INTER_AREA))
     writer.release()
     return [bundle, video]
@@ -58,17 +52,17 @@ def _bundle_and_video(images: str, folder: Path) -> List[Path]:
 
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--images", default=str(Path(os.environ.get("FDQ_SHARED", REPO.parent / "shared"))
-                                           / "data" / "widerface_val_subset" / "val" / "images"))
+    add_data_argument(p)
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--runs", type=int, default=200)
     p.add_argument("--json", default="docs/results/bench_forward.json")
     p.add_argument("--force", action="store_true", help="replace an existing --json")
     args = p.parse_args(argv)
-    checked_outputs_or_exit("bench_forward", args.force, ("--json", args.json))
+    target, = checked_outputs_or_exit("bench_forward", args.force, ("--json", args.json))
+    data = data_of(args, "val")
     name = f"bench-forward-{os.getpid()}"
     with tempfile.TemporaryDirectory(prefix="fdq-bench-forward-") as tmp:
-        bundle, video = _bundle_and_video(args.images, Path(tmp))
+        bundle, video = _bundle_and_video(data, Path(tmp))
         up = subprocess.run(["bash", str(TESTBOARD), "up", "native", "--name", name, "--python", sys.executable],
                             capture_output=True, text=True, check=True)
         try:
@@ -97,12 +91,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                 proc.wait(timeout=60)
         finally:
             subprocess.run(["bash", str(TESTBOARD), "down", name], capture_output=True, text=True)
-    doc = {"what": "GET /frame.jpg of fdq-demo --target on a native test board: direct vs SSH port forward",
-           "frame": f"{SIZE[0]}x{SIZE[1]}", "jpeg_bytes": size, "runs": args.runs, "warmup": args.warmup,
-           "direct_ms": direct_ms, "forwarded_ms": forwarded_ms, "ratio": round(forwarded_ms / direct_ms, 2),
-           "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])])}
-    atomic_write_text(args.json, json.dumps(doc, indent=2) + "\n")
-    print(json.dumps(doc))
+    row = {"frame": f"{SIZE[0]}x{SIZE[1]}", "jpeg_bytes": size, "direct_ms": direct_ms,
+           "forwarded_ms": forwarded_ms, "ratio": round(forwarded_ms / direct_ms, 2)}
+    write_result(target, result("bench_forward", [row], argv=argv, settings={
+        "what": "GET /frame.jpg of fdq-demo --target on a native test board: direct vs SSH port forward",
+        "runs": args.runs, "warmup": args.warmup}))
+    print(json.dumps(row))
     return 0
 
 

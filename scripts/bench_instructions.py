@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Instructions per frame of every runtime and precision on the emulated Pi 4, and the Pi 4 estimate.
 
-Each configuration (bundles made as scripts/bench_runtimes.py makes them) runs under ``fdq-profile --count-instructions`` on an emulated board
+Each configuration (the bundles of ``benchlib.recipes.CONFIGS``, as scripts/bench_runtimes.py makes them) runs under ``fdq-profile --count-instructions`` on an emulated board
 (``sudo scripts/testboard.sh up arm64``: a Cortex-A72 under qemu, counted by scripts/qemu_count)
 at one thread on the runner's synthetic 640x480 frames, long side 320 (so the network sees 320x240,
 as in the published numbers). TorchScript runs on the board's own Python (torch 2.9.1); ONNX
@@ -15,15 +15,13 @@ is reported. Then the same CPI turns every configuration's count into millisecon
 whose method and limits are stated next to it.
 
     sudo python scripts/bench_instructions.py --board /run/fdq-testboard/arm64/profile.yaml \\
-        --shared ../shared --json docs/results/bench_instructions.json --force --markdown docs/SPEED.md
+        --json docs/results/bench_instructions.json --force --markdown docs/SPEED.md
     python scripts/bench_instructions.py --from-json docs/results/bench_instructions.json --markdown docs/SPEED.md
 """
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -31,14 +29,14 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_peers import write_section  # noqa: E402  (the docs block)
-from bench_runtimes import CONFIGS, build  # noqa: E402  (the one way these benchmarks make bundles)
+from benchlib.data import add_data_argument, data_of
+from benchlib.docs import write_section
+from benchlib.recipes import build_config, config_dtype
+from benchlib.results import read_result, result, write_result
 
-from fdq.device.atomic import atomic_write_text  # noqa: E402
-from fdq.device.outputs import checked_outputs_or_exit  # noqa: E402
-from fdq.host.cli import profile_main  # noqa: E402
-from fdq.host.estimate import CALIBRATION, CLOCK_HZ, METHOD, PUBLISHED, cycles_per_instruction, estimate_ms  # noqa: E402
+from fdq.device.outputs import checked_outputs_or_exit
+from fdq.host.cli import profile_main
+from fdq.host.estimate import CALIBRATION, CLOCK_HZ, METHOD, PUBLISHED, cycles_per_instruction, estimate_ms
 
 MARK_BEGIN, MARK_END = "<!-- bench_instructions:begin -->", "<!-- bench_instructions:end -->"
 LONG_SIDE = 320
@@ -82,7 +80,7 @@ def count(profile: Path, bundles: Dict[str, Path], runs: Path, frames: int, warm
 
 
 def row(model: str, config: str, doc: Optional[Dict[str, Any]]) -> Dict[str, Any]:
-    out: Dict[str, Any] = {"model": model, "config": config, "dtype": CONFIGS[config][0]}
+    out: Dict[str, Any] = {"model": model, "config": config, "dtype": config_dtype(config)}
     if doc is None:
         out["not_run"] = NOT_RUN if PLACES[config] is None else "the run failed (see the script's output)"
         return out
@@ -120,10 +118,10 @@ def estimates(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
 
 
 def markdown(doc: Dict[str, Any]) -> List[str]:
-    est = doc["estimate"]
+    est, settings = doc["summary"]["estimate"], doc["settings"]
     lines = [MARK_BEGIN, "", f"`{doc['command']}` ({doc['created'][:10]}; emulated Cortex-A72, "
-             f"features `{' '.join(doc['cpu_features'] or [])}`, 1 thread, 320x240, median of "
-             f"{doc['frames']} frames after {doc['warmup']} warm-up):", ""]
+             f"features `{' '.join(doc['summary']['board_cpu_features'] or [])}`, 1 thread, 320x240, median of "
+             f"{settings['frames']} frames after {settings['warmup']} warm-up):", ""]
     if est.get("cpi"):
         lines += [f"Calibration: slim MNN int8 inference, {CALIBRATION.ms:g} ms published, gives **CPI "
                   f"{est['cpi']:.3f}** at {CLOCK_HZ / 1e9:g} GHz."]
@@ -152,7 +150,7 @@ def markdown(doc: Dict[str, Any]) -> List[str]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--board", help="an emulated board's profile (testboard.sh up arm64)")
-    p.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared"))
+    add_data_argument(p)
     p.add_argument("--models", default="slim,rfb")
     p.add_argument("--configs", default=",".join(PLACES))
     p.add_argument("--frames", type=int, default=4)
@@ -165,14 +163,12 @@ def main() -> int:
     p.add_argument("--force", action="store_true", help="replace an existing --json")
     args = p.parse_args()
     if args.from_json:
-        doc = json.loads(Path(args.from_json).read_text())
+        doc = read_result(args.from_json, "bench_instructions")
     else:
         if not args.board:
             p.error("--board PROFILE is needed (sudo scripts/testboard.sh up arm64 prints it)")
         target, = checked_outputs_or_exit("bench_instructions", args.force, ("--json", args.json))
-        shared = Path(args.shared)
-        os.environ.setdefault("FDQ_WEIGHTS_PATH", str(shared / "weights"))
-        calib = shared / "data" / "widerface_val_subset" / "calib" / "images"
+        data = data_of(args, "calib")
         work = Path(args.work).resolve()
         work.mkdir(parents=True, exist_ok=True)
         configs = args.configs.split(",")
@@ -182,7 +178,7 @@ def main() -> int:
         setup = True
         for model in args.models.split(","):
             for place, profile in ((TORCH, board), (VENV, venv)):
-                bundles = {c: build(model, LONG_SIDE, c, work, calib) for c in configs if PLACES[c] == place}
+                bundles = {c: build_config(c, model, LONG_SIDE, work, data) for c in configs if PLACES[c] == place}
                 if bundles:
                     runs = work / f"runs-{model}-{place}"
                     docs.update({(model, c): d for c, d in count(profile, bundles, runs, args.frames, args.warmup,
@@ -190,12 +186,10 @@ def main() -> int:
                     setup = setup and place != VENV
             rows += [row(model, c, docs.get((model, c))) for c in configs]
         features = next((r["cpu_features"] for r in rows if "cpu_features" in r), None)
-        doc = {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-               "command": "python scripts/bench_instructions.py " + " ".join(sys.argv[1:]),
-               "frames": args.frames, "warmup": args.warmup, "long_side": LONG_SIDE, "cpu_features": features,
-               "rows": rows}
-        doc["estimate"] = estimates(rows)
-        atomic_write_text(target, json.dumps(doc, indent=1) + "\n")
+        summary = {"board_cpu_features": features, "estimate": estimates(rows)}  # estimates() adds to the rows
+        doc = result("bench_instructions", rows, summary=summary,
+                     settings={"frames": args.frames, "warmup": args.warmup, "long_side": LONG_SIDE, "threads": 1})
+        write_result(target, doc)
         print(f"wrote {target}")
     if args.markdown:
         write_section(args.markdown, markdown(doc), "Instructions on the emulated Pi 4, and a Pi 4 estimate")

@@ -7,71 +7,46 @@ frame for camera frames at the input size and at most 10 % from 640x480 and 1024
 device path resizes in uint8).
 Medians of many timed calls after a warm-up, each call timed alone with ``time.perf_counter``.
 
-    python scripts/bench_kernels.py [--image IMG] [--repeats 500] [--json docs/results/bench_kernels.json] [--force]
+    python scripts/bench_kernels.py [--data DIR] [--image IMG] [--repeats 500] [--json docs/results/bench_kernels.json] [--force]
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Dict, List
 
 import cv2
 import numpy as np
 import torch
 
+from benchlib.data import REPO, add_data_argument, data_of
+from benchlib.results import machine, result, write_result
+from benchlib.timing import timed
+
 from fdq.device.anchors import prior_boxes
-from fdq.device.atomic import atomic_write_text
 from fdq.device.kernels import load_kernels, normalize_c, postprocess_c, quantize_input, quantize_input_c
 from fdq.device.outputs import checked_outputs_or_exit
 from fdq.device.postprocess import candidates, postprocess, postprocess_cv2
 from fdq.device.preprocess import normalize
+from fdq.host.zoo import resolve_weights
 from fdq.models import SPECS, load_model
 
-REPO = Path(__file__).resolve().parents[1]
 WIDTH, HEIGHT = 320, 240
 SCORE_THRESHOLD, NMS_THRESHOLD = 0.02, 0.4
 
 
-def shared_dir() -> Path:
-    return Path(os.environ.get("FDQ_SHARED") or REPO.parent / "shared")
-
-
-def timed(fn: Callable[[], object], repeats: int, warmup: int) -> Dict[str, float]:
-    """Median and 90th percentile in ms of ``repeats`` calls after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    times = np.empty(repeats)
-    for i in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times[i] = time.perf_counter() - t0
-    return {"median_ms": float(np.median(times) * 1e3), "p90_ms": float(np.percentile(times, 90) * 1e3)}
-
-
-def machine_info(kernel_path: str) -> Dict[str, object]:
-    compiler = shlex.split(os.environ.get("CC") or "cc")
+def compiler_version() -> str:
+    """The first line of ``$CC --version`` (the compiler the kernels are built with)."""
     try:
-        version = subprocess.run(compiler + ["--version"], capture_output=True, text=True).stdout.splitlines()[0]
+        return subprocess.run(shlex.split(os.environ.get("CC") or "cc") + ["--version"], capture_output=True,
+                              text=True).stdout.splitlines()[0]
     except (OSError, IndexError):
-        version = "unavailable"
-    cpu = platform.processor()
-    try:
-        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.lower().startswith(("model name", "hardware"))), cpu)
-    except OSError:
-        pass
-    return {"machine": platform.machine(), "cpu": cpu, "cpu_count": os.cpu_count(),
-            "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-            "python": platform.python_version(), "numpy": np.__version__, "opencv": cv2.__version__,
-            "torch": torch.__version__, "compiler": version, "kernel_library": kernel_path}
+        return "unavailable"
 
 
 def slim_outputs(image_path: Path, weights: Path):
@@ -137,9 +112,10 @@ def markdown(rows: List[List[str]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    default_image = next(iter(sorted((shared_dir() / "data/widerface_val_subset/val/images").rglob("*.jpg"))), None)
-    parser.add_argument("--image", type=Path, default=default_image)
-    parser.add_argument("--weights", type=Path, default=shared_dir() / "weights" / "slim_Final.pth")
+    add_data_argument(parser)
+    parser.add_argument("--image", type=Path, help="the image whose slim outputs are post-processed "
+                                                   "(default: the first val image of --data)")
+    parser.add_argument("--weights", type=Path, help="slim weights (default: the zoo's)")
     parser.add_argument("--repeats", type=int, default=500)
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--json", type=Path, default=REPO / "docs" / "results" / "bench_kernels.json")
@@ -148,8 +124,11 @@ def main() -> None:
     parser.add_argument("--force", action="store_true", help="replace an existing --json")
     args = parser.parse_args()
     target, = checked_outputs_or_exit("bench_kernels", args.force, ("--json", args.json))
-    if args.image is None:
-        sys.exit("no validation image found: pass --image or set FDQ_SHARED")
+    data = data_of(args, "val")
+    image_path = args.image or next(iter(sorted(data.val_images.rglob("*.jpg"))), None)
+    if image_path is None:
+        sys.exit(f"bench_kernels: error: --data {args.data}: no val image there; pass --image")
+    image_path = image_path.resolve()
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*deprecated")
@@ -157,8 +136,7 @@ def main() -> None:
     if kernels is None:
         sys.exit("C kernels unavailable (see the warning above): nothing to compare")
 
-    args.image, shared = args.image.resolve(), shared_dir().resolve()
-    image, (loc, scores, landm), priors, ratio = slim_outputs(args.image, args.weights)
+    image, (loc, scores, landm), priors, ratio = slim_outputs(image_path, args.weights or resolve_weights("slim", None))
     spec = SPECS["slim"]
     pp_args = (loc, scores, landm, priors, spec.variance, (WIDTH, HEIGHT), ratio, SCORE_THRESHOLD, NMS_THRESHOLD)
     paths = {"numpy": postprocess, "numpy+cv2": postprocess_cv2, "c": postprocess_c}
@@ -194,52 +172,44 @@ def main() -> None:
                           and np.array_equal(kernels.normalize(resized_u8, mean), normalize(resized_u8, mean))
                           and np.array_equal(kernels.quantize_input(resized_u8, mean, scale, zero_point),
                                              torch_quant().int_repr().numpy()))
-    c_ms = post["c"]["median_ms"]
-    ratios = {"numpy_over_c": post["numpy"]["median_ms"] / c_ms,
-              "numpy_cv2_over_c": post["numpy+cv2"]["median_ms"] / c_ms}
-    for variant in norm.values():
-        for name in [n for n in variant if n != "c"]:
-            variant[f"{name}_over_c"] = variant[name]["median_ms"] / variant["c"]["median_ms"]
-    report = {
-        "image": str(args.image.relative_to(shared)) if args.image.is_relative_to(shared) else str(args.image),
-        "input_size": [WIDTH, HEIGHT], "anchors": int(len(priors)),
-        "score_threshold": SCORE_THRESHOLD, "nms_threshold": NMS_THRESHOLD,
-        "candidates": int(len(candidates(scores, SCORE_THRESHOLD))), "kept": len(ref),
-        "same_kept_set_as_numpy": same, "normalize_identical": norm_identical,
-        "repeats": args.repeats, "warmup": args.warmup,
-        "postprocess": post, "postprocess_ratios": ratios, "normalize": norm,
-        "goals": {"c_postprocess_at_least_20x_numpy": ratios["numpy_over_c"] >= 20,
-                  "c_postprocess_under_0.2_ms": c_ms < 0.2,
-                  "c_postprocess_faster_than_numpy_cv2": ratios["numpy_cv2_over_c"] > 1,
-                  "normalize_at_least_3x_numpy": min(norm[v]["numpy_over_c"] for v in ("float32", "uint8")) >= 3},
-        "machine": machine_info(str(kernels.path)),
-    }
+    # one row per step and path, with how many times the C path's median it takes
+    rows = [{"step": step, "path": name, **t, "over_c": t["median_ms"] / by_path["c"]["median_ms"]}
+            for step, by_path in [("decode+NMS", post), *((f"normalize {v}", p) for v, p in norm.items())]
+            for name, t in by_path.items()]
+    over_c = {(r["step"], r["path"]): r["over_c"] for r in rows}
+    goals = {"c_postprocess_at_least_20x_numpy": over_c["decode+NMS", "numpy"] >= 20,
+             "c_postprocess_under_0.2_ms": post["c"]["median_ms"] < 0.2,
+             "c_postprocess_faster_than_numpy_cv2": over_c["decode+NMS", "numpy+cv2"] > 1,
+             "normalize_at_least_3x_numpy": min(over_c[f"normalize {v}", "numpy"] for v in ("float32", "uint8")) >= 3}
     if args.int8_bundle:
-        rows_e2e = [end_to_end(args.int8_bundle, args.image.parent.parent, args.warmup, source)
-                    for source in FRAME_SOURCES]
-        report["end_to_end_int8"] = rows_e2e
-        report["goals"]["outside_inference_under_15pct_at_input_size"] = rows_e2e[0]["outside_inference_share"] < 0.15
-        report["goals"]["outside_inference_at_most_10pct_from_640x480_and_1024_wide"] = all(
+        rows_e2e = [end_to_end(args.int8_bundle, data.val_images, args.warmup, source) for source in FRAME_SOURCES]
+        rows += [{"step": "end to end int8", **r} for r in rows_e2e]
+        goals["outside_inference_under_15pct_at_input_size"] = rows_e2e[0]["outside_inference_share"] < 0.15
+        goals["outside_inference_at_most_10pct_from_640x480_and_1024_wide"] = all(
             r["outside_inference_share"] <= 0.10 for r in rows_e2e[1:])
-    atomic_write_text(target, json.dumps(report, indent=2) + "\n")
+    image_name = str(image_path.relative_to(data.root.resolve())) if image_path.is_relative_to(data.root.resolve()) \
+        else str(image_path)
+    doc = result("bench_kernels", rows,
+                 machine_facts=machine(numpy=np.__version__, opencv=cv2.__version__, compiler=compiler_version(),
+                                       kernel_library=str(kernels.path)),
+                 settings={"image": image_name, "input_size": [WIDTH, HEIGHT], "anchors": int(len(priors)),
+                           "score_threshold": SCORE_THRESHOLD, "nms_threshold": NMS_THRESHOLD,
+                           "repeats": args.repeats, "warmup": args.warmup, "threads": 1},
+                 summary={"candidates": int(len(candidates(scores, SCORE_THRESHOLD))), "kept": len(ref),
+                          "same_kept_set_as_numpy": same, "normalize_identical": norm_identical, "goals": goals})
+    write_result(target, doc)
 
-    rows = [["step", "path", "median ms", "p90 ms", "x slower than C"]]
-    for name in ("numpy", "numpy+cv2", "c"):
-        rows.append(["decode+NMS", name, f"{post[name]['median_ms']:.4f}", f"{post[name]['p90_ms']:.4f}",
-                     f"{post[name]['median_ms'] / c_ms:.1f}"])
-    for variant, paths in norm.items():
-        for name, t in paths.items():
-            if isinstance(t, dict):
-                rows.append([f"normalize {variant}", name, f"{t['median_ms']:.4f}", f"{t['p90_ms']:.4f}",
-                             f"{t['median_ms'] / paths['c']['median_ms']:.1f}"])
-    print(f"{report['image']}: {report['anchors']} anchors, {report['candidates']} candidates, "
-          f"{report['kept']} kept; same kept set: {same}; normalize identical: {norm_identical}\n")
-    print(markdown(rows))
-    for e2e in report.get("end_to_end_int8", []):
+    table = [["step", "path", "median ms", "p90 ms", "x slower than C"]]
+    table += [[r["step"], r["path"], f"{r['median_ms']:.4f}", f"{r['p90_ms']:.4f}", f"{r['over_c']:.1f}"]
+              for r in rows if "path" in r]
+    print(f"{image_name}: {len(priors)} anchors, {doc['summary']['candidates']} candidates, "
+          f"{len(ref)} kept; same kept set: {same}; normalize identical: {norm_identical}\n")
+    print(markdown(table))
+    for e2e in rows_e2e if args.int8_bundle else []:
         print(f"\nend to end, int8 bundle, {e2e['source']} frames at long side {WIDTH}: {e2e['median_ms']}; outside "
               f"inference {e2e['outside_inference_median_ms']:.3f} ms = {100 * e2e['outside_inference_share']:.1f}% "
               f"of a frame")
-    print(f"\ngoals: {report['goals']}\nwrote {target}")
+    print(f"\ngoals: {goals}\nwrote {target}")
 
 
 if __name__ == "__main__":

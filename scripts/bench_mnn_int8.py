@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -25,25 +24,24 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_peers import write_section  # noqa: E402  (same folder: the docs block)
+from benchlib.data import REPO, Data, add_data_argument, data_of
+from benchlib.docs import write_section
+from benchlib.results import result, write_result
+from benchlib.scoring import points
 
-from fdq.device.atomic import atomic_write_text  # noqa: E402
-from fdq.device.detector import FaceDetector  # noqa: E402
-from fdq.device.evaluation import evaluate, load_ground_truth, to_wider_rows  # noqa: E402
-from fdq.device.images import list_images, read_image  # noqa: E402
-from fdq.device.outputs import checked_outputs_or_exit  # noqa: E402
-from fdq.device.runtimes import open_mnn, run_mnn, split_outputs  # noqa: E402
-from fdq.host.export.check import OUTPUT_NAMES  # noqa: E402
-from fdq.host.export.inputs import calibration_images, preprocessed  # noqa: E402
-from fdq.host.export.mnn import convert_onnx, graph_ops, quantize_mnn  # noqa: E402
-from fdq.host.export.onnx import export_onnx_float as _export_onnx_float  # noqa: E402
-from fdq.host.zoo import resolve_weights  # noqa: E402
-from fdq.models import SPECS, load_model  # noqa: E402
+from fdq.device.detector import FaceDetector
+from fdq.device.evaluation import SETTINGS as SETTINGS_AP
+from fdq.device.evaluation import evaluate, to_wider_rows
+from fdq.device.outputs import checked_outputs_or_exit
+from fdq.device.runtimes import open_mnn, run_mnn, split_outputs
+from fdq.host.export.check import OUTPUT_NAMES
+from fdq.host.export.inputs import calibration_images, preprocessed
+from fdq.host.export.mnn import convert_onnx, graph_ops, quantize_mnn
+from fdq.host.export.onnx import export_onnx_float as _export_onnx_float
+from fdq.host.zoo import resolve_weights
+from fdq.models import SPECS, load_model
 
-ROOT = Path(__file__).resolve().parents[1]
 MARK_BEGIN, MARK_END = "<!-- bench_mnn_int8:begin -->", "<!-- bench_mnn_int8:end -->"
-SETTINGS_AP = ("easy", "medium", "hard")
 # name -> quantize_mnn settings, every key given (the export's default keeps ops in float); "-mirror":
 # calibrated on the images and their horizontal mirrors
 SETTINGS: Dict[str, Dict[str, Any]] = {
@@ -74,11 +72,11 @@ def mnn_detector(path: Path, model: str, side: int, fp32: bool) -> Tuple[FaceDet
     return FaceDetector(infer, SPECS[model], side, resize="uint8"), timed
 
 
-def run(models: List[str], sides: List[int], names: List[str], data: Path, calib_limit: int,
-        work: Path) -> Dict[str, Any]:
-    gt = load_ground_truth(data / "val" / "ground_truth")
-    images = [(key, read_image(p)) for key, p in list_images(str(data / "val" / "images"))]
-    paths, calib_info = calibration_images(data / "calib" / "images", calib_limit or None)
+def run(models: List[str], sides: List[int], names: List[str], data: Data, calib_limit: int,
+        work: Path) -> Tuple[List[Dict[str, Any]], Dict[str, Any]]:
+    """The rows, and what was calibrated on."""
+    gt, images = data.ground_truth(), data.read_val()
+    paths, calib_info = calibration_images(data.calib_images, calib_limit or None)
     # Every conversion (and op listing) before any calibration: after MNN's ADMM or KL the converter
     # cannot run again here.
     graphs: Dict[Tuple[str, int], List[Dict[str, Any]]] = {}
@@ -110,8 +108,7 @@ def run(models: List[str], sides: List[int], names: List[str], data: Path, calib
                     for name, (det, _) in detectors.items():
                         dets = det.detect(image)
                         predictions[name][key] = to_wider_rows(dets.boxes, dets.scores)
-            ap = {name: {s: round(100 * evaluate(pred, gt)[s], 3) for s in SETTINGS_AP}
-                  for name, pred in predictions.items()}
+            ap = {name: points(evaluate(pred, gt), 3) for name, pred in predictions.items()}
             median = {name: float(np.median(times)) for name, (_, times) in detectors.items()}
             for name in detectors:
                 row = {"model": model, "long_side": side, "setting": name, "ap": ap[name],
@@ -122,7 +119,7 @@ def run(models: List[str], sides: List[int], names: List[str], data: Path, calib
                                         for k, v in SETTINGS[name].items()}, **made[name]} if name in made else {})}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    return {"calibration": calib_info, "rows": rows}
+    return rows, calib_info
 
 
 def table(rows: List[Dict[str, Any]]) -> str:
@@ -142,9 +139,8 @@ def main(argv: List[str]) -> int:
     parser.add_argument("--long-sides", default="320,640")
     parser.add_argument("--settings", default=",".join(SETTINGS), help=f"from: {', '.join(SETTINGS)}")
     parser.add_argument("--calib-limit", type=int, default=0, help="first N calibration images (0: all)")
-    parser.add_argument("--data", default=str(Path(os.environ.get("FDQ_SHARED", ROOT.parent / "shared"))
-                                               / "data" / "widerface_val_subset"))
-    parser.add_argument("--out", default=str(ROOT / "docs" / "results" / "bench_mnn_int8.json"))
+    add_data_argument(parser)
+    parser.add_argument("--out", default=str(REPO / "docs" / "results" / "bench_mnn_int8.json"))
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite the table in docs/ACCURACY.md")
     parser.add_argument("--force", action="store_true", help="replace an existing --out")
     args = parser.parse_args(argv)
@@ -153,14 +149,14 @@ def main(argv: List[str]) -> int:
     bad = [n for n in names if n not in SETTINGS]
     if bad:
         parser.error(f"unknown setting(s) {', '.join(bad)}")
+    data = data_of(args, "val", "calib")
     with tempfile.TemporaryDirectory(prefix="fdq-bench-mnn-") as tmp:
-        result = run(args.models.split(","), [int(s) for s in args.long_sides.split(",")], names, Path(args.data),
-                     args.calib_limit, Path(tmp))
-    result["command"] = "python scripts/bench_mnn_int8.py " + " ".join(argv)
-    atomic_write_text(target, json.dumps(result, indent=2) + "\n")
+        rows, calibration = run(args.models.split(","), [int(s) for s in args.long_sides.split(",")], names, data,
+                                args.calib_limit, Path(tmp))
+    doc = result("bench_mnn_int8", rows, argv=argv, settings={"calibration": calibration, "threads": 1})
+    write_result(target, doc)
     if not args.no_docs:
-        write_section(str(ROOT / "docs" / "ACCURACY.md"),
-                      [MARK_BEGIN, f"`{result['command']}`", "", table(result["rows"]), MARK_END],
+        write_section(REPO / "docs" / "ACCURACY.md", [MARK_BEGIN, f"`{doc['command']}`", "", table(rows), MARK_END],
                       "MNN int8: which of MNN's calibrations (issue 14)")
     return 0
 

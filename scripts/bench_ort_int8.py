@@ -30,9 +30,12 @@ from typing import Any, Dict, List
 
 import numpy as np
 
+from benchlib.data import REPO, Data, add_data_argument, data_of
+from benchlib.results import machine, result, write_result
+from benchlib.scoring import score_detector
+
 from fdq.device.images import list_images
 
-ROOT = Path(__file__).resolve().parents[1]
 # variant -> quantize_static keywords over fdq's settings (None: the float model itself)
 VARIANTS: Dict[str, Any] = {
     "fp32": None,
@@ -100,35 +103,30 @@ def profile(path: Path, blob: np.ndarray, work: Path, runs: int) -> Dict[str, An
             "optimized_ops": dict(collections.Counter(n.op_type for n in graph.node))}
 
 
-def val_ap(session: Any, spec: Any, long_side: int, shared: Path) -> Dict[str, float]:
+def val_ap(session: Any, spec: Any, long_side: int, data: Data) -> Dict[str, float]:
     """AP (points) on the val split through the runner's pipeline around one session (uint8 resize)."""
     from fdq.device.detector import FaceDetector
-    from fdq.device.evaluation import load_ground_truth
     from fdq.device.runtimes import split_outputs
-    from fdq.host.evaluate import evaluate_detector
-
-    split = shared / "data" / "widerface_val_subset" / "val"
 
     def infer(blob: np.ndarray):
         return split_outputs(*session.run(["loc", "conf", "landm"], {"input": np.ascontiguousarray(blob)}))
 
-    result = evaluate_detector(FaceDetector(infer, spec, long_side, resize="uint8"), str(split / "images"),
-                               load_ground_truth(split / "ground_truth"))
-    return {k: round(100 * result[k], 2) for k in ("easy", "medium", "hard")}
+    return score_detector(FaceDetector(infer, spec, long_side, resize="uint8"), data.val_images, data.ground_truth())
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shared", default=os.environ.get("FDQ_SHARED", str(ROOT.parent / "shared")))
+    add_data_argument(ap)
     ap.add_argument("--model", default="slim")
     ap.add_argument("--long-side", type=int, default=320)
     ap.add_argument("--rounds", type=int, default=60)
-    ap.add_argument("--json", default=str(ROOT / "docs" / "results" / "bench_ort_int8.json"))
+    ap.add_argument("--json", default=str(REPO / "docs" / "results" / "bench_ort_int8.json"))
     ap.add_argument("--force", action="store_true", help="replace an existing --json")
     args = ap.parse_args()
     from fdq.device.outputs import checked_outputs_or_exit
 
-    checked_outputs_or_exit("bench_ort_int8", args.force, ("--json", args.json))
+    target, = checked_outputs_or_exit("bench_ort_int8", args.force, ("--json", args.json))
+    data = data_of(args, "val", "calib")
 
     import onnxruntime as ort
 
@@ -136,15 +134,11 @@ def main() -> int:
     from fdq.host.export.onnx import quantize_onnx as _quantize_onnx
     from fdq.models import SPECS, load_model
 
-    from fdq.device.atomic import atomic_write_text
-
-    shared = Path(args.shared)
-    os.environ.setdefault("FDQ_WEIGHTS_PATH", str(shared / "weights"))
     from fdq.host.zoo import resolve_weights
 
     spec = SPECS[args.model]
     model = load_model(args.model, resolve_weights(args.model, None)).eval()
-    calib = [p for _, p in list_images(str(shared / "data" / "widerface_val_subset" / "calib" / "images"))]
+    calib = [p for _, p in list_images(str(data.calib_images))]
     height, width = args.long_side * 3 // 4, args.long_side
     blob = np.random.default_rng(0).standard_normal((1, 3, height, width)).astype(np.float32)
     with tempfile.TemporaryDirectory(prefix="fdq-ort-int8-") as tmp:
@@ -174,27 +168,17 @@ def main() -> int:
                 times[name].append((time.perf_counter() - t) * 1e3)
         fp32 = float(np.median(times["fp32"]))
         rows = {name: {"p50_ms": round(float(np.median(t)), 3), "over_fp32": round(float(np.median(t)) / fp32, 3),
-                       "ap": val_ap(sessions[name], spec, args.long_side, shared), "settings": settings.get(name),
+                       "ap": val_ap(sessions[name], spec, args.long_side, data), "settings": settings.get(name),
                        **profile(paths[name], blob, work, 20)}
                 for name, t in times.items()}
-    doc = {"command": "python scripts/bench_ort_int8.py " + " ".join(sys.argv[1:]), "onnxruntime": ort.__version__,
-           "model": args.model, "input_hw": [height, width], "threads": 1, "rounds": args.rounds,
-           "cpu_flags": _cpu_flags(), "load_average_1m": {"min": min(load), "max": max(load)}, "variants": rows}
-    atomic_write_text(args.json, json.dumps(doc, indent=2) + "\n")
+    write_result(target, result(
+        "bench_ort_int8", [{"variant": name, **row} for name, row in rows.items()],
+        machine_facts=machine(onnxruntime=ort.__version__, load_average_1m_run={"min": min(load), "max": max(load)}),
+        settings={"model": args.model, "input_hw": [height, width], "threads": 1, "rounds": args.rounds}))
     for name, row in rows.items():
         top = ", ".join(f"{k} {v}" for k, v in list(row["ms_by_op"].items())[:4])
         print(f"{name:18s} {row['p50_ms']:7.2f} ms  x{row['over_fp32']:.2f} fp32  AP {row['ap']}  {top}")
     return 0
-
-
-def _cpu_flags() -> List[str]:
-    """The x86 SIMD features that decide ONNX Runtime's int8 kernels (VNNI or not)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8")
-    except OSError:
-        return []
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return sorted(f for f in flags if f in {"avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni"})
 
 
 if __name__ == "__main__":

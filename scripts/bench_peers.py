@@ -6,17 +6,15 @@ image at 1 thread, end to end from the resized image (fdq: normalize, inference,
 its whole ``FaceDetectorYN.detect`` call). YuNet runs as its README says is fair: score threshold
 0.02, NMS 0.3, top-k 5000, input size set to the resized image.
 
-    python scripts/bench_peers.py --shared ../shared --force
+    python scripts/bench_peers.py --force
 
 Writes docs/results/bench_peers.json, docs/results/peers_ap_latency.svg, and the table in docs/SPEED.md.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,40 +23,24 @@ from typing import Callable, Dict, List, Tuple
 import cv2
 import numpy as np
 
+from benchlib.data import REPO, add_data_argument, data_of, peer_model
+from benchlib.docs import write_section
+from benchlib.peers import yunet_detect
+from benchlib.recipes import build_config
+from benchlib.results import result, write_result
+
 from fdq.device.anchors import prior_boxes
+from fdq.device.atomic import atomic_output
 from fdq.device.bundle import load_bundle
-from fdq.device.evaluation import evaluate, load_ground_truth, to_wider_rows
-from fdq.device.images import list_images, read_image
+from fdq.device.evaluation import evaluate, to_wider_rows
 from fdq.device.outputs import checked_outputs_or_exit
 from fdq.device.preprocess import resize_image, resize_ratio
 from fdq.device.runtimes import bundle_detector
 
-ROOT = Path(__file__).resolve().parents[1]
 MARK_BEGIN, MARK_END = "<!-- bench_peers:begin -->", "<!-- bench_peers:end -->"
-# name -> how to make the bundle from the model's float and int8 TorchScript bundles
+# the runtime configurations (benchlib.recipes.CONFIGS) compared, each made once at long side BUILT_AT
 CONFIGS = ("torchscript-fp32", "torchscript-int8-x86", "onnx-fp32", "onnx-int8", "ncnn-fp32")
-
-
-def fdq(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "fdq.host.cli", *args], check=True, stdout=subprocess.DEVNULL)
-
-
-def build_bundles(model: str, work: Path, calib: Path) -> Dict[str, Path]:
-    """Float and int8 (level 2, x86) TorchScript bundles, then the ONNX and NCNN exports."""
-    paths = {c: work / f"{model}-{c}" for c in CONFIGS}
-    steps: List[Tuple[str, List[str]]] = [
-        ("torchscript-fp32", ["quantize", "--model", model, "--fp32", "--out"]),
-        ("torchscript-int8-x86", ["quantize", "--model", model, "--level", "2", "--backend", "x86",
-                                  "--calib", str(calib), "--out"]),
-        ("onnx-fp32", ["export", str(paths["torchscript-fp32"]), "--format", "onnx", "--out"]),
-        ("onnx-int8", ["export", str(paths["torchscript-fp32"]), "--format", "onnx-int8",
-                       "--calib", str(calib), "--out"]),
-        ("ncnn-fp32", ["export", str(paths["torchscript-fp32"]), "--format", "ncnn", "--out"]),
-    ]
-    for name, args in steps:
-        if not (paths[name] / "manifest.yaml").is_file():
-            fdq(*args, str(paths[name]))
-    return paths
+BUILT_AT = 320
 
 
 def run_split(detect: Callable[[np.ndarray], Tuple[np.ndarray, np.ndarray]], images, long_side: int,
@@ -98,21 +80,6 @@ def fdq_detect(bundle_path: Path, long_side: int) -> Callable:
     return detect
 
 
-def yunet_detect(onnx_path: Path) -> Callable:
-    net = cv2.FaceDetectorYN.create(str(onnx_path), "", (320, 320), score_threshold=0.02,
-                                    nms_threshold=0.3, top_k=5000)
-
-    def detect(resized: np.ndarray):
-        net.setInputSize((resized.shape[1], resized.shape[0]))
-        _, faces = net.detect(resized)
-        if faces is None:
-            return np.zeros((0, 4), np.float32), np.zeros(0, np.float32)
-        boxes = faces[:, 0:4].copy()
-        boxes[:, 2:] += boxes[:, :2]
-        return boxes, faces[:, 14].astype(np.float32)
-    return detect
-
-
 def frontier(rows: List[dict]) -> List[dict]:
     """For each YuNet-n operating point: the fastest fdq row at least as accurate (medium AP)."""
     out = []
@@ -125,12 +92,12 @@ def frontier(rows: List[dict]) -> List[dict]:
     return out
 
 
-def write_outputs(rows: List[dict], args: argparse.Namespace, command: str) -> None:
-    from fdq.device.atomic import atomic_output, atomic_write_text
-
+def write_outputs(rows: List[dict], args: argparse.Namespace) -> None:
     front = frontier(rows)
-    atomic_write_text(args.json, json.dumps({"command": command, "threads": 1, "rows": rows,
-                                             "frontier": front}, indent=2) + "\n")
+    doc = result("bench_peers", rows, settings={"threads": 1, "bundles_built_at_long_side": BUILT_AT},
+                 summary={"frontier": front})
+    write_result(args.json, doc)
+    command = doc["command"]
 
     import matplotlib
 
@@ -172,68 +139,42 @@ def write_outputs(rows: List[dict], args: argparse.Namespace, command: str) -> N
     write_section(args.markdown, lines, "Against YuNet (peers)")
 
 
-def load_val(shared_dir: str) -> Tuple[Path, object, List[Tuple[str, np.ndarray]]]:
-    """One thread for OpenCV, the weights from the shared folder, and its data: the calibration images'
-    folder, the val ground truth and the decoded val images (key, BGR), as both benchmarks use them."""
-    cv2.setNumThreads(1)
-    shared = Path(shared_dir)
-    os.environ.setdefault("FDQ_WEIGHTS_PATH", str(shared / "weights"))
-    split = shared / "data" / "widerface_val_subset" / "val"
-    images = [(key, read_image(path)) for key, path in list_images(str(split / "images"))]
-    return (shared / "data" / "widerface_val_subset" / "calib" / "images", load_ground_truth(split / "ground_truth"),
-            images)
-
-
-def write_section(markdown: str, lines: List[str], heading: str) -> None:
-    """Put ``lines`` (a block from its begin marker to its end marker) into the docs page ``markdown``:
-    over the same block there, else appended under ``heading``; the rest of the page is kept."""
-    from fdq.device.atomic import atomic_write_text
-
-    begin, end = lines[0], lines[-1]
-    md = Path(markdown).read_text(encoding="utf-8") if Path(markdown).exists() else "# How fast each runtime is\n"
-    block = "\n".join(lines)
-    if begin in md:
-        md = md[:md.index(begin)] + block + md[md.index(end) + len(end):]
-    else:
-        md = md.rstrip("\n") + f"\n\n## {heading}\n\n" + block + "\n"
-    atomic_write_text(markdown, md)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shared", default=os.environ.get("FDQ_SHARED", str(ROOT.parent / "shared")))
+    add_data_argument(ap)
     ap.add_argument("--models", default="slim,rfb,mnet025")
     ap.add_argument("--long-sides", default="320,480,640")
-    ap.add_argument("--work", default=str(ROOT / "out" / "bench_peers"), help="bundles are built here once")
-    ap.add_argument("--json", default=str(ROOT / "docs" / "results" / "bench_peers.json"))
-    ap.add_argument("--plot", default=str(ROOT / "docs" / "results" / "peers_ap_latency.svg"))
-    ap.add_argument("--markdown", default=str(ROOT / "docs" / "SPEED.md"))
+    ap.add_argument("--work", default=str(REPO / "out" / "bench_peers"), help="bundles are built here once")
+    ap.add_argument("--json", default=str(REPO / "docs" / "results" / "bench_peers.json"))
+    ap.add_argument("--plot", default=str(REPO / "docs" / "results" / "peers_ap_latency.svg"))
+    ap.add_argument("--markdown", default=str(REPO / "docs" / "SPEED.md"))
     ap.add_argument("--force", action="store_true", help="replace an existing --json and --plot")
     args = ap.parse_args()
     checked_outputs_or_exit("bench_peers", args.force, ("--json", args.json), ("--plot", args.plot))
 
-    shared = Path(args.shared)
-    calib, gt, images = load_val(args.shared)
+    data = data_of(args, "val", "calib")
+    cv2.setNumThreads(1)
+    gt, images = data.ground_truth(), data.read_val()
     long_sides = [int(v) for v in args.long_sides.split(",")]
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
 
     rows = []
     for peer in ("yunet_n", "yunet_s"):
-        detect = yunet_detect(shared / "peers" / f"{peer}_dynamic.onnx")
+        detect = yunet_detect(peer_model(peer))
         for side in long_sides:
             rows.append({"detector": peer, "runtime": "opencv-dnn", "long_side": side,
                          **run_split(detect, images, side, gt, resize_float=False)})
             print(rows[-1], flush=True)
     for model in args.models.split(","):
-        bundles = build_bundles(model, work, calib)
-        for config, path in bundles.items():
+        for config in CONFIGS:
+            path = build_config(config, model, BUILT_AT, work, data)
             for side in long_sides:
                 detect = fdq_detect(path, side)
                 rows.append({"detector": f"fdq {model}", "runtime": config, "long_side": side,
                              **run_split(detect, images, side, gt, resize_float=True)})
                 print(rows[-1], flush=True)
-    write_outputs(rows, args, "python scripts/bench_peers.py " + " ".join(sys.argv[1:]))
+    write_outputs(rows, args)
     return 0
 
 

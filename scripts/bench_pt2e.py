@@ -16,17 +16,17 @@ Writes docs/results/bench_pt2e.json.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-SETTINGS = ("easy", "medium", "hard")
+from benchlib.data import REPO, add_data_argument, data_of
+from benchlib.results import result, write_result
+from benchlib.scoring import score
+
+from fdq.device.evaluation import SETTINGS
 
 
 def _variants() -> Dict[str, Tuple[str, Optional[float]]]:
@@ -36,16 +36,6 @@ def _variants() -> Dict[str, Tuple[str, Optional[float]]]:
     return {"xnnpack-stock (histogram, eps 2**-12)": ("histogram", XNNPACK_STOCK_EPS),
             "minmax": ("minmax", None), "histogram": ("histogram", None),
             f"percentile {PT2E_PERCENTILE} (default)": ("percentile", None)}
-
-
-def ap_points(model, spec, long_side: int, images_dir: Path, gt) -> Dict[str, float]:
-    from fdq.device.detector import FaceDetector
-    from fdq.host.evaluate import evaluate_detector
-    from fdq.host.torch_inference import torch_inference
-
-    result = evaluate_detector(FaceDetector(torch_inference(model), spec, long_side, resize="uint8"),
-                               str(images_dir), gt)
-    return {s: round(100 * result[s], 2) for s in SETTINGS}
 
 
 def sqnr_db(reference, candidate, blobs: List[torch.Tensor]) -> List[float]:
@@ -59,51 +49,48 @@ def sqnr_db(reference, candidate, blobs: List[torch.Tensor]) -> List[float]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shared", default=os.environ.get("FDQ_SHARED", str(ROOT.parent / "shared")))
+    add_data_argument(ap)
     ap.add_argument("--models", default="slim,rfb,mnet025")
     ap.add_argument("--long-side", type=int, default=320)
-    ap.add_argument("--json", default=str(ROOT / "docs" / "results" / "bench_pt2e.json"))
+    ap.add_argument("--json", default=str(REPO / "docs" / "results" / "bench_pt2e.json"))
     ap.add_argument("--force", action="store_true", help="replace an existing --json")
     args = ap.parse_args()
     from fdq.device.outputs import checked_outputs_or_exit
 
-    checked_outputs_or_exit("bench_pt2e", args.force, ("--json", args.json))
+    target, = checked_outputs_or_exit("bench_pt2e", args.force, ("--json", args.json))
+    data = data_of(args, "val", "calib")
 
     from fdq.calibration.data import find_images, split_holdout
     from fdq.calibration.ptq import calibrate_pt2e
-    from fdq.device.atomic import atomic_write_text
-    from fdq.device.evaluation import load_ground_truth
     from fdq.host.export.executorch import export_inputs
+    from fdq.host.torch_inference import torch_inference
     from fdq.host.zoo import resolve_weights
     from fdq.models import SPECS, load_model
 
     torch.set_num_threads(1)
-    data = Path(args.shared) / "data" / "widerface_val_subset"
-    os.environ.setdefault("FDQ_WEIGHTS_PATH", str(Path(args.shared) / "weights"))
-    gt = load_ground_truth(data / "val" / "ground_truth")
+    gt = data.ground_truth()
     example, dynamic, _ = export_inputs(args.long_side)
-    results: Dict[str, dict] = {}
+    rows: List[dict] = []
     for name in args.models.split(","):
         spec = SPECS[name]
         model = load_model(name, resolve_weights(name, None)).eval()
-        images = find_images(str(data / "calib" / "images"))
+        images = find_images(str(data.calib_images))
         blobs, _ = images.load(args.long_side, spec.mean_bgr)
         calibrate_on, held_back = split_holdout(images)
         by_key = dict(zip(images.keys, blobs))
         calib, check = [by_key[k] for k in calibrate_on.keys], [by_key[k] for k in held_back.keys]
-        float_ap = ap_points(model, spec, args.long_side, data / "val" / "images", gt)
-        rows = {"float": {"ap": float_ap}}
+        float_ap = score(torch_inference(model), name, args.long_side, data.val_images, gt, resize="uint8")
+        rows.append({"model": name, "variant": "float", "ap": float_ap})
         for variant, (observer, eps) in _variants().items():
             quantized, _ = calibrate_pt2e(model, calib, example, dynamic, observer=observer, weight_eps=eps)
-            got = ap_points(quantized, spec, args.long_side, data / "val" / "images", gt)
-            rows[variant] = {"ap": got, "drop": {s: round(float_ap[s] - got[s], 2) for s in SETTINGS},
-                             "sqnr_db_loc_conf_landm": sqnr_db(model, quantized, check)}
-            print(name, variant, rows[variant], flush=True)
-        results[name] = rows
-    atomic_write_text(args.json, json.dumps({"command": "python scripts/bench_pt2e.py " + " ".join(sys.argv[1:]),
-                                             "long_side": args.long_side, "split": "val (64 images)",
-                                             "through": "PT2E reference model, runner pipeline, uint8 resize",
-                                             "models": results}, indent=2) + "\n")
+            got = score(torch_inference(quantized), name, args.long_side, data.val_images, gt, resize="uint8")
+            rows.append({"model": name, "variant": variant, "ap": got,
+                         "drop": {s: round(float_ap[s] - got[s], 2) for s in SETTINGS},
+                         "sqnr_db_loc_conf_landm": sqnr_db(model, quantized, check)})
+            print(rows[-1], flush=True)
+    write_result(target, result("bench_pt2e", rows, settings={
+        "long_side": args.long_side, "split": "val (64 images)", "threads": 1,
+        "through": "PT2E reference model, runner pipeline, uint8 resize"}))
     return 0
 
 

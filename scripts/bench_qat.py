@@ -11,46 +11,42 @@ Each int8 model is scored on ``val/``, which no run sees:
 * the output error against float, the calibration report's ``out err``
   (:func:`fdq.calibration.report.output_error`): mean |int8 - float| of the box offsets and of the
   face logit over the val anchors float scores >= 0.1, at ``--long-side``;
-* WIDER easy/medium/hard AP (points) at ``--long-side`` (``bench_quant.score``).
+* WIDER easy/medium/hard AP (points) at ``--long-side`` (``benchlib.scoring.score``).
 
 The goal (issue 13): StatAssist + GradBoost at least 25 % lower output error than level 2 (box
 offsets and face logits, mean over seeds), with no AP loss beyond the split's noise: the spread of the
 worst drop of one level-2 method over draws of its calibration images
 (``docs/results/bench_ap_resolution_nobc.json``, ``scripts/bench_ap_resolution.py``).
 
-    FDQ_WEIGHTS_PATH=../shared/weights python scripts/bench_qat.py \\
-        --data ../shared/data/widerface_val_subset --json docs/results/bench_qat.json
+    python scripts/bench_qat.py --json docs/results/bench_qat.json
 """
 from __future__ import annotations
 
 import argparse
 import ast
-import datetime as _dt
 import json
 import os
-import platform
 import statistics
 import sys
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_quant import score  # noqa: E402  (the one way a benchmark scores AP)
+from benchlib.data import REPO, Data, add_data_argument, data_of
+from benchlib.results import machine, read_result, result, write_result
+from benchlib.scoring import score
 
-from fdq.calibration.data import find_images  # noqa: E402
-from fdq.calibration.qat import FinetuneOptions, run_level3  # noqa: E402
-from fdq.calibration.report import output_error  # noqa: E402
-from fdq.device.atomic import atomic_write_text  # noqa: E402
-from fdq.device.evaluation import SETTINGS, load_ground_truth  # noqa: E402
-from fdq.device.outputs import checked_outputs_or_exit  # noqa: E402
-from fdq.host.torch_inference import torch_inference  # noqa: E402
-from fdq.host.zoo import resolve_weights  # noqa: E402
-from fdq.models import MODEL_NAMES, load_model  # noqa: E402
+from fdq.calibration.data import find_images
+from fdq.calibration.qat import FinetuneOptions, run_level3
+from fdq.calibration.report import output_error
+from fdq.device.evaluation import SETTINGS
+from fdq.device.outputs import checked_outputs_or_exit
+from fdq.host.torch_inference import torch_inference
+from fdq.host.zoo import resolve_weights
+from fdq.models import MODEL_NAMES, load_model
 
 GOAL_REDUCTION = 0.25
 ERRORS = ("box_offset", "face_logit")
@@ -58,7 +54,7 @@ ERRORS = ("box_offset", "face_logit")
 METHODS = {"l2": ("L2 (checkpoint 0)", False, False, 0),
            "plain": ("L3 plain QAT", False, False, None),
            "sa_gb": ("L3 QAT + StatAssist + GradBoost", True, True, None)}
-RESOLUTION = Path(__file__).resolve().parent.parent / "docs" / "results" / "bench_ap_resolution_nobc.json"
+RESOLUTION = REPO / "docs" / "results" / "bench_ap_resolution_nobc.json"
 
 
 def option(text: str) -> Tuple[str, Any]:
@@ -72,13 +68,12 @@ def option(text: str) -> Tuple[str, Any]:
         return key, value
 
 
-def run_task(model: str, backend: str, data: str, long_side: int, seeds: List[int], iters: int,
+def run_task(model: str, backend: str, data: Data, long_side: int, seeds: List[int], iters: int,
              options: Dict[str, Any], methods: List[str]) -> Dict[str, Any]:
     """Every method and seed of one (model, backend)."""
     torch.set_num_threads(1)
-    root = Path(data)
-    val_images = str(root / "val" / "images")
-    gt = load_ground_truth(root / "val" / "ground_truth")
+    val_images = str(data.val_images)
+    gt = data.ground_truth()
     float_model = load_model(model, resolve_weights(model, None)).eval()
     float_infer = torch_inference(float_model)
     val_blobs = [b.numpy() for b in find_images(val_images).load(long_side, float_model.spec.mean_bgr)[0]]
@@ -89,8 +84,8 @@ def run_task(model: str, backend: str, data: str, long_side: int, seeds: List[in
             t0 = time.process_time()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                int8, report = run_level3(model, float_model, str(root / "calib" / "images"),
-                                          root / "calib" / "ground_truth", backend=backend, long_side=long_side,
+                int8, report = run_level3(model, float_model, str(data.calib_images),
+                                          data.calib_labels, backend=backend, long_side=long_side,
                                           iters=iters if method_iters is None else method_iters,
                                           statassist=statassist, gradboost=gradboost, **{**options, "seed": seed})
             infer = torch_inference(int8)
@@ -131,8 +126,8 @@ def ap_noise() -> Dict[str, float]:
     """Per model: max - min of the level-2 worst drop over calibration draws (bench_ap_resolution)."""
     if not RESOLUTION.is_file():
         return {}
-    doc = json.loads(RESOLUTION.read_text())
-    return {r["model"]: round(r["max_drop"]["max"] - r["max_drop"]["min"], 2) for r in doc["results"]}
+    doc = read_result(RESOLUTION, "bench_ap_resolution")
+    return {r["model"]: round(r["max_drop"]["max"] - r["max_drop"]["min"], 2) for r in doc["rows"]}
 
 
 def has_vnni() -> Optional[bool]:
@@ -150,7 +145,7 @@ def markdown(doc: Dict[str, Any]) -> str:
     side = doc["settings"]["long_side"]
     lines = [f"| model | backend | method | out err @{side} box / logit | vs L2 | easy / med / hard @{side} | "
              "worst AP loss vs L2 | kept checkpoint (per seed) |", "|---|---|---|---|---|---|---|---|"]
-    for s in doc["summary"]:
+    for s in doc["summary"]["pairs"]:
         for key, m in s["methods"].items():
             err, red = m["output_error"], m["error_reduction"]
             vs = "-" if key == "l2" else f"{-100 * red['box_offset']:+.0f} % / {-100 * red['face_logit']:+.0f} %"
@@ -163,7 +158,7 @@ def markdown(doc: Dict[str, Any]) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", required=True, help="WIDER subset root with val/ and calib/ (images/, ground_truth/)")
+    add_data_argument(p)
     p.add_argument("--models", default=",".join(MODEL_NAMES))
     p.add_argument("--backends", default="x86,qnnpack")
     p.add_argument("--seeds", default="0,1,2")
@@ -186,30 +181,29 @@ def main(argv: Optional[List[str]] = None) -> int:
     methods = ["l2", *[m for m in METHODS if m in args.methods and m != "l2"]]
     pairs = [(m, b) for m in args.models.split(",") for b in args.backends.split(",")]
     load_before, t0 = os.getloadavg()[0], time.perf_counter()
+    data = data_of(args, "val", "calib")
     noise = ap_noise()
-    command = " ".join(["bench_qat.py", *(argv if argv is not None else sys.argv[1:])])
     tasks: List[Dict[str, Any]] = []
 
     def document() -> Dict[str, Any]:
         """The results so far (``complete`` once every pair is in), rewritten after each pair."""
         ordered = sorted(tasks, key=lambda t: pairs.index((t["model"], t["backend"])))
-        return {"benchmark": "fdq.bench_qat/1", "command": command, "complete": len(tasks) == len(pairs),
-                "date": _dt.datetime.now(_dt.timezone.utc).isoformat(),
-                "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                            "x86_vnni": has_vnni(), "load_before": load_before, "load_now": os.getloadavg()[0],
-                            "wall_seconds": round(time.perf_counter() - t0, 1)},
-                "settings": {"long_side": args.long_side, "iters": args.iters, "seeds": seeds, "options": options,
-                             "goal_reduction": GOAL_REDUCTION},
-                "train_cpu_seconds": round(sum(r["train_cpu_seconds"] for t in tasks for r in t["runs"]), 1),
-                "summary": [summarise(t, noise.get(t["model"])) for t in ordered], "tasks": ordered}
+        return result("bench_qat", ordered, argv=argv,
+                      machine_facts=machine(x86_vnni=has_vnni(), load_before=load_before,
+                                            wall_seconds=round(time.perf_counter() - t0, 1)),
+                      settings={"long_side": args.long_side, "iters": args.iters, "seeds": seeds, "options": options,
+                                "goal_reduction": GOAL_REDUCTION},
+                      summary={"complete": len(tasks) == len(pairs),
+                               "train_cpu_seconds": round(sum(r["train_cpu_seconds"] for t in tasks for r in t["runs"]), 1),
+                               "pairs": [summarise(t, noise.get(t["model"])) for t in ordered]})
 
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        futures = [pool.submit(run_task, m, b, args.data, args.long_side, seeds, args.iters, options, methods)
+        futures = [pool.submit(run_task, m, b, data, args.long_side, seeds, args.iters, options, methods)
                    for m, b in pairs]
         for future in as_completed(futures):
             tasks.append(future.result())
             doc = document()
-            atomic_write_text(target, json.dumps(doc, indent=1) + "\n")
+            write_result(target, doc)
     print(markdown(doc))
     print(f"wrote {target}")
     return 0

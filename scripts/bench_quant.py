@@ -1,11 +1,12 @@
 #!/usr/bin/env python
 """Benchmark every quantization level: WIDER val AP, bundle size and 1-thread latency.
 
-Every row is a real bundle written by ``fdq quantize`` (the product path), loaded back with the
-device loader and scored on the val images with the official protocol at each long side (a
-bundle per long side: calibration sees the resolution it will run at). Latency: median over
-``--runs`` calls after ``--warmup`` calls on one thread, for every bundle built at long side 320
-and for the float model in eager PyTorch, all in this one process. Each gets the input its own
+Every row is a real bundle written by ``fdq quantize`` (the product path: a recipe of
+``benchlib.recipes``, run in a process of its own at 1 thread), loaded back with the device loader
+and scored on the val images with the official protocol at each long side (a bundle per long side:
+calibration sees the resolution it will run at). Latency: median over ``--runs`` calls after
+``--warmup`` calls on one thread, for every bundle built at long side 320 and for the float model in
+eager PyTorch, all in this one process. Each gets the input its own
 preprocessing makes of one 320x240 uint8 frame, as on the board: an int8 bundle the quint8
 channels-last blob of the C kernel, the others (and eager) the float32 NCHW blob.
 
@@ -13,44 +14,41 @@ Writes ``--json`` (every number) and ``--markdown`` (tables and the goal checks)
 
 Example (the full run)::
 
-    FDQ_WEIGHTS_PATH=/path/to/weights python scripts/bench_quant.py --force \\
-        --data /path/to/widerface_val_subset --json docs/results/bench_quant.json --markdown docs/results/bench_quant.md
+    python scripts/bench_quant.py --force --json docs/results/bench_quant.json --markdown docs/results/bench_quant.md
 
 Rows of one method only (``--only``, with ``fp32`` for the drop columns), one run per backend merged
-by ``--from-json``, as the entropy rows of docs/ACCURACY.md were made (docs/results/bench_quant_entropy*.json).
+by ``--from-json``, as the entropy rows of docs/HISTORY.md were made (docs/results/raw/bench_quant_entropy*.json).
 """
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
-import platform
 import statistics
 import sys
 import tempfile
-import time
-import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
+from benchlib.data import Data, add_data_argument, data_of
+from benchlib.recipes import RECIPES, build, fdq_args
+from benchlib.results import read_result, result, write_result
+from benchlib.scoring import score
+from benchlib.timing import paired_median_ms
+
 from fdq.calibration.data import find_images
 from fdq.calibration.observers import OBSERVER_NAMES
-from fdq.calibration.report import QuantizationCollapseWarning, output_error
+from fdq.calibration.report import output_error
 from fdq.device.atomic import atomic_write_text
 from fdq.device.bundle import load_bundle
-from fdq.device.detector import FaceDetector, InferenceFn
-from fdq.device.evaluation import SETTINGS, load_ground_truth
+from fdq.device.evaluation import SETTINGS
 from fdq.device.images import list_images, read_image
 from fdq.device.kernels import normalize_c
 from fdq.device.outputs import checked_outputs_or_exit
 from fdq.device.preprocess import resize_image
 from fdq.device.runtimes import bundle_detector
-from fdq.host.evaluate import evaluate_detector
-from fdq.host.quantize import quantize_command, register
 from fdq.host.torch_inference import torch_inference
 from fdq.host.zoo import resolve_weights
 from fdq.models import MODEL_NAMES, SPECS, load_model
@@ -62,38 +60,13 @@ GOAL_LATENCY_RATIO = 0.25
 GOAL_SIZE_RATIO = 0.40
 
 
-@dataclass(frozen=True)
-class Row:
-    """One benchmark row: a quantize command line (without model, long side and output)."""
-
-    key: str
-    label: str
-    argv: Sequence[str]
-    backend: bool          # int8 rows run once per backend
-    level: int
+LEVELS = ("fp32", "fp16", "l1", "l2", "l3", "l4")
 
 
-def rows_for(levels: Sequence[str], observers: Sequence[str], calib: str, labels: str, qat_iters: int,
-             seed: int = 0) -> List[Row]:
-    data = ["--calib", calib, "--labels", labels]
-    qat = [*data, "--iters", str(qat_iters), "--seed", str(seed)]
-    table: Dict[str, List[Row]] = {
-        "fp32": [Row("fp32", "FP32", ["--fp32"], False, 0)],
-        "fp16": [Row("fp16", "fp16 weights", ["--level", "1", "--fp16"], False, 1)],
-        "l1": [Row("l1", "L1 data-free int8", ["--level", "1"], True, 1)],
-        "l2": [Row(f"l2-{o}", f"L2 {o}", ["--level", "2", "--observer", o, *data], True, 2) for o in observers]
-        + [Row("l2-histogram-bc", "L2 histogram, bias correction",
-               ["--level", "2", "--bias-correction", *data], True, 2),
-           Row("l2-histogram-per-tensor-nocle", "L2 histogram, per-tensor, no CLE",
-               ["--level", "2", "--per-tensor", "--no-cle", *data], True, 2)],
-        "l3": [Row("l3", "L3 QAT + StatAssist + GradBoost", ["--level", "3", *qat], True, 3),
-               Row("l3-bc", "L3 QAT + StatAssist + GradBoost, bias correction",
-                   ["--level", "3", "--bias-correction", *qat], True, 3),
-               Row("l3-plain", "L3 QAT (no StatAssist, no GradBoost)",
-                   ["--level", "3", "--no-statassist", "--no-gradboost", *qat], True, 3)],
-        "l4": [Row("l4", "L4 distillation QAT", ["--level", "4", *qat], True, 4)],
-    }
-    return [row for level in levels for row in table[level]]
+def rows_for(levels: Sequence[str], observers: Sequence[str]) -> List[str]:
+    """The recipes (benchlib.recipes) of these --levels groups, level-2 observer rows of ``observers`` only."""
+    return [key for level in levels for key, r in RECIPES.items()
+            if r.row == level and (r.observer is None or r.observer in observers)]
 
 
 def level_available(level: int) -> bool:
@@ -108,25 +81,6 @@ def level_available(level: int) -> bool:
     except ImportError:
         return False
     return True
-
-
-def paired_median_ms(reference: Callable[[], Any], candidate: Callable[[], Any], warmup: int, runs: int,
-                     block: int = 10) -> Tuple[float, float]:
-    """Median ms of ``reference`` and ``candidate``, timed in alternating blocks of ``block`` calls:
-    load from other processes on a shared machine hits both alike, and within a block each model
-    runs with its own weights in cache."""
-    times: Tuple[List[float], List[float]] = ([], [])
-    for _ in range(warmup):
-        reference()
-        candidate()
-    while len(times[1]) < runs:
-        for fn, out in ((reference, times[0]), (candidate, times[1])):
-            fn()
-            for _ in range(block):
-                t0 = time.perf_counter()
-                fn()
-                out.append((time.perf_counter() - t0) * 1e3)
-    return round(statistics.median(times[0]), 3), round(statistics.median(times[1]), 3)
 
 
 def latency_frame(val_images: str) -> Tuple[np.ndarray, str]:
@@ -144,39 +98,12 @@ def latency_frame(val_images: str) -> Tuple[np.ndarray, str]:
     return frame, key
 
 
-def score(infer: InferenceFn, model_name: str, long_side: int, val_images: str, gt: Any) -> Dict[str, float]:
-    detector = FaceDetector(infer, SPECS[model_name], long_side=long_side)
-    result = evaluate_detector(detector, val_images, gt)
-    return {s: round(100.0 * float(result[s]), 2) for s in SETTINGS}
-
-
-def build(model: str, row: Row, backend: Optional[str], long_side: int, work: Path) -> Dict[str, Any]:
-    parser = argparse.ArgumentParser(prog="fdq")
-    register(parser.add_subparsers(dest="command"))
-    argv = ["quantize", "--model", model, *row.argv, "--long-side", str(long_side),
-            "--out", str(work / f"{model}-{row.key}-{backend or 'float'}-{long_side}")]
-    if backend:
-        argv += ["--backend", backend]
-    args = parser.parse_args(argv)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", QuantizationCollapseWarning)
-        path = quantize_command(args)
-    collapse = [str(w.message) for w in caught if issubclass(w.category, QuantizationCollapseWarning)]
-    bundle = load_bundle(str(path))
-    report = json.loads(bundle.file("report").read_text())
-    return {"bundle": bundle, "warnings": collapse, "quantize_seconds": report.get("seconds"),
-            "command": "fdq " + " ".join(argv)}
-
-
-def run(args: argparse.Namespace) -> Dict[str, Any]:
+def run(args: argparse.Namespace, data: Data) -> Dict[str, Any]:
     torch.set_num_threads(1)
-    data = Path(args.data)
-    val_images, calib = str(data / "val" / "images"), str(data / "calib" / "images")
-    gt = load_ground_truth(data / "val" / "ground_truth")
-    rows = [r for r in rows_for(args.levels, args.observers, calib, str(data / "calib" / "ground_truth"),
-                                args.qat_iters, args.seed)
-            if level_available(r.level) and (not args.only or r.key in args.only)]
-    skipped = sorted({r for r in args.levels if r in ("l3", "l4")} - {f"l{r.level}" for r in rows})
+    val_images, gt = str(data.val_images), data.ground_truth()
+    keys = [k for k in rows_for(args.levels, args.observers)
+            if level_available(RECIPES[k].level) and (not args.only or k in args.only)]
+    skipped = sorted({r for r in args.levels if r in ("l3", "l4")} - {RECIPES[k].row for k in keys})
     frame, frame_key = latency_frame(val_images)
     results: List[Dict[str, Any]] = []
     eager: Dict[str, float] = {}
@@ -189,20 +116,22 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                          for ls in args.long_sides}
             eager_blob = normalize_c(frame, SPECS[model].mean_bgr)
             eager_times: List[float] = []
-            for row in rows:
-                for backend in (args.backends if row.backend else [None]):
-                    entry: Dict[str, Any] = {"model": model, "row": row.key, "label": row.label, "level": row.level,
+            for key in keys:
+                recipe = RECIPES[key]
+                for backend in (args.backends if recipe.per_backend else [None]):
+                    entry: Dict[str, Any] = {"model": model, "row": key, "label": recipe.label, "level": recipe.level,
                                              "backend": backend, "ap": {}, "warnings": {}}
                     for long_side in args.long_sides:
-                        built = build(model, row, backend, long_side, work)
-                        bundle = built["bundle"]
+                        made = (key, model, long_side, work, data, backend, args.qat_iters, args.seed)
+                        bundle = load_bundle(str(build(*made, threads=1)))
+                        report = json.loads(bundle.file("report").read_text())
                         scored = bundle_detector(bundle, threads=1).infer  # takes float blobs too
                         entry["ap"][str(long_side)] = score(scored, model, long_side, val_images, gt)
-                        entry["warnings"][str(long_side)] = built["warnings"]
+                        entry["warnings"][str(long_side)] = report["warnings"]  # QuantizationCollapseWarning's
                         entry.setdefault("output_error", {})[str(long_side)] = output_error(
                             eager_infer, scored, val_blobs[long_side])
-                        entry.setdefault("quantize_seconds", {})[str(long_side)] = built["quantize_seconds"]
-                        entry.setdefault("commands", []).append(built["command"])
+                        entry.setdefault("quantize_seconds", {})[str(long_side)] = report.get("seconds")
+                        entry.setdefault("commands", []).append(" ".join(["fdq", *fdq_args(*made)]))
                         if long_side == min(args.long_sides):
                             entry["model_bytes"] = bundle.file("model").stat().st_size
                             # A fresh load: x86 (oneDNN) int8 convolutions keep a fast path for the first
@@ -218,14 +147,9 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                     print(json.dumps({k: entry.get(k) for k in ("model", "row", "backend", "ap", "latency_ms",
                                                                 "eager_ms")}), flush=True)
             eager[model] = round(statistics.median(eager_times), 3)
-    return {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "environment": {"torch": torch.__version__, "python": platform.python_version(),
-                            "machine": platform.machine(), "processor": platform.processor() or platform.machine(),
-                            "threads": 1},
-            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-            "latency_input_hw": list(LATENCY_HW), "latency_image": frame_key, "eager_fp32_ms": eager,
-            "skipped_levels": skipped,
-            "rows": results}
+    return result("bench_quant", results,
+                  settings={"threads": 1, "latency_input_hw": list(LATENCY_HW), "latency_image": frame_key},
+                  summary={"eager_fp32_ms": eager, "skipped_levels": skipped})
 
 
 def add_goals(doc: Dict[str, Any]) -> None:
@@ -277,9 +201,9 @@ def merge(docs: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
                        for ls in runs[0]}
     eager = {m: round(statistics.median(r["eager_ms"] for r in rows if r["model"] == m and "eager_ms" in r), 3)
              for m in dict.fromkeys(r["model"] for r in rows)}
+    skipped = sorted({s for d in docs for s in d["summary"]["skipped_levels"]})
     return {**docs[0], "created": max(d["created"] for d in docs), "command": " and ".join(d["command"] for d in docs),
-            "eager_fp32_ms": eager, "skipped_levels": sorted({s for d in docs for s in d["skipped_levels"]}),
-            "rows": rows}
+            "rows": rows, "summary": {"eager_fp32_ms": eager, "skipped_levels": skipped}}
 
 
 NOTES = [
@@ -287,7 +211,7 @@ NOTES = [
     "* **Activations: histogram observer** (torch's L2-optimal clipping). Min-max lets a few extreme "
     "activations stretch the grid; percentile is close to histogram but less consistent across models. "
     "There is no entropy (KL) observer: done as TensorRT does it, it lost up to 1.5 points on qnnpack, "
-    "no better than min-max (docs/ACCURACY.md), and was removed.",
+    "no better than min-max (docs/HISTORY.md), and was removed.",
     "* **Weights: per-channel symmetric int8 on every backend.** torch 2.13's qnnpack runs per-channel "
     "convolutions, depthwise included (checked by converting and running both), so the per-tensor default of "
     "its qconfig is not needed; per-tensor weights collapse mnet025 (two folded depthwise layers have "
@@ -316,15 +240,15 @@ NOTES = [
 
 def markdown(doc: Dict[str, Any]) -> str:
     long_sides = sorted({ls for r in doc["rows"] for ls in r["ap"]}, key=int)
-    env = doc["environment"]
+    machine, settings, summary = doc["machine"], doc["settings"], doc["summary"]
     lines = ["# Quantization results", "",
-             f"Generated by `scripts/bench_quant.py` on {doc['created']} (torch {env['torch']}, "
-             f"{env['processor']}, 1 thread). Command: `{doc['command']}`.", "",
+             f"Generated by `scripts/bench_quant.py` on {doc['created']} (torch {machine['torch']}, "
+             f"{machine['cpu']}, 1 thread). Command: `{doc['command']}`.", "",
              "AP: WIDER FACE val subset (64 images), official protocol, points. A bundle per long side "
              "(calibrated at that side). Size: the bundle's model file. Latency: median ms of one "
-             f"{doc['latency_input_hw'][1]}x{doc['latency_input_hw'][0]} inference, 1 thread, after warm-up; "
+             f"{settings['latency_input_hw'][1]}x{settings['latency_input_hw'][0]} inference, 1 thread, after warm-up; "
              "each runtime gets the input its preprocessing produces from the same uint8 frame "
-             f"(`{doc['latency_image']}`, centred): int8 bundles the quint8 channels-last blob straight from "
+             f"(`{settings['latency_image']}`, centred): int8 bundles the quint8 channels-last blob straight from "
              "the C kernel, the others and eager the float32 NCHW blob. "
              "`/eager` is the ratio to the float model in eager PyTorch, timed alternately with the bundle "
              "(so load from other processes affects both alike). `out err`: mean |bundle - eager float| of the "
@@ -333,12 +257,12 @@ def markdown(doc: Dict[str, Any]) -> str:
     if any("ap_runs" in r for r in doc["rows"]):
         lines += ["Rows built by several runs (one per `--seed`) show their mean AP; `max drop` is that of the "
                   "mean, followed by each run's own.", ""]
-    if doc["skipped_levels"]:
-        lines += [f"Skipped (not available in this installation): {', '.join(doc['skipped_levels'])}.", ""]
+    if summary["skipped_levels"]:
+        lines += [f"Skipped (not available in this installation): {', '.join(summary['skipped_levels'])}.", ""]
     head = ["method", "backend"] + [f"{s} @{ls}" for ls in long_sides for s in ("easy", "med", "hard")] + \
         ["max drop", f"out err @{long_sides[0]}", "size KB", "size/FP32", "ms", "/eager", "warnings"]
     for model in dict.fromkeys(r["model"] for r in doc["rows"]):
-        lines += [f"## {model}", "", f"FP32 eager: {doc['eager_fp32_ms'][model]:.2f} ms (median over rows)", "",
+        lines += [f"## {model}", "", f"FP32 eager: {summary['eager_fp32_ms'][model]:.2f} ms (median over rows)", "",
                   "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in (r for r in doc["rows"] if r["model"] == model):
             cells = [r["label"], r["backend"] or "-"]
@@ -366,12 +290,12 @@ def markdown(doc: Dict[str, Any]) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", help="WIDER subset root with val/ and calib/ (images/, ground_truth/)")
+    add_data_argument(p)
     p.add_argument("--from-json", nargs="+", metavar="JSON",
                    help="run nothing: merge these --json outputs (e.g. one per backend) into --json/--markdown")
     p.add_argument("--models", type=lambda s: s.split(","), default=list(MODEL_NAMES))
     p.add_argument("--backends", type=lambda s: s.split(","), default=["x86", "qnnpack"])
-    p.add_argument("--levels", type=lambda s: s.split(","), default=["fp32", "fp16", "l1", "l2", "l3", "l4"],
+    p.add_argument("--levels", type=lambda s: s.split(","), default=list(LEVELS),
                    help="rows: fp32,fp16,l1,l2,l3,l4 (fp32 is needed for the drop columns)")
     p.add_argument("--observers", type=lambda s: s.split(","), default=list(OBSERVER_NAMES))
     p.add_argument("--long-sides", type=lambda s: [int(v) for v in s.split(",")], default=[320, 640])
@@ -387,17 +311,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = p.parse_args(argv)
     target, page = checked_outputs_or_exit("bench_quant", args.force, ("--json", args.json),
                                            ("--markdown", args.markdown))
-    unknown = sorted(set(args.levels) - {"fp32", "fp16", "l1", "l2", "l3", "l4"})
+    unknown = sorted(set(args.levels) - set(LEVELS))
     if unknown:
         p.error(f"unknown rows: {', '.join(unknown)}")
     if args.from_json:
-        doc = merge([json.loads(Path(p).read_text(encoding="utf-8")) for p in args.from_json])
-    elif args.data:
-        doc = run(args)
+        doc = merge([read_result(path, "bench_quant") for path in args.from_json])
     else:
-        p.error("give --data (run) or --from-json (merge)")
+        doc = run(args, data_of(args, "val", "calib"))
     add_goals(doc)
-    atomic_write_text(target, json.dumps(doc, indent=2) + "\n")
+    write_result(target, doc)
     atomic_write_text(page, markdown(doc) + "\n")
     print(f"wrote {args.json} and {args.markdown}")
     return 0

@@ -9,7 +9,8 @@ as in ``bench_peers.py`` at its 320 and 400 operating points, timed the same way
 On a shared machine only ratios within one run mean something: every configuration (YuNet-n's included)
 runs on each image in turn, so all of them are timed under the same moments' load, which is recorded.
 
-Bundles are made per long side (calibrated at that size) under ``--work`` and reused when present;
+Bundles (``benchlib.recipes.CONFIGS``) are made per long side (calibrated at that size) under ``--work``
+and reused when present;
 ``--build-long-side N`` makes each bundle once, at N, and runs it at every long side (an ExecuTorch
 program made at N takes sides up to 2N):
 
@@ -32,48 +33,20 @@ from typing import Callable, Dict, List, Tuple
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_peers import fdq, load_val, write_section, yunet_detect  # noqa: E402  (same folder: YuNet setup, docs block)
+from benchlib.data import REPO, add_data_argument, data_of, peer_model
+from benchlib.docs import write_section
+from benchlib.peers import yunet_detect
+from benchlib.recipes import CONFIGS, build_config, config_dir, config_dtype
+from benchlib.results import machine, result, write_result
 
-from fdq.device.bundle import load_bundle  # noqa: E402
-from fdq.device.evaluation import evaluate, to_wider_rows  # noqa: E402
-from fdq.device.outputs import checked_outputs_or_exit  # noqa: E402
-from fdq.device.preprocess import resize_ratio  # noqa: E402
-from fdq.device.runtimes import bundle_detector  # noqa: E402
+from fdq.device.bundle import load_bundle
+from fdq.device.evaluation import evaluate, to_wider_rows
+from fdq.device.outputs import checked_outputs_or_exit
+from fdq.device.preprocess import resize_ratio
+from fdq.device.runtimes import bundle_detector
 
-ROOT = Path(__file__).resolve().parents[1]
 MARK_BEGIN, MARK_END = "<!-- bench_runtimes:begin -->", "<!-- bench_runtimes:end -->"
 YUNET_POINTS = (320, 400)
-# configuration -> (dtype, how it is made: fdq arguments; {fp32} is the float TorchScript bundle)
-CONFIGS: Dict[str, Tuple[str, List[str]]] = {
-    "torchscript-fp32": ("fp32", ["quantize", "--model", "{model}", "--fp32", "--long-side", "{side}"]),
-    "torchscript-int8-x86": ("int8", ["quantize", "--model", "{model}", "--level", "2", "--backend", "x86",
-                                      "--calib", "{calib}", "--long-side", "{side}"]),
-    "torchscript-int8-qnnpack": ("int8", ["quantize", "--model", "{model}", "--level", "2", "--backend", "qnnpack",
-                                          "--calib", "{calib}", "--long-side", "{side}"]),
-    "onnx-fp32": ("fp32", ["export", "{fp32}", "--format", "onnx"]),
-    "onnx-int8": ("int8", ["export", "{fp32}", "--format", "onnx-int8", "--calib", "{calib}"]),
-    "ncnn-fp32": ("fp32", ["export", "{fp32}", "--format", "ncnn"]),
-    "mnn-fp32": ("fp32", ["export", "{fp32}", "--format", "mnn"]),
-    "mnn-int8": ("int8", ["export", "{fp32}", "--format", "mnn-int8", "--calib", "{calib}"]),
-    "executorch-fp32": ("fp32", ["export", "{fp32}", "--format", "executorch"]),
-    "executorch-int8": ("int8", ["quantize", "--model", "{model}", "--level", "2", "--backend", "xnnpack",
-                                 "--calib", "{calib}", "--long-side", "{side}"]),
-}
-
-
-def build(model: str, side: int, config: str, work: Path, calib: Path) -> Path:
-    """The bundle of one configuration (made once, then reused)."""
-    path = work / f"{model}-{side}-{config}"
-    if not (path / "manifest.yaml").is_file():
-        fp32 = build(model, side, "torchscript-fp32", work, calib) if config != "torchscript-fp32" else path
-        args = [a.format(model=model, side=side, calib=calib, fp32=fp32) for a in CONFIGS[config][1]]
-        started = time.perf_counter()
-        fdq(*args, "--out", str(path))
-        print(f"built {path.name} in {time.perf_counter() - started:.0f} s", flush=True)
-    return path
-
-
 # image -> (official-format rows in original pixels, end-to-end ms, inference ms or nan)
 Timer = Callable[[np.ndarray], Tuple[np.ndarray, float, float]]
 
@@ -156,18 +129,16 @@ def goals(rows: List[dict]) -> Dict[str, object]:
     return out
 
 
-def write_outputs(rows: List[dict], result: Dict[str, object], load: List[float], skipped: List[str],
-                  args: argparse.Namespace, command: str) -> None:
-    from fdq.device.atomic import atomic_write_text
-
+def write_outputs(rows: List[dict], goals_met: Dict[str, object], load: List[float], skipped: List[str],
+                  args: argparse.Namespace) -> None:
     spread = {"min": min(load), "median": float(np.median(load)), "max": max(load)} if load else {}
-    atomic_write_text(args.json, json.dumps({"command": command, "threads": 1, "machine": machine(),
-                                             "load_average_1m": spread, "interleaved": True,
-                                             "latency_images": args.latency_images or "all", "skipped": skipped,
-                                             "rows": rows, "goals": result}, indent=2) + "\n")
+    doc = result("bench_runtimes", rows, machine_facts=machine(load_average_1m_run=spread),
+                 settings={"threads": 1, "interleaved": True, "latency_images": args.latency_images or "all"},
+                 summary={"goals": goals_met, "skipped": skipped})
+    write_result(args.json, doc)
     load_text = (f"1-minute load average over the run {spread['min']:.1f} / {spread['median']:.1f} / "
                  f"{spread['max']:.1f} (min / median / max) on {os.cpu_count()} cores") if load else "load n/a"
-    lines = [MARK_BEGIN, f"`{command}` (1 thread, end to end from the original val image, uint8 resize; every "
+    lines = [MARK_BEGIN, f"`{doc['command']}` (1 thread, end to end from the original val image, uint8 resize; every "
              f"configuration run on each image in turn; "
              f"{'latency on the first %d images, AP on all; ' % args.latency_images if args.latency_images else ''}"
              f"{load_text}):", "",
@@ -180,26 +151,19 @@ def write_outputs(rows: List[dict], result: Dict[str, object], load: List[float]
                      f"{r.get('inference_p50_ms', float('nan')):.2f} |")
     if skipped:
         lines += ["", f"Not built, so not measured (`--reuse-only`): {', '.join(skipped)}."]
-    lines += ["", f"Goals in this run: `{json.dumps(result['int8_over_float_at_320'])}`; against YuNet-n: " +
+    lines += ["", f"Goals in this run: `{json.dumps(goals_met['int8_over_float_at_320'])}`; against YuNet-n: " +
               "; ".join(f"@{g['yunet_n_long_side']}: {'met by ' + g['fdq']['detector'] + ' ' + g['fdq']['runtime'] if g['met'] else 'not met'}"
-                        for g in result["against_yunet_n"]), MARK_END]
+                        for g in goals_met["against_yunet_n"]), MARK_END]
     write_section(args.markdown, lines, "Every runtime, float and int8")
-
-
-def machine() -> Dict[str, object]:
-    import platform
-
-    return {"machine": platform.machine(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
-            "load_average_1m_end": os.getloadavg()[0]}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shared", default=os.environ.get("FDQ_SHARED", str(ROOT.parent / "shared")))
+    add_data_argument(ap)
     ap.add_argument("--models", default="slim,rfb,mnet025")
     ap.add_argument("--long-sides", default="320,640")
     ap.add_argument("--configs", default=",".join(CONFIGS), help=f"subset of: {', '.join(CONFIGS)}")
-    ap.add_argument("--work", default=str(ROOT / "out" / "bench_runtimes"), help="bundles are built here once")
+    ap.add_argument("--work", default=str(REPO / "out" / "bench_runtimes"), help="bundles are built here once")
     ap.add_argument("--build-long-side", type=int, default=0,
                     help="make every bundle once, at this long side (int8: calibrated there), and run it at each "
                          "--long-sides (default: a bundle per long side)")
@@ -207,8 +171,8 @@ def main() -> int:
                     help="time only the first N val images (AP still on all of them; default: time every image)")
     ap.add_argument("--reuse-only", default="", help="configurations measured only where their bundle is already "
                                                      "under --work (ExecuTorch lowering takes minutes a bundle)")
-    ap.add_argument("--json", default=str(ROOT / "docs" / "results" / "bench_runtimes.json"))
-    ap.add_argument("--markdown", default=str(ROOT / "docs" / "SPEED.md"))
+    ap.add_argument("--json", default=str(REPO / "docs" / "results" / "bench_runtimes.json"))
+    ap.add_argument("--markdown", default=str(REPO / "docs" / "SPEED.md"))
     ap.add_argument("--force", action="store_true", help="replace an existing --json")
     args = ap.parse_args()
     checked_outputs_or_exit("bench_runtimes", args.force, ("--json", args.json))
@@ -221,37 +185,38 @@ def main() -> int:
     if args.build_long_side and any(c.startswith("executorch") for c in configs) and max(sides) > 2 * args.build_long_side:
         ap.error(f"an ExecuTorch program made at long side {args.build_long_side} takes sides up to "
                  f"{2 * args.build_long_side}: raise --build-long-side or drop the larger --long-sides")
-    shared = Path(args.shared)
-    calib, gt, images = load_val(args.shared)
+    data = data_of(args, "val", "calib")
+    cv2.setNumThreads(1)
+    gt, images = data.ground_truth(), data.read_val()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     plan = [(m, s, c) for m in args.models.split(",") for s in sides for c in configs]
     built_at = {key: args.build_long_side or key[1] for key in plan}  # the side each bundle is made (calibrated) at
     reuse_only = set(filter(None, args.reuse_only.split(",")))
     skipped = sorted({f"{m}-{built_at[m, s, c]}-{c}" for m, s, c in plan
-                      if c in reuse_only and not (work / f"{m}-{built_at[m, s, c]}-{c}" / "manifest.yaml").is_file()})
+                      if c in reuse_only and not (config_dir(c, m, built_at[m, s, c], work) / "manifest.yaml").is_file()})
     for name in skipped:
         print(f"skipped {name}: not built under {work} (--reuse-only)", flush=True)
     plan = [(m, s, c) for m, s, c in plan if f"{m}-{built_at[m, s, c]}-{c}" not in skipped]
     # all builds first: the timings come in one stretch
-    bundles = {(m, s, c): build(m, built_at[m, s, c], c, work, calib) for m, s, c in plan}
+    bundles = {(m, s, c): build_config(c, m, built_at[m, s, c], work, data) for m, s, c in plan}
 
-    detect = yunet_detect(shared / "peers" / "yunet_n_dynamic.onnx")
+    detect = yunet_detect(peer_model("yunet_n"))
     timers: Dict[str, Timer] = {f"yunet_n@{side}": yunet_timer(detect, side) for side in YUNET_POINTS}
     meta: Dict[str, dict] = {f"yunet_n@{side}": {"detector": "yunet_n", "runtime": "opencv-dnn", "dtype": "fp32",
                                                  "long_side": side} for side in YUNET_POINTS}
     for (model, side, config), path in bundles.items():
         name = f"{model}@{side}/{config}"
         timers[name], kernels = fdq_timer(path, side)
-        meta[name] = {"detector": f"fdq {model}", "runtime": config, "dtype": CONFIGS[config][0], "long_side": side,
+        meta[name] = {"detector": f"fdq {model}", "runtime": config, "dtype": config_dtype(config), "long_side": side,
                       "built_at_long_side": built_at[model, side, config], "kernels": kernels}
     measured, load = measure_interleaved(timers, images, gt, args.latency_images)
     rows = [{**meta[name], **measured[name]} for name in timers]
     for row in rows:
         print(row, flush=True)
-    result = goals(rows)
-    write_outputs(rows, result, load, skipped, args, "python scripts/bench_runtimes.py " + " ".join(sys.argv[1:]))
-    print(json.dumps(result, indent=2))
+    goals_met = goals(rows)
+    write_outputs(rows, goals_met, load, skipped, args)
+    print(json.dumps(goals_met, indent=2))
     return 0
 
 

@@ -2,27 +2,23 @@
 """Benchmark ``fdq train``: training images per second, one process vs two under torchrun vs ``--amp``.
 
 Every run is the product path (``fdq train`` / ``torchrun -m fdq.host.train`` in a subprocess) on a
-folder of real WIDER images with their labels; the rate is the last epoch's ``images_per_s`` of its
+folder of real WIDER images with their labels (the calib split of ``--data``); the rate is the last epoch's ``images_per_s`` of its
 ``metrics.jsonl`` (the first epochs warm up: worker start, allocator, oneDNN kernels). The three
 configurations run interleaved, ``--reps`` rounds, and each one's median is compared with the one-process
 median of the same run, so a shared machine's drift hits all of them alike. The load average before and
-after each run is recorded with it, and its range over the whole benchmark in ``load``: on a shared
+after each run is recorded with it, and its range over the whole benchmark in ``machine.load_average_1m_run``: on a shared
 machine (other processes busy) the ratios, not the rates, are what carries over, and only while the
 load stays below the number of cores.
 
 Example::
 
-    FDQ_WEIGHTS_PATH=../shared/weights python scripts/bench_train.py \\
-        --images ../shared/data/widerface_val_subset/calib/images \\
-        --labels ../shared/data/widerface_val_subset/calib/ground_truth --json docs/results/bench_train.json
+    python scripts/bench_train.py --json docs/results/bench_train.json
 """
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -30,9 +26,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, List
 
-import torch
+from benchlib.data import Data, add_data_argument, data_of
+from benchlib.results import machine, result, write_result
 
-from fdq.device.atomic import atomic_write_text
 from fdq.device.outputs import checked_outputs_or_exit
 
 CONFIGS = {
@@ -42,9 +38,10 @@ CONFIGS = {
 }
 
 
-def run_once(name: str, args: argparse.Namespace, out: Path) -> Dict[str, Any]:
+def run_once(name: str, args: argparse.Namespace, data: Data, out: Path) -> Dict[str, Any]:
     cfg = CONFIGS[name]
-    train = ["--model", args.model, "--images", args.images, "--labels", args.labels, "--size", str(args.size),
+    train = ["--model", args.model, "--images", str(data.calib_images), "--labels", str(data.calib_labels),
+             "--size", str(args.size),
              "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--workers", str(args.workers),
              "--out", str(out), *(["--amp"] if cfg["amp"] else [])]
     if cfg["procs"] == 1:
@@ -63,8 +60,7 @@ def run_once(name: str, args: argparse.Namespace, out: Path) -> Dict[str, Any]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--images", required=True)
-    p.add_argument("--labels", required=True)
+    add_data_argument(p)
     p.add_argument("--model", default="slim")
     p.add_argument("--size", type=int, default=320)
     p.add_argument("--epochs", type=int, default=2, help="per run; the last one is measured")
@@ -75,31 +71,31 @@ def main() -> int:
     p.add_argument("--force", action="store_true", help="replace an existing --json")
     args = p.parse_args()
     target, = checked_outputs_or_exit("bench_train", args.force, ("--json", args.json))
+    data = data_of(args, "calib")
     runs: Dict[str, List[Dict[str, Any]]] = {name: [] for name in CONFIGS}
     with tempfile.TemporaryDirectory(prefix="fdq-bench-train-") as tmp:
         for rep in range(args.reps):
             for i, name in enumerate(CONFIGS):
-                result = run_once(name, args, Path(tmp) / f"r{rep}c{i}")
-                runs[name].append(result)
-                print(f"{name}: {result['images_per_s']:.2f} img/s (load {result['load_before']:.1f})",
+                once = run_once(name, args, data, Path(tmp) / f"r{rep}c{i}")
+                runs[name].append(once)
+                print(f"{name}: {once['images_per_s']:.2f} img/s (load {once['load_before']:.1f})",
                       file=sys.stderr)
     base = statistics.median(r["images_per_s"] for r in runs["1 process"])
     summary = {name: {"median_images_per_s": statistics.median(r["images_per_s"] for r in rs),
                       "ratio_to_1_process": statistics.median(r["images_per_s"] for r in rs) / base}
                for name, rs in runs.items()}
     loads = [x for rs in runs.values() for r in rs for x in (r["load_before"], r["load_after"])]
-    doc = {"benchmark": "fdq.bench_train/1", "date": _dt.datetime.now(_dt.timezone.utc).isoformat(),
-           "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__},
-           "settings": {k: v for k, v in vars(args).items() if k not in ("json", "force")},
-           "load": {"min": min(loads), "median": statistics.median(loads), "max": max(loads),
-                    "note": "1-minute load average before and after each run; the machine is shared with "
-                            "other users' processes: a load above the core count slows every configuration, "
-                            "and most the one process whose OpenMP threads wait for each other"},
-           "summary": summary, "runs": runs}
-    atomic_write_text(target, json.dumps(doc, indent=1) + "\n")
+    load = {"min": min(loads), "median": statistics.median(loads), "max": max(loads),
+            "note": "1-minute load average before and after each run; the machine is shared with "
+                    "other users' processes: a load above the core count slows every configuration, "
+                    "and most the one process whose OpenMP threads wait for each other"}
+    rows = [{"configuration": name, "round": i, **r} for name, rs in runs.items() for i, r in enumerate(rs)]
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in ("json", "force")}
+    write_result(target, result("bench_train", rows, machine_facts=machine(load_average_1m_run=load),
+                                settings=settings, summary=summary))
     for name, s in summary.items():
         print(f"{name}: {s['median_images_per_s']:.2f} img/s, x{s['ratio_to_1_process']:.2f}")
-    print(f"load average {doc['load']['min']:.1f}-{doc['load']['max']:.1f} on {os.cpu_count()} cores")
+    print(f"load average {load['min']:.1f}-{load['max']:.1f} on {os.cpu_count()} cores")
     return 0
 
 

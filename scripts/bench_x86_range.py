@@ -14,20 +14,20 @@ has VNNI: the numbers hold for CPUs like it.
 Example::
 
     FDQ_WEIGHTS_PATH=../shared/weights python scripts/bench_x86_range.py \\
-        --data ../shared/data/widerface_val_subset --json docs/results/bench_x86_range.json
+        --json docs/results/bench_x86_range.json
 """
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
-import platform
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, List
 
-from fdq.device.atomic import atomic_write_text
+from benchlib.data import add_data_argument, data_of
+from benchlib.results import result, write_result
+
 from fdq.device.outputs import checked_outputs_or_exit
 
 CHOICES = ("none", "activations", "weights")
@@ -72,16 +72,14 @@ def kernel_error(model_name: str, choice: str, calib: Path) -> int:
 
 def main(argv: List[str] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", required=True, help="the WIDER subset: calib/ and val/, each images/ + ground_truth/")
+    add_data_argument(p)
     p.add_argument("--models", default="slim,rfb,mnet025")
     p.add_argument("--long-sides", default="320,640")
     p.add_argument("--json", required=True)
     p.add_argument("--force", action="store_true", help="replace an existing --json")
     args = p.parse_args(argv)
     checked_outputs_or_exit("bench_x86_range", args.force, ("--json", args.json))
-    from fdq.device.sysinfo import cpu_features
-
-    data = Path(args.data)
+    data = data_of(args, "val", "calib").root
     splits = {"val": (data / "val" / "images", data / "val" / "ground_truth"),
               "calib": (data / "calib" / "images", data / "calib" / "ground_truth")}
     rows: List[Dict[str, Any]] = []
@@ -97,13 +95,8 @@ def main(argv: List[str] = None) -> int:
                         row["kernel_error"] = errors[choice]
                     rows.append(row)
                     print(json.dumps(row), file=sys.stderr, flush=True)
-    flags = sorted(set(cpu_features() or ()) & {"avx2", "avx512f", "avx512_vnni", "avx_vnni"})
-    doc = {"schema": "fdq.bench/1", "script": "bench_x86_range.py", "command": " ".join(sys.argv),
-           "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-           "machine": {"cpu": platform.processor() or platform.machine(), "cpu_flags": flags,
-                       "python": platform.python_version()},
-           "rows": rows}
-    atomic_write_text(Path(args.json), json.dumps(doc, indent=1) + "\n")
+    write_result(args.json, result("bench_x86_range", rows, {"level": 2, "backend": "x86", "calib": "calib",
+                                                             "kernel_images": KERNEL_IMAGES}))
     return 0
 
 

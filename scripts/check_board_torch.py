@@ -10,7 +10,8 @@ runs ``python -m fdq.device.run`` on the val images under the host's Python and 
 filesystem (``scripts/make_board_root.sh``), run through qemu-user as a Cortex-A72 on an x86 host, so
 that the int8 bundles go through the ARM kernels (QNNPACK's NEON code) the board runs. ``--runtimes`` adds
 every other runtime's float and int8 bundle, exported from those (``fdq export``: ONNX float and int8,
-ncnn, MNN float and int8, ExecuTorch float; ExecuTorch int8 through ``fdq quantize --backend xnnpack``);
+ncnn, MNN float and int8, ExecuTorch float; ExecuTorch int8 through ``fdq quantize --backend xnnpack``; the
+recipes of ``benchlib.recipes``);
 on an emulated board give ``--python`` a Python that has them, e.g. the venv ``fdq-deploy --setup``
 installed into a test board's work directory. Each run's machine, runtime version, AP and faces per
 frame are recorded; a bundle agrees when it runs on both and the AP of every setting matches within
@@ -19,21 +20,18 @@ frame are recorded; a bundle agrees when it runs on both and the AP of every set
 Exit status 1 when a bundle fails to run or disagrees, so the script doubles as a check.
 
     python scripts/check_board_torch.py --python /path/to/torch-2.9.1/bin/python \\
-        --data ../shared/data/widerface_val_subset --json docs/results/board_torch_compat.json --force
+        --json docs/results/board_torch_compat.json --force
     sudo scripts/make_board_root.sh /srv/fdq-board
     sudo python scripts/check_board_torch.py --chroot /srv/fdq-board --python /opt/fdq/bin/python \\
-        --data ../shared/data/widerface_val_subset --json docs/results/board_arm64_compat.json --force
+        --json docs/results/board_arm64_compat.json --force
     sudo python scripts/check_board_torch.py --chroot /var/lib/fdq-testboard/NAME/root \\
         --python /root/host1/runtimes/venv/bin/python --runtimes all --models slim,rfb,mnet025 --rows fp32,l2 \\
-        --backends qnnpack --images 8 --data ../shared/data/widerface_val_subset \\
-        --json docs/results/board_arm64_runtimes.json
+        --backends qnnpack --images 8 --json docs/results/board_arm64_runtimes.json
 """
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
-import platform
 import shlex
 import shutil
 import subprocess
@@ -41,18 +39,17 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_peers import fdq  # noqa: E402  (an fdq command in a process of its own)
-from bench_quant import build, rows_for  # noqa: E402  (the one way a benchmark builds bundles)
+from benchlib.data import Data, add_data_argument, data_of
+from benchlib.recipes import RECIPES, build
+from benchlib.results import read_result, result, write_result
 
-from fdq.calibration.labels import subset_ground_truth  # noqa: E402
-from fdq.device.atomic import atomic_write_text  # noqa: E402
-from fdq.device.bundle import RUNTIME_MODULES, load_bundle  # noqa: E402
-from fdq.device.evaluation import SETTINGS, load_ground_truth, save_ground_truth_json  # noqa: E402
-from fdq.device.outputs import checked_outputs_or_exit  # noqa: E402
-from fdq.models import MODEL_NAMES  # noqa: E402
+from fdq.calibration.labels import subset_ground_truth
+from fdq.device.bundle import RUNTIME_MODULES
+from fdq.device.evaluation import SETTINGS, save_ground_truth_json
+from fdq.device.outputs import checked_outputs_or_exit
+from fdq.models import MODEL_NAMES
 
 DEVICE_DIR = Path(__file__).resolve().parent.parent / "device"
 BOARD_MOUNT = "/mnt/fdq-check"
@@ -60,11 +57,14 @@ BOARD_MOUNT = "/mnt/fdq-check"
 # default "max", which has the dot product, SVE and i8mm extensions int8 kernels are chosen by.
 BOARD_CPU = "cortex-a72"
 RUNTIMES = tuple(RUNTIME_MODULES)  # every runtime the runner knows
-# runtime -> (name, fdq export format, from the float bundle (else the int8 one), takes --calib)
-EXPORTS = {"onnxruntime": [("onnx", "onnx", True, False), ("onnx-int8", "onnx-int8", False, False)],
-           "ncnn": [("ncnn", "ncnn", True, False)],
-           "mnn": [("mnn", "mnn", True, False), ("mnn-int8", "mnn-int8", True, True)],
-           "executorch": [("executorch", "executorch", True, False)]}
+# runtime -> its bundles besides torch's: (row name, recipe); an int8 torch bundle's export comes from the
+# level-2 bundle of the first --backends
+EXPORTS = {"onnxruntime": [("onnx", "onnx-fp32"), ("onnx-int8", "onnx-int8-l2")],
+           "ncnn": [("ncnn", "ncnn-fp32")],
+           "mnn": [("mnn", "mnn-fp32"), ("mnn-int8", "mnn-int8")],
+           "executorch": [("executorch", "executorch-fp32")]}
+#: --rows -> the torch bundle's recipe
+TORCH_ROWS = {"fp32": "fp32", "fp16": "fp16", "l2": "l2-histogram"}
 
 
 def device_only_tree(root: Path) -> Path:
@@ -138,39 +138,38 @@ def compare(host: Dict[str, Any], board: Dict[str, Any], tolerance: float) -> Di
     return {"agree": ap_delta <= tolerance, "max_ap_delta": round(ap_delta, 2), "frames_with_other_face_count": frames}
 
 
-def bundles_of(model: str, rows: List[Any], args: argparse.Namespace, work: Path, calib: str):
-    """(row, backend, bundle) of ``model``: the torch rows, then each of ``args.runtimes``' exports of the
-    float row and of the first int8 row's first backend, and the ExecuTorch int8 program."""
-    built = [(row, backend, build(model, row, backend, args.long_side, work)["bundle"].path)
-             for row in rows for backend in (args.backends if row.backend else [None])]
+def bundles_of(model: str, keys: List[str], args: argparse.Namespace, work: Path,
+               data: Data) -> Iterator[Tuple[str, Optional[str], Path]]:
+    """(row, backend, bundle) of ``model``: the torch rows, then each of ``args.runtimes``' exports (of the
+    float row, or of the level-2 row's first backend), and the ExecuTorch int8 program. Every bundle is
+    made by ``fdq`` in a process of its own, as a user runs it (after an MNN int8 calibration MNN's
+    converter cannot run again in the same process: docs/ACCURACY.md)."""
+    def made(key: str, backend: Optional[str]) -> Path:
+        return build(key, model, args.long_side, work, data, backend)
+
+    int8 = "l2-histogram" in keys
     if "torchscript" in args.runtimes:
-        yield from ((row.key, backend, path) for row, backend, path in built)
-    float_path = next(path for row, _, path in built if row.key == "fp32")
-    int8 = next(((row, backend, path) for row, backend, path in built if row.backend), None)
+        yield from ((key, backend, made(key, backend))
+                    for key in keys for backend in (args.backends if RECIPES[key].per_backend else [None]))
     for runtime in args.runtimes:
-        for name, fmt, from_float, calibrated in EXPORTS.get(runtime, []):
-            if not from_float and int8 is None:
-                continue
-            source = float_path if from_float else int8[2]
-            out = work / f"{model}-{name}-{args.long_side}"
-            # each export in a process of its own, as a user runs `fdq export`: after an MNN int8
-            # calibration, MNN's converter cannot run again in the same process (docs/ACCURACY.md)
-            fdq("export", str(source), "--format", fmt, "--out", str(out), *(["--calib", calib] if calibrated else []))
-            yield name, None if from_float else int8[1], load_bundle(str(out)).path
-    if "executorch" in args.runtimes and int8 is not None:
-        yield f"{int8[0].key}-executorch", "xnnpack", build(model, int8[0], "xnnpack", args.long_side, work)["bundle"].path
+        for name, key in EXPORTS.get(runtime, []):
+            if RECIPES[key].per_backend and not int8:
+                continue  # an export of the level-2 bundle, which --rows leaves out
+            backend = args.backends[0] if RECIPES[key].per_backend else None
+            yield name, backend, made(key, backend)
+    if "executorch" in args.runtimes and int8:
+        yield "l2-histogram-executorch", "xnnpack", made("l2-histogram", "xnnpack")
 
 
-def run(args: argparse.Namespace) -> Dict[str, Any]:
-    data = Path(args.data).resolve()  # the runs start in the scratch folder
-    images, calib = str(data / "val" / "images"), str(data / "calib" / "images")
-    rows = [r for r in rows_for(["fp32", *args.rows], ["histogram"], calib, str(data / "calib" / "ground_truth"), 0)
-            if r.key in ("fp32", "fp16", "l2-histogram")]
+def run(args: argparse.Namespace, data: Data, argv: Optional[List[str]]) -> Dict[str, Any]:
+    data = Data.at(data.root.resolve())  # the runs start in the scratch folder
+    images = str(data.val_images)
+    torch_rows = [TORCH_ROWS[r] for r in ("fp32", *args.rows)]
     results: List[Dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="check_board_torch.") as tmp:
         work = Path(tmp)
         device_only_tree(work / "board")
-        truth = load_ground_truth(data / "val" / "ground_truth")
+        truth = data.ground_truth()
         if args.images:  # copies (a chroot cannot follow links out) of the first N images, their ground truth alone
             keys = sorted(str(p.relative_to(images).with_suffix("")) for p in Path(images).rglob("*.jpg"))[:args.images]
             for key in keys:
@@ -182,7 +181,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         gt = work / "gt.json"  # the board reads JSON ground truth (no scipy there)
         save_ground_truth_json(truth, gt)
         for model in args.models:
-            for key, backend, bundle in bundles_of(model, rows, args, work, calib):
+            for key, backend, bundle in bundles_of(model, torch_rows, args, work, data):
                 # one result file per run: the runner never replaces one
                 on_host = run_device(host, bundle, gt, work / f"host-{bundle.name}.json")
                 on_board = run_device(board, bundle, gt, work / f"board-{bundle.name}.json")
@@ -191,10 +190,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                 print(json.dumps({k: entry.get(k) for k in ("model", "row", "backend", "agree", "max_ap_delta")}),
                       flush=True)
                 results.append(entry)
-    return {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "command": " ".join(["check_board_torch.py", *sys.argv[1:]]),
-            "machine": platform.machine(), "board_root": args.chroot, "long_side": args.long_side,
-            "ap_tolerance_points": args.ap_tolerance, "results": results}
+    return result("check_board_torch", results, argv=argv, settings={
+        "board_root": args.chroot, "long_side": args.long_side, "ap_tolerance_points": args.ap_tolerance})
 
 
 def markdown(doc: Dict[str, Any]) -> str:
@@ -203,7 +200,7 @@ def markdown(doc: Dict[str, Any]) -> str:
         return run["error"] if "error" in run else " / ".join(f"{run['ap'][s]:.2f}" for s in SETTINGS)
 
     def side(key: str, machine: str) -> str:
-        run = next((r[key] for r in doc["results"] if "error" not in r[key]), None)
+        run = next((r[key] for r in doc["rows"] if "error" not in r[key]), None)
         if run is None:
             return machine
         return f"{run['machine']}{', emulated' if run['emulated'] else ''}, torch {run['torch']}"
@@ -212,11 +209,12 @@ def markdown(doc: Dict[str, Any]) -> str:
         run = r["board"] if "error" not in r["board"] else r["host"]
         return "-" if "error" in run else f"{run.get('runtime', 'torchscript')} {run.get('version') or run['torch']}"
 
-    header = (f"| model | bundle | backend | runtime (board) | host ({side('host', doc['machine'])}) "
+    header = (f"| model | bundle | backend | runtime (board) | host ({side('host', doc['machine']['arch'])}) "
               f"| board ({side('board', 'board')}) | max AP diff | frames with another face count |")
-    lines = [f"`{doc['command']}` ({doc['created']}; long side {doc['long_side']}; AP easy / medium / hard, points)",
+    lines = [f"`{doc['command']}` ({doc['created']}; long side {doc['settings']['long_side']}; AP easy / medium / "
+             "hard, points)",
              "", header, "|---|---|---|---|---|---|---|---|"]
-    for r in doc["results"]:
+    for r in doc["rows"]:
         lines.append(f"| {r['model']} | {r['row']} | {r['backend'] or '-'} | {runtime(r)} | {ap(r['host'])} "
                      f"| {ap(r['board'])} | {r.get('max_ap_delta', '-')} | {r.get('frames_with_other_face_count', '-')} |")
     return "\n".join(lines)
@@ -227,7 +225,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--python", help="interpreter with the board's torch (e.g. a torch 2.9.1 venv)")
     p.add_argument("--chroot", metavar="ROOT", help="--python lies in this root filesystem and runs chrooted into it "
                                                     "(an arm64 one from scripts/make_board_root.sh; needs root)")
-    p.add_argument("--data", help="WIDER subset root with val/ and calib/")
+    add_data_argument(p)
     p.add_argument("--models", type=lambda s: s.split(","), default=list(MODEL_NAMES))
     p.add_argument("--backends", type=lambda s: s.split(","), default=["qnnpack", "x86"])
     p.add_argument("--rows", type=lambda s: [r for r in s.split(",") if r != "fp32"], default=["fp16", "l2"],
@@ -243,16 +241,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--force", action="store_true", help="replace an existing --json")
     args = p.parse_args(argv)
     if args.from_json:
-        print(markdown(json.loads(Path(args.from_json).read_text(encoding="utf-8"))))
+        print(markdown(read_result(args.from_json, "check_board_torch")))
         return 0
-    if not (args.python and args.data):
-        p.error("give --python and --data (run) or --from-json (print a table)")
+    if not args.python:
+        p.error("give --python (run) or --from-json (print a table)")
+    unknown = sorted(set(args.rows) - set(TORCH_ROWS))
+    if unknown:
+        p.error(f"unknown rows: {', '.join(unknown)} (choose from: fp16, l2)")
     out, = checked_outputs_or_exit("check_board_torch", args.force, ("--json", args.json))
-    doc = run(args)
-    atomic_write_text(out, json.dumps(doc, indent=2) + "\n")
-    failed = [r for r in doc["results"] if not r["agree"]]
+    doc = run(args, data_of(args, "val", "calib"), argv)
+    write_result(out, doc)
+    failed = [r for r in doc["rows"] if not r["agree"]]
     print(markdown(doc))
-    print(f"wrote {out}: {len(doc['results']) - len(failed)} of {len(doc['results'])} bundles agree")
+    print(f"wrote {out}: {len(doc['rows']) - len(failed)} of {len(doc['rows'])} bundles agree")
     return 1 if failed else 0
 
 
