@@ -11,20 +11,20 @@ torchao's ``prepare_pt2e`` / ``convert_pt2e`` with ExecuTorch's XNNPACK quantize
 to an ExecuTorch program (:mod:`fdq.host.export.executorch`). Its imports load only when it is used.
 
 Weights are symmetric int8 (per channel by default), activations affine uint8. ``reduce_range``
-exists for x86/fbgemm CPUs *without* VNNI, where ``vpmaddubsw`` sums pairs of u8 x s8 products in
-int16 and saturates (2 x 255 x 127 = 64,770 > 32,767): one operand gives up a bit. ``"activations"``
-(torch's own reduce_range: 7-bit activations, 0..127, per tensor) or ``"weights"`` (7-bit weights,
--64..63, per channel: 2 x 255 x 64 = 32,640 fits, and a per-channel weight bit costs less than a
-per-tensor activation one); ``"none"`` keeps 8 and 8, as a CPU with VNNI (``vpdpbusd``, no
-saturation) needs. :func:`default_reduce_range` makes that choice from this machine's CPU flags when
-the user does not (the measured best, docs/ACCURACY.md); the bundle records the choice and why, and
-:func:`integer_kernel_error` checks on real inputs that the int8 kernels compute what their own
-scales say, which a saturating kernel does not.
+exists for x86/fbgemm kernels that sum pairs of u8 x s8 products in int16 (``vpmaddubsw``) and
+saturate (2 x 255 x 127 = 64,770 > 32,767): one operand gives up a bit. ``"activations"`` (torch's
+own reduce_range: 7-bit activations, 0..127, per tensor) or ``"weights"`` (7-bit weights, -64..63,
+per channel: 2 x 255 x 64 = 32,640 fits); ``"none"`` keeps 8 and 8, for kernels that do not
+saturate (VNNI's ``vpdpbusd``). :func:`default_reduce_range` makes that choice by probing this
+machine's kernel (:func:`int8_products_saturate`) when the user does not; the bundle records the
+choice and why, and :func:`integer_kernel_error` checks on real inputs that the int8 kernels compute
+what their own scales say, which a saturating kernel does not.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import logging
 import warnings
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
@@ -85,37 +85,46 @@ def set_engine(backend: str) -> None:
     torch.backends.quantized.engine = check_backend(backend)
 
 
-#: x86 CPU flags of the int8 dot product (``vpdpbusd``) that sums u8 x s8 products without saturating.
-VNNI_FLAGS = ("avx512_vnni", "avx_vnni")
-
-
 #: Which operand of an x86/fbgemm int8 product gives up its 8th bit (see the module docstring).
 REDUCE_RANGES = ("none", "activations", "weights")
-#: What a CPU without VNNI gets: 7-bit weights measured closest to float (docs/ACCURACY.md, "x86 on a
-#: CPU without VNNI"; scripts/bench_x86_range.py).
-NO_VNNI_CHOICE = "weights"
+#: What an x86 engine whose 8-bit int8 saturates gets: of the two choices that do not saturate, 7-bit
+#: activations measured closer to float than 7-bit weights (output error on val, 2 of 3 models;
+#: docs/ACCURACY.md, "x86: which operand gives up a bit"; scripts/bench_x86_range.py).
+SATURATING_CHOICE = "activations"
+
+
+@functools.lru_cache(maxsize=None)
+def int8_products_saturate(backend: str) -> bool:
+    """Whether ``backend``'s int8 convolutions on this machine saturate 8-bit products: a 3x3 depthwise
+    probe of 256 channels, every activation code 255 and weight code 127, whose exact sum is 9 x 255 x 127.
+    Asked of the kernel, not of the CPU flags: fbgemm's depthwise kernel sums u8 x s8 pairs in int16 even
+    on an AMD EPYC that lists avx512_vnni (measured here; the x86 engine hands it depthwise layers of
+    many channels, oneDNN the others), so 2 x 255 x 127 = 64,770 saturates at 32,767."""
+    from torch.ao.nn import quantized as nnq
+
+    set_engine(backend)
+    channels, exact = 256, 9 * 255 * 127
+    conv = nnq.Conv2d(channels, channels, 3, padding=1, groups=channels)
+    weight = torch.full((channels, 1, 3, 3), 127.0)
+    conv.set_weight_bias(torch.quantize_per_channel(weight, torch.ones(channels), torch.zeros(channels, dtype=torch.long),
+                                                    0, torch.qint8), None)
+    conv.scale, conv.zero_point = exact / 200.0, 0
+    x = torch.quantize_per_tensor(torch.full((1, channels, 4, 4), 255.0), 1.0, 0, torch.quint8)
+    return int(conv(x).int_repr()[0, :, 1:3, 1:3].min()) != 200
 
 
 def default_reduce_range(backend: str) -> Tuple[str, str]:
     """Which of :data:`REDUCE_RANGES` ``backend`` should use on this machine, and why (for the manifest).
 
-    Only x86/fbgemm int8 saturates, and only on a CPU without VNNI; an x86 bundle runs on the
-    workstation that quantized it in fdq's loop, so its flags decide. Give ``--[no-]reduce-range``
-    to quantize for another CPU."""
-    import platform
-
-    from fdq.device.sysinfo import cpu_features
-
+    Only x86/fbgemm int8 saturates, on the machines whose kernels sum u8 x s8 pairs in int16; an x86
+    bundle runs on the workstation that quantized it in fdq's loop, so its kernels decide. Give
+    ``--[no-]reduce-range`` to quantize for another CPU."""
     if backend not in ("x86", "fbgemm"):
         return "none", f"{backend} has no use for it"
-    flags = set(cpu_features() or ()) if platform.machine().lower() in ("x86_64", "amd64") else set()
-    vnni = sorted(flags.intersection(VNNI_FLAGS))
-    if vnni:
-        return "none", f"this machine's CPU has VNNI ({', '.join(vnni)}): 8-bit int8 does not saturate"
-    if not flags:
-        return "none", "this machine's x86 CPU flags are unknown: 8-bit int8"
-    return NO_VNNI_CHOICE, (f"this machine's CPU has no VNNI (avx512_vnni, avx_vnni): 8-bit int8 would saturate, "
-                            f"7-bit {NO_VNNI_CHOICE} do not")
+    if int8_products_saturate(backend):
+        return SATURATING_CHOICE, (f"this machine's {backend} int8 kernels saturate 8-bit products (an int16 pair "
+                                   f"sum, probed): 7-bit {SATURATING_CHOICE}")
+    return "none", f"this machine's {backend} int8 kernels do not saturate 8-bit products (probed): 8-bit int8"
 
 
 def choose_reduce_range(backend: str, given: Optional[str]) -> Tuple[str, str]:

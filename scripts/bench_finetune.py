@@ -49,13 +49,15 @@ def val_ap(model: str, weights: Any, data: Path, size: int, scratch: Path) -> Di
     return {s: round(float(ap[s]), 4) for s in SETTINGS}
 
 
-def one_run(model: str, lr: float, holdout: float, data: Path, epochs: int, size: int, scratch: Path) -> Dict:
-    out = scratch / f"{model}-{lr:g}-{holdout:g}"
+def one_run(model: str, lr: float, holdout: float, data: Path, epochs: int, size: int, scratch: Path,
+            freeze_bn: bool) -> Dict:
+    out = scratch / f"{model}-{lr:g}-{holdout:g}-{freeze_bn}"
     _fdq("train", "--model", model, "--images", data / "calib" / "images", "--labels", data / "calib" / "ground_truth",
-         "--epochs", epochs, "--size", size, "--lr", lr, "--holdout", holdout, "--out", out)
+         "--epochs", epochs, "--size", size, "--lr", lr, "--holdout", holdout,
+         "--freeze-bn" if freeze_bn else "--no-freeze-bn", "--out", out)
     metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     best_epoch = max(m["epoch"] for m in metrics if m["best"])
-    row = {"model": model, "lr": lr, "holdout": holdout, "epochs": epochs, "size": size, "best_epoch": best_epoch,
+    row = {"model": model, "lr": lr, "holdout": holdout, "freeze_bn": freeze_bn, "epochs": epochs, "size": size, "best_epoch": best_epoch,
            "train_loss": [round(m["loss"], 4) for m in metrics if m["epoch"] > 0],
            "heldback_loss": [round(m["val"]["heldback_loss"], 4) for m in metrics if "val" in m],
            "val_best": val_ap(model, out / "best.pt", data, size, scratch),
@@ -69,6 +71,8 @@ def main(argv: List[str] = None) -> int:
     add_data_argument(p)
     p.add_argument("--models", default="slim")
     p.add_argument("--lrs", default="1e-3,3e-4,1e-4,3e-5", help="learning rates, each with the default holdout")
+    p.add_argument("--freeze-bn", type=lambda t: [v == "frozen" for v in t.split(",")], default=[False, True],
+                   help="BatchNorm statistics of the runs: train,frozen (both, the default)")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--size", type=int, default=320)
     p.add_argument("--json", required=True)
@@ -82,9 +86,9 @@ def main(argv: List[str] = None) -> int:
         for model in args.models.split(","):
             pretrained = val_ap(model, None, data, args.size, scratch)
             rows.append({"model": model, "lr": None, "val_best": pretrained, "val_last": pretrained})
-            rows.append(one_run(model, 1e-3, 0.0, data, args.epochs, args.size, scratch))  # the old default
-            rows += [one_run(model, float(lr), 0.25, data, args.epochs, args.size, scratch)
-                     for lr in args.lrs.split(",")]
+            rows.append(one_run(model, 1e-3, 0.0, data, args.epochs, args.size, scratch, False))  # the old default
+            rows += [one_run(model, float(lr), 0.25, data, args.epochs, args.size, scratch, freeze)
+                     for freeze in args.freeze_bn for lr in args.lrs.split(",")]
     settings = {"epochs": args.epochs, "size": args.size, "train": "calib", "judge": "val"}
     write_result(args.json, result("bench_finetune", rows, settings))
     return 0

@@ -130,15 +130,12 @@ def ap_noise() -> Dict[str, float]:
     return {r["model"]: round(r["max_drop"]["max"] - r["max_drop"]["min"], 2) for r in doc["rows"]}
 
 
-def has_vnni() -> Optional[bool]:
-    """Whether this x86 CPU has VNNI: without it fbgemm's int8 convolutions sum pairs of products in
-    16 bits and saturate unless activations are 7-bit (``--reduce-range``), so x86 int8 strays further
-    from float here than the fake-quant model QAT trains (None: not known)."""
-    from fdq.calibration.quant_api import VNNI_FLAGS
-    from fdq.device.sysinfo import cpu_features
+def x86_saturates() -> bool:
+    """Whether this machine's x86 int8 kernels saturate 8-bit products (fdq's probe): then x86 int8 strays
+    further from float here than the fake-quant model QAT trains, unless activations are 7-bit."""
+    from fdq.calibration.quant_api import int8_products_saturate
 
-    flags = cpu_features()
-    return None if flags is None else bool(set(flags).intersection(VNNI_FLAGS))
+    return int8_products_saturate("x86")
 
 
 def markdown(doc: Dict[str, Any]) -> str:
@@ -189,7 +186,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         """The results so far (``complete`` once every pair is in), rewritten after each pair."""
         ordered = sorted(tasks, key=lambda t: pairs.index((t["model"], t["backend"])))
         return result("bench_qat", ordered, argv=argv,
-                      machine_facts=machine(x86_vnni=has_vnni(), load_before=load_before,
+                      machine_facts=machine(x86_int8_saturates=x86_saturates(), load_before=load_before,
                                             wall_seconds=round(time.perf_counter() - t0, 1)),
                       settings={"long_side": args.long_side, "iters": args.iters, "seeds": seeds, "options": options,
                                 "goal_reduction": GOAL_REDUCTION},

@@ -5,10 +5,12 @@ Without VNNI, fbgemm sums pairs of u8 x s8 products in int16 (``vpmaddubsw``), w
 8/8 bits; either operand can give up a bit. Every row is a level-2 x86 bundle made by ``fdq quantize``
 (the product path, calibrated on ``calib``) per model, long side and ``--reduce-range`` choice, scored
 through the runner's code on ``val`` and on ``calib`` (a second split: the calibration images, so
-in-sample for the ranges), against the same model's fp32 bundle. ``kernel_error`` is
-:func:`fdq.calibration.quant_api.integer_kernel_error` on 4 calibration images at 320: the largest
-difference, in output codes of any convolution, between the int8 kernel and a float computation from
-its own int8 operands (1 is rounding; saturation makes far more), of a model calibrated on 8 images. ``cpu_flags`` says whether this CPU
+in-sample for the ranges), against the same model's fp32 bundle. The eager model of the same settings
+gives ``output_error`` (mean |int8 - float| box offset and face logit over the anchors float scores,
+on every val image: finer than the AP of 64 images) and ``kernel_error``
+(:func:`fdq.calibration.quant_api.integer_kernel_error` on 4 calibration images: the largest difference,
+in output codes of any convolution, between the int8 kernel and a float computation from its own int8
+operands; 1 is rounding, saturation makes far more). ``cpu_flags`` says whether this CPU
 has VNNI: the numbers hold for CPUs like it.
 
 Example::
@@ -56,18 +58,26 @@ def quantize(model: str, side: int, choice: str, calib: Path, out: Path) -> Path
     return out
 
 
-def kernel_error(model_name: str, choice: str, calib: Path) -> int:
-    """The worst integer-kernel difference of the level-2 x86 model on a few calibration images at 320."""
+def errors(model_name: str, side: int, choice: str, calib: Path, val: Path) -> Dict[str, Any]:
+    """The eager level-2 x86 model of the same settings as the bundle (calibrated on every ``calib`` image at
+    ``side``): its worst integer-kernel difference on a few calibration images, and its output error
+    against float on every ``val`` image (continuous, so finer than the AP of 64 images)."""
     from fdq.calibration import ptq, quant_api
     from fdq.calibration.data import find_images
+    from fdq.calibration.report import output_error
+    from fdq.host.torch_inference import torch_inference
     from fdq.host.zoo import resolve_weights
     from fdq.models import SPECS, load_model
 
     model = load_model(model_name, resolve_weights(model_name, None))
-    blobs, _ = find_images(str(calib)).subset(range(2 * KERNEL_IMAGES)).load(320, SPECS[model_name].mean_bgr)
+    mean = SPECS[model_name].mean_bgr
+    blobs, _ = find_images(str(calib)).load(side, mean)
     quant_api.set_engine("x86")
     int8 = ptq.calibrate(model, ptq.PTQOptions(backend="x86", reduce_range=choice), blobs).convert()
-    return max(quant_api.integer_kernel_error(int8, blobs[:KERNEL_IMAGES]).values())
+    kernel = max(quant_api.integer_kernel_error(int8, blobs[:KERNEL_IMAGES]).values())
+    val_blobs = [b.numpy() for b in find_images(str(val)).load(side, mean)[0]]
+    return {"kernel_error": kernel,
+            "output_error": output_error(torch_inference(model), torch_inference(int8), val_blobs)}
 
 
 def main(argv: List[str] = None) -> int:
@@ -85,18 +95,17 @@ def main(argv: List[str] = None) -> int:
     rows: List[Dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models.split(","):
-            errors = {choice: kernel_error(model, choice, splits["calib"][0]) for choice in CHOICES}
             for side in map(int, args.long_sides.split(",")):
                 for choice in ("fp32",) + CHOICES:
                     bundle = quantize(model, side, choice, splits["calib"][0], Path(tmp) / f"{model}-{side}-{choice}")
                     row = {"model": model, "long_side": side, "choice": choice,
                            **{split: ap_of(bundle, *paths) for split, paths in splits.items()}}
                     if choice != "fp32":
-                        row["kernel_error"] = errors[choice]
+                        row.update(errors(model, side, choice, splits["calib"][0], splits["val"][0]))
                     rows.append(row)
                     print(json.dumps(row), file=sys.stderr, flush=True)
     write_result(args.json, result("bench_x86_range", rows, {"level": 2, "backend": "x86", "calib": "calib",
-                                                             "kernel_images": KERNEL_IMAGES}))
+                                                             "kernel_images": KERNEL_IMAGES, "output_error_on": "val"}))
     return 0
 
 

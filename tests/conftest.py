@@ -70,13 +70,6 @@ def slim_fp32_bundle(tmp_path_factory, shared_dir):
                                    dtype="fp32", quantization={"level": "float"})
 
 
-def cpu_has_vnni() -> bool:
-    """Whether this x86 machine's CPU has the int8 dot product (VNNI), read here apart from fdq's own reading."""
-    lines = Path("/proc/cpuinfo").read_text().splitlines()
-    flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
-    return bool({"avx512_vnni", "avx_vnni"}.intersection(flags))
-
-
 TESTBOARD = REPO_ROOT / "scripts" / "testboard.sh"
 BOARD_ROOTS = Path("/var/lib/fdq-testboard")  # where testboard.sh unpacks an arm64 board's root
 

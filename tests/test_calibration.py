@@ -13,25 +13,23 @@ import os
 import shutil
 import warnings
 from pathlib import Path
-from typing import Dict, Iterator, List, Tuple
+from typing import Iterator, List, Tuple
 
 import pytest
 import torch
 
 from fdq.calibration import datafree, ptq, quant_api, sensitivity
 from fdq.calibration.data import CalibrationDataError, find_images, split_holdout
-from fdq.calibration.labels import LabelError, subset_ground_truth
+from fdq.calibration.labels import LabelError
 from fdq.calibration.report import QuantizationCollapseWarning, agreement, face_logit, output_error
 from fdq.device.bundle import BundleError, load_bundle
 from fdq.device.detector import FaceDetector
-from fdq.device.evaluation import SETTINGS, GroundTruth, load_ground_truth
 from fdq.device.images import list_images, read_image
 from fdq.device.postprocess import Detections
 from fdq.device.runtimes import load_inference
 from fdq.host.artifacts import trace
 from fdq.host.quantize import QuantizeError, quantize_command, register
 from fdq.models import SPECS, load_model
-from conftest import cpu_has_vnni
 
 RECALL_TOLERANCE = 0.9
 OFFSET_ERROR_MAX = 0.15     # mean |int8 - float| box offset; level 2 measures about 0.05-0.07
@@ -40,7 +38,6 @@ CALIB_IMAGES = 8
 VAL_KEYS = ("0--Parade/0_Parade_Parade_0_873", "0--Parade/0_Parade_marchingband_1_172",
             "0--Parade/0_Parade_Parade_0_194")   # 28 float faces at long side 320
 SUBSET = "data/widerface_val_subset"
-FEW_VAL = 16   # val images of the AP checks
 
 
 @pytest.fixture(scope="module")
@@ -75,26 +72,6 @@ def calib_labels(shared_dir: Path) -> Path:
 @pytest.fixture(scope="module")
 def val_images(shared_dir: Path) -> List[Path]:
     return [p for key, p in list_images(str(shared_dir / SUBSET / "val" / "images")) if key in VAL_KEYS]
-
-
-@pytest.fixture(scope="module")
-def few_val(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Tuple[Path, GroundTruth]:
-    """The first FEW_VAL val images (links in their EVENT/ folders) and their ground truth."""
-    src = shared_dir / SUBSET / "val"
-    out = tmp_path_factory.mktemp("few-val")
-    found = list_images(str(src / "images"))[:FEW_VAL]
-    for _, path in found:
-        (out / path.parent.name).mkdir(exist_ok=True)
-        (out / path.parent.name / path.name).symlink_to(path)
-    return out, subset_ground_truth(load_ground_truth(str(src / "ground_truth")), [key for key, _ in found])
-
-
-def few_val_ap(bundle_dir: Path, few: Tuple[Path, GroundTruth]) -> Dict[str, float]:
-    from fdq.device.runtimes import bundle_detector
-    from fdq.host.evaluate import evaluate_detector
-
-    result = evaluate_detector(bundle_detector(load_bundle(str(bundle_dir)), 1, None), str(few[0]), few[1])
-    return {s: float(result[s]) for s in SETTINGS}
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -144,10 +121,9 @@ def test_level0_fp32_bundle_matches_float(fp32_bundle: Path, slim_float: List[De
 
 @pytest.mark.parametrize("backend", ["x86", "qnnpack"])
 def test_level2_int8_bundle_matches_float(backend: str, calib_dir: Path, calib_labels: Path, tmp_path: Path,
-                                          slim_float: List[Detections], val_images: List[Path], fp32_bundle: Path,
-                                          few_val: Tuple[Path, GroundTruth]) -> None:
-    """The level-2 bundle of slim: its manifest (the x86 choice by this CPU's flags), report and input grid,
-    its detections against float, and its AP within 1 point of the float bundle's on a few val images."""
+                                          slim_float: List[Detections], val_images: List[Path]) -> None:
+    """The level-2 bundle of slim: its manifest (x86's 7-bit choice where this machine's kernels saturate),
+    report and input grid, and its detections against float."""
     out = tmp_path / "bundle"
     args = parse("--model", "slim", "--level", "2", "--backend", backend, "--calib", str(calib_dir),
                  "--labels", str(calib_labels), "--out", str(out))
@@ -155,12 +131,13 @@ def test_level2_int8_bundle_matches_float(backend: str, calib_dir: Path, calib_l
     bundle = load_bundle(str(out))
     assert bundle.engine == backend and bundle.manifest["backend"]["dtype"] == "int8"
     q = bundle.manifest["quantization"]
-    # a 7-bit operand exactly where 8-bit int8 saturates: the x86 engine on a CPU without VNNI
-    no_vnni = backend == "x86" and not cpu_has_vnni()
+    # a 7-bit operand exactly where 8-bit int8 saturates: this machine's x86 kernels, probed (the kernel test
+    # below checks the probe against real images)
+    saturates = backend == "x86" and quant_api.int8_products_saturate("x86")
     assert (q["level"], q["method"], q["observer"], q["per_channel"], q["reduce_range"], q["cle"],
-            q["bias_correction"]) == (2, "ptq", "histogram", True, quant_api.NO_VNNI_CHOICE if no_vnni else "none",
-                                      True, False)
-    assert ("no VNNI" in q["reduce_range_reason"]) is no_vnni, q["reduce_range_reason"]
+            q["bias_correction"]) == (2, "ptq", "histogram", True,
+                                      quant_api.SATURATING_CHOICE if saturates else "none", True, False)
+    assert ("kernels saturate" in q["reduce_range_reason"]) is saturates, q["reduce_range_reason"]
     grid = bundle.manifest["input"]["quantized"]  # code 127 reaches the brightest pixels only with 7 bits
     assert ((127 - grid["zero_point"]) * grid["scale"] > 60) is (q["reduce_range"] == "activations")
     names = sorted(p.relative_to(calib_dir).as_posix() for p in calib_dir.rglob("*.jpg"))
@@ -174,8 +151,6 @@ def test_level2_int8_bundle_matches_float(backend: str, calib_dir: Path, calib_l
     torch.jit.load(str(bundle.file("model")))
     assert recall(slim_float, bundle_detections(out, val_images)) >= RECALL_TOLERANCE
     assert_camera_frames_skip_the_float_blob(bundle, val_images)
-    int8_ap, float_ap = few_val_ap(out, few_val), few_val_ap(fp32_bundle, few_val)
-    assert all(abs(int8_ap[s] - float_ap[s]) <= 0.01 for s in SETTINGS), (int8_ap, float_ap)
 
 
 def assert_camera_frames_skip_the_float_blob(bundle, val_images: List[Path]) -> None:
@@ -248,28 +223,32 @@ def test_cross_layer_equalization_rescues_per_tensor_mnet025(calib_dir: Path, ca
 
 
 def test_x86_int8_kernels_saturate_nowhere_on_real_images(calib_dir: Path, weights_env: Path) -> None:
-    """fdq's x86 choice on this CPU (read from its flags here): every quantized convolution of slim's level-2
-    model returns, on real calibration images, what a float computation from its own int8 operands and
-    scales gives, to 1 code (rounding). With "weights" every weight lies in -64..63. On a CPU without VNNI
-    8-bit activations and weights saturate, and the same check sees it (tens of codes)."""
+    """Every quantized convolution of slim's level-2 x86 model returns, on real calibration images, what a
+    float computation from its own int8 operands and scales gives, to 1 code (rounding), with fdq's choice
+    on this machine and with both 7-bit choices; with "weights" every weight lies in -64..63. With 8-bit
+    activations and weights this machine's kernels saturate (fbgemm's depthwise sums pairs in int16: tens
+    of codes off) exactly where fdq's probe says they do, and then fdq chose a 7-bit operand."""
     from fdq.host.zoo import resolve_weights
 
-    choice, _ = quant_api.default_reduce_range("x86")
-    assert choice == ("none" if cpu_has_vnni() else quant_api.NO_VNNI_CHOICE)
     model = load_model("slim", resolve_weights("slim", None))
     blobs, _ = find_images(str(calib_dir)).load(320, model.spec.mean_bgr)
     quant_api.set_engine("x86")
 
-    def int8(reduce_range: str) -> torch.nn.Module:
-        return ptq.calibrate(model, ptq.PTQOptions(backend="x86", reduce_range=reduce_range), blobs).convert()
+    def worst(reduce_range: str) -> Tuple[int, torch.nn.Module]:
+        converted = ptq.calibrate(model, ptq.PTQOptions(backend="x86", reduce_range=reduce_range), blobs).convert()
+        return max(quant_api.integer_kernel_error(converted, blobs[:4]).values()), converted
 
-    chosen = int8(choice)
-    assert max(quant_api.integer_kernel_error(chosen, blobs[:4]).values()) <= 1
-    if choice == "weights":
-        codes = [m.weight().int_repr() for m in chosen.modules() if isinstance(m, torch.ao.nn.quantized.Conv2d)]
-        assert min(int(c.min()) for c in codes) == -64 and max(int(c.max()) for c in codes) <= 63
-    if not cpu_has_vnni():
-        assert max(quant_api.integer_kernel_error(int8("none"), blobs[:4]).values()) > 8
+    saturates = worst("none")[0] > 8
+    assert quant_api.int8_products_saturate("x86") is saturates
+    choice, _ = quant_api.default_reduce_range("x86")
+    assert choice == (quant_api.SATURATING_CHOICE if saturates else "none")
+    for reduce_range in sorted({choice, "activations", "weights"}):
+        error, converted = worst(reduce_range)
+        assert error <= 1, reduce_range
+        codes = [m.weight().int_repr() for m in converted.modules() if isinstance(m, torch.ao.nn.quantized.Conv2d)]
+        low, high = min(int(c.min()) for c in codes), max(int(c.max()) for c in codes)
+        bound = 64 if reduce_range == "weights" else 128
+        assert low == -bound and high <= bound - 1, (reduce_range, low, high)
 
 
 def test_bias_correction_brings_int8_closer_to_float(calib_dir: Path, weights_env: Path, shared_dir: Path) -> None:
