@@ -374,8 +374,15 @@ def integer_kernel_error(model: nn.Module, inputs: Iterable[torch.Tensor]) -> Di
             worst[name] = max(worst.get(name, 0), diff)
         return hook
 
-    convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nnq.Conv2d)]  # ConvReLU2d is one too
-    handles = [m.register_forward_hook(check(n)) for n, m in convs]
+    convs = [n for n, m in model.named_modules() if isinstance(m, nnq.Conv2d)]  # ConvReLU2d is one too
+    run_hooked(model, {n: check(n) for n in convs}, inputs)
+    return worst
+
+
+def run_hooked(model: nn.Module, hooks: Mapping[str, Callable[..., None]], inputs: Iterable[torch.Tensor]) -> None:
+    """``model`` on every input (no gradients) with a forward hook on each named module, removed afterwards."""
+    modules = dict(model.named_modules())
+    handles = [modules[name].register_forward_hook(hook) for name, hook in hooks.items()]
     try:
         with torch.no_grad():
             for x in inputs:
@@ -383,7 +390,6 @@ def integer_kernel_error(model: nn.Module, inputs: Iterable[torch.Tensor]) -> Di
     finally:
         for h in handles:
             h.remove()
-    return worst
 
 
 def split_input_quantization(model: nn.Module) -> Tuple[nn.Module, Optional[Tuple[float, int]]]:

@@ -32,7 +32,6 @@ Evaluate = Callable[[nn.Module], Dict[str, float]]
 
 def _unit_outputs(model: nn.Module, names: Sequence[str],
                   inputs: Sequence[torch.Tensor]) -> Dict[str, List[torch.Tensor]]:
-    modules = dict(model.named_modules())
     outputs: Dict[str, List[torch.Tensor]] = {n: [] for n in names}
 
     def keep(name: str) -> Callable[..., None]:
@@ -40,14 +39,7 @@ def _unit_outputs(model: nn.Module, names: Sequence[str],
             outputs[name].append(out.dequantize() if out.is_quantized else out.detach().clone())
         return hook
 
-    handles = [modules[n].register_forward_hook(keep(n)) for n in names]
-    try:
-        with torch.no_grad():
-            for x in inputs:
-                model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    quant_api.run_hooked(model, {n: keep(n) for n in names}, inputs)
     return outputs
 
 
