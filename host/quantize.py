@@ -60,7 +60,7 @@ class CalibrationSet:
 
 def _check_args(args: argparse.Namespace) -> None:
     """Option combinations, checked before any file is read."""
-    from fdq.calibration.observers import activation_observer
+    from fdq.calibration.quant_api import activation_observer
     from fdq.calibration.quant_api import PT2E_BACKENDS, check_backend
     from fdq.models import SPECS
 

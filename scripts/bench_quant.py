@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from fdq.calibration.data import find_images
-from fdq.calibration.observers import OBSERVER_NAMES
+from fdq.calibration.quant_api import OBSERVER_NAMES
 from fdq.calibration.report import QuantizationCollapseWarning, output_error
 from fdq.device.atomic import atomic_write_text
 from fdq.device.bundle import load_bundle
