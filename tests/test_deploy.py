@@ -45,7 +45,7 @@ def test_deploy_sends_runner_and_bundle_then_only_what_changed(board, bundle, ca
     for f in bundle.iterdir():
         assert sha256_file(remote / f.name) == sha256_file(f)
     runner = board["workdir"] / "lib" / "fdq" / "device"
-    assert (runner / "run.py").is_file() and (runner / "kernels" / "fdq_kernels.c").is_file()
+    assert (runner / "run.py").is_file() and (runner / "csrc" / "fdq_kernels.c").is_file()
     assert not any(runner.rglob("*.part")) and not (board["workdir"] / "lib" / "fdq" / "host").exists()
     sent = int(err.split(" file(s) sent")[0].rsplit(" ", 1)[1])
     shipped = [p for p in runner.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
