@@ -1,4 +1,4 @@
-"""Level 3: quantization-aware fine-tuning with labels (and the fine-tuning level 4 shares).
+"""Levels 3 and 4: quantization-aware fine-tuning, with labels (3) or from the float model alone (4).
 
 The StatAssist warm-up and the fake-quant iterations run through :func:`fdq.calibration.training.fit`,
 the loop of ``fdq train`` (one training step, one schedule), and ``fdq train --qat``
@@ -716,20 +716,30 @@ def _spec_of(model_name: str) -> DetectorSpec:
     return SPECS[model_name]
 
 
-def run_level3(model_name: str, float_model: nn.Module, images_dir: str, labels: LabelSource,
-               backend: str = "x86", long_side: int = 320, iters: int = DEFAULT_ITERS, statassist: bool = True,
-               gradboost: bool = True, observer: str = "histogram", per_channel: bool = True,
-               log: Log = None, **options: Any) -> Tuple[nn.Module, Dict[str, Any]]:
-    """Level 3: QAT with labels (distillation from the float model + small-weight multibox loss).
+def run_level(level: int, model_name: str, float_model: nn.Module, images_dir: str,
+              labels: Optional[LabelSource] = None, backend: str = "x86", long_side: int = 320,
+              iters: int = DEFAULT_ITERS, statassist: bool = True, gradboost: bool = True,
+              observer: str = "histogram", per_channel: bool = True, log: Log = None,
+              **options: Any) -> Tuple[nn.Module, Dict[str, Any]]:
+    """Level 3 or 4 of ``fdq quantize``: the int8 model of the best held-back checkpoint, and a JSON-able report.
+
+    Level 3 is QAT with labels: distillation from the float model plus the small-weight multibox loss.
+    Level 4 is the same loop without the ground-truth loss, on any folder of unlabelled images: the
+    float model's scores and boxes are the soft targets (in the StatAssist float warm-up, where the
+    student still equals the teacher and distillation has no gradient, the teacher's detections are
+    the labels, weighed by ``gt_weight``). Its best checkpoint is chosen by agreement with the float
+    model on held-back images (AP of the int8 detections against the float model's detections with
+    score >= ``agreement_score``), or by AP when ``labels`` are given: they then serve selection only.
 
     ``options`` are :class:`FinetuneOptions` fields (``warmup_iters``, ``lr``, ``gt_weight``, ...).
-    Returns the converted int8 model of the best held-back checkpoint and a JSON-able report.
     """
-    if labels is None:
+    if level not in (3, 4):
+        raise ValueError(f"fine-tuning levels are 3 and 4, not {level}")
+    if level == 3 and labels is None:
         raise ValueError("level 3 needs labels (a WIDER ground-truth folder, .json or *_bbx_gt.txt)")
     opts = FinetuneOptions.from_kwargs(**options)
     model, report = finetune(model_name, float_model, images_dir, labels, backend=backend, long_side=long_side,
                              iters=iters, statassist=statassist, gradboost=gradboost, observer=observer,
-                             per_channel=per_channel, use_gt_loss=True, options=opts, log=log)
-    report["level"] = 3
+                             per_channel=per_channel, use_gt_loss=level == 3, options=opts, log=log)
+    report["level"] = level
     return model, report

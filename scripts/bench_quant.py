@@ -100,7 +100,7 @@ def level_available(level: int) -> bool:
     """Levels 3/4 come from another module; skip them cleanly where it is missing."""
     import importlib
 
-    module = {3: "fdq.calibration.qat", 4: "fdq.calibration.distill"}.get(level)
+    module = {3: "fdq.calibration.qat", 4: "fdq.calibration.qat"}.get(level)
     if module is None:
         return True
     try:
