@@ -327,7 +327,8 @@ def test_level3_starts_from_the_level2_model(shared_dir, tmp_path, bias_correcti
     on the training images, bias correction and 7-bit activations (``reduce_range``) if asked for, even
     after a StatAssist warm-up, whose weight updates are undone while its optimizer state is kept. Tolerance: the face scores of a val image agree to 1e-4."""
     from fdq.calibration.ptq import PTQOptions, calibrate
-    from fdq.calibration.qat import load_samples, make_batch, run_level
+    from fdq.calibration.finetune_data import load_samples, make_batch
+    from fdq.calibration.qat import run_level
     from fdq.device.images import read_image
     from fdq.device.preprocess import normalize, resize_image
 
