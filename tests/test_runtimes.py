@@ -67,14 +67,9 @@ def workdir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def float_bundle(data, workdir):
-    from fdq.host.artifacts import save_torchscript_bundle
-    from fdq.models import SPECS, load_model
-
-    weights = {"path": str(data["weights"]), "sha256": sha256_file(data["weights"])}
-    return save_torchscript_bundle(load_model("slim", data["weights"]), SPECS["slim"], LONG_SIDE,
-                                   str(workdir / "slim_ts"), engine=None, dtype="fp32",
-                                   quantization={"level": "float", "weights": weights})
+def float_bundle(slim_weighted_bundle):
+    """slim fp32 at LONG_SIDE recording its weights: the session's (conftest)."""
+    return slim_weighted_bundle
 
 
 def _ap(bundle_dir, data, **options):
