@@ -6,7 +6,8 @@ is this machine (its Python is the one running the tests), ``arm64_board`` the e
 Pi 4. Each yields ``port``, ``key`` (the client key), ``home`` (the board's state folder),
 ``profile`` (a YAML file for ``--target``), ``name``, ``fields`` (the profile read) and ``root``
 (an arm64 board's root). Without root, sshd or qemu-user the tests that use them skip; CI
-installs what they need, runs as root, and fails instead of skipping.
+installs what they need, runs as root, and fails instead of skipping. The tests that use them are
+marked ``board`` here, so that ``pytest -m "not board and not slow"`` leaves them out.
 
 Bundles that several test modules use (slim fp32, with its weights recorded, its ONNX export, a
 level-2 qnnpack bundle) are built once per session here.
@@ -21,7 +22,7 @@ import subprocess
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import pytest
 import yaml
@@ -164,6 +165,17 @@ def _testboard(kind: str, name: str, *options: str) -> Iterator[Dict[str, Any]]:
                "name": name, "fields": fields, "root": BOARD_ROOTS / name / "root"}
     finally:
         subprocess.run(["bash", str(TESTBOARD), "down", name], capture_output=True, text=True)
+
+
+BOARD_FIXTURES = {"sshd", "arm64_board"}
+
+
+def pytest_collection_modifyitems(items: List[pytest.Item]) -> None:
+    """Mark ``board`` every test that starts a test board through its fixtures (pytest.ini declares the
+    marker; a test that asks for a board with ``request.getfixturevalue`` carries the mark itself)."""
+    for item in items:
+        if BOARD_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.board)
 
 
 @pytest.fixture(scope="session")

@@ -25,8 +25,9 @@ from fdq.host.cli import deploy_main, main, profile_main
 
 EVENTS = ("0--Parade", "12--Group")  # two val images each
 AP_POINTS = 1.0
-pytestmark = pytest.mark.skipif(os.environ.get("FDQ_BOARD_RUNTIMES") == "0",
-                                reason="every runtime on the emulated Pi: left out by FDQ_BOARD_RUNTIMES=0")
+pytestmark = [pytest.mark.slow,  # about 15 minutes (README)
+              pytest.mark.skipif(os.environ.get("FDQ_BOARD_RUNTIMES") == "0",
+                                 reason="every runtime on the emulated Pi: left out by FDQ_BOARD_RUNTIMES=0")]
 
 
 @pytest.fixture(scope="module")
