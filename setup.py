@@ -27,7 +27,7 @@ setup(
     packages=list(SUBPACKAGES),
     package_dir=SUBPACKAGES,
     package_data={
-        "fdq.device": ["kernels/*.c", "kernels/*.h"],
+        "fdq.device": ["csrc/*.c", "csrc/*.h"],
         "fdq.profiles": ["*.yaml"],
     },
     install_requires=[

@@ -1,4 +1,4 @@
-"""Level 3: quantization-aware fine-tuning with labels (and the fine-tuning level 4 shares).
+"""Levels 3 and 4: quantization-aware fine-tuning, with labels (3) or from the float model alone (4).
 
 The StatAssist warm-up and the fake-quant iterations run through :func:`fdq.calibration.training.fit`,
 the loop of ``fdq train`` (one training step, one schedule), and ``fdq train --qat``
@@ -18,7 +18,8 @@ One run (:func:`finetune`):
 1. images are split: every ``round(1 / holdout)``-th image (sorted keys) is held back for checkpoint
    selection, the rest is trained on; inputs are preprocessed like inference (resize to ``long_side``,
    BGR mean subtraction), lightly augmented (horizontal flip, optional scale jitter, drawn per
-   (seed, epoch, index)) and padded to a common size per batch (padded anchors take part in no loss);
+   (seed, epoch, index)) and padded to a common size per batch (padded anchors take part in no loss):
+   :mod:`fdq.calibration.finetune_data`;
 2. the student starts as the level-2 model: BatchNorm folded into the convolutions, cross-layer
    equalized (``cle``) and, with ``bias_correction``, bias-corrected for weight rounding; with
    ``cle=False`` it keeps trainable ConvBn modules, whose statistics freeze after
@@ -56,26 +57,23 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from fdq.device.anchors import prior_boxes
 from fdq.device.detector import FaceDetector
 from fdq.device.evaluation import SETTINGS, GroundTruth, evaluate, to_wider_rows
-from fdq.device.images import list_images, read_image
 from fdq.device.postprocess import postprocess
-from fdq.device.preprocess import resize_image
 from fdq.device.spec import DetectorSpec
 from fdq.host.torch_inference import torch_inference
 
 from . import quant_api
 from .datafree import bias_correct, cross_layer_equalize
+from .finetune_data import FinetuneData, Sample, load_samples, make_batch
 from .gradboost import GradBoost, carry_optimizer_state
 from .labels import LabelSource, ground_truth_of, load_labels, subset_ground_truth
 from .losses import MatchTargets, distillation_loss, match, multibox_loss, output_match_loss, stack_targets
@@ -149,130 +147,6 @@ class FinetuneOptions:
         if unknown:
             raise TypeError(f"unknown fine-tuning option(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
         return cls(**kwargs)
-
-
-# --------------------------------------------------------------------------------------------------
-# Data
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Sample:
-    key: str
-    image: np.ndarray                     # resized BGR float32 HWC (not mean-subtracted)
-    ratio: float
-    boxes: Optional[np.ndarray] = None    # (M, 4) x1 y1 x2 y2 in resized pixels, None without labels
-    original: Optional[np.ndarray] = field(default=None, repr=False)   # BGR uint8, held-back images only
-
-
-def held_indices(n: int, holdout: float) -> set:
-    """Indices (in sorted-key order) of the images held back: every ``round(1 / holdout)``-th one."""
-    if holdout <= 0 or n < 2:
-        return set()
-    every = max(2, int(round(1.0 / holdout)))
-    return {i for i in range(n) if i % every == every - 1} or {n - 1}
-
-
-def load_samples(images_dir: str, long_side: int,
-                 holdout: float = 0.0) -> Tuple[List[Sample], List[Sample], Dict[str, Tuple[int, int]]]:
-    """(training samples, held-back samples, original (height, width) per key) of an image folder.
-
-    Images are resized like inference; only the held-back ones keep their original pixels (they are
-    scored through the full detector), so a large folder costs about 1 MB per image at long side 320.
-    """
-    found = list_images(images_dir)          # sorted by key
-    held_idx = held_indices(len(found), holdout)
-    train, held, sizes = [], [], {}
-    for i, (key, path) in enumerate(found):
-        img = read_image(path)
-        sizes[key] = img.shape[:2]
-        resized, ratio = resize_image(img, long_side)
-        if i in held_idx:
-            held.append(Sample(key, resized, ratio, original=img))
-        else:
-            train.append(Sample(key, resized, ratio))
-    return train, held, sizes
-
-
-def augment_sample(sample: Sample, rng: np.random.Generator, flip: bool,
-                   scale_jitter: float) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-    """One image's light augmentation: random downscale by up to ``scale_jitter``, horizontal flip
-    half of the time (``flip``); (image, boxes in its pixels or None)."""
-    img, b = sample.image, None if sample.boxes is None else sample.boxes.copy()
-    if scale_jitter > 0:
-        f = float(rng.uniform(1.0 - scale_jitter, 1.0))
-        if f < 0.999:
-            img = cv2.resize(img, None, None, fx=f, fy=f, interpolation=cv2.INTER_LINEAR)
-            b = None if b is None else b * f
-    if flip and rng.random() < 0.5:
-        img = img[:, ::-1]
-        if b is not None:
-            b = np.stack([img.shape[1] - b[:, 2], b[:, 1], img.shape[1] - b[:, 0], b[:, 3]], axis=1)
-    return np.ascontiguousarray(img), b
-
-
-def pad_batch(images: Sequence[np.ndarray], boxes: Sequence[Optional[np.ndarray]], spec: DetectorSpec
-              ) -> Tuple[torch.Tensor, np.ndarray, torch.Tensor, List[Optional[np.ndarray]]]:
-    """Mean-subtract and zero-pad (= mean colour) images to a common size.
-
-    Returns (input NCHW, priors (N, 4) for the padded size, valid (B, N) anchors whose centre lies in
-    the image, per-image boxes normalised to the padded size or None).
-    """
-    height = max(i.shape[0] for i in images)
-    width = max(i.shape[1] for i in images)
-    mean = np.asarray(spec.mean_bgr, dtype=np.float32)
-    batch = np.zeros((len(images), 3, height, width), dtype=np.float32)
-    for n, img in enumerate(images):
-        batch[n, :, :img.shape[0], :img.shape[1]] = (img - mean).transpose(2, 0, 1)
-    priors = prior_boxes(spec.min_sizes, spec.steps, height, width, spec.clip)
-    cx, cy = priors[:, 0] * width, priors[:, 1] * height
-    valid = np.stack([(cx < img.shape[1]) & (cy < img.shape[0]) for img in images])
-    scale = np.array([width, height, width, height], dtype=np.float32)
-    norm = [None if b is None else (b / scale).astype(np.float32) for b in boxes]
-    return torch.from_numpy(batch), priors, torch.from_numpy(valid), norm
-
-
-def make_batch(samples: Sequence[Sample], spec: DetectorSpec, rng: np.random.Generator, flip: bool,
-               scale_jitter: float) -> Tuple[torch.Tensor, np.ndarray, torch.Tensor, List[Optional[np.ndarray]]]:
-    """:func:`augment_sample` each sample (drawing from ``rng``), then :func:`pad_batch`."""
-    pairs = [augment_sample(s, rng, flip, scale_jitter) for s in samples]
-    return pad_batch([p[0] for p in pairs], [p[1] for p in pairs], spec)
-
-
-class FinetuneData(Dataset):
-    """The training images of a :func:`finetune` run as :func:`~fdq.calibration.training.fit` draws
-    them: ``period`` batches an epoch (each epoch ends in a held-back checkpoint), the images taken in
-    turn across epochs, each augmented by a generator of (seed, epoch, index). :meth:`collate` pads a
-    batch and, for labelled images, adds their anchor targets (the keys of
-    :class:`~fdq.calibration.widerface_data.WiderFaceTraining`) and the padded size's ``priors``."""
-
-    def __init__(self, samples: Sequence[Sample], spec: DetectorSpec, batch_size: int, period: int,
-                 opts: "FinetuneOptions") -> None:
-        self.samples = list(samples)
-        self.spec = spec
-        self.opts = opts
-        self.length = batch_size * period
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        return self.length
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __getitem__(self, index: int) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-        sample = self.samples[(self.epoch * self.length + index) % len(self.samples)]
-        rng = np.random.default_rng([self.opts.seed, self.epoch, index])
-        return augment_sample(sample, rng, self.opts.flip, self.opts.scale_jitter)
-
-    def collate(self, items: List[Tuple[np.ndarray, Optional[np.ndarray]]]) -> Dict[str, torch.Tensor]:
-        x, priors_np, valid, norm = pad_batch([i[0] for i in items], [i[1] for i in items], self.spec)
-        priors = torch.from_numpy(np.array(priors_np))
-        batch = {"image": x, "valid": valid, "priors": priors}
-        if all(b is not None for b in norm):
-            t = stack_targets([match(torch.from_numpy(b), priors, self.opts.match_threshold) for b in norm])
-            batch.update(loc=t.loc, labels=t.labels, landm=t.landm, landm_valid=t.landm_valid)
-        return batch
 
 
 # --------------------------------------------------------------------------------------------------
@@ -716,20 +590,30 @@ def _spec_of(model_name: str) -> DetectorSpec:
     return SPECS[model_name]
 
 
-def run_level3(model_name: str, float_model: nn.Module, images_dir: str, labels: LabelSource,
-               backend: str = "x86", long_side: int = 320, iters: int = DEFAULT_ITERS, statassist: bool = True,
-               gradboost: bool = True, observer: str = "histogram", per_channel: bool = True,
-               log: Log = None, **options: Any) -> Tuple[nn.Module, Dict[str, Any]]:
-    """Level 3: QAT with labels (distillation from the float model + small-weight multibox loss).
+def run_level(level: int, model_name: str, float_model: nn.Module, images_dir: str,
+              labels: Optional[LabelSource] = None, backend: str = "x86", long_side: int = 320,
+              iters: int = DEFAULT_ITERS, statassist: bool = True, gradboost: bool = True,
+              observer: str = "histogram", per_channel: bool = True, log: Log = None,
+              **options: Any) -> Tuple[nn.Module, Dict[str, Any]]:
+    """Level 3 or 4 of ``fdq quantize``: the int8 model of the best held-back checkpoint, and a JSON-able report.
+
+    Level 3 is QAT with labels: distillation from the float model plus the small-weight multibox loss.
+    Level 4 is the same loop without the ground-truth loss, on any folder of unlabelled images: the
+    float model's scores and boxes are the soft targets (in the StatAssist float warm-up, where the
+    student still equals the teacher and distillation has no gradient, the teacher's detections are
+    the labels, weighed by ``gt_weight``). Its best checkpoint is chosen by agreement with the float
+    model on held-back images (AP of the int8 detections against the float model's detections with
+    score >= ``agreement_score``), or by AP when ``labels`` are given: they then serve selection only.
 
     ``options`` are :class:`FinetuneOptions` fields (``warmup_iters``, ``lr``, ``gt_weight``, ...).
-    Returns the converted int8 model of the best held-back checkpoint and a JSON-able report.
     """
-    if labels is None:
+    if level not in (3, 4):
+        raise ValueError(f"fine-tuning levels are 3 and 4, not {level}")
+    if level == 3 and labels is None:
         raise ValueError("level 3 needs labels (a WIDER ground-truth folder, .json or *_bbx_gt.txt)")
     opts = FinetuneOptions.from_kwargs(**options)
     model, report = finetune(model_name, float_model, images_dir, labels, backend=backend, long_side=long_side,
                              iters=iters, statassist=statassist, gradboost=gradboost, observer=observer,
-                             per_channel=per_channel, use_gt_loss=True, options=opts, log=log)
-    report["level"] = 3
+                             per_channel=per_channel, use_gt_loss=level == 3, options=opts, log=log)
+    report["level"] = level
     return model, report

@@ -158,13 +158,19 @@ def pad_to_square(image: np.ndarray, mean_bgr: Sequence[float]) -> np.ndarray:
     return out
 
 
+def mirror_boxes(boxes: np.ndarray, width: int) -> np.ndarray:
+    """(K, 4) x1 y1 x2 y2 boxes of an image ``width`` pixels wide, flipped horizontally."""
+    out = boxes.copy()
+    out[:, 0], out[:, 2] = width - boxes[:, 2], width - boxes[:, 0]
+    return out
+
+
 def mirror(image: np.ndarray, faces: Faces, rng: np.random.Generator) -> Tuple[np.ndarray, Faces]:
     """Horizontal flip half of the time; boxes and landmarks follow, left/right landmark pairs swapped."""
     if not rng.integers(2):
         return image, faces
     width = image.shape[1]
-    boxes = faces.boxes.copy()
-    boxes[:, 0], boxes[:, 2] = width - faces.boxes[:, 2], width - faces.boxes[:, 0]
+    boxes = mirror_boxes(faces.boxes, width)
     landm = faces.landmarks.copy()
     present = has_landmarks(landm)
     points = landm[present].reshape(-1, 5, 2)

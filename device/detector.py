@@ -14,8 +14,8 @@ from typing import Callable, Dict, Sequence, Tuple, Union
 import numpy as np
 
 from .anchors import prior_boxes
-from .kernels import normalize_c
-from .postprocess import Detections, PostprocessFn, select_postprocess
+from .kernels import load_kernels, normalize_c, postprocess_c
+from .postprocess import Detections, PostprocessFn, cv2_nms_agrees, postprocess, postprocess_cv2
 from .preprocess import RESIZERS
 from .spec import DetectorSpec
 
@@ -24,6 +24,26 @@ from .spec import DetectorSpec
 # never assume it is C-contiguous.
 InferenceFn = Callable[[np.ndarray], Tuple[np.ndarray, np.ndarray, np.ndarray]]
 NormalizeFn = Callable[[np.ndarray, Sequence[float]], np.ndarray]
+
+
+def select_postprocess(prefer: str = "auto") -> Tuple[PostprocessFn, str]:
+    """The postprocess function to run and its name: ``"c"``, ``"numpy+cv2"`` or ``"numpy"``.
+
+    ``"auto"`` takes the C kernels when they load (scripts/bench_kernels.py measures them faster
+    than numpy + NMSBoxes on real outputs), else NMSBoxes if it agrees with the reference here,
+    else the numpy reference. An explicit name that cannot run here raises ``RuntimeError``.
+    """
+    if prefer not in ("auto", "c", "numpy+cv2", "numpy"):
+        raise ValueError(f"unknown postprocess '{prefer}' (choose from: auto, c, numpy+cv2, numpy)")
+    if prefer in ("auto", "c") and load_kernels() is not None:
+        return postprocess_c, "c"
+    if prefer == "c":
+        raise RuntimeError("C kernels requested but unavailable (FDQ_KERNELS=numpy or no compiler)")
+    if prefer in ("auto", "numpy+cv2") and cv2_nms_agrees():
+        return postprocess_cv2, "numpy+cv2"
+    if prefer == "numpy+cv2":
+        raise RuntimeError("cv2.dnn.NMSBoxes does not reproduce the reference NMS with this OpenCV")
+    return postprocess, "numpy"
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """C kernels compiled on the board at first use, loaded with ctypes; numpy is the fallback.
 
-The board's own compiler builds ``kernels/fdq_kernels.c`` with ``-march=native`` (x86) or
+The board's own compiler builds ``csrc/fdq_kernels.c`` with ``-march=native`` (x86) or
 ``-mcpu=native`` (ARM), so the code is tuned to the exact CPU without shipping binaries. The
 library is cached under a name hashing everything that changes the binary (sources, the compiler
 binary by path, size and time, flags, machine, CPU), built into a temporary file and renamed into
@@ -30,7 +30,7 @@ from .postprocess import Detections, pixel_scale, postprocess
 from .preprocess import normalize
 from .sysinfo import cpu_features
 
-SOURCE_DIR = Path(__file__).resolve().parent / "kernels"
+SOURCE_DIR = Path(__file__).resolve().parent / "csrc"
 SOURCES = ("fdq_kernels.c", "fdq_kernels.h")
 BASE_FLAGS = ("-O3", "-shared", "-fPIC", "-std=c99", "-ffp-contract=off")
 # -ffp-contract=off: a fused multiply-add rounds once where numpy rounds twice, and clang

@@ -3,8 +3,9 @@
 Reference protocol: score = softmax face column; keep score > threshold; decode; greedy NMS;
 no top-k; boxes scaled by the network input size and divided by the resize ratio, not clipped.
 Only the candidates above the threshold are decoded: the same values as decoding every anchor,
-for a fraction of the work. :func:`postprocess` is the reference; :func:`select_postprocess`
-picks the fastest path that reproduces it (C kernels, numpy + ``cv2.dnn.NMSBoxes``, or itself).
+for a fraction of the work. :func:`postprocess` is the reference, :func:`postprocess_cv2` the
+fastest numpy path that reproduces it; :func:`fdq.device.detector.select_postprocess` picks between
+them and the C kernels.
 """
 from __future__ import annotations
 
@@ -116,25 +117,3 @@ def cv2_nms_agrees() -> bool:
     except (cv2.error, AttributeError):  # an OpenCV built without the dnn module
         return False
     return bool(np.array_equal(kept, expected))
-
-
-def select_postprocess(prefer: str = "auto") -> Tuple[PostprocessFn, str]:
-    """The postprocess function to run and its name: ``"c"``, ``"numpy+cv2"`` or ``"numpy"``.
-
-    ``"auto"`` takes the C kernels when they load (scripts/bench_kernels.py measures them faster
-    than numpy + NMSBoxes on real outputs), else NMSBoxes if it agrees with the reference here,
-    else the numpy reference. An explicit name that cannot run here raises ``RuntimeError``.
-    """
-    from .kernels import load_kernels, postprocess_c  # kernels imports this module
-
-    if prefer not in ("auto", "c", "numpy+cv2", "numpy"):
-        raise ValueError(f"unknown postprocess '{prefer}' (choose from: auto, c, numpy+cv2, numpy)")
-    if prefer in ("auto", "c") and load_kernels() is not None:
-        return postprocess_c, "c"
-    if prefer == "c":
-        raise RuntimeError("C kernels requested but unavailable (FDQ_KERNELS=numpy or no compiler)")
-    if prefer in ("auto", "numpy+cv2") and cv2_nms_agrees():
-        return postprocess_cv2, "numpy+cv2"
-    if prefer == "numpy+cv2":
-        raise RuntimeError("cv2.dnn.NMSBoxes does not reproduce the reference NMS with this OpenCV")
-    return postprocess, "numpy"

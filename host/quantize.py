@@ -60,7 +60,7 @@ class CalibrationSet:
 
 def _check_args(args: argparse.Namespace) -> None:
     """Option combinations, checked before any file is read."""
-    from fdq.calibration.observers import activation_observer
+    from fdq.calibration.quant_api import activation_observer
     from fdq.calibration.quant_api import PT2E_BACKENDS, check_backend
     from fdq.models import SPECS
 
@@ -275,12 +275,9 @@ _QAT_MANIFEST_KEYS = ("iters", "statassist", "gradboost", "observer", "per_chann
 
 
 def _qat(args: argparse.Namespace, model: nn.Module, report: Dict[str, Any]) -> Tuple[nn.Module, Dict[str, Any]]:
-    """Levels 3 and 4, by :mod:`fdq.calibration.qat` / :mod:`fdq.calibration.distill`."""
+    """Levels 3 and 4, by :func:`fdq.calibration.qat.run_level`."""
     try:
-        if args.level == 3:
-            from fdq.calibration.qat import run_level3 as run
-        else:
-            from fdq.calibration.distill import run_level4 as run
+        from fdq.calibration.qat import run_level
     except ImportError as exc:
         raise QuantizeError(f"level {args.level} is not available in this installation ({exc})") from None
     options: Dict[str, Any] = {"backend": args.backend, "long_side": args.long_side,
@@ -294,7 +291,7 @@ def _qat(args: argparse.Namespace, model: nn.Module, report: Dict[str, Any]) -> 
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
     options["reduce_range"] = args.reduce_range
-    quantized, qat_report = run(args.model, model, args.calib, args.labels, **options)
+    quantized, qat_report = run_level(args.level, args.model, model, args.calib, args.labels, **options)
     report["training"] = qat_report
     effective = {k: qat_report[k] for k in _QAT_MANIFEST_KEYS if k in qat_report}
     return quantized, {"method": "qat" if args.level == 3 else "qat-distill", **options, **effective}

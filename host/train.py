@@ -152,7 +152,7 @@ def _check(s: argparse.Namespace) -> None:
         raise TrainError(f"{', '.join(qat_only)} {'applies' if len(qat_only) == 1 else 'apply'} to --qat "
                          "(quantization-aware training)")
     if s.qat:
-        from fdq.calibration.observers import activation_observer
+        from fdq.calibration.quant_api import activation_observer
         from fdq.calibration.quant_api import check_backend
 
         if not s.backend:

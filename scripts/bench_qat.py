@@ -5,7 +5,7 @@ For each model and backend: the level-2 model (``fdq quantize --level 2``'s defa
 observer, per-channel weights, CLE; it is level 3's untrained checkpoint 0, calibrated on the same 24
 ``calib`` images), plain QAT (no StatAssist, no GradBoost) and QAT with StatAssist + GradBoost, each
 fine-tuned on ``calib/`` (24 images trained on, 8 held back for checkpoint selection) by
-:func:`fdq.calibration.qat.run_level3`, the code of ``fdq quantize --level 3``, over ``--seeds``.
+:func:`fdq.calibration.qat.run_level`, the code of ``fdq quantize --level 3``, over ``--seeds``.
 Each int8 model is scored on ``val/``, which no run sees:
 
 * the output error against float, the calibration report's ``out err``
@@ -40,7 +40,7 @@ from benchlib.results import machine, read_result, result, write_result
 from benchlib.scoring import score
 
 from fdq.calibration.data import find_images
-from fdq.calibration.qat import FinetuneOptions, run_level3
+from fdq.calibration.qat import FinetuneOptions, run_level
 from fdq.calibration.report import output_error
 from fdq.device.evaluation import SETTINGS
 from fdq.device.outputs import checked_outputs_or_exit
@@ -84,10 +84,10 @@ def run_task(model: str, backend: str, data: Data, long_side: int, seeds: List[i
             t0 = time.process_time()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                int8, report = run_level3(model, float_model, str(data.calib_images),
-                                          data.calib_labels, backend=backend, long_side=long_side,
-                                          iters=iters if method_iters is None else method_iters,
-                                          statassist=statassist, gradboost=gradboost, **{**options, "seed": seed})
+                int8, report = run_level(3, model, float_model, str(data.calib_images),
+                                         data.calib_labels, backend=backend, long_side=long_side,
+                                         iters=iters if method_iters is None else method_iters,
+                                         statassist=statassist, gradboost=gradboost, **{**options, "seed": seed})
             infer = torch_inference(int8)
             rows.append({"method": key, "label": label, "seed": seed, "iters": report["iters"],
                          "best_iter": report["best_iter"], "checkpoints": report["checkpoints"],

@@ -39,7 +39,7 @@ from benchlib.scoring import score
 from benchlib.timing import paired_median_ms
 
 from fdq.calibration.data import find_images
-from fdq.calibration.observers import OBSERVER_NAMES
+from fdq.calibration.quant_api import OBSERVER_NAMES
 from fdq.calibration.report import output_error
 from fdq.device.atomic import atomic_write_text
 from fdq.device.bundle import load_bundle
@@ -73,7 +73,7 @@ def level_available(level: int) -> bool:
     """Levels 3/4 come from another module; skip them cleanly where it is missing."""
     import importlib
 
-    module = {3: "fdq.calibration.qat", 4: "fdq.calibration.distill"}.get(level)
+    module = {3: "fdq.calibration.qat", 4: "fdq.calibration.qat"}.get(level)
     if module is None:
         return True
     try:

@@ -12,4 +12,4 @@ bash scripts/install_runtimes.sh  # MNN and ExecuTorch (tests/test_runtimes.py)
 export FDQ_SHARED="${FDQ_SHARED:-$(cd .. && pwd)/shared}"
 export FDQ_WEIGHTS_PATH="${FDQ_WEIGHTS_PATH:-$FDQ_SHARED/weights}"
 export FDQ_HOME="${FDQ_HOME:-$PWD/.venv/fdq-home}"
-python -m pytest -q -p no:cacheprovider "$@"
+python -m pytest -q -p no:cacheprovider --durations=25 "$@"

@@ -6,18 +6,23 @@ is this machine (its Python is the one running the tests), ``arm64_board`` the e
 Pi 4. Each yields ``port``, ``key`` (the client key), ``home`` (the board's state folder),
 ``profile`` (a YAML file for ``--target``), ``name``, ``fields`` (the profile read) and ``root``
 (an arm64 board's root). Without root, sshd or qemu-user the tests that use them skip; CI
-installs what they need, runs as root, and fails instead of skipping.
+installs what they need, runs as root, and fails instead of skipping. The tests that use them are
+marked ``board`` here, so that ``pytest -m "not board and not slow"`` leaves them out.
+
+Bundles that several test modules use (slim fp32, with its weights recorded, its ONNX export, a
+level-2 qnnpack bundle) are built once per session here.
 """
 from __future__ import annotations
 
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import pytest
 import yaml
@@ -59,6 +64,10 @@ def free_port():
     return _free_port
 
 
+# Bundles built once per session: every test module that needs one of these takes it from here
+# (none writes into them; a test that damages one works on a copy).
+
+
 @pytest.fixture(scope="session")
 def slim_fp32_bundle(tmp_path_factory, shared_dir):
     from fdq.host.artifacts import save_torchscript_bundle
@@ -68,6 +77,60 @@ def slim_fp32_bundle(tmp_path_factory, shared_dir):
     folder = tmp_path_factory.mktemp("bundles") / "slim_fp32"
     return save_torchscript_bundle(load_model("slim", weights), SPECS["slim"], 320, str(folder), engine=None,
                                    dtype="fp32", quantization={"level": "float"})
+
+
+@pytest.fixture(scope="session")
+def slim_weighted_bundle(tmp_path_factory, shared_dir):
+    """slim fp32 at 320 whose manifest records its weights (path and sha256): exports take the float
+    model from there."""
+    from fdq.device.bundle import sha256_file
+    from fdq.host.artifacts import save_torchscript_bundle
+    from fdq.models import SPECS, load_model
+
+    path = shared_dir / "weights" / "slim_Final.pth"
+    weights = {"path": str(path), "sha256": sha256_file(path)}
+    return save_torchscript_bundle(load_model("slim", path), SPECS["slim"], 320,
+                                   str(tmp_path_factory.mktemp("bundles") / "slim_ts"), engine=None, dtype="fp32",
+                                   quantization={"level": "float", "weights": weights})
+
+
+@pytest.fixture(scope="session")
+def slim_onnx_bundle(slim_fp32_bundle, tmp_path_factory) -> Path:
+    """``fdq export --format onnx`` of ``slim_fp32_bundle``, in a folder named ``slim_onnx``."""
+    from fdq.host.cli import main
+
+    out = tmp_path_factory.mktemp("onnx") / "slim_onnx"
+    assert main(["export", str(slim_fp32_bundle), "--format", "onnx", "--out", str(out)]) == 0
+    return out
+
+
+CALIB_IMAGES = 8  # the board tests calibrate on the first 8 images of the calibration split
+
+
+def copy_calib_images(shared_dir: Path, folder: Path) -> Path:
+    """The first ``CALIB_IMAGES`` calibration images, copied into ``folder`` in their EVENT/ folders."""
+    images = sorted((shared_dir / "data" / "widerface_val_subset" / "calib" / "images").rglob("*.jpg"))
+    for image in images[:CALIB_IMAGES]:
+        (folder / image.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(image, folder / image.parent.name / image.name)
+    return folder
+
+
+def level2_bundle(shared_dir: Path, folder: Path, backend: str) -> Path:
+    """A calibrated (level 2) slim bundle for ``backend``, through the CLI as a user makes one."""
+    from fdq.host.cli import main
+
+    calib = copy_calib_images(shared_dir, folder / "calib")
+    out = folder / f"slim-{backend}"
+    assert main(["quantize", "--model", "slim", "--weights", str(shared_dir / "weights" / "slim_Final.pth"),
+                 "--level", "2", "--backend", backend, "--calib", str(calib), "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def slim_qnnpack_bundle(shared_dir, tmp_path_factory) -> Path:
+    """:func:`level2_bundle` for qnnpack, the board's engine."""
+    return level2_bundle(shared_dir, tmp_path_factory.mktemp("qnnpack"), "qnnpack")
 
 
 TESTBOARD = REPO_ROOT / "scripts" / "testboard.sh"
@@ -95,6 +158,17 @@ def _testboard(kind: str, name: str, *options: str) -> Iterator[Dict[str, Any]]:
                "name": name, "fields": fields, "root": BOARD_ROOTS / name / "root"}
     finally:
         subprocess.run(["bash", str(TESTBOARD), "down", name], capture_output=True, text=True)
+
+
+BOARD_FIXTURES = {"sshd", "arm64_board"}
+
+
+def pytest_collection_modifyitems(items: List[pytest.Item]) -> None:
+    """Mark ``board`` every test that starts a test board through its fixtures (pytest.ini declares the
+    marker; a test that asks for a board with ``request.getfixturevalue`` carries the mark itself)."""
+    for item in items:
+        if BOARD_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.board)
 
 
 @pytest.fixture(scope="session")

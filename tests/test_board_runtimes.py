@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,13 +21,14 @@ from typing import Dict
 import pytest
 import yaml
 
+from conftest import copy_calib_images
 from fdq.host.cli import deploy_main, main, profile_main
 
-CALIB_IMAGES = 8
 EVENTS = ("0--Parade", "12--Group")  # two val images each
 AP_POINTS = 1.0
-pytestmark = pytest.mark.skipif(os.environ.get("FDQ_BOARD_RUNTIMES") == "0",
-                                reason="every runtime on the emulated Pi: left out by FDQ_BOARD_RUNTIMES=0")
+pytestmark = [pytest.mark.slow,  # about 15 minutes (README)
+              pytest.mark.skipif(os.environ.get("FDQ_BOARD_RUNTIMES") == "0",
+                                 reason="every runtime on the emulated Pi: left out by FDQ_BOARD_RUNTIMES=0")]
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +39,7 @@ def few(tmp_path_factory, shared_dir) -> Dict[str, Path]:
 
     data = shared_dir / "data" / "widerface_val_subset"
     root = tmp_path_factory.mktemp("few")
-    for image in sorted((data / "calib" / "images").rglob("*.jpg"))[:CALIB_IMAGES]:
-        (root / "calib" / image.parent.name).mkdir(parents=True, exist_ok=True)
-        shutil.copy(image, root / "calib" / image.parent.name / image.name)
+    copy_calib_images(shared_dir, root / "calib")
     keys = []
     for event in EVENTS:
         (root / "images" / event).mkdir(parents=True)
@@ -54,16 +52,14 @@ def few(tmp_path_factory, shared_dir) -> Dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def bundles(few, shared_dir, slim_fp32_bundle) -> Dict[str, Path]:
-    """Every runtime's float and int8 bundle of slim, made as a user makes them (the CLI)."""
+def bundles(few, shared_dir, slim_fp32_bundle, slim_qnnpack_bundle, slim_onnx_bundle) -> Dict[str, Path]:
+    """Every runtime's float and int8 bundle of slim, made as a user makes them (the CLI); the qnnpack
+    and ONNX ones are the session's (conftest)."""
     root, calib, weights = few["root"], str(few["calib"]), str(shared_dir / "weights" / "slim_Final.pth")
-    made = {"torchscript-int8": root / "ts-qnnpack", "executorch-int8": root / "pte-int8"}
-    assert main(["quantize", "--model", "slim", "--weights", weights, "--level", "2", "--backend", "qnnpack",
-                 "--calib", calib, "--out", str(made["torchscript-int8"])]) == 0
+    made = {"torchscript-int8": slim_qnnpack_bundle, "onnx": slim_onnx_bundle, "executorch-int8": root / "pte-int8"}
     assert main(["quantize", "--model", "slim", "--weights", weights, "--level", "2", "--backend", "xnnpack",
                  "--calib", calib, "--out", str(made["executorch-int8"])]) == 0
-    for key, source, fmt, extra in (("onnx", slim_fp32_bundle, "onnx", []),
-                                    ("onnx-int8", made["torchscript-int8"], "onnx-int8", []),
+    for key, source, fmt, extra in (("onnx-int8", made["torchscript-int8"], "onnx-int8", []),
                                     ("ncnn", slim_fp32_bundle, "ncnn", []),
                                     ("mnn", slim_fp32_bundle, "mnn", []),
                                     ("mnn-int8", slim_fp32_bundle, "mnn-int8", ["--calib", calib]),

@@ -6,45 +6,26 @@ from __future__ import annotations
 
 import json
 import shlex
-import shutil
 from pathlib import Path
 from typing import Dict, List
 
 import pytest
 import yaml
 
-from fdq.host.cli import deploy_main, main, profile_main
+from conftest import level2_bundle
+from fdq.host.cli import deploy_main, profile_main
 from fdq.host.deploy import FACTS_SCRIPT
 from fdq.host.remote import connect
 from fdq.host.targets import load_target
 
-CALIB_IMAGES = 8
 # What a Cortex-A72 (ARMv8.0-A) lacks and qemu's default CPU ("max") advertises: int8 and fp16
 # kernels are chosen by exactly these bits.
 NOT_ON_A72 = ("asimddp", "sve", "i8mm", "fphp", "asimdhp")
 
 
-def _int8_bundle(shared_dir: Path, folder: Path, backend: str) -> Path:
-    """A calibrated (level 2) slim bundle for ``backend``, through the CLI as a user makes one."""
-    images = sorted((shared_dir / "data" / "widerface_val_subset" / "calib" / "images").rglob("*.jpg"))[:CALIB_IMAGES]
-    calib = folder / "calib"
-    for image in images:
-        (calib / image.parent.name).mkdir(parents=True, exist_ok=True)
-        shutil.copy(image, calib / image.parent.name / image.name)
-    out = folder / f"slim-{backend}"
-    assert main(["quantize", "--model", "slim", "--weights", str(shared_dir / "weights" / "slim_Final.pth"),
-                 "--level", "2", "--backend", backend, "--calib", str(calib), "--out", str(out)]) == 0
-    return out
-
-
 @pytest.fixture(scope="module")
 def x86_bundle(shared_dir, tmp_path_factory) -> Path:
-    return _int8_bundle(shared_dir, tmp_path_factory.mktemp("x86"), "x86")
-
-
-@pytest.fixture(scope="module")
-def qnnpack_bundle(shared_dir, tmp_path_factory) -> Path:
-    return _int8_bundle(shared_dir, tmp_path_factory.mktemp("qnnpack"), "qnnpack")
+    return level2_bundle(shared_dir, tmp_path_factory.mktemp("x86"), "x86")
 
 
 def _sent(err: str) -> int:
@@ -95,9 +76,10 @@ def _facts(profile: Path, workdir: str, python: str, env: str = "") -> Dict:
     return json.loads(_board_run(profile, f"cd {workdir} && {env} {python} -c {shlex.quote(FACTS_SCRIPT)} . 0"))
 
 
-def test_arm64_board_is_a_cortex_a72_running_qnnpack(arm64_board, qnnpack_bundle, tmp_path, monkeypatch, capsys):
+def test_arm64_board_is_a_cortex_a72_running_qnnpack(arm64_board, slim_qnnpack_bundle, tmp_path, monkeypatch,
+                                                      capsys):
     monkeypatch.setenv("FDQ_HOME", str(tmp_path / "fdq-home"))
-    doc = _deploy_profile_redeploy(arm64_board["profile"], qnnpack_bundle, tmp_path / "arm64.json", 2, capsys)
+    doc = _deploy_profile_redeploy(arm64_board["profile"], slim_qnnpack_bundle, tmp_path / "arm64.json", 2, capsys)
     device = doc["device"]
     assert device["machine"]["arch"] == "aarch64" and device["engine"] == "qnnpack"
     assert device["emulation"]["emulated"] is True
@@ -118,14 +100,7 @@ def test_arm64_board_is_a_cortex_a72_running_qnnpack(arm64_board, qnnpack_bundle
         == [False, True]
 
 
-@pytest.fixture(scope="module")
-def onnx_bundle(tmp_path_factory, slim_fp32_bundle) -> Path:
-    out = tmp_path_factory.mktemp("onnx") / "slim-onnx"
-    assert main(["export", str(slim_fp32_bundle), "--format", "onnx", "--out", str(out)]) == 0
-    return out
-
-
-def test_setup_makes_a_bare_pi_a_board(arm64_board, onnx_bundle, tmp_path, monkeypatch, capsys):
+def test_setup_makes_a_bare_pi_a_board(arm64_board, slim_onnx_bundle, tmp_path, monkeypatch, capsys):
     """The board's stock python3 (Debian's, nothing installed; /opt/fdq left alone): refused in one
     line naming --setup; --setup installs the runner's packages and onnxruntime (the profile's
     runtimes) offline into a venv of its own work directory; the bundle runs there."""
@@ -136,22 +111,22 @@ def test_setup_makes_a_bare_pi_a_board(arm64_board, onnx_bundle, tmp_path, monke
               "onnxruntime": "1.19.2"}
     profile = tmp_path / "bare.yaml"
     profile.write_text(yaml.safe_dump(fields))
-    assert deploy_main(["--target", str(profile), str(onnx_bundle)]) == 1
+    assert deploy_main(["--target", str(profile), str(slim_onnx_bundle)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 or err[-2].startswith("fdq: first connection"), err
     assert err[-1].startswith("fdq-deploy: error: ") and "lacks" in err[-1] and "--setup" in err[-1]
     assert "yaml (from pyyaml)" in err[-1] and "numpy" in err[-1]
 
-    assert deploy_main(["--target", str(profile), "--setup", str(onnx_bundle)]) == 0
+    assert deploy_main(["--target", str(profile), "--setup", str(slim_onnx_bundle)]) == 0
     err = capsys.readouterr().err
     assert "--setup for aarch64, Python 3.11, glibc" in err and "onnxruntime==1.19.2" in err
     out = tmp_path / "bare.json"
-    assert profile_main(["--target", str(profile), "--bundle", str(onnx_bundle), "--frames", "2", "--warmup", "1",
-                         "--out", str(out)]) == 0
+    assert profile_main(["--target", str(profile), "--bundle", str(slim_onnx_bundle), "--frames", "2",
+                         "--warmup", "1", "--out", str(out)]) == 0
     device = json.loads(out.read_text())["device"]
     assert device["machine"]["arch"] == "aarch64" and device["runtime"] == "onnxruntime"
     assert device["runtime_versions"]["onnxruntime"] and "asimd" in device["cpu_features"]
     assert "asimddp" not in device["cpu_features"]
     # a second --setup finds everything in place: no wheel travels again
-    assert deploy_main(["--target", str(profile), "--setup", str(onnx_bundle)]) == 0
+    assert deploy_main(["--target", str(profile), "--setup", str(slim_onnx_bundle)]) == 0
     assert " 0 of " in capsys.readouterr().err

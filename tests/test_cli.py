@@ -1,6 +1,7 @@
 """The fdq command line on real images: outputs, and one clear error line for bad input."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -92,13 +93,9 @@ def test_zoo_list_shows_all_weights(weights_env):
         assert name in r.stdout
 
 
-def test_eval_bundle_goes_through_the_runner_code(tmp_path, shared_dir, val):
-    from fdq.host.artifacts import save_torchscript_bundle
-    from fdq.models import SPECS, load_model
-
-    bundle = save_torchscript_bundle(load_model("slim", shared_dir / "weights" / "slim_Final.pth"), SPECS["slim"],
-                                     320, str(tmp_path / "b"), engine=None, dtype="fp32",
-                                     quantization={"level": 0, "method": "fp32"})
+def test_eval_bundle_goes_through_the_runner_code(tmp_path, slim_fp32_bundle, val):
+    bundle = tmp_path / "b"
+    shutil.copytree(slim_fp32_bundle, bundle)  # a copy: this test damages it
     out = tmp_path / "ap.json"
     r = run_fdq("eval", "--bundle", bundle, "--images", val / "images", "--gt", val / "ground_truth", "--json", out)
     assert r.returncode == 0, r.stderr

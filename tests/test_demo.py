@@ -37,14 +37,9 @@ N_FRAMES = N_IMAGES * REPEAT
 
 
 @pytest.fixture(scope="module")
-def bundle_dir(shared_dir, tmp_path_factory) -> Path:
-    from fdq.host.artifacts import save_torchscript_bundle
-    from fdq.models import SPECS, load_model
-
-    out = tmp_path_factory.mktemp("demo") / "slim_fp32"
-    save_torchscript_bundle(load_model("slim", shared_dir / "weights" / "slim_Final.pth"), SPECS["slim"], 320,
-                            str(out), engine=None, dtype="fp32", quantization={"level": 0, "method": "fp32"})
-    return out
+def bundle_dir(slim_fp32_bundle) -> Path:
+    """slim fp32 at 320: the session's (conftest)."""
+    return Path(slim_fp32_bundle)
 
 
 @pytest.fixture(scope="module")

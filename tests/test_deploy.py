@@ -45,7 +45,7 @@ def test_deploy_sends_runner_and_bundle_then_only_what_changed(board, bundle, ca
     for f in bundle.iterdir():
         assert sha256_file(remote / f.name) == sha256_file(f)
     runner = board["workdir"] / "lib" / "fdq" / "device"
-    assert (runner / "run.py").is_file() and (runner / "kernels" / "fdq_kernels.c").is_file()
+    assert (runner / "run.py").is_file() and (runner / "csrc" / "fdq_kernels.c").is_file()
     assert not any(runner.rglob("*.part")) and not (board["workdir"] / "lib" / "fdq" / "host").exists()
     sent = int(err.split(" file(s) sent")[0].rsplit(" ", 1)[1])
     shipped = [p for p in runner.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
@@ -231,13 +231,6 @@ def test_an_x86_bundle_is_refused_on_a_qnnpack_board_before_sending(board, bundl
     assert not (board["workdir"] / "bundles").exists() and not (board["workdir"] / "lib").exists()
 
 
-@pytest.fixture(scope="module")
-def onnx_bundle(slim_fp32_bundle, tmp_path_factory):
-    from fdq.host.export import export_bundle
-
-    return Path(export_bundle(slim_fp32_bundle, "onnx", tmp_path_factory.mktemp("onnx") / "slim_onnx"))
-
-
 def _python_without_onnxruntime(tmp_path: Path) -> Path:
     """A venv (no system site packages) holding only what the runner itself needs."""
     import importlib.util
@@ -260,9 +253,9 @@ def _python_without_onnxruntime(tmp_path: Path) -> Path:
     return python
 
 
-def test_an_onnx_bundle_is_refused_where_onnxruntime_is_missing(board, onnx_bundle, tmp_path, capsys):
+def test_an_onnx_bundle_is_refused_where_onnxruntime_is_missing(board, slim_onnx_bundle, tmp_path, capsys):
     python = _python_without_onnxruntime(tmp_path)
-    assert deploy_main(["--target", str(board["profile"]), "--python", str(python), str(onnx_bundle)]) == 1
+    assert deploy_main(["--target", str(board["profile"]), "--python", str(python), str(slim_onnx_bundle)]) == 1
     err = _errors(capsys.readouterr().err)
     assert len(err) == 1 and err[0].startswith("fdq-deploy: error: loopback-board: refused before sending: ")
     assert "lacks onnxruntime, which slim_onnx needs (install it there, or deploy with --setup)" in err[0]
@@ -270,13 +263,13 @@ def test_an_onnx_bundle_is_refused_where_onnxruntime_is_missing(board, onnx_bund
     assert not (board["workdir"] / "bundles").exists()
 
 
-def test_the_profile_runtimes_take_part(board, onnx_bundle, tmp_path, capsys):
+def test_the_profile_runtimes_take_part(board, slim_onnx_bundle, tmp_path, capsys):
     fields = {**yaml.safe_load(board["profile"].read_text()), "runtimes": ["torchscript"]}
-    assert deploy_main(["--target", str(_profile(tmp_path, **fields)), str(onnx_bundle)]) == 1
+    assert deploy_main(["--target", str(_profile(tmp_path, **fields)), str(slim_onnx_bundle)]) == 1
     assert capsys.readouterr().err.strip().endswith(
         "slim_onnx is a bundle for onnxruntime; the profile of loopback-board lists runtimes torchscript")
     fields["runtimes"] = ["torchscript", "onnxruntime"]
-    assert deploy_main(["--target", str(_profile(tmp_path, **fields)), str(onnx_bundle)]) == 0
+    assert deploy_main(["--target", str(_profile(tmp_path, **fields)), str(slim_onnx_bundle)]) == 0
 
 
 def test_prune_removes_what_this_deploy_does_not_name(board, bundle, tmp_path, capsys):

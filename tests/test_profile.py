@@ -219,7 +219,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
-@pytest.mark.parametrize("where", ["local", "ssh"])
+@pytest.mark.parametrize("where", ["local", pytest.param("ssh", marks=pytest.mark.board)])
 def test_ctrl_c_stops_the_runner_there_and_leaves_no_half_result(where, request, slim_fp32_bundle, tmp_path):
     profile = request.getfixturevalue("local" if where == "local" else "board")
     workdir = Path(yaml.safe_load(profile.read_text())["workdir"])

@@ -241,13 +241,13 @@ def test_training_boxes_drop_invalid_and_tiny_faces():
 
 
 def test_level3_refuses_mismatched_labels_before_training(shared_dir, tmp_path):
-    from fdq.calibration.qat import run_level3
+    from fdq.calibration.qat import run_level
     src = next((shared_dir / DATA / "calib" / "images").rglob("*.jpg"))
     (tmp_path / src.parent.name).mkdir()
     shutil.copy(src, tmp_path / src.parent.name / src.name)
     model = load_model("slim", shared_dir / "weights" / "slim_Final.pth")
     with pytest.raises(ValueError, match="no labels"):
-        run_level3("slim", model, str(tmp_path), shared_dir / DATA / "val" / "ground_truth", iters=1)
+        run_level(3, "slim", model, str(tmp_path), shared_dir / DATA / "val" / "ground_truth", iters=1)
 
 
 # ---------------------------------------------------------------- a short real run
@@ -263,7 +263,7 @@ def test_short_level3_run_gives_an_int8_model_that_agrees_with_float(shared_dir,
     """20 QAT iterations (+5 warm-up) on 4 calib images at long side 160, slim, x86, StatAssist and
     GradBoost on. Tolerance: on a val image at long side 320, at least 90 % of the float model's faces
     with score > 0.5 have an int8 detection (score > 0.3) with IoU >= 0.5."""
-    from fdq.calibration.qat import run_level3
+    from fdq.calibration.qat import run_level
     from fdq.device.detector import FaceDetector
     from fdq.device.images import read_image
     from fdq.host.torch_inference import torch_inference
@@ -277,9 +277,9 @@ def test_short_level3_run_gives_an_int8_model_that_agrees_with_float(shared_dir,
     reference = {k: v.clone() for k, v in float_model.state_dict().items()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        int8, report = run_level3("slim", float_model, str(tmp_path), calib / "ground_truth", backend="x86",
-                                  long_side=160, iters=20, statassist=True, gradboost=True,
-                                  warmup_iters=5, eval_every=10)
+        int8, report = run_level(3, "slim", float_model, str(tmp_path), calib / "ground_truth", backend="x86",
+                                 long_side=160, iters=20, statassist=True, gradboost=True,
+                                 warmup_iters=5, eval_every=10)
     assert all(torch.equal(v, reference[k]) for k, v in float_model.state_dict().items())  # float untouched
     assert report["train_images"] == 3 and report["heldout_images"] == 1
     assert report["warmup_iters_done"] == 5 and report["gradboost_boost_steps"] == 20
@@ -303,7 +303,7 @@ def test_short_level3_run_gives_an_int8_model_that_agrees_with_float(shared_dir,
 def test_level4_runs_without_labels(shared_dir, tmp_path):
     """Distillation only (2 + 2 iterations), on trainable ConvBn modules (no CLE) whose BatchNorm
     statistics freeze after one iteration."""
-    from fdq.calibration.distill import run_level4
+    from fdq.calibration.qat import run_level
 
     src = sorted((shared_dir / DATA / "calib" / "images").rglob("*.jpg"))[:3]
     for s in src:
@@ -312,8 +312,8 @@ def test_level4_runs_without_labels(shared_dir, tmp_path):
     model = load_model("slim", shared_dir / "weights" / "slim_Final.pth")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        int8, report = run_level4("slim", model, str(tmp_path), backend="x86", long_side=128, iters=2,
-                                  warmup_iters=2, eval_every=2, holdout=0.34, cle=False, freeze_bn_after=1)
+        int8, report = run_level(4, "slim", model, str(tmp_path), backend="x86", long_side=128, iters=2,
+                                 warmup_iters=2, eval_every=2, holdout=0.34, cle=False, freeze_bn_after=1)
     assert report["level"] == 4 and not report["gt_loss"] and report["selection"] == "heldout_both"
     assert report["heldout_images"] == 1 and len(report["checkpoints"]) == 2
     assert "gt" not in report["loss_last"] and "pseudo" not in report["loss_last"]
@@ -329,7 +329,8 @@ def test_level3_starts_from_the_level2_model(shared_dir, tmp_path, bias_correcti
     fake-quant ranges follow the choice) if asked for, even
     after a StatAssist warm-up, whose weight updates are undone while its optimizer state is kept. Tolerance: the face scores of a val image agree to 1e-4."""
     from fdq.calibration.ptq import PTQOptions, calibrate
-    from fdq.calibration.qat import load_samples, make_batch, run_level3
+    from fdq.calibration.finetune_data import load_samples, make_batch
+    from fdq.calibration.qat import run_level
     from fdq.device.images import read_image
     from fdq.device.preprocess import normalize, resize_image
 
@@ -340,9 +341,9 @@ def test_level3_starts_from_the_level2_model(shared_dir, tmp_path, bias_correcti
     float_model = load_model("slim", shared_dir / "weights" / "slim_Final.pth")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        int8, report = run_level3("slim", float_model, str(tmp_path), calib / "ground_truth", backend="x86",
-                                  long_side=160, iters=0, warmup_iters=3, bias_correction=bias_correction,
-                                  reduce_range=reduce_range)
+        int8, report = run_level(3, "slim", float_model, str(tmp_path), calib / "ground_truth", backend="x86",
+                                 long_side=160, iters=0, warmup_iters=3, bias_correction=bias_correction,
+                                 reduce_range=reduce_range)
         assert report["warmup_iters_done"] == 3 and report["best_iter"] == 0
         train, _, _ = load_samples(str(tmp_path), 160, holdout=0.25)
         rng = np.random.default_rng(0)

@@ -54,13 +54,9 @@ def eager(data):
 
 
 @pytest.fixture(scope="module")
-def ts_bundle(eager, data, workdir):
-    from fdq.host.artifacts import save_torchscript_bundle
-    from fdq.models import SPECS
-
-    weights = {"path": str(data["weights"]), "sha256": sha256_file(data["weights"])}
-    return save_torchscript_bundle(eager, SPECS["slim"], LONG_SIDE, str(workdir / "slim_ts"), engine=None,
-                                   dtype="fp32", quantization={"level": "float", "weights": weights})
+def ts_bundle(slim_weighted_bundle):
+    """slim fp32 at LONG_SIDE recording its weights: the session's (conftest)."""
+    return slim_weighted_bundle
 
 
 @pytest.fixture(scope="module")

@@ -67,14 +67,9 @@ def workdir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def float_bundle(data, workdir):
-    from fdq.host.artifacts import save_torchscript_bundle
-    from fdq.models import SPECS, load_model
-
-    weights = {"path": str(data["weights"]), "sha256": sha256_file(data["weights"])}
-    return save_torchscript_bundle(load_model("slim", data["weights"]), SPECS["slim"], LONG_SIDE,
-                                   str(workdir / "slim_ts"), engine=None, dtype="fp32",
-                                   quantization={"level": "float", "weights": weights})
+def float_bundle(slim_weighted_bundle):
+    """slim fp32 at LONG_SIDE recording its weights: the session's (conftest)."""
+    return slim_weighted_bundle
 
 
 def _ap(bundle_dir, data, **options):
@@ -218,6 +213,8 @@ def test_mnn_int8_export_needs_images(float_bundle, workdir):
 
 @pytest.fixture(scope="module")
 def executorch_bundles(float_bundle, data, workdir):
+    """PT2E int8 and float ExecuTorch programs of slim: minutes of quantization and lowering, so the
+    tests that take them are marked slow."""
     _require("executorch", "torchao")
     from fdq.host.cli import main
     from fdq.host.export import export_bundle
@@ -229,6 +226,7 @@ def executorch_bundles(float_bundle, data, workdir):
     return {"fp32": export_bundle(float_bundle, "executorch", workdir / "slim_et"), "int8": int8}
 
 
+@pytest.mark.slow
 def test_executorch_manifests(executorch_bundles):
     fp32, int8 = (load_bundle(str(executorch_bundles[k])).manifest for k in ("fp32", "int8"))
     for manifest, dtype in ((fp32, "fp32"), (int8, "int8")):
@@ -246,15 +244,18 @@ def test_executorch_manifests(executorch_bundles):
     assert report["calibration_report"]["images"] == 8
 
 
+@pytest.mark.slow
 def test_executorch_float_matches_torch(executorch_bundles, float_ap, data):
     assert _within(_ap(executorch_bundles["fp32"], data), float_ap, 0.05) == {}
 
 
+@pytest.mark.slow
 def test_executorch_int8_close_to_float(executorch_bundles, float_ap, data):
     """PT2E int8, percentile activation ranges and float-eps weight scales: the project's 1-point bar."""
     assert _within(_ap(executorch_bundles["int8"], data), float_ap, 1.0) == {}
 
 
+@pytest.mark.slow
 def test_an_int8_program_is_refused_at_deploy_only_where_the_board_lacks_the_dot_product(executorch_bundles):
     """executorch 1.0.1 runs XNNPACK int8 with SDOT whatever the CPU: a board without asimddp (a Pi 4) is one
     line at deploy; a board with it (ARMv8.2+), and the float program anywhere, go through."""
@@ -271,6 +272,7 @@ def test_an_int8_program_is_refused_at_deploy_only_where_the_board_lacks_the_dot
     assert refusal("pi", "python3", fp32, pi4, ["executorch"], None) is None
 
 
+@pytest.mark.slow
 def test_executorch_refuses_sizes_it_was_not_exported_for(executorch_bundles):
     from fdq.device.runtimes import load_inference
 
@@ -279,6 +281,7 @@ def test_executorch_refuses_sizes_it_was_not_exported_for(executorch_bundles):
         infer(np.zeros((1, 3, 240, 700), dtype=np.float32))
 
 
+@pytest.mark.slow
 def test_executorch_keeps_torch_to_the_threads_of_the_run(executorch_bundles):
     """The bindings copy through libtorch: its OpenMP pool would spin beside a 1-thread XNNPACK run."""
     import torch
@@ -295,8 +298,9 @@ def test_executorch_keeps_torch_to_the_threads_of_the_run(executorch_bundles):
         torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("runtime, bundles, engine", [("mnn", "mnn_bundles", None),
-                                                     ("executorch", "executorch_bundles", "xnnpack")])
+@pytest.mark.parametrize("runtime, bundles, engine", [
+    ("mnn", "mnn_bundles", None),
+    pytest.param("executorch", "executorch_bundles", "xnnpack", marks=pytest.mark.slow)])
 def test_the_runner_runs_an_int8_bundle_of_each_new_runtime(runtime, bundles, engine, request, workdir):
     out = workdir / f"{runtime}_run.json"
     proc = subprocess.run([sys.executable, "-m", "fdq.device.run", "--bundle",

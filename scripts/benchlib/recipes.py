@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Tuple
 
 from benchlib.data import Data
 
-from fdq.calibration.observers import OBSERVER_NAMES
+from fdq.calibration.quant_api import OBSERVER_NAMES
 
 
 @dataclass(frozen=True)
