@@ -165,7 +165,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from fdq.host.export import export_bundle, summary
 
     path = export_bundle(args.bundle, args.format, args.out, args.calib, weights=args.weights, force=args.force,
-                         float_ok=args.float)
+                         float_ok=args.float, keep_float=args.keep_float or ())
     print(f"wrote {path}: {summary(path)}")
     return 0
 
@@ -224,11 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "quantization parameters came from.")
     x.add_argument("bundle", help="the fdq bundle folder to export")
     x.add_argument("--format", required=True,
-                   choices=("torchscript", "onnx", "onnx-int8", "ncnn", "mnn", "mnn-int8", "executorch"),
+                   choices=("torchscript", "onnx", "onnx-int8", "ncnn", "ncnn-int8", "mnn", "mnn-int8", "executorch"),
                    help="torchscript: a verified copy; onnx, ncnn, mnn, executorch: the fp32 model; onnx-int8: of an "
                         "int8 bundle its own scales and zero points as QDQ ONNX, of a float bundle QDQ calibrated by "
-                        "ONNX Runtime on --calib; mnn-int8: MNN's offline quantization on --calib (executorch int8: "
-                        "fdq quantize --level 2 --backend xnnpack)")
+                        "ONNX Runtime on --calib; ncnn-int8: ncnn's int8 model, of an int8 bundle with its own weights "
+                        "and scales, of a float bundle calibrated by fdq on --calib; mnn-int8: MNN's offline "
+                        "quantization on --calib (executorch int8: fdq quantize --level 2 --backend xnnpack)")
     x.add_argument("--out", required=True,
                    help="bundle folder to write: a new path or an empty folder (an fdq bundle there needs --force; "
                         "anything else is refused)")
@@ -236,8 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--float", action="store_true",
                    help="allow onnx/ncnn of an int8 or fp16 bundle: they then hold the float model it came from, "
                         "and say so")
-    x.add_argument("--calib", help="calibration images for onnx-int8 of a float bundle and for mnn-int8 (use the "
-                                   "set the bundle was made with); an int8 bundle brings its own scales to onnx-int8")
+    x.add_argument("--calib", help="calibration images for onnx-int8 and ncnn-int8 of a float bundle and for mnn-int8 "
+                                   "(use the set the bundle was made with); an int8 bundle brings its own scales to "
+                                   "onnx-int8 and ncnn-int8")
+    x.add_argument("--keep-float", type=_comma_list(str), metavar="LAYER,...",
+                   help="ncnn-int8: convolutions to keep fp32, by the ncnn layer or PyTorch unit names its manifest's "
+                        "quantization.layers lists")
     x.add_argument("--weights", help="float weights (file or zoo name) for onnx/ncnn, if the bundle does not "
                                      "record them (default: the model's zoo weights)")
     x.set_defaults(func=cmd_export)
@@ -404,7 +409,7 @@ def _profile_plans(args: argparse.Namespace) -> List[Tuple[Any, List[Path]]]:
         plans.insert(0, (other, backends or [other.engine or FLOAT]))
     for _, backends in plans:  # before any quantization: a bad combination costs one line, at once
         for backend in backends or ():
-            check_runtime(args.runtime or "torchscript", backend != FLOAT, args.calib)
+            check_runtime(args.runtime or "torchscript", backend != FLOAT, args.calib, backend)
     level = args.level if args.level is not None else (2 if args.calib else 1)
     made = []
     for target, backends in plans:
@@ -512,13 +517,12 @@ def _backend(name: str) -> str:
 
 
 def _runtime(name: str) -> str:
-    from fdq.host.bundle_cache import check_runtime
+    from fdq.host.bundle_cache import known_runtime
 
     try:
-        check_runtime(name, int8=False, calib=None)
+        return known_runtime(name)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-    return name
 
 
 def _against(text: str) -> Tuple[Optional[List[str]], str]:
@@ -543,7 +547,7 @@ def profile_parser() -> argparse.ArgumentParser:
                    help="qnnpack, x86, fbgemm, fp32, comma-separated (default: the target's engine)")
     p.add_argument("--level", type=int, choices=(1, 2, 3, 4),
                    help="quantization level (default 1, data-free, or 2 with --calib)")
-    p.add_argument("--calib", help="calibration images (levels 2-4; onnxruntime int8)")
+    p.add_argument("--calib", help="calibration images (levels 2-4; --runtime ncnn-int8 or mnn-int8 of --backend fp32)")
     p.add_argument("--labels", help="ground truth of the --calib images (level 3)")
     p.add_argument("--weights", help="weights file or zoo name (default: the model's zoo weights)")
     p.add_argument("--iters", type=int_at_least("--iters", 1), help="as fdq quantize --iters")
@@ -551,8 +555,10 @@ def profile_parser() -> argparse.ArgumentParser:
                    help="input long side of the bundles it quantizes")
     p.add_argument("--bundle", nargs="+", action="extend", metavar="DIR", help="profile these bundles instead")
     p.add_argument("--runtime", type=_runtime,
-                   help="torchscript, onnxruntime or ncnn: exports the bundle on the fly (default: torchscript, "
-                        "or a --bundle's own runtime)")
+                   help="torchscript, onnxruntime, ncnn, ncnn-int8, mnn, mnn-int8 or executorch: exports the bundle on "
+                        "the fly (an int8 bundle carries its scales to onnxruntime and ncnn-int8; a float one is "
+                        "calibrated on --calib for ncnn-int8 and mnn-int8) (default: torchscript, or a --bundle's own "
+                        "runtime)")
     p.add_argument("--threads", type=_comma_list(int_at_least("--threads", 1)), metavar="LIST",
                    help="thread counts, run in turn (default: the target's)")
     p.add_argument("--frames", type=int_at_least("--frames", 1),

@@ -32,7 +32,7 @@ import subprocess
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -44,7 +44,7 @@ from fdq.device.preprocess import normalize, resize_image
 from fdq.device.outputs import check_folder_output
 from fdq.host.bundles import write_bundle
 
-FORMATS = ("torchscript", "onnx", "onnx-int8", "ncnn", "mnn", "mnn-int8", "executorch")
+FORMATS = ("torchscript", "onnx", "onnx-int8", "ncnn", "ncnn-int8", "mnn", "mnn-int8", "executorch")
 FLOAT_FORMATS = ("onnx", "ncnn", "mnn", "executorch")  # the float model, whatever the bundle's precision
 _ALIASES = {"onnx_int8": "onnx-int8", "onnx:int8": "onnx-int8", "onnx-qdq": "onnx-int8", "onnx_qdq": "onnx-int8"}
 ONNX_FILE = "model.onnx"
@@ -420,6 +420,10 @@ def _check_request(bundle: Bundle, fmt: str, calib_dir: Optional[PathLike], floa
                     f"came from), not this model; {better}add --float to export that float model (see --help)")
     if float_ok and fmt not in FLOAT_FORMATS:
         raise _fail(f"--float applies to the float formats {', '.join(FLOAT_FORMATS)}, not {fmt} (see --help)")
+    if fmt == "ncnn-int8":
+        from fdq.host.export_ncnn_int8 import check_request
+
+        return check_request(bundle, calib_dir)
     if fmt == "mnn-int8":
         if calib_dir is None:
             raise _fail("mnn-int8 export needs --calib DIR: MNN calibrates its int8 ranges on those images "
@@ -433,12 +437,12 @@ def _check_request(bundle: Bundle, fmt: str, calib_dir: Optional[PathLike], floa
         raise _fail(f"onnx-int8 of {source} bundle {bundle.path} needs --calib DIR: ONNX Runtime calibrates "
                     "its int8 scales on those images (see --help)")
     elif fmt != "onnx-int8" and calib_dir is not None:
-        raise _fail(f"--calib is only used by onnx-int8 and mnn-int8, not {fmt}")
+        raise _fail(f"--calib is only used by onnx-int8, ncnn-int8 and mnn-int8, not {fmt}")
 
 
 def export_bundle(bundle_dir: PathLike, fmt: str, out: PathLike, calib_dir: Optional[PathLike] = None, *,
                   weights: Optional[PathLike] = None, calib_limit: Optional[int] = None, force: bool = False,
-                  float_ok: bool = False) -> Path:
+                  float_ok: bool = False, keep_float: Sequence[str] = ()) -> Path:
     """Export the model of bundle ``bundle_dir`` as a new ``fmt`` bundle at ``out``; returns its path.
 
     ``fmt``: ``torchscript`` (a copy), ``onnx`` or ``ncnn`` (fp32; of a non-fp32 bundle only with
@@ -448,7 +452,8 @@ def export_bundle(bundle_dir: PathLike, fmt: str, out: PathLike, calib_dir: Opti
     only the first N calibration images (sorted). Bad input raises ``ValueError`` with one line,
     before anything is written. The manifest's ``export.summary`` says what the export is. ``mnn`` and
     ``mnn-int8`` (on ``calib_dir``): :mod:`fdq.host.export_mnn`; ``executorch`` (fp32 XNNPACK program):
-    :mod:`fdq.host.export_executorch`.
+    :mod:`fdq.host.export_executorch`; ``ncnn-int8`` (``keep_float``: layers left fp32):
+    :mod:`fdq.host.export_ncnn_int8`.
     """
     fmt_key = _ALIASES.get(str(fmt).lower(), str(fmt).lower())
     if fmt_key not in FORMATS:
@@ -460,6 +465,8 @@ def export_bundle(bundle_dir: PathLike, fmt: str, out: PathLike, calib_dir: Opti
     if Path(out).resolve() == bundle.path.resolve():
         raise _fail(f"export target {out} is the source bundle itself")
     _check_request(bundle, fmt_key, calib_dir, float_ok)
+    if keep_float and fmt_key != "ncnn-int8":
+        raise _fail(f"--keep-float applies to ncnn-int8, not {fmt_key}")
     check_folder_output(out, force)
     long_side = bundle.long_side
     source = _source_record(bundle)
@@ -474,6 +481,11 @@ def export_bundle(bundle_dir: PathLike, fmt: str, out: PathLike, calib_dir: Opti
 
         calib = calibration_images(calib_dir, calib_limit) if fmt_key == "mnn-int8" else None  # type: ignore[arg-type]
         return export_mnn(bundle, model, weights_info, out, long_side, source, calib, force)
+    if fmt_key == "ncnn-int8":
+        from fdq.host.export_ncnn_int8 import export_ncnn_int8
+
+        calib = calibration_images(calib_dir, calib_limit) if calib_dir is not None else None
+        return export_ncnn_int8(bundle, model, weights_info, out, long_side, source, calib, keep_float, force)
     if fmt_key == "executorch":
         from fdq.host.export_executorch import export_executorch
 
