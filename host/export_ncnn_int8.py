@@ -11,9 +11,10 @@ No ncnn tool runs (no wheel ships ``ncnn2table`` / ``ncnn2int8``): the fp32 mode
   and the input range torch calibrated, converted to ncnn's symmetric int8: a uint8 range
   ``[lo, hi]`` becomes the threshold ``max(|lo|, |hi|)``, the input scale ``127 / threshold``.
 * Of a float bundle: calibrated here on ``--calib`` images preprocessed as the runner does, with
-  fdq's own activation observer (torch's histogram by default, the one ``fdq quantize`` uses) on
-  ncnn's symmetric grid (int8, -127..127) over every int8 layer's input blob, read from the fp32
-  ncnn model's extractor; weights by ncnn's rule (``127 / absmax`` per output channel).
+  fdq's own activation observer (torch's histogram by default, the one ``fdq quantize`` uses) fitted to
+  ncnn's symmetric grid (:class:`fdq.calibration.observers.SymmetricThreshold`) over every int8 layer's
+  input blob, read from the fp32 ncnn model's extractor; weights by ncnn's rule (``127 / absmax`` per
+  output channel).
 
 ``keep_float`` names layers (ncnn names such as ``convrelu_3``, or the PyTorch unit names the
 manifest lists beside them) that stay fp32. Requantization is fused wherever ncnn allows it. The
@@ -137,23 +138,16 @@ def _bundle_quant(convs: Sequence[Any], units: List[str], layer_units: Dict[str,
     return quant
 
 
-def _observer(name: str) -> Any:
-    """fdq's activation observer ``name`` on ncnn's grid: symmetric int8, -127..127."""
-    from fdq.calibration.observers import activation_observer
-
-    return activation_observer(name)(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric, quant_min=-127,
-                                     quant_max=127)
-
-
 def calibrated_quant(folder: Path, io: Dict[str, Any], model: NcnnModel, blobs: Sequence[np.ndarray],
                      observer: str = OBSERVER) -> Dict[str, LayerQuant]:
     """Each convolution's input threshold from ``observer`` over ``blobs`` run through the fp32 model in ``folder``."""
+    from fdq.calibration.observers import SymmetricThreshold
     from fdq.device.runtimes import open_ncnn, run_ncnn
     from fdq.host.export import NCNN_BIN, NCNN_PARAM
 
     layers = [layer for layer in model.layers if layer.type in CONVOLUTIONS]
     watched = list(dict.fromkeys(layer.bottoms[0] for layer in layers))
-    observers = {blob: _observer(observer) for blob in watched}
+    observers = {blob: SymmetricThreshold(observer) for blob in watched}
     net = open_ncnn(str(folder / NCNN_PARAM), str(folder / NCNN_BIN), threads=1, fp32=True)
     net.opt.lightmode = False  # keep every blob of a pass: lightmode frees them, and a later extract then fails
     for blob in blobs:
@@ -161,8 +155,7 @@ def calibrated_quant(folder: Path, io: Dict[str, Any], model: NcnnModel, blobs: 
             observers[name](torch.from_numpy(np.ascontiguousarray(value)))
     quant = {}
     for layer in layers:
-        scale, _ = observers[layer.bottoms[0]].calculate_qparams()
-        quant[layer.name] = LayerQuant(float(scale) * 127.0)
+        quant[layer.name] = LayerQuant(observers[layer.bottoms[0]].threshold())
     return quant
 
 
@@ -258,8 +251,9 @@ def export_ncnn_int8(bundle: Bundle, model: nn.Module, weights_info: Dict[str, A
         quantization: Dict[str, Any] = {
             "level": "ncnn-int8", "weights": weights_info if not from_bundle else "the source bundle's int8 weights",
             "scales": SCALES_NOTE if from_bundle else
-            f"calibrated by fdq: {observer} observer on ncnn's symmetric int8 grid (-127..127) over each int8 layer's "
-            "input blob in the fp32 ncnn model; weights 127 / absmax per output channel",
+            f"calibrated by fdq: {observer} observer of |x| on half of ncnn's symmetric int8 grid (128 levels over "
+            "[0, threshold]) for each int8 layer's input blob in the fp32 ncnn model; weights 127 / absmax per "
+            "output channel",
             "winograd": ("on: 3x3 stride-1 convolutions with 6-bit weights (31 / absmax)" if winograd else
                          "off for 3x3 stride-1 int8 convolutions (param 31=64), which keep 8-bit weights"),
             "int8_layers": int8_count, "float_layers": [row["layer"] for row in rows if not row["int8"]],

@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .ncnn_model import CONVOLUTIONS, Int8Data, Layer, NcnnModel
+from .ncnn_model import CONVOLUTIONS, Int8Data, Layer, NcnnModel, scale_count
 
 FEATMASK_KEY = 31
 NO_WINOGRAD = 1 << 6
@@ -56,13 +56,8 @@ def symmetric_weights(weight: np.ndarray, groups: int, bits: int) -> Tuple[np.nd
     return q.reshape(-1), scales.astype(np.float32)
 
 
-def _scale_groups(layer: Layer) -> int:
-    """How many weight scales ncnn reads: one per output channel, one per group for depthwise."""
-    return layer.groups if layer.type == "ConvolutionDepthWise" else layer.num_output
-
-
 def _weights(layer: Layer, quant: LayerQuant, bits: int) -> Tuple[np.ndarray, np.ndarray]:
-    groups = _scale_groups(layer)
+    groups = scale_count(layer)
     if quant.weight is None or bits != 8:  # 6 bits are ncnn's own rule, from the layer's fp32 weights
         assert layer.weight is not None
         return symmetric_weights(layer.weight, groups, bits)
@@ -76,8 +71,8 @@ def _weights(layer: Layer, quant: LayerQuant, bits: int) -> Tuple[np.ndarray, np
 
 def quantize_layer(layer: Layer, quant: LayerQuant, winograd: bool) -> Dict[str, Any]:
     """Make ``layer`` int8 (not yet requantizing); returns its row of the manifest's layer table."""
-    if layer.type not in CONVOLUTIONS:
-        raise ValueError(f"layer {layer.name} ({layer.type}) has no int8 form here")
+    if layer.type not in CONVOLUTIONS or layer.int8 is not None or layer.weight is None:
+        raise ValueError(f"layer {layer.name} ({layer.type}) is not an fp32 convolution")
     if not quant.threshold > 0:
         raise ValueError(f"layer {layer.name}: input threshold {quant.threshold} (its input never moved in calibration)")
     shaped = winograd_shaped(layer)

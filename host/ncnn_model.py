@@ -1,10 +1,10 @@
 """An ncnn model (.param text + .bin weights) read into layers and written back, for the int8 rewrite.
 
 Only what the rewrite needs is decoded: each layer's type, name, blobs and ``key=value`` params (the
-values kept as written, so a layer left alone is written back byte for byte), and the fp32 weights
-and biases of Convolution / ConvolutionDepthWise, the only layers with weights that pnnx writes for
-fdq's models. A layer type with weights that is not decoded here is an error, never a .bin read
-out of step. An int8 convolution is written in ncnn's layout: the weight blob tagged ``0x000D4B38``
+values kept as written, so a layer left alone is written back byte for byte), and the weights and
+biases of Convolution / ConvolutionDepthWise, the only layers with weights that pnnx writes for fdq's
+models: fp32, or int8 with their scales. A layer type with weights that is not decoded here is an
+error, never a .bin read out of step. An int8 convolution is read and written in ncnn's layout: the weight blob tagged ``0x000D4B38``
 (int8, padded to 4 bytes), the fp32 bias, the weight scales (one per output channel, one per group
 for depthwise), the bottom blob scale and, for a requantizing layer (``8=`` above 100), the top one.
 """
@@ -129,8 +129,13 @@ def _floats(data: bytes, offset: int, count: int, what: str) -> Tuple[np.ndarray
     return np.frombuffer(data, np.float32, count, offset).copy(), end
 
 
+def scale_count(layer: Layer) -> int:
+    """How many weight scales ncnn reads: one per output channel, one per group for depthwise."""
+    return layer.get(7, 1) if layer.type == "ConvolutionDepthWise" else layer.num_output
+
+
 def read_model(param: Path, weights: Path) -> NcnnModel:
-    """The layers of an fp32 ncnn model, with their convolution weights."""
+    """The layers of an ncnn model with their convolution weights: fp32, or int8 with their scales."""
     model = _read_param(Path(param))
     data, offset = Path(weights).read_bytes(), 0
     for layer in model.layers:
@@ -138,14 +143,26 @@ def read_model(param: Path, weights: Path) -> NcnnModel:
             continue
         if layer.type not in CONVOLUTIONS or layer.get(19):
             raise NcnnFormatError(f"layer {layer.name} ({layer.type}) has weights this reader does not decode")
-        if layer.get(8):
-            raise NcnnFormatError(f"layer {layer.name} is already int8")
+        size = layer.get(6)
         tag = int(np.frombuffer(data, np.uint32, 1, offset)[0]) if offset + 4 <= len(data) else None
-        if tag != 0:
-            raise NcnnFormatError(f"layer {layer.name}: weights stored with tag {tag} (expected fp32, tag 0)")
-        layer.weight, offset = _floats(data, offset + 4, layer.get(6), f"{layer.name}'s weights")
+        if tag == INT8_TAG and layer.get(8):
+            if offset + 4 + size > len(data):
+                raise NcnnFormatError(f"the .bin ends inside {layer.name}'s weights")
+            int8_weight = np.frombuffer(data, np.int8, size, offset + 4).copy()
+            offset += 4 + size + (-size % 4)
+        elif tag == 0 and not layer.get(8):
+            layer.weight, offset = _floats(data, offset + 4, size, f"{layer.name}'s weights")
+        else:
+            raise NcnnFormatError(f"layer {layer.name}: weights stored with tag {tag}, int8_scale_term {layer.get(8)} "
+                                  f"(read here: fp32 weights of a float layer, int8 ones of an int8 layer)")
         if layer.get(5):
             layer.bias, offset = _floats(data, offset, layer.num_output, f"{layer.name}'s bias")
+        if layer.get(8):
+            scales, offset = _floats(data, offset, scale_count(layer) + 1, f"{layer.name}'s scales")
+            top = None
+            if layer.get(8) > 100:
+                top, offset = _floats(data, offset, 1, f"{layer.name}'s top scale")
+            layer.int8 = Int8Data(int8_weight, scales[:-1], float(scales[-1]), None if top is None else float(top[0]))
     if offset != len(data):
         raise NcnnFormatError(f"{weights} holds {len(data) - offset} bytes after the last layer's weights")
     return model
@@ -158,10 +175,10 @@ def _param_line(layer: Layer) -> str:
 
 
 def _layer_bytes(layer: Layer) -> bytes:
-    if layer.weight is None:
-        return b""
     parts: List[bytes] = []
     if layer.int8 is None:
+        if layer.weight is None:
+            return b""
         parts += [np.uint32(0).tobytes(), layer.weight.astype("<f4").tobytes()]
     else:
         raw = layer.int8.weight.astype(np.int8).tobytes()
