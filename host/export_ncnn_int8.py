@@ -32,13 +32,13 @@ import torch
 from torch import nn
 
 from fdq.device.bundle import Bundle, load_bundle
-from fdq.host.ncnn_int8 import LayerQuant, to_int8
+from fdq.host.ncnn_int8 import LayerQuant, to_int8, winograd_note
 from fdq.host.ncnn_model import CONVOLUTIONS, NcnnModel, read_model, write_model
 
 PathLike = Union[str, Path]
 OBSERVER = "histogram"  # fdq quantize's default activation observer
-# Winograd for 3x3 stride-1 convolutions: off (8-bit weights), by measurement (docs/ACCURACY.md, "ncnn int8").
-WINOGRAD = False
+# Winograd for 3x3 stride-1 int8 convolutions: off, 8-bit weights (docs/ACCURACY.md, "ncnn int8", measures it).
+WINOGRAD_BITS = None
 SCALES_NOTE = ("converted to ncnn's symmetric int8: torch's uint8 input range [lo, hi] -> threshold max(|lo|, |hi|), "
                "input scale 127 / threshold; weight scale 1 / torch's per-channel scale, torch's int8 values")
 
@@ -208,10 +208,9 @@ def _runner_diffs(reference: Any, folder: Path, io: Dict[str, Any], blobs: Seque
 
 def export_ncnn_int8(bundle: Bundle, model: nn.Module, weights_info: Dict[str, Any], out: PathLike, long_side: int,
                      source: Dict[str, Any], calib: Optional[Tuple[List[Path], Dict[str, Any]]],
-                     keep_float: Sequence[str], force: bool, winograd: bool = WINOGRAD,
-                     observer: str = OBSERVER) -> Path:
+                     keep_float: Sequence[str], force: bool) -> Path:
     """Write the ncnn int8 bundle of ``bundle`` at ``out`` (``calib``: images and their record, for a
-    float bundle; an int8 bundle brings its scales). ``winograd`` and ``observer``: for the benchmarks."""
+    float bundle; an int8 bundle brings its scales)."""
     from fdq.calibration.quant_api import fuse
     from fdq.device.runtimes import load_inference, split_outputs
     from fdq.host.bundles import write_bundle
@@ -237,8 +236,8 @@ def export_ncnn_int8(bundle: Bundle, model: nn.Module, weights_info: Dict[str, A
         else:
             assert calib is not None
             blobs = list(preprocessed(calib[0], long_side, bundle.spec.mean_bgr))
-            quant = calibrated_quant(fp32_dir, io, ncnn_model, blobs, observer)
-        rows = to_int8(ncnn_model, {k: v for k, v in quant.items() if k not in kept}, winograd)
+            quant = calibrated_quant(fp32_dir, io, ncnn_model, blobs)
+        rows = to_int8(ncnn_model, {k: v for k, v in quant.items() if k not in kept}, WINOGRAD_BITS)
         for row in rows:
             row["unit"] = layer_units[row["layer"]]
             if row["layer"] in kept:
@@ -251,11 +250,10 @@ def export_ncnn_int8(bundle: Bundle, model: nn.Module, weights_info: Dict[str, A
         quantization: Dict[str, Any] = {
             "level": "ncnn-int8", "weights": weights_info if not from_bundle else "the source bundle's int8 weights",
             "scales": SCALES_NOTE if from_bundle else
-            f"calibrated by fdq: {observer} observer of |x| on half of ncnn's symmetric int8 grid (128 levels over "
+            f"calibrated by fdq: {OBSERVER} observer of |x| on half of ncnn's symmetric int8 grid (128 levels over "
             "[0, threshold]) for each int8 layer's input blob in the fp32 ncnn model; weights 127 / absmax per "
             "output channel",
-            "winograd": ("on: 3x3 stride-1 convolutions with 6-bit weights (31 / absmax)" if winograd else
-                         "off for 3x3 stride-1 int8 convolutions (param 31=64), which keep 8-bit weights"),
+            "winograd": winograd_note(WINOGRAD_BITS),
             "int8_layers": int8_count, "float_layers": [row["layer"] for row in rows if not row["int8"]],
             "requantized": [row["layer"] for row in rows if "top_scale" in row], "layers": rows}
         export: Dict[str, Any] = {"tool": "fdq.host.export_ncnn_int8 (pnnx fp32 model rewritten as ncnn int8)",
@@ -272,7 +270,7 @@ def export_ncnn_int8(bundle: Bundle, model: nn.Module, weights_info: Dict[str, A
         else:
             assert calib is not None
             _identity(manifest, export, "fdq calibration",
-                      f"calibrated by fdq ({observer}) on {calib[1]['images']} images of {calib[1]['dir']}, from the "
+                      f"calibrated by fdq ({OBSERVER}) on {calib[1]['images']} images of {calib[1]['dir']}, from the "
                       f"float weights of {_label(bundle)}{kept_note}")
 
         def write_files(folder: Path) -> None:

@@ -11,8 +11,9 @@ Read from ncnn's ``tools/quantize/ncnn2int8.cpp`` and ``src/layer/convolution*.c
 
 The Winograd choice (docs/ACCURACY.md, "ncnn int8"): ncnn's int8 Winograd F(4,3) for 3x3 stride-1
 dilation-1 convolutions needs 6-bit weights (``ncnn2table`` gives those layers ``31 / absmax``).
-With ``winograd=False`` those layers keep 8-bit weights and their own switch turns Winograd off
-(param key 31, ``featmask``, bit 6: ``use_winograd_convolution`` off for that layer only).
+``winograd_bits`` None (the export's choice): those layers keep 8-bit weights and their own switch
+turns Winograd off (param key 31, ``featmask``, bit 6: ``use_winograd_convolution`` off for that
+layer only); 6 (or 8, to see what the 6 bits avoid): Winograd on, weights with that many bits.
 """
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ def symmetric_weights(weight: np.ndarray, groups: int, bits: int) -> Tuple[np.nd
 
 def _weights(layer: Layer, quant: LayerQuant, bits: int) -> Tuple[np.ndarray, np.ndarray]:
     groups = scale_count(layer)
-    if quant.weight is None or bits != 8:  # 6 bits are ncnn's own rule, from the layer's fp32 weights
+    if quant.weight is None or bits != 8:  # 6 bits: ncnn2table's rule, from the layer's fp32 weights
         assert layer.weight is not None
         return symmetric_weights(layer.weight, groups, bits)
     weight = np.asarray(quant.weight, np.int8).reshape(-1)
@@ -69,23 +70,30 @@ def _weights(layer: Layer, quant: LayerQuant, bits: int) -> Tuple[np.ndarray, np
     return weight, scales
 
 
-def quantize_layer(layer: Layer, quant: LayerQuant, winograd: bool) -> Dict[str, Any]:
+def winograd_note(winograd_bits: Optional[int]) -> str:
+    """What a model's 3x3 stride-1 int8 layers do, for its manifest."""
+    if winograd_bits is None:
+        return "off for 3x3 stride-1 int8 convolutions (param 31=64), which keep 8-bit weights"
+    return f"on for 3x3 stride-1 int8 convolutions, with {winograd_bits}-bit weights"
+
+
+def quantize_layer(layer: Layer, quant: LayerQuant, winograd_bits: Optional[int]) -> Dict[str, Any]:
     """Make ``layer`` int8 (not yet requantizing); returns its row of the manifest's layer table."""
     if layer.type not in CONVOLUTIONS or layer.int8 is not None or layer.weight is None:
         raise ValueError(f"layer {layer.name} ({layer.type}) is not an fp32 convolution")
     if not quant.threshold > 0:
         raise ValueError(f"layer {layer.name}: input threshold {quant.threshold} (its input never moved in calibration)")
     shaped = winograd_shaped(layer)
-    bits = 6 if winograd and shaped else 8
+    bits = winograd_bits if shaped and winograd_bits else 8
     weight, scales = _weights(layer, quant, bits)
     layer.int8 = Int8Data(weight, scales, float(np.float32(127.0 / quant.threshold)))
     layer.params[8] = str(INT8_TERM[layer.type])
-    if shaped and not winograd:
+    if shaped and winograd_bits is None:
         layer.params[FEATMASK_KEY] = str(layer.get(FEATMASK_KEY) | NO_WINOGRAD)
     return {"layer": layer.name, "type": layer.type, "int8": True, "threshold": float(quant.threshold),
             "bottom_scale": layer.int8.bottom_scale, "weight_bits": bits,
             "weight_scales": [float(scales.min()), float(scales.max())],
-            "winograd": (bits == 6) if shaped else None,
+            "winograd": (winograd_bits is not None) if shaped else None,
             "weights_from": "source bundle" if quant.weight is not None and bits == 8 else "fp32 weights"}
 
 
@@ -116,14 +124,14 @@ def fuse_requantize(model: NcnnModel) -> List[str]:
     return fused
 
 
-def to_int8(model: NcnnModel, quant: Dict[str, LayerQuant], winograd: bool) -> List[Dict[str, Any]]:
+def to_int8(model: NcnnModel, quant: Dict[str, LayerQuant], winograd_bits: Optional[int]) -> List[Dict[str, Any]]:
     """Rewrite ``model`` in place: the layers of ``quant`` int8, the rest fp32, then requantize fusion.
     Returns the layer table (every convolution, in file order)."""
     rows = []
     for layer in model.layers:
         if layer.type not in CONVOLUTIONS:
             continue
-        rows.append(quantize_layer(layer, quant[layer.name], winograd) if layer.name in quant else
+        rows.append(quantize_layer(layer, quant[layer.name], winograd_bits) if layer.name in quant else
                     {"layer": layer.name, "type": layer.type, "int8": False})
     fused = set(fuse_requantize(model))
     for row in rows:

@@ -29,6 +29,8 @@ BASE: Dict[str, Callable[[Path, Path], List[str]]] = {
     "bench_kernels": lambda s, t: ["--image", next((s / "data/widerface_val_subset/val/images").rglob("*.jpg")),
                                    "--weights", f"{s}/weights/slim_Final.pth"],
     "bench_mnn_int8": lambda s, t: ["--data", f"{s}/data/widerface_val_subset", "--no-docs"],
+    "bench_ncnn_int8": lambda s, t: ["--data", f"{s}/data/widerface_val_subset", "--no-docs"],
+    "bench_ncnn_layers": lambda s, t: ["--data", f"{s}/data/widerface_val_subset", "--no-docs"],
     "bench_peers": lambda s, t: ["--shared", str(s), "--work", f"{t}/work", "--markdown", f"{t}/SPEED.md"],
     "bench_quant": lambda s, t: ["--data", f"{s}/data/widerface_val_subset"],
     "bench_resize": lambda s, t: ["--shared", str(s)],

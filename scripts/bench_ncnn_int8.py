@@ -1,0 +1,146 @@
+#!/usr/bin/env python3
+"""ncnn int8 against ncnn fp32: AP on val of both ncnn-int8 exports, the Winograd question, x86 time.
+
+For each model and long side: the float bundle and fdq's level-2 qnnpack int8 bundle (calibrated on
+calib/, fdq-profile's bundle cache), the fp32 ncnn export, and ``fdq export --format ncnn-int8`` of the
+int8 bundle (its own weights, scales converted) and of the float bundle (calibrated on calib/), all
+through the export's own code (``fdq.host.bundle_cache.runtime_bundle``). The Winograd question is asked
+of the calibrated model: its thresholds again, with the 3x3 stride-1 convolutions given 6-bit weights and
+int8 Winograd F(4,3) (``ncnn2table``'s rule), and with 8-bit weights and Winograd on (what the 6 bits
+avoid), against the export's choice (8-bit weights, Winograd off for those layers). AP: the runner's
+pipeline (uint8 resize, normalize, ncnn, decode, NMS) on the val split. Time: inference only, 1 thread,
+median over the val images after one untimed pass, every variant on each image in turn so all share the
+moment's load, as a ratio to ncnn fp32: this machine's x86 kernels, informative only (the board's cost
+is bench_instructions' job).
+
+    python scripts/bench_ncnn_int8.py --models slim,rfb,mnet025 --long-sides 320,640
+
+Writes docs/results/bench_ncnn_int8.json and the table between its markers in docs/ACCURACY.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Tuple
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_peers import write_section  # noqa: E402  (same folder: the docs block)
+
+from fdq.device.atomic import atomic_write_text  # noqa: E402
+from fdq.device.bundle import Bundle, load_bundle  # noqa: E402
+from fdq.device.outputs import checked_outputs_or_exit  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+MARK_BEGIN, MARK_END = "<!-- bench_ncnn_int8:begin -->", "<!-- bench_ncnn_int8:end -->"
+SETTINGS_AP = ("easy", "medium", "hard")
+VARIANTS = ("fp32", "int8-bundle", "calibrated", "calibrated-winograd-6bit", "calibrated-winograd-8bit")
+
+
+def _timed(bundle: Bundle, side: int) -> Tuple[Any, List[float]]:
+    """The runner's detector for ``bundle`` and the list its inference times (ms) go to."""
+    from fdq.device.detector import FaceDetector
+    from fdq.device.runtimes import load_inference
+
+    infer, times = load_inference(bundle, threads=1), []
+
+    def timed(blob: np.ndarray) -> Any:
+        started = time.perf_counter()
+        out = infer(blob)
+        times.append(1000 * (time.perf_counter() - started))
+        return out
+
+    return FaceDetector(timed, bundle.spec, side, resize="uint8"), times
+
+
+def _bundles(model: str, side: int, calib: str, work: Path) -> Dict[str, Bundle]:
+    from fdq.host.bundle_cache import FLOAT, quantized_bundle, runtime_bundle
+    from fdq.host.ncnn_layer_report import variant
+
+    float_bundle = quantized_bundle(model, FLOAT, 0, long_side=side)
+    int8_bundle = quantized_bundle(model, "qnnpack", 2, calib=calib, long_side=side)
+    made = {"fp32": runtime_bundle(float_bundle, "ncnn"), "int8-bundle": runtime_bundle(int8_bundle, "ncnn-int8"),
+            "calibrated": runtime_bundle(float_bundle, "ncnn-int8", calib)}
+    out = {name: load_bundle(str(path)) for name, path in made.items()}
+    for bits in (6, 8):
+        name = f"calibrated-winograd-{bits}bit"
+        out[name] = variant(out["fp32"], out["calibrated"], work / f"{model}-{side}-{name}", winograd_bits=bits)
+    return out
+
+
+def run(models: List[str], sides: List[int], data: Path, work: Path,
+        announce: Callable[[str], None]) -> Dict[str, Any]:
+    from fdq.device.evaluation import evaluate, load_ground_truth, to_wider_rows
+    from fdq.device.images import list_images, read_image
+
+    gt = load_ground_truth(data / "val" / "ground_truth")
+    images = [(key, read_image(p)) for key, p in list_images(str(data / "val" / "images"))]
+    rows: List[Dict[str, Any]] = []
+    for model in models:
+        for side in sides:
+            bundles = _bundles(model, side, str(data / "calib" / "images"), work)
+            detectors = {name: _timed(bundle, side) for name, bundle in bundles.items()}
+            predictions: Dict[str, Dict[str, np.ndarray]] = {k: {} for k in detectors}
+            for _ in range(2):  # an untimed pass (first sizes), then the measured one
+                for _, times in detectors.values():
+                    times.clear()
+                for key, image in images:
+                    for name, (det, _) in detectors.items():
+                        dets = det.detect(image)
+                        predictions[name][key] = to_wider_rows(dets.boxes, dets.scores)
+            ap = {name: {s: round(100 * evaluate(pred, gt)[s], 3) for s in SETTINGS_AP}
+                  for name, pred in predictions.items()}
+            median = {name: float(np.median(times)) for name, (_, times) in detectors.items()}
+            for name, bundle in bundles.items():
+                quantization = bundle.manifest["quantization"]
+                row = {"model": model, "long_side": side, "variant": name, "ap": ap[name],
+                       "ap_minus_fp32": {s: round(ap[name][s] - ap["fp32"][s], 3) for s in SETTINGS_AP},
+                       "inference_ms_p50": round(median[name], 3),
+                       "inference_vs_fp32": round(median[name] / median["fp32"], 3),
+                       "params_from": quantization.get("params_from"), "winograd": quantization.get("winograd")}
+                rows.append(row)
+                announce(json.dumps(row))
+    return {"rows": rows}
+
+
+def table(rows: List[Dict[str, Any]]) -> str:
+    lines = ["| model | side | variant | easy | medium | hard | worst vs fp32 | x86 inference vs fp32 |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        worst = min(r["ap_minus_fp32"].values())
+        lines.append(f"| {r['model']} | {r['long_side']} | {r['variant']} | "
+                     + " | ".join(f"{r['ap'][s]:.2f}" for s in SETTINGS_AP)
+                     + f" | {worst:+.2f} | {r['inference_vs_fp32']:.2f}x |")
+    return "\n".join(lines)
+
+
+def main(argv: List[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="slim,rfb,mnet025")
+    parser.add_argument("--long-sides", default="320,640")
+    parser.add_argument("--data", default=str(Path(os.environ.get("FDQ_SHARED", ROOT.parent / "shared"))
+                                               / "data" / "widerface_val_subset"))
+    parser.add_argument("--json", default=str(ROOT / "docs" / "results" / "bench_ncnn_int8.json"))
+    parser.add_argument("--no-docs", action="store_true", help="do not rewrite the table in docs/ACCURACY.md")
+    parser.add_argument("--force", action="store_true", help="replace an existing --json")
+    args = parser.parse_args(argv)
+    target, = checked_outputs_or_exit("bench_ncnn_int8", args.force, ("--json", args.json))
+    with tempfile.TemporaryDirectory(prefix="fdq-bench-ncnn-int8-") as tmp:
+        result = run(args.models.split(","), [int(s) for s in args.long_sides.split(",")], Path(args.data),
+                     Path(tmp), lambda line: print(line, flush=True))
+    result["command"] = "python scripts/bench_ncnn_int8.py " + " ".join(argv)
+    atomic_write_text(target, json.dumps(result, indent=2) + "\n")
+    if not args.no_docs:
+        write_section(str(ROOT / "docs" / "ACCURACY.md"),
+                      [MARK_BEGIN, f"`{result['command']}`", "", table(result["rows"]), MARK_END], "ncnn int8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,114 @@
+#!/usr/bin/env python3
+"""Where ncnn int8 loses accuracy, layer by layer, and which layers to keep float (``--keep-float``).
+
+For one model and long side: the fp32 ncnn export of the float bundle and its ``ncnn-int8`` export
+calibrated on calib/ (fdq-profile's bundle cache, the export's own code). Every int8 layer's output is
+compared with the same blob of the fp32 model on the calibration images (SQNR, worst first:
+``fdq.host.ncnn_layer_report.layer_sqnr``). The ``--top`` worst layers are then each kept fp32 on the
+same thresholds (``variant``, what ``--keep-float`` makes) and scored by AP on the val split (the
+runner's pipeline): a layer whose float copy raises the worst of easy / medium / hard is suggested, the
+most AP first, and the suggestion as a whole is scored the same way.
+
+    python scripts/bench_ncnn_layers.py --model mnet025 --long-side 320
+
+Writes docs/results/bench_ncnn_layers.json and the table between its markers in docs/ACCURACY.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_peers import write_section  # noqa: E402  (same folder: the docs block)
+
+from fdq.device.atomic import atomic_write_text  # noqa: E402
+from fdq.device.bundle import Bundle, load_bundle  # noqa: E402
+from fdq.device.outputs import checked_outputs_or_exit  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+MARK_BEGIN, MARK_END = "<!-- bench_ncnn_layers:begin -->", "<!-- bench_ncnn_layers:end -->"
+SETTINGS_AP = ("easy", "medium", "hard")
+
+
+def _ap(bundle: Bundle, data: Path, gt: Any) -> Dict[str, float]:
+    from fdq.device.runtimes import bundle_detector
+    from fdq.host.evaluate import evaluate_detector
+
+    result = evaluate_detector(bundle_detector(bundle, 1), str(data / "val" / "images"), gt)
+    return {s: round(100 * result[s], 3) for s in SETTINGS_AP}
+
+
+def _worst(ap: Dict[str, float], ref: Dict[str, float]) -> float:
+    return round(min(ap[s] - ref[s] for s in SETTINGS_AP), 3)
+
+
+def run(model: str, side: int, top: int, data: Path, work: Path) -> Dict[str, Any]:
+    from fdq.device.evaluation import load_ground_truth
+    from fdq.host.bundle_cache import FLOAT, quantized_bundle, runtime_bundle
+    from fdq.host.export import calibration_images, preprocessed
+    from fdq.host.ncnn_layer_report import layer_sqnr, variant
+
+    calib = str(data / "calib" / "images")
+    float_bundle = quantized_bundle(model, FLOAT, 0, long_side=side)
+    fp32 = load_bundle(str(runtime_bundle(float_bundle, "ncnn")))
+    int8 = load_bundle(str(runtime_bundle(float_bundle, "ncnn-int8", calib)))
+    paths, calib_info = calibration_images(calib)
+    sqnr = layer_sqnr(fp32, int8, list(preprocessed(paths, side, fp32.spec.mean_bgr)))
+    gt = load_ground_truth(data / "val" / "ground_truth")
+    ref, base = _ap(fp32, data, gt), _ap(int8, data, gt)
+    tried = []
+    for name, db in sqnr[:top]:
+        ap = _ap(variant(fp32, int8, work / f"keep-{name}", keep_float=[name]), data, gt)
+        tried.append({"layer": name, "sqnr_db": db, "ap": ap, "worst_vs_fp32": _worst(ap, ref),
+                      "recovered": round(_worst(ap, ref) - _worst(base, ref), 3)})
+        print(json.dumps(tried[-1]), flush=True)
+    suggested = [t["layer"] for t in sorted(tried, key=lambda t: -t["recovered"]) if t["recovered"] > 0]
+    together = _ap(variant(fp32, int8, work / "suggested", keep_float=suggested), data, gt) if suggested else base
+    return {"model": model, "long_side": side, "calibration": calib_info, "fp32_ap": ref, "int8_ap": base,
+            "int8_worst_vs_fp32": _worst(base, ref), "layers": [{"layer": n, "sqnr_db": db} for n, db in sqnr],
+            "kept_float_one_at_a_time": tried, "suggested_keep_float": suggested, "suggested_ap": together,
+            "suggested_worst_vs_fp32": _worst(together, ref)}
+
+
+def table(result: Dict[str, Any]) -> str:
+    scored = {t["layer"]: t for t in result["kept_float_one_at_a_time"]}
+    lines = [f"{result['model']} at {result['long_side']}: int8 {result['int8_worst_vs_fp32']:+.2f} points (worst setting) "
+             f"against fp32; `--keep-float {','.join(result['suggested_keep_float']) or '(none)'}`: "
+             f"{result['suggested_worst_vs_fp32']:+.2f}.", "",
+             "| layer | SQNR dB (calib images) | kept float: worst vs fp32 | AP recovered |", "|---|---|---|---|"]
+    for row in result["layers"]:
+        t = scored.get(row["layer"])
+        lines.append(f"| {row['layer']} | {row['sqnr_db']:.2f} | "
+                     + (f"{t['worst_vs_fp32']:+.2f} | {t['recovered']:+.2f} |" if t else "| |"))
+    return "\n".join(lines)
+
+
+def main(argv: List[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="mnet025")
+    parser.add_argument("--long-side", type=int, default=320)
+    parser.add_argument("--top", type=int, default=8, help="how many of the worst layers to try in float")
+    parser.add_argument("--data", default=str(Path(os.environ.get("FDQ_SHARED", ROOT.parent / "shared"))
+                                               / "data" / "widerface_val_subset"))
+    parser.add_argument("--json", default=str(ROOT / "docs" / "results" / "bench_ncnn_layers.json"))
+    parser.add_argument("--no-docs", action="store_true", help="do not rewrite the table in docs/ACCURACY.md")
+    parser.add_argument("--force", action="store_true", help="replace an existing --json")
+    args = parser.parse_args(argv)
+    target, = checked_outputs_or_exit("bench_ncnn_layers", args.force, ("--json", args.json))
+    with tempfile.TemporaryDirectory(prefix="fdq-bench-ncnn-layers-") as tmp:
+        result = run(args.model, args.long_side, args.top, Path(args.data), Path(tmp))
+    result["command"] = "python scripts/bench_ncnn_layers.py " + " ".join(argv)
+    atomic_write_text(target, json.dumps(result, indent=2) + "\n")
+    if not args.no_docs:
+        write_section(str(ROOT / "docs" / "ACCURACY.md"),
+                      [MARK_BEGIN, f"`{result['command']}`", "", table(result), MARK_END], "ncnn int8: layer by layer")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
