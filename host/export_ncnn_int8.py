@@ -10,7 +10,8 @@ No ncnn tool runs (no wheel ships ``ncnn2table`` / ``ncnn2int8``): the fp32 mode
   the bundle's int8 values, its per-channel weight scales (ncnn's scale is the inverse of torch's)
   and the input range torch calibrated, converted to ncnn's symmetric int8: a uint8 range
   ``[lo, hi]`` becomes the threshold ``max(|lo|, |hi|)``, the input scale ``127 / threshold``.
-* Of a float bundle: calibrated here on ``--calib`` images preprocessed as the runner does, with
+* Of a float bundle: cross-layer equalized (as ``fdq quantize`` does by default) and calibrated here
+  on ``--calib`` images preprocessed as the runner does, with
   fdq's own activation observer (torch's histogram by default, the one ``fdq quantize`` uses) fitted to
   ncnn's symmetric grid (:class:`fdq.calibration.observers.SymmetricThreshold`) over every int8 layer's
   input blob, read from the fp32 ncnn model's extractor; weights by ncnn's rule (``127 / absmax`` per
@@ -22,8 +23,10 @@ manifest records runtime ``ncnn``, dtype ``int8``, where the scales came from an
 """
 from __future__ import annotations
 
+import copy
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -206,84 +209,141 @@ def _runner_diffs(reference: Any, folder: Path, io: Dict[str, Any], blobs: Seque
     return worst
 
 
+@dataclass
+class Prepared:
+    """What every int8 model of one source is written from: the source, the verified fp32 ncnn conversion
+    (in a work folder), its layers, their units and their quantization; :func:`write_int8` makes one
+    model of it (the export, or a variant of it for a benchmark)."""
+
+    bundle: Bundle
+    model: nn.Module
+    weights_info: Dict[str, Any]
+    source: Dict[str, Any]
+    calib: Optional[Tuple[List[Path], Dict[str, Any]]]
+    fp32: Bundle
+    layers: NcnnModel
+    layer_units: Dict[str, str]
+    quant: Dict[str, LayerQuant]
+    equalized_pairs: int
+
+    @property
+    def from_bundle(self) -> bool:
+        return self.calib is None
+
+
+def prepare(bundle: Bundle, model: nn.Module, weights_info: Dict[str, Any], long_side: int, source: Dict[str, Any],
+            calib: Optional[Tuple[List[Path], Dict[str, Any]]], work: Path) -> Prepared:
+    """The fp32 conversion in ``work`` and every convolution's quantization: the int8 bundle's own
+    (``calib`` None), or calibrated on ``calib`` (images and their record) after cross-layer equalization."""
+    from fdq.calibration.datafree import cross_layer_equalize
+    from fdq.calibration.quant_api import fuse
+    from fdq.host.export import NCNN_BIN, NCNN_PARAM, _export_ncnn, preprocessed
+
+    convs = _int8_graph(bundle) if calib is None else []
+    fused, pairs = fuse(model), 0
+    units = _units_in_order(fused, long_side)
+    blobs = [] if calib is None else list(preprocessed(calib[0], long_side, bundle.spec.mean_bgr))
+    if calib is None:
+        _with_bundle_weights(fused, units, convs)
+    else:  # as fdq quantize does by default: one weight range per layer pair, for per-tensor activations
+        fused, pairs = cross_layer_equalize(fused, torch.from_numpy(blobs[0]))
+    fp32_dir = _export_ncnn(bundle, fused, weights_info, work / "fp32", long_side, source, False)
+    layers = read_model(fp32_dir / NCNN_PARAM, fp32_dir / NCNN_BIN)
+    layer_units = _layer_units(layers, fused, units)
+    fp32 = load_bundle(str(fp32_dir))
+    quant = (_bundle_quant(convs, units, layer_units) if calib is None else
+             calibrated_quant(fp32_dir, fp32.manifest["io"], layers, blobs))
+    return Prepared(bundle, model, weights_info, source, calib, fp32, layers, layer_units, quant, pairs)
+
+
+def _manifest(prep: Prepared, rows: List[Dict[str, Any]], winograd_bits: Optional[int]) -> Dict[str, Any]:
+    from fdq.host.export import NCNN_BIN, NCNN_PARAM, _base_manifest, _identity, _label
+
+    bundle, fp32_export = prep.bundle, prep.fp32.manifest["export"]
+    manifest = _base_manifest(bundle, "ncnn", "int8", bundle.long_side)
+    manifest["input"].update({k: v for k, v in prep.fp32.manifest["input"].items() if k in ("dynamic_hw", "fixed_hw")})
+    int8_count = sum(1 for row in rows if row["int8"])
+    quantization: Dict[str, Any] = {
+        "level": "ncnn-int8", "weights": "the source bundle's int8 weights" if prep.from_bundle else prep.weights_info,
+        "cle": "in the source bundle's weights" if prep.from_bundle else True, "equalized_pairs": prep.equalized_pairs,
+        "scales": SCALES_NOTE if prep.from_bundle else
+        f"calibrated by fdq: {OBSERVER} observer of |x| on half of ncnn's symmetric int8 grid (128 levels over "
+        "[0, threshold]) for each int8 layer's input blob in the fp32 ncnn model; weights 127 / absmax per "
+        "output channel",
+        "winograd": winograd_note(winograd_bits),
+        "int8_layers": int8_count, "float_layers": [row["layer"] for row in rows if not row["int8"]],
+        "requantized": [row["layer"] for row in rows if "top_scale" in row], "layers": rows}
+    export: Dict[str, Any] = {"tool": "fdq.host.export_ncnn_int8 (pnnx fp32 model rewritten as ncnn int8)",
+                              **{k: fp32_export[k] for k in ("pnnx_version", "ncnn_version", "torch_version",
+                                                              "example_inputs")},
+                              "fp32_verification": fp32_export["verification"]}
+    calibration = bundle.manifest.get("calibration") if prep.calib is None else prep.calib[1]
+    manifest.update({"quantization": quantization, "calibration": calibration, "io": prep.fp32.manifest["io"],
+                     "exported_from": prep.source, "export": export, "entry": {"param": NCNN_PARAM, "model": NCNN_BIN}})
+    kept_note = f", {len(rows) - int8_count} convolution(s) kept fp32" if len(rows) > int8_count else ""
+    if prep.calib is None:
+        _identity(manifest, export, "source bundle (scales converted to ncnn's symmetric int8)",
+                  f"the int8 model of {_label(bundle)}, its own weights and scales{kept_note}")
+    else:
+        _identity(manifest, export, "fdq calibration",
+                  f"calibrated by fdq ({OBSERVER}) on {prep.calib[1]['images']} images of {prep.calib[1]['dir']}, "
+                  f"from the float weights of {_label(bundle)}{kept_note}")
+    return manifest
+
+
+def write_int8(prep: Prepared, out: PathLike, keep_float: Sequence[str] = (),
+               winograd_bits: Optional[int] = WINOGRAD_BITS, force: bool = False) -> Path:
+    """The int8 bundle of ``prep`` at ``out``: ``keep_float`` layers fp32, Winograd as
+    :func:`fdq.host.ncnn_int8.to_int8` takes it; checked against the fp32 model and the source."""
+    from fdq.device.runtimes import load_inference, split_outputs
+    from fdq.host.bundles import write_bundle
+    from fdq.host.export import NCNN_BIN, NCNN_PARAM, _image_inputs
+    from fdq.host.export_check import torch_outputs
+
+    kept = _kept_float(keep_float, prep.layer_units)
+    layers = copy.deepcopy(prep.layers)
+    rows = to_int8(layers, {k: v for k, v in prep.quant.items() if k not in kept}, winograd_bits)
+    for row in rows:
+        row["unit"] = prep.layer_units[row["layer"]]
+        if row["layer"] in kept:
+            row["reason"] = "--keep-float"
+    manifest = _manifest(prep, rows, winograd_bits)
+    export, io, spec = manifest["export"], manifest["io"], prep.bundle.spec
+
+    def write_files(folder: Path) -> None:
+        write_model(layers, folder / NCNN_PARAM, folder / NCNN_BIN)
+        checks = _image_inputs(prep.bundle.long_side, spec.mean_bgr)
+        verification = export["verification"] = {
+            "inputs": [list(b.shape) for b in checks],
+            "max_abs_diff_vs_fp32_ncnn": _runner_diffs(load_inference(prep.fp32), folder, io, checks),
+            "note": "outputs as the runner reads them: loc, face score, landmarks"}
+        if prep.from_bundle:
+            verification["max_abs_diff_vs_source_bundle"] = _runner_diffs(
+                load_inference(prep.bundle, threads=1), folder, io, checks)
+        else:
+            verification["max_abs_diff_vs_float_model"] = _runner_diffs(
+                lambda blob: split_outputs(*torch_outputs(prep.model, blob)), folder, io, checks)
+
+    return write_bundle(str(out), manifest, write_files, force=force)
+
+
+def prepare_bundle(bundle_dir: PathLike, calib_dir: Optional[PathLike], work: Path) -> Prepared:
+    """:func:`prepare` for a bundle folder, the way ``fdq export --format ncnn-int8`` prepares it: for the
+    benchmarks, which write several models of one preparation."""
+    from fdq.host.export import _source_record, calibration_images, float_model
+
+    bundle = load_bundle(str(bundle_dir))
+    check_request(bundle, calib_dir)
+    model, weights_info = float_model(bundle)
+    calib = calibration_images(calib_dir) if calib_dir is not None else None
+    return prepare(bundle, model, weights_info, bundle.long_side, _source_record(bundle), calib, work)
+
+
 def export_ncnn_int8(bundle: Bundle, model: nn.Module, weights_info: Dict[str, Any], out: PathLike, long_side: int,
                      source: Dict[str, Any], calib: Optional[Tuple[List[Path], Dict[str, Any]]],
                      keep_float: Sequence[str], force: bool) -> Path:
     """Write the ncnn int8 bundle of ``bundle`` at ``out`` (``calib``: images and their record, for a
     float bundle; an int8 bundle brings its scales)."""
-    from fdq.calibration.quant_api import fuse
-    from fdq.device.runtimes import load_inference, split_outputs
-    from fdq.host.bundles import write_bundle
-    from fdq.host.export import (NCNN_BIN, NCNN_PARAM, _base_manifest, _export_ncnn, _identity, _image_inputs,
-                                 _label, preprocessed)
-    from fdq.host.export_check import torch_outputs
-
-    from_bundle = calib is None
-    convs = _int8_graph(bundle) if from_bundle else []
-    fused = fuse(model)
-    units = _units_in_order(fused, long_side)
-    if from_bundle:
-        _with_bundle_weights(fused, units, convs)
     with tempfile.TemporaryDirectory(prefix="fdq-ncnn-int8-") as tmp:
-        fp32_dir = _export_ncnn(bundle, fused, weights_info, Path(tmp) / "fp32", long_side, source, False)
-        fp32 = load_bundle(str(fp32_dir))
-        io, fp32_export = fp32.manifest["io"], fp32.manifest["export"]
-        ncnn_model = read_model(fp32_dir / NCNN_PARAM, fp32_dir / NCNN_BIN)
-        layer_units = _layer_units(ncnn_model, fused, units)
-        kept = _kept_float(keep_float, layer_units)
-        if from_bundle:
-            quant = _bundle_quant(convs, units, layer_units)
-        else:
-            assert calib is not None
-            blobs = list(preprocessed(calib[0], long_side, bundle.spec.mean_bgr))
-            quant = calibrated_quant(fp32_dir, io, ncnn_model, blobs)
-        rows = to_int8(ncnn_model, {k: v for k, v in quant.items() if k not in kept}, WINOGRAD_BITS)
-        for row in rows:
-            row["unit"] = layer_units[row["layer"]]
-            if row["layer"] in kept:
-                row["reason"] = "--keep-float"
-        fp32_net = load_inference(fp32)
-
-        manifest = _base_manifest(bundle, "ncnn", "int8", long_side)
-        manifest["input"].update({k: v for k, v in fp32.manifest["input"].items() if k in ("dynamic_hw", "fixed_hw")})
-        int8_count = sum(1 for row in rows if row["int8"])
-        quantization: Dict[str, Any] = {
-            "level": "ncnn-int8", "weights": weights_info if not from_bundle else "the source bundle's int8 weights",
-            "scales": SCALES_NOTE if from_bundle else
-            f"calibrated by fdq: {OBSERVER} observer of |x| on half of ncnn's symmetric int8 grid (128 levels over "
-            "[0, threshold]) for each int8 layer's input blob in the fp32 ncnn model; weights 127 / absmax per "
-            "output channel",
-            "winograd": winograd_note(WINOGRAD_BITS),
-            "int8_layers": int8_count, "float_layers": [row["layer"] for row in rows if not row["int8"]],
-            "requantized": [row["layer"] for row in rows if "top_scale" in row], "layers": rows}
-        export: Dict[str, Any] = {"tool": "fdq.host.export_ncnn_int8 (pnnx fp32 model rewritten as ncnn int8)",
-                                  **{k: fp32_export[k] for k in ("pnnx_version", "ncnn_version", "torch_version",
-                                                                  "example_inputs")},
-                                  "fp32_verification": fp32_export["verification"]}
-        calibration = bundle.manifest.get("calibration") if from_bundle else calib[1]  # type: ignore[index]
-        manifest.update({"quantization": quantization, "calibration": calibration, "io": io,
-                         "exported_from": source, "export": export, "entry": {"param": NCNN_PARAM, "model": NCNN_BIN}})
-        kept_note = f", {len(rows) - int8_count} convolution(s) kept fp32" if len(rows) > int8_count else ""
-        if from_bundle:
-            _identity(manifest, export, "source bundle (scales converted to ncnn's symmetric int8)",
-                      f"the int8 model of {_label(bundle)}, its own weights and scales{kept_note}")
-        else:
-            assert calib is not None
-            _identity(manifest, export, "fdq calibration",
-                      f"calibrated by fdq ({OBSERVER}) on {calib[1]['images']} images of {calib[1]['dir']}, from the "
-                      f"float weights of {_label(bundle)}{kept_note}")
-
-        def write_files(folder: Path) -> None:
-            write_model(ncnn_model, folder / NCNN_PARAM, folder / NCNN_BIN)
-            checks = _image_inputs(long_side, bundle.spec.mean_bgr)
-            export["verification"] = {"inputs": [list(b.shape) for b in checks],
-                                      "max_abs_diff_vs_fp32_ncnn": _runner_diffs(fp32_net, folder, io, checks),
-                                      "note": "outputs as the runner reads them: loc, face score, landmarks"}
-            if from_bundle:
-                reference = load_inference(bundle, threads=1)
-                export["verification"]["max_abs_diff_vs_source_bundle"] = _runner_diffs(reference, folder, io, checks)
-            else:
-                export["verification"]["max_abs_diff_vs_float_model"] = _runner_diffs(
-                    lambda blob: split_outputs(*torch_outputs(model, blob)), folder, io, checks)
-
-        return write_bundle(str(out), manifest, write_files, force=force)
+        prep = prepare(bundle, model, weights_info, long_side, source, calib, Path(tmp))
+        return write_int8(prep, out, keep_float, force=force)

@@ -1,25 +1,21 @@
-"""Per-layer accuracy of an ncnn int8 model against its fp32 model, and variants of it for the search.
+"""Per-layer accuracy of an ncnn int8 model against the fp32 model it was made from.
 
-* :func:`layer_sqnr`: the SQNR of every int8 layer's output against the same blob of the fp32 model
-  (ncnn's extractor reads any blob; a requantized int8 output is divided by its top scale first) on
-  the given inputs, worst first. The error accumulates: a layer's SQNR holds every layer before it.
-* :func:`variant`: a calibrated export's thresholds applied again to the fp32 export's layers, with
-  some layers kept fp32 (what ``--keep-float`` makes) or Winograd's 6-bit weights, written as a bundle:
-  so a choice is scored on the same thresholds, without calibrating again.
+:func:`layer_sqnr`: the SQNR of every int8 layer's output against the same blob of the fp32 model
+(ncnn's extractor reads any blob; a requantized int8 output is divided by its top scale first) on the
+given inputs, worst first. The error accumulates: a layer's SQNR holds every layer before it. The fp32
+model is the one the export converted (:attr:`fdq.host.export_ncnn_int8.Prepared.fp32`: cross-layer
+equalization changes the blobs, so the float bundle's own ncnn export is not comparable blob by blob).
 """
 from __future__ import annotations
 
-import copy
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from fdq.device.bundle import Bundle, load_bundle
-from fdq.host.ncnn_model import read_model, write_model
-
-_MANIFEST_OWN = ("schema", "files", "fdq_version", "created")
+from fdq.device.bundle import Bundle
+from fdq.host.ncnn_model import read_model
 
 
 def _files(bundle: Bundle) -> Tuple[str, str]:
@@ -49,24 +45,3 @@ def layer_sqnr(fp32: Bundle, int8: Bundle, blobs: Sequence[np.ndarray]) -> List[
     result = [(layer.name, output_sqnr_db(torch.cat(ref[layer.tops[0]]), torch.cat(got[layer.tops[0]])))
               for layer in layers]
     return sorted(result, key=lambda item: item[1])
-
-
-def variant(fp32: Bundle, calibrated: Bundle, out: Path, keep_float: Sequence[str] = (),
-            winograd_bits: Optional[int] = None) -> Bundle:
-    """``calibrated``'s thresholds on ``fp32``'s layers, ``keep_float`` left fp32, Winograd as
-    :func:`fdq.host.ncnn_int8.to_int8` takes it, written at ``out``."""
-    from fdq.host.bundles import write_bundle
-    from fdq.host.export import NCNN_BIN, NCNN_PARAM
-    from fdq.host.ncnn_int8 import LayerQuant, to_int8, winograd_note
-
-    model = read_model(*map(Path, _files(fp32)))
-    rows = calibrated.manifest["quantization"]["layers"]
-    quant = {r["layer"]: LayerQuant(r["threshold"]) for r in rows if "threshold" in r and r["layer"] not in keep_float}
-    table = to_int8(model, quant, winograd_bits)
-    manifest = {k: copy.deepcopy(v) for k, v in calibrated.manifest.items() if k not in _MANIFEST_OWN}
-    manifest["quantization"].update(layers=table, float_layers=[r["layer"] for r in table if not r["int8"]],
-                                    requantized=[r["layer"] for r in table if "top_scale" in r],
-                                    winograd=winograd_note(winograd_bits))
-    path = write_bundle(str(out), manifest, lambda folder: write_model(model, folder / NCNN_PARAM, folder / NCNN_BIN),
-                        force=True)
-    return load_bundle(str(path))

@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 import numpy as np
 
@@ -59,18 +59,38 @@ SETTINGS: Dict[str, Dict[str, Any]] = {
         ("ADMM", "ADMM", ("first", "heads", "preheads"), True)]}
 
 
+def timed_detector(infer: Callable[[np.ndarray], Any], spec: Any, side: int) -> Tuple[FaceDetector, List[float]]:
+    """The runner's pipeline (uint8 resize) around ``infer``, and the list its inference times (ms) go to."""
+    timed: List[float] = []
+
+    def timed_infer(blob: np.ndarray):
+        started = time.perf_counter()
+        out = infer(blob)
+        timed.append(1000 * (time.perf_counter() - started))
+        return out
+
+    return FaceDetector(timed_infer, spec, side, resize="uint8"), timed
+
+
 def mnn_detector(path: Path, model: str, side: int, fp32: bool) -> Tuple[FaceDetector, List[float]]:
     """The runner's pipeline around one ``.mnn`` file, and the list its inference times (ms) go to."""
     module = open_mnn(str(path), "input", OUTPUT_NAMES, threads=1, fp32=fp32)
-    timed: List[float] = []
+    return timed_detector(lambda blob: split_outputs(*run_mnn(module, blob)), SPECS[model], side)
 
-    def infer(blob: np.ndarray):
-        started = time.perf_counter()
-        out = run_mnn(module, blob)
-        timed.append(1000 * (time.perf_counter() - started))
-        return split_outputs(*out)
 
-    return FaceDetector(infer, SPECS[model], side, resize="uint8"), timed
+def measure(detectors: Dict[str, Tuple[FaceDetector, List[float]]], images: List[Tuple[str, np.ndarray]],
+            gt: Any) -> Tuple[Dict[str, Dict[str, float]], Dict[str, float]]:
+    """AP per setting and median inference ms of each detector, all on each image in turn (one load for all)."""
+    predictions: Dict[str, Dict[str, np.ndarray]] = {k: {} for k in detectors}
+    for _ in range(2):  # an untimed pass (first sizes), then the measured one
+        for _, times in detectors.values():
+            times.clear()
+        for key, image in images:
+            for name, (det, _) in detectors.items():
+                dets = det.detect(image)
+                predictions[name][key] = to_wider_rows(dets.boxes, dets.scores)
+    ap = {name: {s: round(100 * evaluate(pred, gt)[s], 3) for s in SETTINGS_AP} for name, pred in predictions.items()}
+    return ap, {name: float(np.median(times)) for name, (_, times) in detectors.items()}
 
 
 def run(models: List[str], sides: List[int], names: List[str], data: Path, calib_limit: int,
@@ -101,17 +121,7 @@ def run(models: List[str], sides: List[int], names: List[str], data: Path, calib
                 made[name] = {"quantize_s": round(time.perf_counter() - started, 1), "float_ops": used["float_ops"]}
                 detectors[name] = mnn_detector(out, model, side, False)
                 print(f"{model} {side} {name}: quantized in {made[name]['quantize_s']} s", flush=True)
-            predictions: Dict[str, Dict[str, np.ndarray]] = {k: {} for k in detectors}
-            for _ in range(2):  # an untimed pass (first sizes), then the measured one
-                for _, times in detectors.values():
-                    times.clear()
-                for key, image in images:
-                    for name, (det, _) in detectors.items():
-                        dets = det.detect(image)
-                        predictions[name][key] = to_wider_rows(dets.boxes, dets.scores)
-            ap = {name: {s: round(100 * evaluate(pred, gt)[s], 3) for s in SETTINGS_AP}
-                  for name, pred in predictions.items()}
-            median = {name: float(np.median(times)) for name, (_, times) in detectors.items()}
+            ap, median = measure(detectors, images, gt)
             for name in detectors:
                 row = {"model": model, "long_side": side, "setting": name, "ap": ap[name],
                        "ap_minus_float": {s: round(ap[name][s] - ap["float"][s], 3) for s in SETTINGS_AP},

@@ -5,9 +5,9 @@ For each model and long side: the float bundle and fdq's level-2 qnnpack int8 bu
 calib/, fdq-profile's bundle cache), the fp32 ncnn export, and ``fdq export --format ncnn-int8`` of the
 int8 bundle (its own weights, scales converted) and of the float bundle (calibrated on calib/), all
 through the export's own code (``fdq.host.bundle_cache.runtime_bundle``). The Winograd question is asked
-of the calibrated model: its thresholds again, with the 3x3 stride-1 convolutions given 6-bit weights and
-int8 Winograd F(4,3) (``ncnn2table``'s rule), and with 8-bit weights and Winograd on (what the 6 bits
-avoid), against the export's choice (8-bit weights, Winograd off for those layers). AP: the runner's
+of the calibrated model (prepared again as the export prepares it): the 3x3 stride-1 convolutions given
+6-bit weights and int8 Winograd F(4,3) (``ncnn2table``'s rule), and 8-bit weights with Winograd on (what
+the 6 bits avoid), against the export's choice (8-bit weights, Winograd off for those layers). AP: the runner's
 pipeline (uint8 resize, normalize, ncnn, decode, NMS) on the val split. Time: inference only, 1 thread,
 median over the val images after one untimed pass, every variant on each image in turn so all share the
 moment's load, as a ratio to ncnn fp32: this machine's x86 kernels, informative only (the board's cost
@@ -24,13 +24,11 @@ import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Tuple
-
-import numpy as np
+from typing import Any, Callable, Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_mnn_int8 import SETTINGS_AP, measure, table, timed_detector  # noqa: E402  (same folder)
 from bench_peers import write_section  # noqa: E402  (same folder: the docs block)
 
 from fdq.device.atomic import atomic_write_text  # noqa: E402
@@ -39,45 +37,29 @@ from fdq.device.outputs import checked_outputs_or_exit  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MARK_BEGIN, MARK_END = "<!-- bench_ncnn_int8:begin -->", "<!-- bench_ncnn_int8:end -->"
-SETTINGS_AP = ("easy", "medium", "hard")
 VARIANTS = ("fp32", "int8-bundle", "calibrated", "calibrated-winograd-6bit", "calibrated-winograd-8bit")
-
-
-def _timed(bundle: Bundle, side: int) -> Tuple[Any, List[float]]:
-    """The runner's detector for ``bundle`` and the list its inference times (ms) go to."""
-    from fdq.device.detector import FaceDetector
-    from fdq.device.runtimes import load_inference
-
-    infer, times = load_inference(bundle, threads=1), []
-
-    def timed(blob: np.ndarray) -> Any:
-        started = time.perf_counter()
-        out = infer(blob)
-        times.append(1000 * (time.perf_counter() - started))
-        return out
-
-    return FaceDetector(timed, bundle.spec, side, resize="uint8"), times
 
 
 def _bundles(model: str, side: int, calib: str, work: Path) -> Dict[str, Bundle]:
     from fdq.host.bundle_cache import FLOAT, quantized_bundle, runtime_bundle
-    from fdq.host.ncnn_layer_report import variant
+    from fdq.host.export_ncnn_int8 import prepare_bundle, write_int8
 
     float_bundle = quantized_bundle(model, FLOAT, 0, long_side=side)
     int8_bundle = quantized_bundle(model, "qnnpack", 2, calib=calib, long_side=side)
     made = {"fp32": runtime_bundle(float_bundle, "ncnn"), "int8-bundle": runtime_bundle(int8_bundle, "ncnn-int8"),
             "calibrated": runtime_bundle(float_bundle, "ncnn-int8", calib)}
-    out = {name: load_bundle(str(path)) for name, path in made.items()}
+    prep = prepare_bundle(float_bundle, calib, work / f"{model}-{side}")  # the calibrated export's, made again
     for bits in (6, 8):
-        name = f"calibrated-winograd-{bits}bit"
-        out[name] = variant(out["fp32"], out["calibrated"], work / f"{model}-{side}-{name}", winograd_bits=bits)
-    return out
+        made[f"calibrated-winograd-{bits}bit"] = write_int8(prep, work / f"{model}-{side}-winograd-{bits}",
+                                                            winograd_bits=bits)
+    return {name: load_bundle(str(path)) for name, path in made.items()}
 
 
 def run(models: List[str], sides: List[int], data: Path, work: Path,
         announce: Callable[[str], None]) -> Dict[str, Any]:
-    from fdq.device.evaluation import evaluate, load_ground_truth, to_wider_rows
+    from fdq.device.evaluation import load_ground_truth
     from fdq.device.images import list_images, read_image
+    from fdq.device.runtimes import load_inference
 
     gt = load_ground_truth(data / "val" / "ground_truth")
     images = [(key, read_image(p)) for key, p in list_images(str(data / "val" / "images"))]
@@ -85,39 +67,19 @@ def run(models: List[str], sides: List[int], data: Path, work: Path,
     for model in models:
         for side in sides:
             bundles = _bundles(model, side, str(data / "calib" / "images"), work)
-            detectors = {name: _timed(bundle, side) for name, bundle in bundles.items()}
-            predictions: Dict[str, Dict[str, np.ndarray]] = {k: {} for k in detectors}
-            for _ in range(2):  # an untimed pass (first sizes), then the measured one
-                for _, times in detectors.values():
-                    times.clear()
-                for key, image in images:
-                    for name, (det, _) in detectors.items():
-                        dets = det.detect(image)
-                        predictions[name][key] = to_wider_rows(dets.boxes, dets.scores)
-            ap = {name: {s: round(100 * evaluate(pred, gt)[s], 3) for s in SETTINGS_AP}
-                  for name, pred in predictions.items()}
-            median = {name: float(np.median(times)) for name, (_, times) in detectors.items()}
+            detectors = {name: timed_detector(load_inference(bundle, threads=1), bundle.spec, side)
+                         for name, bundle in bundles.items()}
+            ap, median = measure(detectors, images, gt)
             for name, bundle in bundles.items():
                 quantization = bundle.manifest["quantization"]
-                row = {"model": model, "long_side": side, "variant": name, "ap": ap[name],
-                       "ap_minus_fp32": {s: round(ap[name][s] - ap["fp32"][s], 3) for s in SETTINGS_AP},
+                row = {"model": model, "long_side": side, "setting": name, "ap": ap[name],
+                       "ap_minus_float": {s: round(ap[name][s] - ap["fp32"][s], 3) for s in SETTINGS_AP},
                        "inference_ms_p50": round(median[name], 3),
-                       "inference_vs_fp32": round(median[name] / median["fp32"], 3),
+                       "inference_vs_float": round(median[name] / median["fp32"], 3),
                        "params_from": quantization.get("params_from"), "winograd": quantization.get("winograd")}
                 rows.append(row)
                 announce(json.dumps(row))
     return {"rows": rows}
-
-
-def table(rows: List[Dict[str, Any]]) -> str:
-    lines = ["| model | side | variant | easy | medium | hard | worst vs fp32 | x86 inference vs fp32 |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        worst = min(r["ap_minus_fp32"].values())
-        lines.append(f"| {r['model']} | {r['long_side']} | {r['variant']} | "
-                     + " | ".join(f"{r['ap'][s]:.2f}" for s in SETTINGS_AP)
-                     + f" | {worst:+.2f} | {r['inference_vs_fp32']:.2f}x |")
-    return "\n".join(lines)
 
 
 def main(argv: List[str]) -> int:

@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
 """Where ncnn int8 loses accuracy, layer by layer, and which layers to keep float (``--keep-float``).
 
-For one model and long side: the fp32 ncnn export of the float bundle and its ``ncnn-int8`` export
-calibrated on calib/ (fdq-profile's bundle cache, the export's own code). Every int8 layer's output is
-compared with the same blob of the fp32 model on the calibration images (SQNR, worst first:
-``fdq.host.ncnn_layer_report.layer_sqnr``). The ``--top`` worst layers are then each kept fp32 on the
-same thresholds (``variant``, what ``--keep-float`` makes) and scored by AP on the val split (the
-runner's pipeline): a layer whose float copy raises the worst of easy / medium / hard is suggested, the
-most AP first, and the suggestion as a whole is scored the same way.
+For one model and long side: the float bundle's ``ncnn-int8`` export calibrated on calib/, prepared
+and written by the export's own code (``prepare_bundle``, ``write_int8``). Every int8 layer's output is
+compared with the same blob of the fp32 model it was converted from on the calibration images (SQNR,
+worst first: ``fdq.host.ncnn_layer_report.layer_sqnr``). The ``--top`` worst layers are then each kept
+fp32 (what ``--keep-float`` makes, on the same thresholds) and scored by AP on the val split (the
+runner's pipeline) against that fp32 model: a layer whose float copy raises the worst of easy / medium
+/ hard is suggested, the most AP first, and the suggestion as a whole is scored the same way.
 
     python scripts/bench_ncnn_layers.py --model mnet025 --long-side 320
 
@@ -49,27 +49,27 @@ def _worst(ap: Dict[str, float], ref: Dict[str, float]) -> float:
 
 def run(model: str, side: int, top: int, data: Path, work: Path) -> Dict[str, Any]:
     from fdq.device.evaluation import load_ground_truth
-    from fdq.host.bundle_cache import FLOAT, quantized_bundle, runtime_bundle
-    from fdq.host.export import calibration_images, preprocessed
-    from fdq.host.ncnn_layer_report import layer_sqnr, variant
+    from fdq.host.bundle_cache import FLOAT, quantized_bundle
+    from fdq.host.export import preprocessed
+    from fdq.host.export_ncnn_int8 import prepare_bundle, write_int8
+    from fdq.host.ncnn_layer_report import layer_sqnr
 
-    calib = str(data / "calib" / "images")
-    float_bundle = quantized_bundle(model, FLOAT, 0, long_side=side)
-    fp32 = load_bundle(str(runtime_bundle(float_bundle, "ncnn")))
-    int8 = load_bundle(str(runtime_bundle(float_bundle, "ncnn-int8", calib)))
-    paths, calib_info = calibration_images(calib)
-    sqnr = layer_sqnr(fp32, int8, list(preprocessed(paths, side, fp32.spec.mean_bgr)))
+    prep = prepare_bundle(quantized_bundle(model, FLOAT, 0, long_side=side), data / "calib" / "images", work)
+    int8 = load_bundle(str(write_int8(prep, work / "int8")))
+    assert prep.calib is not None
+    sqnr = layer_sqnr(prep.fp32, int8, list(preprocessed(prep.calib[0], side, int8.spec.mean_bgr)))
     gt = load_ground_truth(data / "val" / "ground_truth")
-    ref, base = _ap(fp32, data, gt), _ap(int8, data, gt)
+    ref, base = _ap(prep.fp32, data, gt), _ap(int8, data, gt)
     tried = []
     for name, db in sqnr[:top]:
-        ap = _ap(variant(fp32, int8, work / f"keep-{name}", keep_float=[name]), data, gt)
-        tried.append({"layer": name, "sqnr_db": db, "ap": ap, "worst_vs_fp32": _worst(ap, ref),
-                      "recovered": round(_worst(ap, ref) - _worst(base, ref), 3)})
+        ap = _ap(load_bundle(str(write_int8(prep, work / f"keep-{name}", keep_float=[name]))), data, gt)
+        tried.append({"layer": name, "unit": prep.layer_units[name], "sqnr_db": db, "ap": ap,
+                      "worst_vs_fp32": _worst(ap, ref), "recovered": round(_worst(ap, ref) - _worst(base, ref), 3)})
         print(json.dumps(tried[-1]), flush=True)
     suggested = [t["layer"] for t in sorted(tried, key=lambda t: -t["recovered"]) if t["recovered"] > 0]
-    together = _ap(variant(fp32, int8, work / "suggested", keep_float=suggested), data, gt) if suggested else base
-    return {"model": model, "long_side": side, "calibration": calib_info, "fp32_ap": ref, "int8_ap": base,
+    together = _ap(load_bundle(str(write_int8(prep, work / "suggested", keep_float=suggested))), data, gt) \
+        if suggested else base
+    return {"model": model, "long_side": side, "calibration": prep.calib[1], "fp32_ap": ref, "int8_ap": base,
             "int8_worst_vs_fp32": _worst(base, ref), "layers": [{"layer": n, "sqnr_db": db} for n, db in sqnr],
             "kept_float_one_at_a_time": tried, "suggested_keep_float": suggested, "suggested_ap": together,
             "suggested_worst_vs_fp32": _worst(together, ref)}
