@@ -15,6 +15,7 @@
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -270,3 +271,21 @@ def test_profile_takes_every_runtime_the_runner_runs(capsys):
     with pytest.raises(SystemExit):
         profile_main(["--runtime", "ncnn-int9"])
     assert "unknown runtime 'ncnn-int9'" in capsys.readouterr().err
+
+
+def test_profile_exports_an_int8_bundle_for_ncnn_int8_and_runs_it(bundles, tmp_path):
+    """``fdq-profile --runtime ncnn-int8``: the int8 bundle's export (its own scales), run by the runner here."""
+    import json
+
+    import yaml
+
+    local = tmp_path / "here.yaml"
+    local.write_text(yaml.safe_dump({"name": "here", "transport": "local", "python": sys.executable,
+                                     "workdir": str(tmp_path / "work"), "threads": 1, "runtimes": ["ncnn"]}))
+    out = tmp_path / "run.json"
+    assert profile_main(["--target", str(local), "--bundle", str(bundles["int8"]), "--runtime", "ncnn-int8",
+                         "--frames", "2", "--warmup", "0", "--runs", str(tmp_path / "runs"), "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    bundle = doc["bundle"]
+    assert (bundle["runtime"], bundle["dtype"], bundle["quantization"]) == ("ncnn", "int8", "ncnn-int8")
+    assert bundle["quantization_config"]["params_from"].startswith("source bundle")
