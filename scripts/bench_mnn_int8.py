@@ -145,17 +145,23 @@ def table(rows: List[Dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def add_result_arguments(parser: argparse.ArgumentParser, option: str, result: str) -> None:
+    """The options of every int8 comparison here: ``--data`` (the WIDER FACE subset), the result file
+    ``option`` (default ``docs/results/RESULT``), ``--no-docs`` and ``--force``."""
+    parser.add_argument("--data", default=str(Path(os.environ.get("FDQ_SHARED", ROOT.parent / "shared"))
+                                               / "data" / "widerface_val_subset"))
+    parser.add_argument(option, default=str(ROOT / "docs" / "results" / result))
+    parser.add_argument("--no-docs", action="store_true", help="do not rewrite the table in docs/ACCURACY.md")
+    parser.add_argument("--force", action="store_true", help=f"replace an existing {option}")
+
+
 def main(argv: List[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="slim,rfb,mnet025")
     parser.add_argument("--long-sides", default="320,640")
     parser.add_argument("--settings", default=",".join(SETTINGS), help=f"from: {', '.join(SETTINGS)}")
     parser.add_argument("--calib-limit", type=int, default=0, help="first N calibration images (0: all)")
-    parser.add_argument("--data", default=str(Path(os.environ.get("FDQ_SHARED", ROOT.parent / "shared"))
-                                               / "data" / "widerface_val_subset"))
-    parser.add_argument("--out", default=str(ROOT / "docs" / "results" / "bench_mnn_int8.json"))
-    parser.add_argument("--no-docs", action="store_true", help="do not rewrite the table in docs/ACCURACY.md")
-    parser.add_argument("--force", action="store_true", help="replace an existing --out")
+    add_result_arguments(parser, "--out", "bench_mnn_int8.json")
     args = parser.parse_args(argv)
     target, = checked_outputs_or_exit("bench_mnn_int8", args.force, ("--out", args.out))
     names = [n for n in args.settings.split(",") if n]

@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_mnn_int8 import SETTINGS_AP, measure, table, timed_detector  # noqa: E402  (same folder)
+from bench_mnn_int8 import SETTINGS_AP, add_result_arguments, measure, table, timed_detector  # noqa: E402  (same folder)
 from bench_peers import write_section  # noqa: E402  (same folder: the docs block)
 
 from fdq.device.atomic import atomic_write_text  # noqa: E402
@@ -86,11 +85,7 @@ def main(argv: List[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="slim,rfb,mnet025")
     parser.add_argument("--long-sides", default="320,640")
-    parser.add_argument("--data", default=str(Path(os.environ.get("FDQ_SHARED", ROOT.parent / "shared"))
-                                               / "data" / "widerface_val_subset"))
-    parser.add_argument("--json", default=str(ROOT / "docs" / "results" / "bench_ncnn_int8.json"))
-    parser.add_argument("--no-docs", action="store_true", help="do not rewrite the table in docs/ACCURACY.md")
-    parser.add_argument("--force", action="store_true", help="replace an existing --json")
+    add_result_arguments(parser, "--json", "bench_ncnn_int8.json")
     args = parser.parse_args(argv)
     target, = checked_outputs_or_exit("bench_ncnn_int8", args.force, ("--json", args.json))
     with tempfile.TemporaryDirectory(prefix="fdq-bench-ncnn-int8-") as tmp:

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_mnn_int8 import SETTINGS_AP, add_result_arguments  # noqa: E402  (same folder)
 from bench_peers import write_section  # noqa: E402  (same folder: the docs block)
 
 from fdq.device.atomic import atomic_write_text  # noqa: E402
@@ -32,7 +32,6 @@ from fdq.device.outputs import checked_outputs_or_exit  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MARK_BEGIN, MARK_END = "<!-- bench_ncnn_layers:begin -->", "<!-- bench_ncnn_layers:end -->"
-SETTINGS_AP = ("easy", "medium", "hard")
 
 
 def _ap(bundle: Bundle, data: Path, gt: Any) -> Dict[str, float]:
@@ -93,11 +92,7 @@ def main(argv: List[str]) -> int:
     parser.add_argument("--model", default="mnet025")
     parser.add_argument("--long-side", type=int, default=320)
     parser.add_argument("--top", type=int, default=8, help="how many of the worst layers to try in float")
-    parser.add_argument("--data", default=str(Path(os.environ.get("FDQ_SHARED", ROOT.parent / "shared"))
-                                               / "data" / "widerface_val_subset"))
-    parser.add_argument("--json", default=str(ROOT / "docs" / "results" / "bench_ncnn_layers.json"))
-    parser.add_argument("--no-docs", action="store_true", help="do not rewrite the table in docs/ACCURACY.md")
-    parser.add_argument("--force", action="store_true", help="replace an existing --json")
+    add_result_arguments(parser, "--json", "bench_ncnn_layers.json")
     args = parser.parse_args(argv)
     target, = checked_outputs_or_exit("bench_ncnn_layers", args.force, ("--json", args.json))
     with tempfile.TemporaryDirectory(prefix="fdq-bench-ncnn-layers-") as tmp:
