@@ -131,12 +131,16 @@ def threshold_of_range(scale: float, zero_point: int, qmin: int = 0, qmax: int =
     return max(abs((qmin - zero_point) * scale), abs((qmax - zero_point) * scale))
 
 
-def _bundle_quant(convs: Sequence[Any], units: List[str], layer_units: Dict[str, str]) -> Dict[str, LayerQuant]:
+def _bundle_quant(bundle: Bundle, convs: Sequence[Any], units: List[str],
+                  layer_units: Dict[str, str]) -> Dict[str, LayerQuant]:
+    """Each layer's quantization from the int8 convolution of its unit; the calibrated range of a
+    ``reduce_range`` bundle's activations (x86 without VNNI) is 0..127, not 0..255."""
+    qmax = 127 if (bundle.manifest.get("quantization") or {}).get("reduce_range") else 255
     by_unit = dict(zip(units, convs))
     quant = {}
     for layer, unit in layer_units.items():
         qc = by_unit[unit]
-        quant[layer] = LayerQuant(threshold_of_range(qc.input_scale, qc.input_zero_point), qc.weight,
+        quant[layer] = LayerQuant(threshold_of_range(qc.input_scale, qc.input_zero_point, qmax=qmax), qc.weight,
                                   (1.0 / qc.weight_scales.astype(np.float64)).astype(np.float32))
     return quant
 
@@ -251,7 +255,7 @@ def prepare(bundle: Bundle, model: nn.Module, weights_info: Dict[str, Any], long
     layers = read_model(fp32_dir / NCNN_PARAM, fp32_dir / NCNN_BIN)
     layer_units = _layer_units(layers, fused, units)
     fp32 = load_bundle(str(fp32_dir))
-    quant = (_bundle_quant(convs, units, layer_units) if calib is None else
+    quant = (_bundle_quant(bundle, convs, units, layer_units) if calib is None else
              calibrated_quant(fp32_dir, fp32.manifest["io"], layers, blobs))
     return Prepared(bundle, model, weights_info, source, calib, fp32, layers, layer_units, quant, pairs)
 
