@@ -215,6 +215,26 @@ def activation_observer(name: str) -> Type[tq.ObserverBase]:
         raise UnknownObserverError(f"unknown observer {name!r} (choose from: {', '.join(OBSERVER_NAMES)})") from None
 
 
+class SymmetricThreshold:
+    """The threshold ``T`` of a symmetric int8 grid (``x -> round(x * 127 / T)``, ncnn's) from activation
+    observer ``name``. Rounding ``x`` on that grid errs exactly as rounding ``|x|`` on its half, 128 levels
+    over [0, T], so the observer sees ``|x|`` with that many levels: its range search (histogram's L2,
+    percentile's clipping) then fits the grid the runtime uses. A ReLU output uses only that half anyway."""
+
+    def __init__(self, name: str, levels: int = 128) -> None:
+        self.observer = activation_observer(name)(dtype=torch.quint8, qscheme=torch.per_tensor_affine, quant_min=0,
+                                                  quant_max=levels - 1)
+        if hasattr(self.observer, "dst_nbins"):  # torch's histogram search assumes 256 levels otherwise
+            self.observer.dst_nbins = levels
+
+    def __call__(self, x: torch.Tensor) -> None:
+        self.observer(x.detach().abs())
+
+    def threshold(self) -> float:
+        scale, _ = self.observer.calculate_qparams()
+        return float(scale) * (self.observer.quant_max - self.observer.quant_min)
+
+
 def make_qconfig(backend: str, observer: str = "histogram", per_channel: bool = True, qat: bool = False,
                  reduce_range: str = "none") -> tq.QConfig:
     """QConfig for ``backend``: named activation observer, symmetric int8 weights.

@@ -18,8 +18,9 @@ Manifest fields read here (besides ``runtime``, ``backend.engine`` and ``entry``
 * entry files: ``model`` (TorchScript ``.pt`` / ``.onnx`` / NCNN ``.bin`` / ``.mnn`` / ExecuTorch ``.pte``)
   and ``param`` (NCNN only);
 * ``input.fixed_hw`` (NCNN exported at one size only) and ``backend.dtype`` (``fp32`` turns ncnn's
-  fp16 / bf16 storage and arithmetic off, so an fp32 bundle is measured in fp32; MNN's fp32 bundles ask
-  for its high precision mode for the same reason);
+  fp16 / bf16 storage and arithmetic off, so an fp32 bundle is measured in fp32; ``int8`` does too for
+  the layers an ncnn int8 model keeps in float, and loads it with ``use_int8_inference``; MNN's fp32
+  bundles ask for its high precision mode for the same reason);
 * ``input.min_hw`` / ``input.max_hw``: the input sizes an ExecuTorch program was exported for (its memory
   plan holds up to ``max_hw``).
 """
@@ -37,6 +38,7 @@ from .detector import FaceDetector, InferenceFn
 OUTPUT_ROLES = ("loc", "conf", "landm")
 QNNPACK_INIT_HINT = (" (QNNPACK describes the CPU from /proc/cpuinfo and /sys/devices/system/cpu: in a chroot, "
                      "as on an emulated board, mount /proc and /sys inside it)")
+NCNN_INT8_TYPES = ("Convolution", "ConvolutionDepthWise", "InnerProduct")  # the layers ncnn2int8 writes int8
 _DEFAULT_IO = {
     "onnxruntime": {"input": "input", "outputs": {"loc": "loc", "conf": "conf", "landm": "landm"}},
     "ncnn": {"input": "in0", "outputs": {"loc": "out0", "conf": "out1", "landm": "out2"}},
@@ -175,12 +177,33 @@ def _onnxruntime(bundle: Bundle, threads: int) -> InferenceFn:
 # --------------------------------------------------------------------------------------------------
 
 
-def open_ncnn(param: str, weights: str, threads: int, fp32: bool) -> Any:
-    """An ncnn Net for a .param/.bin pair (also used by the host's export check)."""
+def ncnn_int8_layers(param: str) -> List[str]:
+    """The layers of an ncnn .param that hold int8 weights (a nonzero ``int8_scale_term``, key 8)."""
+    names = []
+    with open(param, encoding="utf-8") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) > 4 and fields[0] in NCNN_INT8_TYPES and any(
+                    f.startswith("8=") and f != "8=0" for f in fields[4 + int(fields[2]) + int(fields[3]):]):
+                names.append(fields[1])
+    return names
+
+
+def open_ncnn(param: str, weights: str, threads: int, fp32: bool, int8: bool = False) -> Any:
+    """An ncnn Net for a .param/.bin pair (also used by the host's export check).
+
+    ``int8``: the model holds int8 layers and loads with ``use_int8_inference`` on. Loading one with it
+    off segfaults, so int8 layers in a model not opened as int8 are refused first, in one line."""
     ncnn = _import("ncnn", "ncnn")
+    held = ncnn_int8_layers(param)
+    if held and not int8:
+        raise BundleError(f"{param} holds int8 layers ({', '.join(held[:3])}{', ...' if len(held) > 3 else ''}) "
+                          f"but is not opened as int8 (its manifest's backend.dtype); refused: ncnn would crash")
     net = ncnn.Net()
     net.opt.num_threads = max(1, int(threads))
     net.opt.use_vulkan_compute = False
+    if int8:
+        net.opt.use_int8_inference = True  # ncnn's default, made explicit: an int8 model must never load without it
     if fp32:
         # ncnn computes in fp16 / bf16 on CPUs that have it unless told not to: an "fp32" bundle
         # must measure fp32 arithmetic, or speed and accuracy would describe another model.
@@ -188,6 +211,9 @@ def open_ncnn(param: str, weights: str, threads: int, fp32: bool) -> Any:
             if hasattr(net.opt, flag):
                 setattr(net.opt, flag, False)
     if net.load_param(str(param)) != 0:
+        if int8:
+            raise BundleError(f"ncnn {getattr(ncnn, '__version__', '')} here cannot load the int8 model {param} "
+                              f"(built without NCNN_INT8?)")
         raise BundleError(f"ncnn cannot load {param}")
     if net.load_model(str(weights)) != 0:
         raise BundleError(f"ncnn cannot load {weights}")
@@ -209,8 +235,10 @@ def run_ncnn(net: Any, input_name: str, output_names: Sequence[str], blob: np.nd
 
 
 def _ncnn(bundle: Bundle, threads: int) -> InferenceFn:
-    fp32 = str((bundle.manifest.get("backend") or {}).get("dtype", "fp32")) == "fp32"
-    net = open_ncnn(str(bundle.file("param")), str(bundle.file("model")), threads, fp32)
+    dtype = str((bundle.manifest.get("backend") or {}).get("dtype", "fp32"))
+    # An int8 bundle's other layers compute in fp32 too: the same arithmetic on the host and the board.
+    net = open_ncnn(str(bundle.file("param")), str(bundle.file("model")), threads, dtype in ("fp32", "int8"),
+                    int8=dtype == "int8")
     input_name, outputs = _io_names(bundle)
     names = [outputs[r] for r in OUTPUT_ROLES]
     fixed = (bundle.manifest.get("input") or {}).get("fixed_hw")

@@ -18,7 +18,10 @@ from typing import Any, Dict, List, Optional
 from fdq.device.bundle import MANIFEST, BundleError, load_bundle, sha256_file
 
 FLOAT = "fp32"
-RUNTIMES = ("torchscript", "onnxruntime", "ncnn")
+# What --runtime takes: every format the runner runs (an export of the bundle, made on the fly).
+RUNTIMES = ("torchscript", "onnxruntime", "ncnn", "ncnn-int8", "mnn", "mnn-int8", "executorch")
+_FLOAT_ONLY = {"ncnn": ", or --runtime ncnn-int8", "mnn": ", or --runtime mnn-int8 with --calib DIR",
+               "executorch": ", or --backend xnnpack (ExecuTorch's own int8)"}
 
 
 class CacheError(ValueError):
@@ -108,15 +111,32 @@ def quantized_bundle(model: str, backend: str, level: int, *, weights: Optional[
     return done
 
 
-def check_runtime(runtime: str, int8: bool, calib: Optional[str]) -> None:
-    """Raise :class:`CacheError` unless an (``int8`` or float) bundle can be exported for ``runtime``."""
+def known_runtime(runtime: str) -> str:
+    """``runtime`` if ``--runtime`` takes it; :class:`CacheError` otherwise."""
     if runtime not in RUNTIMES:
         raise CacheError(f"unknown runtime {runtime!r} (choose from: {', '.join(RUNTIMES)})")
-    if runtime == "ncnn" and int8:
-        raise CacheError("ncnn bundles are float: use --backend fp32 with --runtime ncnn")
-    if runtime == "onnxruntime" and int8 and not calib:
-        raise CacheError("--runtime onnxruntime with an int8 backend quantizes the ONNX model on images: "
-                         "give --calib DIR (or use --backend fp32)")
+    return runtime
+
+
+def check_runtime(runtime: str, int8: bool, calib: Optional[str], backend: Optional[str] = None) -> None:
+    """Raise :class:`CacheError` unless an (``int8`` or float) bundle can be exported for ``runtime``
+    (``backend``: the one it is quantized for, when known)."""
+    known_runtime(runtime)
+    if runtime in _FLOAT_ONLY and int8 and not (runtime == "executorch" and backend == "xnnpack"):
+        raise CacheError(f"{runtime} bundles are float: use --backend fp32 with --runtime {runtime}{_FLOAT_ONLY[runtime]}")
+    if runtime == "mnn-int8" and int8:
+        raise CacheError("mnn-int8 is MNN's own quantization of the float model: use --backend fp32 with "
+                         "--runtime mnn-int8 --calib DIR")
+    if runtime in ("ncnn-int8", "mnn-int8") and not int8 and not calib:
+        raise CacheError(f"--runtime {runtime} of a float bundle calibrates its int8 ranges on images: give --calib DIR")
+
+
+def export_format(runtime: str, int8: bool) -> str:
+    """The ``fdq export`` format that makes a bundle for ``runtime``: int8 bundles carry their own scales
+    to onnx-int8 and ncnn-int8."""
+    if runtime == "onnxruntime":
+        return "onnx-int8" if int8 else "onnx"
+    return runtime
 
 
 def runtime_bundle(bundle: Path, runtime: str, calib: Optional[str] = None) -> Path:
@@ -129,10 +149,11 @@ def runtime_bundle(bundle: Path, runtime: str, calib: Optional[str] = None) -> P
         return source.path
     int8 = (source.manifest.get("backend") or {}).get("dtype") == "int8"
     check_runtime(runtime, int8, calib)
-    fmt = "ncnn" if runtime == "ncnn" else ("onnx-int8" if int8 else "onnx")
-    key = _key({"source": sha256_file(source.path / MANIFEST), "format": fmt, "calib": _tree(calib) if int8 else None})
+    fmt = export_format(runtime, int8)
+    calib = calib if fmt in ("ncnn-int8", "mnn-int8") and not int8 else None  # an int8 bundle brings its scales
+    key = _key({"source": sha256_file(source.path / MANIFEST), "format": fmt, "calib": _tree(calib)})
     path = fdq_home() / "bundles" / f"{source.path.name}-{fmt}-{key}"
     if _cached(path):
         return path
     print(f"fdq: exporting {source.path.name} for {runtime} into {path}", file=sys.stderr)
-    return export_bundle(source.path, fmt, path, calib if int8 else None, force=True)
+    return export_bundle(source.path, fmt, path, calib, force=True)

@@ -66,6 +66,10 @@ if platform.machine() == 'aarch64':  # HWCAP_ASIMDDP, bit 20 of AT_HWCAP: see ex
     getauxval = ctypes.CDLL(None).getauxval
     getauxval.restype, getauxval.argtypes = ctypes.c_ulong, [ctypes.c_ulong]
     dotprod = bool(getauxval(16) >> 20 & 1)
+ncnn_int8 = None
+if modules['ncnn']:  # an ncnn built without NCNN_INT8 refuses an int8 convolution's params: see ncnn_int8_refusal
+    import ncnn
+    ncnn_int8 = ncnn.Net().load_param_mem('7767517\\n2 2\\nInput i 0 1 a\\nConvolution c 1 1 a b 0=1 1=1 6=1 8=2\\n') == 0
 engines = None
 if want_engines and modules['torch']:
     import torch
@@ -87,7 +91,7 @@ for top in tops + ['results']:
             files[os.path.relpath(path)] = [digest, st.st_size, st.st_mtime]
 vfs = os.statvfs('.')
 print(json.dumps({'machine': platform.machine(), 'python': platform.python_version(), 'modules': modules,
-                  'engines': engines, 'dotprod': dotprod, 'free': vfs.f_bavail * vfs.f_frsize, 'files': files, 'removed_parts': removed}))
+                  'engines': engines, 'dotprod': dotprod, 'ncnn_int8': ncnn_int8, 'free': vfs.f_bavail * vfs.f_frsize, 'files': files, 'removed_parts': removed}))
 """
 # Run by the target's Python on the deployed bundles: every checksum.
 _VERIFY = """import sys
@@ -175,6 +179,8 @@ def refusal(target_name: str, python: str, bundle: Bundle, facts: Dict[str, Any]
                 f"which {name} needs (install it there, or deploy with --setup)")
     if bundle.runtime == "executorch":
         return executorch_refusal(name, bundle, facts)
+    if bundle.runtime == "ncnn":
+        return ncnn_int8_refusal(name, bundle, facts)
     if bundle.runtime == "torchscript" and bundle.engine:
         if engine and bundle.engine != engine:
             return f"{name} is for the {bundle.engine} engine; {target_name} runs int8 on {engine} (its profile)"
@@ -206,6 +212,17 @@ def executorch_refusal(name: str, bundle: Bundle, facts: Dict[str, Any]) -> Opti
                 f"dot-product instruction SDOT, which that CPU lacks (no asimddp, as a Pi 4's Cortex-A72), and "
                 f"stops with SIGILL; the release built for the host's torch (1.5.1) needs torch 2.13, which PyPI "
                 f"has for aarch64 only as a CUDA build: deploy its float program (fdq export --format executorch)")
+    return None
+
+
+def ncnn_int8_refusal(name: str, bundle: Bundle, facts: Dict[str, Any]) -> Optional[str]:
+    """Why the board's ncnn cannot run ``bundle`` (None: it can): an ncnn built without NCNN_INT8 cannot load
+    an int8 model (the facts' ``ncnn_int8``: whether it accepts an int8 convolution's params)."""
+    dtype = str((bundle.manifest.get("backend") or {}).get("dtype", "fp32"))
+    if dtype == "int8" and facts.get("ncnn_int8") is False:
+        return (f"{name} is an ncnn int8 model; ncnn {facts['modules'].get('ncnn')} there ({facts['machine']}, Python "
+                f"{facts['python']}) was built without int8 (NCNN_INT8) and cannot load it: install PyPI's ncnn there "
+                f"(fdq-deploy --setup), or deploy the fp32 export (fdq export --format ncnn)")
     return None
 
 

@@ -22,16 +22,13 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
-import numpy as np
-
-from benchlib.data import REPO, Data, add_data_argument, data_of
+from benchlib.data import REPO, Data, add_result_arguments, data_of
 from benchlib.docs import write_section
+from benchlib.detectors import comparison_table, measure, timed_detector
 from benchlib.results import result, write_result
-from benchlib.scoring import points
 
 from fdq.device.detector import FaceDetector
 from fdq.device.evaluation import SETTINGS as SETTINGS_AP
-from fdq.device.evaluation import evaluate, to_wider_rows
 from fdq.device.outputs import checked_outputs_or_exit
 from fdq.device.runtimes import open_mnn, run_mnn, split_outputs
 from fdq.host.export.check import OUTPUT_NAMES
@@ -61,15 +58,7 @@ SETTINGS: Dict[str, Dict[str, Any]] = {
 def mnn_detector(path: Path, model: str, side: int, fp32: bool) -> Tuple[FaceDetector, List[float]]:
     """The runner's pipeline around one ``.mnn`` file, and the list its inference times (ms) go to."""
     module = open_mnn(str(path), "input", OUTPUT_NAMES, threads=1, fp32=fp32)
-    timed: List[float] = []
-
-    def infer(blob: np.ndarray):
-        started = time.perf_counter()
-        out = run_mnn(module, blob)
-        timed.append(1000 * (time.perf_counter() - started))
-        return split_outputs(*out)
-
-    return FaceDetector(infer, SPECS[model], side, resize="uint8"), timed
+    return timed_detector(lambda blob: split_outputs(*run_mnn(module, blob)), SPECS[model], side)
 
 
 def run(models: List[str], sides: List[int], names: List[str], data: Data, calib_limit: int,
@@ -100,16 +89,7 @@ def run(models: List[str], sides: List[int], names: List[str], data: Data, calib
                 made[name] = {"quantize_s": round(time.perf_counter() - started, 1), "float_ops": used["float_ops"]}
                 detectors[name] = mnn_detector(out, model, side, False)
                 print(f"{model} {side} {name}: quantized in {made[name]['quantize_s']} s", flush=True)
-            predictions: Dict[str, Dict[str, np.ndarray]] = {k: {} for k in detectors}
-            for _ in range(2):  # an untimed pass (first sizes), then the measured one
-                for _, times in detectors.values():
-                    times.clear()
-                for key, image in images:
-                    for name, (det, _) in detectors.items():
-                        dets = det.detect(image)
-                        predictions[name][key] = to_wider_rows(dets.boxes, dets.scores)
-            ap = {name: points(evaluate(pred, gt), 3) for name, pred in predictions.items()}
-            median = {name: float(np.median(times)) for name, (_, times) in detectors.items()}
+            ap, median = measure(detectors, images, gt)
             for name in detectors:
                 row = {"model": model, "long_side": side, "setting": name, "ap": ap[name],
                        "ap_minus_float": {s: round(ap[name][s] - ap["float"][s], 3) for s in SETTINGS_AP},
@@ -122,27 +102,13 @@ def run(models: List[str], sides: List[int], names: List[str], data: Data, calib
     return rows, calib_info
 
 
-def table(rows: List[Dict[str, Any]]) -> str:
-    lines = ["| model | side | setting | easy | medium | hard | worst vs float | inference vs float |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        worst = min(r["ap_minus_float"].values())
-        lines.append(f"| {r['model']} | {r['long_side']} | {r['setting']} | "
-                     + " | ".join(f"{r['ap'][s]:.2f}" for s in SETTINGS_AP)
-                     + f" | {worst:+.2f} | {r['inference_vs_float']:.2f}x |")
-    return "\n".join(lines)
-
-
 def main(argv: List[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="slim,rfb,mnet025")
     parser.add_argument("--long-sides", default="320,640")
     parser.add_argument("--settings", default=",".join(SETTINGS), help=f"from: {', '.join(SETTINGS)}")
     parser.add_argument("--calib-limit", type=int, default=0, help="first N calibration images (0: all)")
-    add_data_argument(parser)
-    parser.add_argument("--out", default=str(REPO / "docs" / "results" / "bench_mnn_int8.json"))
-    parser.add_argument("--no-docs", action="store_true", help="do not rewrite the table in docs/ACCURACY.md")
-    parser.add_argument("--force", action="store_true", help="replace an existing --out")
+    add_result_arguments(parser, "--out", "bench_mnn_int8.json")
     args = parser.parse_args(argv)
     target, = checked_outputs_or_exit("bench_mnn_int8", args.force, ("--out", args.out))
     names = [n for n in args.settings.split(",") if n]
@@ -156,7 +122,7 @@ def main(argv: List[str]) -> int:
     doc = result("bench_mnn_int8", rows, argv=argv, settings={"calibration": calibration, "threads": 1})
     write_result(target, doc)
     if not args.no_docs:
-        write_section(REPO / "docs" / "ACCURACY.md", [MARK_BEGIN, f"`{doc['command']}`", "", table(rows), MARK_END],
+        write_section(REPO / "docs" / "ACCURACY.md", [MARK_BEGIN, f"`{doc['command']}`", "", comparison_table(rows), MARK_END],
                       "MNN int8: which of MNN's calibrations (issue 14)")
     return 0
 

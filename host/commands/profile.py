@@ -27,7 +27,7 @@ def _profile_plans(args: argparse.Namespace) -> List[Tuple[Any, List[Path]]]:
         plans.insert(0, (other, backends or [other.engine or FLOAT]))
     for _, backends in plans:  # before any quantization: a bad combination costs one line, at once
         for backend in backends or ():
-            check_runtime(args.runtime or "torchscript", backend != FLOAT, args.calib)
+            check_runtime(args.runtime or "torchscript", backend != FLOAT, args.calib, backend)
     level = args.level if args.level is not None else (2 if args.calib else 1)
     made = []
     for target, backends in plans:
@@ -106,13 +106,12 @@ def _backend(name: str) -> str:
 
 
 def _runtime(name: str) -> str:
-    from fdq.host.bundle_cache import check_runtime
+    from fdq.host.bundle_cache import known_runtime
 
     try:
-        check_runtime(name, int8=False, calib=None)
+        return known_runtime(name)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-    return name
 
 
 def _against(text: str) -> Tuple[Optional[List[str]], str]:
@@ -138,7 +137,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    help="qnnpack, x86, fbgemm, fp32, comma-separated (default: the target's engine)")
     p.add_argument("--level", type=int, choices=(1, 2, 3, 4),
                    help="quantization level (default 1, data-free, or 2 with --calib)")
-    p.add_argument("--calib", help="calibration images (levels 2-4; onnxruntime int8)")
+    p.add_argument("--calib", help="calibration images (levels 2-4; --runtime ncnn-int8 or mnn-int8 of --backend fp32)")
     p.add_argument("--labels", help="ground truth of the --calib images (level 3)")
     p.add_argument("--weights", help="weights file or zoo name (default: the model's zoo weights)")
     p.add_argument("--iters", type=int_at_least("--iters", 1), help="as fdq quantize --iters")
@@ -146,8 +145,10 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    help="input long side of the bundles it quantizes")
     p.add_argument("--bundle", nargs="+", action="extend", metavar="DIR", help="profile these bundles instead")
     p.add_argument("--runtime", type=_runtime,
-                   help="torchscript, onnxruntime or ncnn: exports the bundle on the fly (default: torchscript, "
-                        "or a --bundle's own runtime)")
+                   help="torchscript, onnxruntime, ncnn, ncnn-int8, mnn, mnn-int8 or executorch: exports the bundle on "
+                        "the fly (an int8 bundle carries its scales to onnxruntime and ncnn-int8; a float one is "
+                        "calibrated on --calib for ncnn-int8 and mnn-int8) (default: torchscript, or a --bundle's own "
+                        "runtime)")
     p.add_argument("--threads", type=comma_list(int_at_least("--threads", 1)), metavar="LIST",
                    help="thread counts, run in turn (default: the target's)")
     p.add_argument("--frames", type=int_at_least("--frames", 1),

@@ -8,20 +8,21 @@ calibration``, ``mnn calibration`` or None for a float model) and ``export.summa
 
 One module per format: :mod:`~fdq.host.export.torchscript` (a verified copy),
 :mod:`~fdq.host.export.onnx` (fp32, and int8 QDQ with :mod:`~fdq.host.export.onnx_qdq`),
-:mod:`~fdq.host.export.ncnn`, :mod:`~fdq.host.export.mnn` and :mod:`~fdq.host.export.executorch`;
+:mod:`~fdq.host.export.ncnn` (fp32, and int8 with :mod:`~fdq.host.export.ncnn_int8`),
+:mod:`~fdq.host.export.mnn` and :mod:`~fdq.host.export.executorch`;
 they start from :mod:`~fdq.host.export.inputs` and are checked by :mod:`~fdq.host.export.check`.
 This module imports none of them until an export runs, so the command line starts without torch.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 from fdq.device.bundle import Bundle, BundleError, load_bundle
 from fdq.device.outputs import check_folder_output
 from fdq.host.export.manifest import precision, source_record
 
-FORMATS = ("torchscript", "onnx", "onnx-int8", "ncnn", "mnn", "mnn-int8", "executorch")
+FORMATS = ("torchscript", "onnx", "onnx-int8", "ncnn", "ncnn-int8", "mnn", "mnn-int8", "executorch")
 FLOAT_FORMATS = ("onnx", "ncnn", "mnn", "executorch")  # the float model, whatever the bundle's precision
 _ALIASES = {"onnx_int8": "onnx-int8", "onnx:int8": "onnx-int8", "onnx-qdq": "onnx-int8", "onnx_qdq": "onnx-int8"}
 PathLike = Union[str, Path]
@@ -36,6 +37,10 @@ def _check_request(bundle: Bundle, fmt: str, calib_dir: Optional[PathLike], floa
                          f"it came from), not this model; {better}add --float to export that float model (see --help)")
     if float_ok and fmt not in FLOAT_FORMATS:
         raise ValueError(f"--float applies to the float formats {', '.join(FLOAT_FORMATS)}, not {fmt} (see --help)")
+    if fmt == "ncnn-int8":
+        from fdq.host.export.ncnn_int8 import check_request
+
+        return check_request(bundle, calib_dir)
     if fmt == "mnn-int8":
         if calib_dir is None:
             raise ValueError("mnn-int8 export needs --calib DIR: MNN calibrates its int8 ranges on those images "
@@ -49,12 +54,12 @@ def _check_request(bundle: Bundle, fmt: str, calib_dir: Optional[PathLike], floa
         raise ValueError(f"onnx-int8 of {source} bundle {bundle.path} needs --calib DIR: ONNX Runtime calibrates "
                          "its int8 scales on those images (see --help)")
     elif fmt != "onnx-int8" and calib_dir is not None:
-        raise ValueError(f"--calib is only used by onnx-int8 and mnn-int8, not {fmt}")
+        raise ValueError(f"--calib is only used by onnx-int8, ncnn-int8 and mnn-int8, not {fmt}")
 
 
 def export_bundle(bundle_dir: PathLike, fmt: str, out: PathLike, calib_dir: Optional[PathLike] = None, *,
                   weights: Optional[PathLike] = None, calib_limit: Optional[int] = None, force: bool = False,
-                  float_ok: bool = False) -> Path:
+                  float_ok: bool = False, keep_float: Sequence[str] = ()) -> Path:
     """Export the model of bundle ``bundle_dir`` as a new ``fmt`` bundle at ``out``; returns its path.
 
     ``fmt``: ``torchscript`` (a copy), ``onnx`` or ``ncnn`` (fp32; of a non-fp32 bundle only with
@@ -64,7 +69,8 @@ def export_bundle(bundle_dir: PathLike, fmt: str, out: PathLike, calib_dir: Opti
     only the first N calibration images (sorted). Bad input raises ``ValueError`` with one line,
     before anything is written. The manifest's ``export.summary`` says what the export is. ``mnn`` and
     ``mnn-int8`` (on ``calib_dir``): :mod:`fdq.host.export.mnn`; ``executorch`` (fp32 XNNPACK program):
-    :mod:`fdq.host.export.executorch`.
+    :mod:`fdq.host.export.executorch`; ``ncnn-int8`` (``keep_float``: layers left fp32):
+    :mod:`fdq.host.export.ncnn_int8`.
     """
     fmt_key = _ALIASES.get(str(fmt).lower(), str(fmt).lower())
     if fmt_key not in FORMATS:
@@ -76,6 +82,8 @@ def export_bundle(bundle_dir: PathLike, fmt: str, out: PathLike, calib_dir: Opti
     if Path(out).resolve() == bundle.path.resolve():
         raise ValueError(f"export target {out} is the source bundle itself")
     _check_request(bundle, fmt_key, calib_dir, float_ok)
+    if keep_float and fmt_key != "ncnn-int8":
+        raise ValueError(f"--keep-float applies to ncnn-int8, not {fmt_key}")
     check_folder_output(out, force)
     long_side = bundle.long_side
     source = source_record(bundle)
@@ -96,6 +104,11 @@ def export_bundle(bundle_dir: PathLike, fmt: str, out: PathLike, calib_dir: Opti
 
         calib = calibration_images(calib_dir, calib_limit) if fmt_key == "mnn-int8" else None  # type: ignore[arg-type]
         return export_mnn(bundle, model, weights_info, out, long_side, source, calib, force)
+    if fmt_key == "ncnn-int8":
+        from fdq.host.export.ncnn_int8 import export_ncnn_int8
+
+        calib = calibration_images(calib_dir, calib_limit) if calib_dir is not None else None
+        return export_ncnn_int8(bundle, model, weights_info, out, long_side, source, calib, keep_float, force)
     if fmt_key == "executorch":
         from fdq.host.export.executorch import export_executorch
 

@@ -111,3 +111,11 @@ def verification_inputs(long_side: int) -> List[np.ndarray]:
     h, w = example_hw(long_side)
     shapes = [(h, w), (w, max(8, w * 2 // 3)), (max(8, h - 37), max(8, w - 13))]
     return [(rng.standard_normal((1, 3, a, b)) * 60).astype(np.float32) for a, b in shapes]
+
+
+def image_inputs(long_side: int, mean_bgr) -> List[np.ndarray]:
+    """Blobs of random 8-bit images at the verification sizes: integer-valued like every real input,
+    so both models quantize the input identically (noise would flip input roundings at ties)."""
+    rng = np.random.default_rng(0)
+    return [normalize(rng.integers(0, 256, (b.shape[2], b.shape[3], 3), dtype=np.uint8), mean_bgr)
+            for b in verification_inputs(long_side)]

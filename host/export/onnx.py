@@ -120,20 +120,12 @@ def quantize_onnx(float_path: Path, out_path: Path, paths: List[Path], long_side
             "weight_type": settings["weight_type"].name, "calibrate_method": settings["calibrate_method"].name}
 
 
-def _image_inputs(long_side: int, mean_bgr) -> List[np.ndarray]:
-    """Blobs of random 8-bit images at the verification sizes: integer-valued like every real input,
-    so both models quantize the input identically (noise would flip input roundings at ties)."""
-    rng = np.random.default_rng(0)
-    return [normalize(rng.integers(0, 256, (b.shape[2], b.shape[3], 3), dtype=np.uint8), mean_bgr)
-            for b in verification_inputs(long_side)]
-
-
 def _verify_against_bundle(bundle: Bundle, path: Path, long_side: int) -> Dict[str, Any]:
     """Max abs differences between the ONNX model and the source bundle as the runner runs it."""
     from fdq.device.runtimes import load_inference, split_outputs
 
     reference, session = load_inference(bundle, threads=1), _ort_session(path)
-    blobs = _image_inputs(long_side, bundle.spec.mean_bgr)
+    blobs = image_inputs(long_side, bundle.spec.mean_bgr)
     try:
         worst = worst_diffs(reference, blobs,
                             lambda blob: split_outputs(*session.run(list(OUTPUT_NAMES), {"input": blob})))

@@ -52,6 +52,22 @@ class _I:
     name: str
 
 
+@dataclass(frozen=True)
+class QuantConv:
+    """One int8 convolution as the graph holds it, in graph (execution) order: what
+    :func:`quantized_convs` reads for exports that keep torch's numbers outside ONNX (ncnn-int8)."""
+
+    input_scale: float
+    input_zero_point: int
+    output_scale: float
+    output_zero_point: int
+    weight: np.ndarray          # int8 values, (out, in / groups, kh, kw)
+    weight_scales: np.ndarray   # float32, one per output channel
+    weight_zero_points: np.ndarray
+    bias: Optional[np.ndarray]  # float32, as torch adds it
+    relu: bool
+
+
 class UnsupportedGraph(RuntimeError):
     """The TorchScript graph holds an op this converter does not translate."""
 
@@ -68,6 +84,7 @@ class _Builder:
         self._count = 0
         self._qparams: Dict[Tuple[float, int], Tuple[str, str]] = {}
         self._dequantized: Dict[str, str] = {}
+        self.convs: List[QuantConv] = []
 
     def fresh(self, hint: str) -> str:
         self._count += 1
@@ -144,6 +161,11 @@ def _conv(b: _Builder, args: List[Any], relu: bool) -> _Q:
         raise UnsupportedGraph("transposed quantized convolution")
     weight, bias = packed.unpack()
     w_dq, w_scales = _weight(b, weight)
+    zero_points = (weight.q_per_channel_zero_points().numpy() if weight.qscheme() in (
+        torch.per_channel_affine, torch.per_channel_symmetric) else np.full(len(w_scales), weight.q_zero_point()))
+    b.convs.append(QuantConv(x.scale, x.zero_point, *_uint8_qparams(out_scale, out_zp), weight.int_repr().numpy(),
+                             w_scales, zero_points.astype(np.int64),
+                             None if bias is None else bias.detach().numpy().astype(np.float32), relu))
     inputs = [b.dequantize(x), w_dq]
     if bias is not None:  # int32 at scale input_scale * weight_scale, as the int8 kernels add it
         bias_scale = (np.float32(x.scale) * w_scales).astype(np.float32)
@@ -256,15 +278,8 @@ _OPS: Dict[str, Callable[[_Builder, List[Any]], Any]] = {
 }
 
 
-def graph_to_qdq(module: torch.jit.ScriptModule, input_quant: Optional[Tuple[float, int]],
-                 output_names: Sequence[str]) -> Any:
-    """An ``onnx.ModelProto`` computing what ``module`` (a frozen int8 TorchScript model) computes.
-
-    ``input_quant``: the (scale, zero point) of the quint8 input the bundle's model takes (its first
-    Quantize split off); the ONNX model takes the float blob and quantizes it with them.
-    """
-    from onnx import TensorProto, checker, helper
-
+def _translate(module: torch.jit.ScriptModule, input_quant: Optional[Tuple[float, int]]) -> Tuple[_Builder, List[Any]]:
+    """The ONNX nodes of ``module``'s graph and the values it returns."""
     graph = module.graph
     inputs = list(graph.inputs())[1:]
     if len(inputs) != 1:
@@ -288,6 +303,24 @@ def graph_to_qdq(module: torch.jit.ScriptModule, input_quant: Optional[Tuple[flo
                 env[args[0]] = env[node.output()]
         else:
             raise UnsupportedGraph(f"no ONNX translation for TorchScript op {kind}")
+    return b, outputs
+
+
+def quantized_convs(module: torch.jit.ScriptModule, input_quant: Optional[Tuple[float, int]]) -> List[QuantConv]:
+    """Every int8 convolution of ``module`` with the scales and zero points torch runs it with, in graph order."""
+    return _translate(module, input_quant)[0].convs
+
+
+def graph_to_qdq(module: torch.jit.ScriptModule, input_quant: Optional[Tuple[float, int]],
+                 output_names: Sequence[str]) -> Any:
+    """An ``onnx.ModelProto`` computing what ``module`` (a frozen int8 TorchScript model) computes.
+
+    ``input_quant``: the (scale, zero point) of the quint8 input the bundle's model takes (its first
+    Quantize split off); the ONNX model takes the float blob and quantizes it with them.
+    """
+    from onnx import TensorProto, checker, helper
+
+    b, outputs = _translate(module, input_quant)
     if len(outputs) != len(output_names):
         raise UnsupportedGraph(f"the model returns {len(outputs)} tensors, expected {len(output_names)}")
     for value, name in zip(outputs, output_names):

@@ -75,3 +75,12 @@ def data_of(args: argparse.Namespace, *splits: str) -> Data:
 def peer_model(name: str) -> Path:
     """The ONNX file of a peer detector (``yunet_n``, ``yunet_s``) in ``$FDQ_SHARED/peers``."""
     return shared_dir() / "peers" / f"{name}_dynamic.onnx"
+
+
+def add_result_arguments(parser: argparse.ArgumentParser, option: str, result: str) -> None:
+    """The options of every int8 comparison here: ``--data`` (the WIDER FACE subset), the result file
+    ``option`` (default ``docs/results/RESULT``), ``--no-docs`` and ``--force``."""
+    add_data_argument(parser)
+    parser.add_argument(option, default=str(REPO / "docs" / "results" / result))
+    parser.add_argument("--no-docs", action="store_true", help="do not rewrite the table in docs/ACCURACY.md")
+    parser.add_argument("--force", action="store_true", help=f"replace an existing {option}")
