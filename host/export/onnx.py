@@ -23,10 +23,9 @@ import torch
 from torch import nn
 
 from fdq.device.bundle import Bundle
-from fdq.device.preprocess import normalize
 from fdq.host.bundles import write_bundle
 from fdq.host.export.check import OUTPUT_NAMES, OutputSizeMismatch, max_diffs, torch_outputs, worst_diffs
-from fdq.host.export.inputs import calibration_images, example_hw, preprocessed, verification_inputs
+from fdq.host.export.inputs import calibration_images, example_hw, image_inputs, preprocessed, verification_inputs
 from fdq.host.export.manifest import base_manifest, float_what, identity, label
 
 ONNX_FILE = "model.onnx"
