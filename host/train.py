@@ -237,7 +237,8 @@ def train_command(args: argparse.Namespace) -> Path:
     """Run ``fdq train``; returns the output folder."""
     import torch
 
-    from fdq.calibration.qat import held_indices, logits_mode
+    from fdq.calibration.finetune_data import held_indices
+    from fdq.calibration.qat import logits_mode
     from fdq.calibration.training import FitConfig, detection_loss, fit, init_distributed
     from fdq.calibration.widerface_data import WiderFaceTraining, labelled_images
     from fdq.host.zoo import resolve_weights

@@ -43,7 +43,8 @@ LONG_SIDE = 320
 # configuration -> where it runs on the board: its own Python (torch), the --setup venv, or nowhere
 TORCH, VENV = "torch", "venv"
 PLACES = {"torchscript-fp32": TORCH, "torchscript-int8-qnnpack": TORCH, "onnx-fp32": VENV, "onnx-int8": VENV,
-          "ncnn-fp32": VENV, "mnn-fp32": VENV, "mnn-int8": VENV, "executorch-int8": None}
+          "ncnn-fp32": VENV, "ncnn-int8": VENV, "ncnn-int8-qnnpack": VENV, "mnn-fp32": VENV, "mnn-int8": VENV,
+          "executorch-int8": None}
 NOT_RUN = "not run: ExecuTorch 1.5 needs torch 2.13 on the board, which has 2.9.1"
 VENV_RUNTIMES = ["onnxruntime", "ncnn", "mnn"]
 ONNXRUNTIME = "1.19.2"  # 1.32 dies at import under qemu-user 7.2 (docs/ARCHITECTURE.md)

@@ -61,6 +61,7 @@ def bundles(few, shared_dir, slim_fp32_bundle, slim_qnnpack_bundle, slim_onnx_bu
                  "--calib", calib, "--out", str(made["executorch-int8"])]) == 0
     for key, source, fmt, extra in (("onnx-int8", made["torchscript-int8"], "onnx-int8", []),
                                     ("ncnn", slim_fp32_bundle, "ncnn", []),
+                                    ("ncnn-int8", made["torchscript-int8"], "ncnn-int8", []),
                                     ("mnn", slim_fp32_bundle, "mnn", []),
                                     ("mnn-int8", slim_fp32_bundle, "mnn-int8", ["--calib", calib]),
                                     ("executorch", slim_fp32_bundle, "executorch", [])):
@@ -109,7 +110,7 @@ def test_every_runtime_runs_on_the_emulated_pi_with_the_hosts_ap(board, bundles,
                                     "workdir": str(tmp_path / "here"), "threads": 1,
                                     "runtimes": ["torchscript", "onnxruntime", "ncnn", "mnn", "executorch"]}))
     here = _profile(str(host), runnable, few, tmp_path / "host-runs")
-    assert len(on_board) == len(here) == len(runnable) == 7
+    assert len(on_board) == len(here) == len(runnable) == 8
     for sha, doc in on_board.items():
         device, bundle = doc["device"], doc["bundle"]
         assert device["machine"]["arch"] == "aarch64" and device["emulation"]["emulated"] is True, bundle
@@ -118,7 +119,7 @@ def test_every_runtime_runs_on_the_emulated_pi_with_the_hosts_ap(board, bundles,
         for setting in ("easy", "medium", "hard"):
             assert abs(doc["accuracy"][setting] - host[setting]) * 100 <= AP_POINTS, (bundle["path"], setting)
     assert {(d["bundle"]["runtime"], d["bundle"]["dtype"]) for d in on_board.values()} >= {
-        ("torchscript", "int8"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("ncnn", "fp32"),
+        ("torchscript", "int8"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("ncnn", "fp32"), ("ncnn", "int8"),
         ("mnn", "fp32"), ("mnn", "int8"), ("executorch", "fp32")}
     versions = {d["bundle"]["runtime"]: d["device"]["runtime_versions"] for d in on_board.values()}
     assert versions["executorch"]["executorch"] == "1.0.1" and versions["executorch"]["torch"].startswith("2.9.1")

@@ -470,7 +470,7 @@ def test_a_fine_tune_never_ends_worse_than_it_started(shared_dir, tmp_path):
     128 px), without --val-images: a quarter of the images is held back, the starting weights are best.pt's
     first candidate, and best.pt's loss on those images is no worse than the starting weights' (here it is
     them, while last.pt is worse). The defaults are the fine-tuning ones: lr 1e-4, BatchNorm statistics frozen."""
-    from fdq.calibration.qat import held_indices
+    from fdq.calibration.finetune_data import held_indices
     from fdq.host.train import FINETUNE_LR
 
     images = _subset(shared_dir, tmp_path / "images", limit=8)

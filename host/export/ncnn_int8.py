@@ -135,7 +135,8 @@ def _bundle_quant(bundle: Bundle, convs: Sequence[Any], units: List[str],
                   layer_units: Dict[str, str]) -> Dict[str, LayerQuant]:
     """Each layer's quantization from the int8 convolution of its unit; the calibrated range of a
     ``reduce_range`` bundle's activations (x86 without VNNI) is 0..127, not 0..255."""
-    qmax = 127 if (bundle.manifest.get("quantization") or {}).get("reduce_range") else 255
+    narrowed = (bundle.manifest.get("quantization") or {}).get("reduce_range")
+    qmax = 127 if narrowed in (True, "activations") else 255  # True: bundles made before "weights" existed
     by_unit = dict(zip(units, convs))
     quant = {}
     for layer, unit in layer_units.items():
