@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import quant_api
+from .progress import track
 
 # Mean-subtracted BGR pixels: natural images have a standard deviation of about this.
 _PIXEL_STD = 60.0
@@ -52,7 +53,7 @@ def distill_inputs(model: nn.Module, mean_bgr: Iterable[float], batch: int = 8, 
     z = torch.randn(batch, 3, height, width, generator=generator).clamp_(low, high).requires_grad_(True)
     optimizer = torch.optim.Adam([z], lr=lr)
     try:
-        for _ in range(steps):
+        for _ in track(range(steps), "fdq: distilling calibration inputs from BatchNorm statistics"):
             stats.clear()
             optimizer.zero_grad()
             model(z * _PIXEL_STD)

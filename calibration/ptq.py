@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from . import quant_api
+from .progress import track
 from .datafree import DISTILL_STEPS, bias_correct, cross_layer_equalize, distill_inputs, unit_graph
 
 
@@ -73,7 +74,7 @@ def calibrate(model: nn.Module, options: PTQOptions, inputs: Sequence[torch.Tens
         fused = bias_correct(fused, qconfig, inputs)
     prepared = quant_api.prepare_ptq(fused, qconfig)
     with torch.no_grad():
-        for x in inputs:
+        for x in track(inputs, "fdq: calibrating"):
             prepared(x)
     return Calibrated(fused, prepared, options, pairs, *unit_graph(fused, inputs[0]))
 

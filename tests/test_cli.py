@@ -197,3 +197,32 @@ def test_quantize_prints_its_report_and_no_torch_deprecation(tmp_path, weights_e
     assert f"{report['agreement']['matched']}/{report['agreement']['float_faces']}" in out
     assert out.endswith(f"wrote {tmp_path / 'b'}")
     assert "deprecated" not in r.stderr, r.stderr
+    assert "distilling" not in r.stderr and "fdq: calibrating" not in r.stderr  # a pipe: no progress line
+
+
+def test_quantize_shows_progress_on_a_terminal(tmp_path, weights_env, shared_dir):
+    """Level 1's distillation steps and the calibration images move a progress line on a terminal
+    (stderr a pty), and the bundle is the same command's as in a pipe."""
+    import pty
+
+    calib = shared_dir / "data" / "widerface_val_subset" / "calib" / "images"
+    main_fd, terminal = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "fdq.host.cli", "quantize", "--model", "slim", "--level", "1",
+                             "--backend", "qnnpack", "--iters", "5", "--calib", str(calib), "--out", str(tmp_path / "b")],
+                            stdout=subprocess.DEVNULL, stderr=terminal, env=dict(os.environ, **weights_env,
+                                                                                 COLUMNS="120"))
+    os.close(terminal)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(main_fd, 65536)
+        except OSError:  # the terminal's other end closed with the process
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(main_fd)
+    assert proc.wait(timeout=300) == 0, seen[-2000:]
+    text = seen.decode("utf-8", "replace")
+    assert "distilling calibration inputs from BatchNorm statistics" in text, text[-2000:]
+    assert (tmp_path / "b" / "manifest.yaml").is_file()
