@@ -97,9 +97,18 @@ def int8_products_saturate(backend: str) -> bool:
     Asked of the kernel, not of the CPU flags: fbgemm's depthwise kernel sums u8 x s8 pairs in int16 even
     on an AMD EPYC that lists avx512_vnni (measured here; the x86 engine hands it depthwise layers of
     many channels, oneDNN the others), so 2 x 255 x 127 = 64,770 saturates at 32,767."""
+    engine = torch.backends.quantized.engine
+    set_engine(backend)
+    try:
+        return _probe_saturates()
+    finally:
+        torch.backends.quantized.engine = engine  # a probe (a bundle cache key asks it) leaves the engine as it was
+
+
+def _probe_saturates() -> bool:
+    """The probe itself, on the engine set."""
     from torch.ao.nn import quantized as nnq
 
-    set_engine(backend)
     channels, exact = 256, 9 * 255 * 127
     conv = nnq.Conv2d(channels, channels, 3, padding=1, groups=channels)
     weight = torch.full((channels, 1, 3, 3), 127.0)

@@ -136,8 +136,6 @@ def _check(s: argparse.Namespace) -> None:
             raise TrainError(f"{name} must be at least {low} (see --help)")
     if s.lr <= 0 or s.weight_decay < 0 or s.min_face < 0 or s.warmup_epochs < 0:
         raise TrainError("--lr must be > 0; --weight-decay, --min-face and --warmup-epochs >= 0")
-    if not 0 <= s.holdout < 1:
-        raise TrainError("--holdout must be at least 0 and below 1 (a share of the training images)")
     if s.freeze_bn and s.qat:
         raise TrainError("--freeze-bn applies to float training (--qat folds BatchNorm into the convolutions)")
     if s.holdout and (s.val_images or s.qat):
@@ -342,6 +340,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``fdq train`` (defaults in :data:`DEFAULTS`, applied after parsing)."""
+    from fdq.device.cliargs import probability
     from fdq.host.quantize import add_reduce_range_arguments
 
     d = DEFAULTS
@@ -353,7 +352,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                     "or a RetinaFace label.txt with landmarks")
     p.add_argument("--val-images", help="validation images (AP after every epoch and of the starting weights; "
                                         "picks best.pt)")
-    p.add_argument("--holdout", type=float, help=f"without --val-images: the share of --images held back, whose "
+    p.add_argument("--holdout", type=probability("--holdout"), help=f"without --val-images: the share of --images held back, whose "
                                                  f"loss picks best.pt, the starting weights first (default "
                                                  f"{HOLDOUT:g}; 0: train on all, best.pt by training loss)")
     p.add_argument("--val-gt", help="their ground truth (.mat folder or .json)")
