@@ -6,6 +6,7 @@ subcommand to ``fdq`` with ``set_defaults(func=...)`` and returns the parser (``
 ``train`` in their own modules). :func:`fdq_parser` puts commands under ``fdq``,
 :func:`program_parser` makes one a program of its own (``fdq-deploy``, ``fdq-profile``), and
 :func:`run_program` parses and runs: an error is one ``PROG: error: ...`` line and exit 1.
+Every command takes ``--quiet`` (added here, once): no progress line even on a terminal.
 Only light modules are imported here and at the top of each command, so ``fdq --help`` loads no
 torch, OpenCV or paramiko.
 """
@@ -16,6 +17,7 @@ import shlex
 import sys
 from typing import Any, Callable, Iterable, List, Optional, Sequence
 
+from fdq.calibration.progress import set_quiet
 from fdq.device.cliargs import Parser
 from fdq.device.outputs import OutputRefused
 
@@ -45,7 +47,14 @@ def fdq_parser(registers: Iterable[Register]) -> Parser:
     parser = Parser(prog="fdq", description="Quantize face detectors and measure them on the device.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for register in registers:
-        register(subparsers)
+        add_quiet(register(subparsers))
+    return parser
+
+
+def add_quiet(parser: Any) -> Any:
+    """``--quiet`` on a parser (or an argument group), the same for every command."""
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress lines (they are drawn on stderr only when it is a terminal)")
     return parser
 
 
@@ -62,7 +71,7 @@ class _Program:
 
 def program_parser(register: Register, prog: str) -> argparse.ArgumentParser:
     """The parser ``register`` adds to ``fdq``, as the program ``prog`` (usage and errors under that name)."""
-    return register(_Program(prog))
+    return add_quiet(register(_Program(prog)))
 
 
 def run_program(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None) -> int:
@@ -71,4 +80,5 @@ def run_program(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] =
     words: List[str] = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(words)
     args.command_line = shlex.join([parser.prog, *map(str, words)])
+    set_quiet(args.quiet)
     return run_command(args.func, args, parser.prog)
