@@ -391,7 +391,7 @@ def statassist_warmup(student: nn.Module, dataset: Dataset, loss_for: Callable[[
     config = FitConfig(epochs=1, batch_size=batch_size, workers=0, seed=seed, warmup_epochs=0, schedule="constant",
                        steps=steps)
     result = fit(student, dataset, loss_for, optimizer, config, env, None, train_mode=logits_mode, collate=collate,
-                 progress=False)
+                 what="fdq: float warm-up (StatAssist)")
     if start is not None:
         student.load_state_dict(start)
     return result.steps
@@ -560,7 +560,7 @@ def finetune(model_name: str, float_model: nn.Module, images_dir: str, labels: O
         fit(prepared, data, loss_for("qat"), optimizer, config, env, None,
             evaluate=lambda m: checkpoint(min(iters, period * len(checkpoints))),
             on_step=fake_quant_schedule(prepared, optimizer, boost_from, opts.freeze_bn_after, freeze_obs),
-            collate=data.collate, progress=False)
+            collate=data.collate, what="fdq: fake-quant fine-tuning")
     t_qat = time.perf_counter() - t_qat
 
     int8_model = best["model"]

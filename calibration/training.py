@@ -8,7 +8,7 @@
   --level 3|4`` (:func:`fdq.calibration.qat.finetune`: ``steps`` ends its run, ``out`` None writes
   nothing). It runs epochs over a dataset on one process or under ``torchrun`` (DistributedDataParallel:
   gloo on CPU, nccl on CUDA; a ``DistributedSampler`` splits every epoch). Rank 0 alone logs, shows a
-  rich progress bar with ETA and running loss, evaluates, and writes the output folder:
+  progress line (:mod:`fdq.calibration.progress`: ETA and running loss) on a terminal, evaluates, and writes the output folder:
   ``checkpoint.pt`` (everything to resume: model, optimizer, scheduler, scaler, RNG states, position in
   the epoch, running loss sums), ``last.pt`` / ``best.pt`` (what the caller's ``export`` makes of the
   model: for float training the plain ``state_dict`` in the pretrained files' layout) and
@@ -26,7 +26,6 @@ import math
 import os
 import random
 import signal
-import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -42,6 +41,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from fdq.device.atomic import atomic_output, atomic_write_text
 
 from .losses import MatchTargets, multibox_loss
+from .progress import line as progress_line
 
 Outputs = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 LossFn = Callable[[Outputs], Dict[str, torch.Tensor]]
@@ -343,7 +343,8 @@ def fit(model: nn.Module, dataset: Dataset, loss_for: Callable[[Dict[str, torch.
         on_step: Optional[Callable[[int], None]] = None,
         collate: Optional[Callable[[List[Any]], Dict[str, torch.Tensor]]] = None,
         resume: Optional[Dict[str, Any]] = None, extra_state: Optional[Dict[str, Any]] = None,
-        log: Optional[Log] = None, progress: bool = True, start_is_candidate: bool = False) -> FitResult:
+        log: Optional[Log] = None, progress: bool = True, what: str = "fdq: training",
+        start_is_candidate: bool = False) -> FitResult:
     """Train ``model`` for ``config.epochs`` epochs, or ``config.steps`` steps (from ``resume``, a loaded
     checkpoint, if given).
 
@@ -355,6 +356,7 @@ def fit(model: nn.Module, dataset: Dataset, loss_for: Callable[[Dict[str, torch.
     ``fdq quantize``, and the StatAssist warm-up, have nothing to resume). ``start_is_candidate``
     evaluates the starting weights first (metrics' epoch 0) and makes them ``best.pt`` until an epoch
     beats them, so that fine-tuning a trained model never ends with a best.pt worse than where it began.
+    ``progress``: a progress line named ``what`` (steps, loss, time left) on rank 0 while a terminal watches.
     """
     say = log if (log is not None and env.main) else (lambda msg: None)
     model.to(env.device)
@@ -409,9 +411,9 @@ def fit(model: nn.Module, dataset: Dataset, loss_for: Callable[[Dict[str, torch.
             save_atomic(export(model), out / BEST)
             atomic_write_text(out / METRICS, json.dumps(start) + "\n")
         say(_epoch_line(start, epochs))
-    bar = _progress(env.main and progress)
-    task = bar.add_task("train", total=total, completed=step, loss=float("nan"))
-    with StopRequest(install=out is not None) as stop, bar:
+    with StopRequest(install=out is not None) as stop, \
+            progress_line(what, total=total, show=env.main and progress) as bar:
+        bar.update(completed=step)
         while epoch < epochs:
             dataset.set_epoch(epoch)
             sampler.set_epoch(epoch)
@@ -422,7 +424,7 @@ def fit(model: nn.Module, dataset: Dataset, loss_for: Callable[[Dict[str, torch.
             train_mode(model)
             t0 = time.perf_counter()
             images = 0
-            bar.update(task, description=f"epoch {epoch + 1}/{epochs}")
+            bar.update(description=f"{what}, epoch {epoch + 1}/{epochs}")
             for batch in loader:
                 if step == total:
                     break
@@ -441,7 +443,7 @@ def fit(model: nn.Module, dataset: Dataset, loss_for: Callable[[Dict[str, torch.
                 step += 1
                 batch_in_epoch += 1
                 images += int(batch["image"].shape[0])
-                bar.update(task, advance=1, loss=losses["total"])
+                bar.advance(note=f"loss {losses['total']:.4f}")
             stop.requested = stop.agreed(env)   # a stop during the last batch: the epoch completes first
             seconds = time.perf_counter() - t0
             means = _sums_to_means(sums, count, env)
@@ -500,13 +502,3 @@ def _epoch_line(record: Dict[str, Any], epochs: int) -> str:
     if record.get("best"):
         parts.append("best so far")
     return ", ".join(parts)
-
-
-def _progress(enabled: bool) -> Any:
-    """A rich progress bar (stderr) with ETA and running loss; a no-op bar on other ranks."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn(),
-                    console=Console(file=sys.stderr), disable=not enabled, transient=False)
