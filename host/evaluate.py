@@ -6,6 +6,7 @@ from typing import Dict, Optional
 
 import numpy as np
 
+from fdq.calibration.progress import track
 from fdq.device.detector import FaceDetector
 from fdq.device.evaluation import GroundTruth, evaluate, to_wider_rows, write_prediction_file
 from fdq.device.images import list_images, read_image
@@ -15,7 +16,7 @@ from fdq.device.outputs import atomic_folder, write_marker
 def predict_folder(detector: FaceDetector, images_dir: str) -> Dict[str, np.ndarray]:
     """Official-format rows (x, y, w, h, score) per ``EVENT/NAME`` key."""
     predictions: Dict[str, np.ndarray] = {}
-    for key, path in list_images(images_dir):
+    for key, path in track(list_images(images_dir), f"fdq: detecting on {images_dir}"):
         dets = detector.detect(read_image(path))
         predictions[key] = to_wider_rows(dets.boxes, dets.scores)
     return predictions

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
+from fdq.calibration.progress import track
 from fdq.device.cliargs import describe_long_side, long_side
 from fdq.device.outputs import atomic_folder, write_marker
 from fdq.host.commands import CliError
@@ -51,7 +52,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
             raise CliError(f"input not found: {args.input}")
     detector = model_detector(args.model, args.weights, args.long_side)
     with atomic_folder(args.output, args.force, "--output") as out:  # all images or nothing
-        for key, path in items:
+        for key, path in track(items, "fdq: detecting"):
             image = read_image(path) if path is not None else sample_image()
             path = path or "scikit-image astronaut (public domain sample)"
             dets = detector.detect(image).above(args.threshold)

@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
+from fdq.calibration.progress import line as progress_line
 from fdq.device.bundle import Bundle, BundleError, load_bundle
 from fdq.device.outputs import check_folder_output
 from fdq.host.export.manifest import precision, source_record
@@ -85,6 +86,13 @@ def export_bundle(bundle_dir: PathLike, fmt: str, out: PathLike, calib_dir: Opti
     if keep_float and fmt_key != "ncnn-int8":
         raise ValueError(f"--keep-float applies to ncnn-int8, not {fmt_key}")
     check_folder_output(out, force)
+    with progress_line(f"fdq: exporting {bundle.path.name} as {fmt_key}"):  # its stages add lines below it
+        return _export(bundle, fmt_key, out, calib_dir, weights, calib_limit, force, keep_float)
+
+
+def _export(bundle: Bundle, fmt_key: str, out: PathLike, calib_dir: Optional[PathLike], weights: Optional[PathLike],
+            calib_limit: Optional[int], force: bool, keep_float: Sequence[str]) -> Path:
+    """The format's writer for an export :func:`export_bundle` checked."""
     long_side = bundle.long_side
     source = source_record(bundle)
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fdq.calibration.progress import line as progress_line
 from fdq.device.bundle import Bundle
 from fdq.device.spec import DetectorSpec
 from fdq.host.bundles import write_bundle
@@ -83,13 +84,15 @@ def write_executorch_bundle(program_model: nn.Module, float_model: nn.Module, sp
 
     def write_files(folder: Path) -> None:
         target = folder / PTE_FILE
-        target.write_bytes(lower(program_model, long_side))
-        blobs = verification_inputs(long_side)
-        run = _pte_runner(target)
-        check["verification"] = {"inputs": [list(b.shape) for b in blobs],
-                                 "max_abs_diff_vs_torch": worst_diffs(program_model, blobs, run)}
-        if dtype == "int8":  # the PT2E graph above is the int8 arithmetic; this is how far it is from float
-            check["int8_max_abs_diff_vs_float"] = max_diffs(torch_outputs(float_model, blobs[0]), run(blobs[0]))
+        with progress_line("fdq: ExecuTorch: torch.export and lowering to XNNPACK"):
+            target.write_bytes(lower(program_model, long_side))
+        with progress_line("fdq: ExecuTorch: checking the program against PyTorch"):
+            blobs = verification_inputs(long_side)
+            run = _pte_runner(target)
+            check["verification"] = {"inputs": [list(b.shape) for b in blobs],
+                                     "max_abs_diff_vs_torch": worst_diffs(program_model, blobs, run)}
+            if dtype == "int8":  # the PT2E graph above is the int8 arithmetic; this is how far it is from float
+                check["int8_max_abs_diff_vs_float"] = max_diffs(torch_outputs(float_model, blobs[0]), run(blobs[0]))
         (folder / REPORT_FILE).write_text(json.dumps(report or {}, indent=2) + "\n", encoding="utf-8")
 
     full = {

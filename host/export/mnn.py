@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fdq.calibration.progress import line as progress_line
 from fdq.device.bundle import Bundle
 from fdq.device.runtimes import open_mnn, run_mnn
 from fdq.host.bundles import write_bundle
@@ -93,7 +94,7 @@ def mnn_version() -> Optional[str]:
 def convert_onnx(onnx_path: Path, mnn_path: Path) -> None:
     """ONNX -> ``.mnn`` with MNN's converter, in-process."""
     lines: List[str] = []
-    with captured_fds(lines):
+    with progress_line("fdq: MNN converting"), captured_fds(lines):
         ok = _converter().mnnconvert(["MNNConvert", "-f", "ONNX", "--modelFile", str(onnx_path),
                                       "--MNNModel", str(mnn_path), "--bizCode", "fdq"])
     if not ok or not mnn_path.is_file():
@@ -214,7 +215,8 @@ def quantize_mnn(float_path: Path, out_path: Path, blobs: List[np.ndarray], inpu
                                            "input_type": "sequence", **config}), encoding="utf-8")
         if chosen["feature_quantize_method"] != "EMA":
             _CALLBACKS_LEFT.append(chosen["feature_quantize_method"])
-        with captured_fds(lines):
+        with progress_line(f"fdq: MNN quantizing ({chosen['feature_quantize_method']}) on {len(blobs)} "
+                           f"calibration inputs"), captured_fds(lines):
             ok = _tools().mnnquant(["quantized.out", str(float_path), str(out_path), str(config_path)])
     if not ok or not out_path.is_file():
         raise RuntimeError(f"MNN's quantizer failed: {tail(lines)}")

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fdq.calibration.progress import line as progress_line
 from fdq.device.bundle import Bundle
 from fdq.host.bundles import write_bundle
 from fdq.host.export.check import OUTPUT_NAMES, OutputSizeMismatch, worst_diffs
@@ -70,7 +71,8 @@ def _run_pnnx(model: nn.Module, folder: Path, work: Path, shape: Tuple[int, int]
            f"pnnxonnx={work / 'model.pnnx.onnx'}"]
     if shape2:
         cmd.append(f"inputshape2=[1,3,{shape2[0]},{shape2[1]}]f32")
-    proc = subprocess.run(cmd, cwd=str(work), capture_output=True, text=True, timeout=600)
+    with progress_line(f"fdq: pnnx converting to ncnn at {shape[0]}x{shape[1]}"):
+        proc = subprocess.run(cmd, cwd=str(work), capture_output=True, text=True, timeout=600)
     if proc.returncode != 0 or not (folder / NCNN_PARAM).is_file() or not (folder / NCNN_BIN).is_file():
         tail = " | ".join((proc.stdout + proc.stderr).strip().splitlines()[-3:])
         raise RuntimeError(f"pnnx failed (exit {proc.returncode}): {tail}")

@@ -149,6 +149,7 @@ def _bundle_quant(bundle: Bundle, convs: Sequence[Any], units: List[str],
 def calibrated_quant(folder: Path, io: Dict[str, Any], model: NcnnModel, blobs: Sequence[np.ndarray],
                      observer: str = OBSERVER) -> Dict[str, LayerQuant]:
     """Each convolution's input threshold from ``observer`` over ``blobs`` run through the fp32 model in ``folder``."""
+    from fdq.calibration.progress import track
     from fdq.calibration.quant_api import SymmetricThreshold
     from fdq.device.runtimes import open_ncnn, run_ncnn
     from fdq.host.export.ncnn import NCNN_BIN, NCNN_PARAM
@@ -158,7 +159,7 @@ def calibrated_quant(folder: Path, io: Dict[str, Any], model: NcnnModel, blobs: 
     observers = {blob: SymmetricThreshold(observer) for blob in watched}
     net = open_ncnn(str(folder / NCNN_PARAM), str(folder / NCNN_BIN), threads=1, fp32=True)
     net.opt.lightmode = False  # keep every blob of a pass: lightmode frees them, and a later extract then fails
-    for blob in blobs:
+    for blob in track(blobs, "fdq: ncnn int8 calibrating"):
         for name, value in zip(watched, run_ncnn(net, io["input"], watched, blob)):
             observers[name](torch.from_numpy(np.ascontiguousarray(value)))
     quant = {}

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fdq.calibration.progress import Line, line as progress_line
 from fdq.device.bundle import Bundle
 from fdq.host.bundles import write_bundle
 from fdq.host.export.check import OUTPUT_NAMES, OutputSizeMismatch, max_diffs, torch_outputs, worst_diffs
@@ -72,16 +73,20 @@ def _verify_onnx(model: nn.Module, path: Path, long_side: int) -> Dict[str, Any]
 class _Reader:
     """``onnxruntime.quantization.CalibrationDataReader`` over preprocessed calibration images."""
 
-    def __init__(self, paths: List[Path], long_side: int, mean_bgr) -> None:
+    def __init__(self, paths: List[Path], long_side: int, mean_bgr, progress: Line) -> None:
         self._make = lambda: preprocessed(paths, long_side, mean_bgr)
         self._it = self._make()
+        self._progress = progress
 
     def get_next(self) -> Optional[Dict[str, np.ndarray]]:
         blob = next(self._it, None)
+        if blob is not None:
+            self._progress.advance()
         return None if blob is None else {"input": blob}
 
     def rewind(self) -> None:
         self._it = self._make()
+        self._progress.update(completed=0)
 
 
 def quantize_onnx(float_path: Path, out_path: Path, paths: List[Path], long_side: int, mean_bgr,
@@ -92,7 +97,6 @@ def quantize_onnx(float_path: Path, out_path: Path, paths: List[Path], long_side
                                           quantize_static)
 
     reader_cls = type("FdqCalibrationReader", (_Reader, CalibrationDataReader), {})
-    reader = reader_cls(paths, long_side, mean_bgr)
     pre_processed = False
     try:  # shape inference + graph optimisation first, as onnxruntime recommends for static quantization
         from onnxruntime.quantization import quant_pre_process
@@ -110,9 +114,9 @@ def quantize_onnx(float_path: Path, out_path: Path, paths: List[Path], long_side
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QUInt8,
                     calibrate_method=CalibrationMethod.MinMax)
     settings.update(overrides or {})
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), progress_line("fdq: ONNX Runtime calibrating", total=len(paths)) as progress:
         warnings.simplefilter("ignore")
-        quantize_static(str(float_path), str(out_path), reader, **settings)
+        quantize_static(str(float_path), str(out_path), reader_cls(paths, long_side, mean_bgr, progress), **settings)
     return {"tool": "onnxruntime.quantization.quantize_static", "pre_processed": pre_processed,
             "format": settings["quant_format"].name, "per_channel": settings["per_channel"],
             "reduce_range": settings["reduce_range"], "activation_type": settings["activation_type"].name,
