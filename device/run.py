@@ -3,7 +3,7 @@
     python -m fdq.device.run --bundle DIR [--source IMAGES_DIR|VIDEO|synthetic] [--frames N]
         [--min-seconds S] [--warmup W] [--threads T] [--gt DIR_OR_JSON] [--long-side L]
         [--threshold 0.02] [--per-op] [--cooldown S] [--max-temp C] [--thermal-zone PATH]
-        [--count-instructions] --json OUT.json
+        [--count-instructions] [--progress] --json OUT.json
 
 Each frame goes through exactly the pipeline of :class:`fdq.device.detector.FaceDetector`
 (preprocess -> inference -> decode -> NMS); image decoding is not timed. The conventions are those
@@ -26,7 +26,7 @@ import os
 import signal
 import sys
 import time
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from . import instructions, result
 from .cliargs import Parser, float_at_least, int_at_least, probability
@@ -38,6 +38,7 @@ WARMUP_FRAMES = 10
 """Unrecorded frames before timing starts: the runner's default and fdq-profile's."""
 MAX_TEMP_WAIT_S = 600.0
 PER_OP_FRAMES = 5
+PROGRESS_EVERY_S = 0.5
 
 
 class RunError(Exception):
@@ -88,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count-instructions", action="store_true",
                    help="also count the instructions of each stage (needs the counting qemu of an emulated "
                         "board, one thread; see fdq.device.instructions)")
+    p.add_argument("--progress", action="store_true",
+                   help=f"while measuring, a line '{PROG}: frame N/TOTAL, F FPS' on stderr every "
+                        f"{PROGRESS_EVERY_S:g} s (fdq-profile draws them as its progress line)")
     p.add_argument("--json", required=True, dest="json_out", help="where to write the results (a new file)")
     p.add_argument("--force", action="store_true", help="replace an existing file at --json")
     return p
@@ -212,10 +216,30 @@ def _ground_truth(args: argparse.Namespace, source: Any) -> Any:
     return gt
 
 
+def _frame_lines(total: Optional[int]) -> Callable[[int, bool], None]:
+    """``--progress``: ``on_frame(done, last)`` writes ``frame DONE/TOTAL, F FPS`` on stderr after the first
+    frame, then at most every PROGRESS_EVERY_S, and after the last; between frames, outside every timed stage."""
+    started = time.perf_counter()
+    last: Optional[float] = None
+
+    def on_frame(done: int, final: bool = False) -> None:
+        nonlocal last
+        now = time.perf_counter()
+        if last is not None and now - last < PROGRESS_EVERY_S and not final:
+            return
+        last = now
+        sys.stderr.write(f"{PROG}: frame {done}{'' if total is None else f'/{total}'}, "
+                         f"{done / max(now - started, 1e-9):.1f} FPS\n")
+        sys.stderr.flush()
+
+    return on_frame
+
+
 def _measure(detector: Any, source: Any, frames: Optional[int], min_seconds: float,
-             counter: Optional[instructions.InstructionCounter], scored: int) -> Tuple[result.Frames, Dict[str, Any]]:
+             counter: Optional[instructions.InstructionCounter], scored: int,
+             on_frame: Optional[Callable[[int, bool], None]] = None) -> Tuple[result.Frames, Dict[str, Any]]:
     """Time every frame; the detections of the first ``scored`` (one pass over the ground truth's
-    folder) also as the evaluator's rows, by image key."""
+    folder) also as the evaluator's rows, by image key. ``on_frame(frames done, last)`` after each."""
     to_rows = None
     if scored:
         from .evaluation import to_wider_rows as to_rows
@@ -234,7 +258,11 @@ def _measure(detector: Any, source: Any, frames: Optional[int], min_seconds: flo
         measured.add(detector.last_timings_ms, dets)
         if to_rows is not None and index < scored:
             predictions[key] = to_rows(dets.boxes, dets.scores)
+        if on_frame is not None:
+            on_frame(index + 1, False)
     measured.seconds = time.perf_counter() - started
+    if on_frame is not None and measured.faces:
+        on_frame(len(measured.faces), True)
     detector.infer = infer
     return measured, predictions
 
@@ -280,7 +308,8 @@ def run(args: argparse.Namespace, progress: Any = None) -> Dict[str, Any]:
         detector.detect(image)
         check_interrupted()
     measured, predictions = _measure(detector, source, frames, args.min_seconds, counter,
-                                     len(source.items) if gt is not None else 0)
+                                     len(source.items) if gt is not None else 0,
+                                     _frame_lines(frames) if args.progress else None)
     if not measured.faces:
         raise RunError(f"source {args.source} delivered no frames")
     thermal_end = sysinfo.thermal_state(args.thermal_zone)

@@ -22,15 +22,16 @@ import sys
 from pathlib import Path, PurePosixPath
 from typing import List, Optional, Sequence, Tuple
 
+from fdq.calibration.progress import set_quiet
 from fdq.device import demo, mjpeg
 from fdq.device.bundle import load_bundle
 
-from .commands import CliError, run_command
+from .commands import CliError, add_quiet, run_command
 from .commands.deploy import deploy_and_report
 from .commands.target_options import add_target_arguments, load_target_from_args
 from .forward import PortForward
 from .profiling import board_command
-from .remote import SSHConnection, connect
+from .remote import SSHConnection, by_line, connect
 
 PROG = demo.PROG
 DEFAULT_FORWARD = "127.0.0.1:8080"
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--forward", metavar="HOST:PORT", default=DEFAULT_FORWARD,
                        help="with --target: the address here the board's page is forwarded to (loopback only; "
                             "port 0: any free one)")
+    add_quiet(group)
     return parser
 
 
@@ -70,6 +72,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     if args.target is None:
         return demo.main(args_list)  # as it always was: its own checks, on this machine
+    set_quiet(args.quiet)
     return run_command(run_on_board, args, PROG)
 
 
@@ -125,13 +128,8 @@ class _Relay:
 
     def __init__(self, conn: SSHConnection, forward: PortForward) -> None:
         self.conn, self.forward = conn, forward
-        self._buffer = b""
         self.started = False
-
-    def feed(self, chunk: bytes) -> None:
-        *lines, self._buffer = (self._buffer + chunk).split(b"\n")
-        for raw in lines:
-            self._line(raw.decode("utf-8", errors="replace").rstrip())
+        self.feed = by_line(self._line)
 
     def _line(self, line: str) -> None:
         name = self.conn.target.name

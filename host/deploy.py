@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 from fdq.device.bundle import MANIFEST, RUNTIME_MODULES, Bundle, load_bundle, sha256_file
 
 from .provision import EXECUTORCH_FOR_TORCH, executorch_for
-from .remote import Connection, RemoteError
+from .remote import Connection, RemoteError, put_files
 
 DEVICE_DIR = Path(__file__).resolve().parent.parent / "device"
 DEVICE_SUFFIXES = (".py", ".c", ".h")
@@ -286,12 +286,12 @@ def deploy(conn: Connection, bundles: Sequence[str], extra: Optional[Mapping[str
         raise RemoteError(f"no space on {target.name}:{workdir}: {free / 2**20:.1f} MiB free, "
                           f"{needed / 2**20:.1f} MiB needed (--prune removes bundles this deploy does not name)")
     result.unchanged = len(plan) - len(send)
-    for remote, local in send.items():
-        if remote.startswith(f"{BUNDLES}/") and remote in held:  # same name, same manifest: damaged there
-            result.replaced.append(remote)
-        conn.put(local, str(PurePosixPath(workdir, remote)))
-        result.uploaded.append(remote)
-        result.uploaded_bytes += local.stat().st_size
+    put_files(conn, [(local, str(PurePosixPath(workdir, remote))) for remote, local in send.items()],
+              f"sending {len(send)} file(s)")
+    # same name, same manifest: damaged there
+    result.replaced = [remote for remote in send if remote.startswith(f"{BUNDLES}/") and remote in held]
+    result.uploaded = list(send)
+    result.uploaded_bytes = sum(local.stat().st_size for local in send.values())
     stale = sorted(r for r in held if r.startswith(f"{LIB}/fdq/device/") and r not in plan
                    and "__pycache__" not in r)  # bytecode is Python's own business
     if stale:  # an old module left beside the new ones could still be imported

@@ -10,22 +10,27 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import re
 import shlex
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from fdq.calibration.progress import Line, line as progress_line
 from fdq.device.atomic import atomic_write_text
+from fdq.device.run import PROG as RUNNER
 
 from .deploy import DATA, LIB, RESULTS
-from .remote import Connection, RemoteError
+from .remote import Connection, RemoteError, by_line
 
 # The run's time limit when --run-timeout is not given: loading (an emulated board imports torch in
 # minutes) plus a bound per frame far above any board's, so that only a frozen board reaches it.
 RUN_START_S = 900.0
 PER_FRAME_S = 10.0
 MAX_RUN_S = 7 * 86400.0   # what a wait can be given (poll takes milliseconds in an int)
+# The runner's --progress line: frames done, of how many when it knows, and its FPS so far.
+_FRAME_LINE = re.compile(rf"^{RUNNER}: frame (\d+)(?:/(\d+))?, ([\d.]+) FPS$")
 
 
 @dataclass(frozen=True)
@@ -142,9 +147,21 @@ def runner_args(remote_bundle: str, remote_json: str, settings: RunSettings, thr
     return args + ["--json", remote_json]
 
 
+def frames_shown(line: Line) -> Callable[[str], None]:
+    """What takes the runner's stderr lines: its ``--progress`` lines move ``line`` (frames done of the
+    total, FPS); every other line (an error) is left to the run's result."""
+    def show(text: str) -> None:
+        found = _FRAME_LINE.match(text)
+        if found:
+            done, total = int(found[1]), int(found[2]) if found[2] else None
+            line.update(completed=done, total=max(done, total) if total else None, note=f"{float(found[3]):.1f} FPS")
+    return show
+
+
 def profile(conn: Connection, remote_bundle: str, settings: RunSettings, threads: int,
-            dataset: Optional[Dataset] = None) -> Dict[str, Any]:
-    """Run the runner on a deployed bundle and return its JSON document (fetched from the target)."""
+            dataset: Optional[Dataset] = None, frames: Line = Line()) -> Dict[str, Any]:
+    """Run the runner on a deployed bundle and return its JSON document (fetched from the target).
+    When ``frames`` is drawn, the runner streams its frames (``--progress`` on its stderr) into it."""
     workdir = conn.path(conn.target.workdir)
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
     name = f"{PurePosixPath(remote_bundle).name}-t{threads}-{stamp}"
@@ -152,8 +169,10 @@ def profile(conn: Connection, remote_bundle: str, settings: RunSettings, threads
     args = runner_args(remote_bundle, remote_json, settings, threads, dataset, conn.target.thermal_zone)
     conn.makedirs(str(PurePosixPath(workdir, RESULTS)))
     # Ctrl-C, the time limit or a cut connection: run() stops the runner and its children there.
-    done = conn.run(board_command(conn, workdir, args, counting=settings.count_instructions),
-                    timeout=settings.time_limit())
+    streamed = {"on_stderr": by_line(frames_shown(frames))} if frames.drawn else {}
+    done = conn.run(board_command(conn, workdir, args + (["--progress"] if frames.drawn else []),
+                                  counting=settings.count_instructions),
+                    timeout=settings.time_limit(), **streamed)
     if done.returncode != 0:
         raise RemoteError(f"{conn.target.name}: the runner failed: {done.last_error_line()}")
     with tempfile.TemporaryDirectory(prefix="fdq-run-") as tmp:
@@ -232,14 +251,14 @@ def run_jobs(jobs: List[Job], settings: RunSettings, runs_dir: Path, command: st
         conn = connect(target)
         try:
             _runs, _failures = _target_runs(conn, [j for j in jobs if j.target == target], settings, runs_dir,
-                                            command, dataset, announce, setup, spinner=True)
+                                            command, dataset, announce, setup)
         finally:
             conn.close()
         runs += _runs
         failures += _failures
     for result in on_each(together, lambda conn: _target_runs(conn, [j for j in jobs if j.target == conn.target],
                                                               settings, runs_dir, command, dataset, announce,
-                                                              setup, spinner=False)):
+                                                              setup)):
         if result.ok:
             runs += result.value[0]
             failures += result.value[1]
@@ -250,20 +269,15 @@ def run_jobs(jobs: List[Job], settings: RunSettings, runs_dir: Path, command: st
 
 
 def _target_runs(conn: Connection, jobs: List[Job], settings: RunSettings, runs_dir: Path, command: str,
-                 dataset: Optional[Dataset], announce: Any, setup: bool,
-                 spinner: bool) -> Tuple[List[Any], List[str]]:
-    """Every job of one target over one connection: (runs saved, failure lines)."""
-    from contextlib import nullcontext
-
-    from rich.console import Console
-
+                 dataset: Optional[Dataset], announce: Any, setup: bool) -> Tuple[List[Any], List[str]]:
+    """Every job of one target over one connection: (runs saved, failure lines). On a terminal each
+    run is a progress line (a fleet's hosts one each): loading, then the frames the runner streams."""
     from fdq.device.result import Run
 
     from .deploy import deploy, notices
     from .provision import prepare
 
     target = conn.target
-    status = Console(stderr=True)
     runs: List[Any] = []
     failures: List[str] = []
     first, prepared = True, False
@@ -279,8 +293,8 @@ def _target_runs(conn: Connection, jobs: List[Job], settings: RunSettings, runs_
                 announce(line)
             announce(f"{what}: {len(done.uploaded)} file(s) sent, {done.unchanged} unchanged")
             cooled = replace(settings, cooldown=0.0) if first else settings  # --cooldown: between runs
-            with status.status(f"{what}: measuring on the target") if spinner else nullcontext():
-                doc = profile(conn, remote, cooled, job.threads, dataset)
+            with progress_line(f"{what}: measuring on the target", unit="frames") as frames:
+                doc = profile(conn, remote, cooled, job.threads, dataset, frames)
             first = False
         except (RuntimeError, OSError, ValueError) as exc:  # RemoteError, SetupError, BundleError...
             failures.append(f"{target.name}: {job.bundle.name}: {str(exc).strip().splitlines()[0]}")

@@ -34,9 +34,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from packaging.requirements import Requirement
 
+from fdq.calibration.progress import line as progress_line
 from fdq.device.outputs import atomic_folder
 
-from .remote import Connection
+from .remote import Connection, put_files
 from .targets import Target
 
 VENV = "venv"
@@ -216,12 +217,37 @@ def choose_torch(board: BoardPython, target: Target) -> str:
                      f"({', '.join(cuda_builds)}): set `torch:` in the profile to a CPU-only release")
 
 
+def _downloaded_bytes(folder: Path, scratch: Path) -> int:
+    """What pip has fetched so far: the wheels in ``folder`` and the files it is still writing in its
+    temporary folder ``scratch`` (each wheel arrives there, then is copied into ``folder``)."""
+    done = {p.name: p.stat().st_size for p in folder.glob("*") if p.is_file()}
+    for path in scratch.rglob("*"):
+        try:
+            if path.is_file() and path.name not in done:
+                done[path.name] = path.stat().st_size
+        except OSError:  # pip removed it meanwhile
+            pass
+    return sum(done.values())
+
+
 def _pip_download(board: BoardPython, folder: Path, packages: Sequence[str], deps: bool) -> None:
+    """pip downloads the wheels for the board into ``folder``; on a terminal, one progress line of the
+    bytes fetched (pip's own bar is off: it would not know the board)."""
     command = [sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check", *_platform_args(board),
                "-d", str(folder), *([] if deps else ["--no-deps"]), *packages]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        errors = [ln for ln in done.stderr.splitlines() if ln.startswith("ERROR")] or done.stderr.splitlines() or ["?"]
+    with tempfile.TemporaryDirectory(prefix="fdq-pip-") as scratch, \
+            progress_line(f"fdq: downloading {', '.join(packages)} for {board.machine} / Python {board.python}",
+                          unit="bytes") as line:
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=dict(os.environ, TMPDIR=scratch))
+        while True:
+            try:
+                _, stderr = proc.communicate(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                line.update(completed=_downloaded_bytes(folder, Path(scratch)))
+    if proc.returncode != 0:
+        errors = [ln for ln in stderr.splitlines() if ln.startswith("ERROR")] or stderr.splitlines() or ["?"]
         raise SetupError(f"pip download for {board.machine} / Python {board.python} failed: {errors[-1].strip()}")
 
 
@@ -282,8 +308,8 @@ def setup(conn: Connection) -> str:
     listing = conn.run(f"{q(board.executable)} -c {q(_SIZES)} {q(remote_wheels)}", timeout=120)
     held = json.loads(listing.stdout) if listing.returncode == 0 else {}
     sent = [w for w in wheels if held.get(w.name) != w.stat().st_size]
-    for wheel in sent:
-        conn.put(wheel, str(PurePosixPath(remote_wheels, wheel.name)))
+    put_files(conn, [(wheel, str(PurePosixPath(remote_wheels, wheel.name))) for wheel in sent],
+              f"sending {len(sent)} wheel(s)")
     print(f"{conn.target.name}: --setup for {board.machine}, Python {board.python}, {' '.join(board.libc)}: "
           f"{len(sent)} of {len(wheels)} wheel(s) sent; installing {', '.join([*packages, *alone])} into {workdir}/{VENV}",
           file=sys.stderr)

@@ -16,6 +16,7 @@ import errno
 import fcntl
 import logging
 import os
+import selectors
 import shlex
 import shutil
 import signal
@@ -26,11 +27,12 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable, Optional, Tuple, Union
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 import paramiko
 from paramiko.hostkeys import HostKeyEntry
 
+from fdq.calibration.progress import line as progress_line
 from fdq.device.atomic import atomic_output, atomic_write_text
 
 from .targets import Target
@@ -265,12 +267,13 @@ class SSHConnection:
         except (OSError, EOFError, paramiko.SSHException) as exc:
             raise RemoteError(f"{self.target.name}: cannot create {remote} there ({self._why(exc)})") from None
 
-    def put(self, local: Path, remote: str) -> None:
+    def put(self, local: Path, remote: str, sent: Optional[Callable[[int], None]] = None) -> None:
+        """Upload ``local`` as ``remote`` (through ``remote.part``); ``sent(bytes so far)`` as it travels."""
         remote = self.path(remote)
         self.makedirs(str(PurePosixPath(remote).parent))
         partial = remote + ".part"
         try:
-            self.sftp.put(str(local), partial)
+            self.sftp.put(str(local), partial, callback=(lambda done, total: sent(done)) if sent else None)
             self.sftp.posix_rename(partial, remote)
         except (OSError, EOFError, paramiko.SSHException) as exc:
             failed = RemoteError(f"{self.target.name}: upload of {local.name} to {remote} failed ({self._why(exc)})")
@@ -340,12 +343,30 @@ class LocalConnection:
     def path(self, remote: str) -> str:
         return os.path.expanduser(remote)
 
-    def run(self, command: str, timeout: Optional[float] = None) -> Completed:
+    def run(self, command: str, timeout: Optional[float] = None,
+            on_stderr: Optional[Callable[[bytes], None]] = None) -> Completed:
         """As :meth:`SSHConnection.run`, on this machine (the command in a session of its own)."""
         proc = subprocess.Popen(["sh", "-c", command], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, start_new_session=True)
+                                start_new_session=True)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        out, err = bytearray(), bytearray()
         try:
-            out, err = proc.communicate(timeout=timeout)
+            with selectors.DefaultSelector() as pipes:  # both drained together, stderr handed on as it comes
+                pipes.register(proc.stdout, selectors.EVENT_READ, out)
+                pipes.register(proc.stderr, selectors.EVENT_READ, err)
+                while pipes.get_map():
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        raise subprocess.TimeoutExpired(command, timeout)
+                    for key, _ in pipes.select(left):
+                        chunk = os.read(key.fd, 65536)
+                        if not chunk:
+                            pipes.unregister(key.fileobj)
+                        key.data.extend(chunk)
+                        if chunk and key.data is err and on_stderr is not None:
+                            on_stderr(chunk)
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            proc.wait(timeout=left)
         except subprocess.TimeoutExpired:
             self._stop(proc)
             raise RemoteError(f"{self.target.name}: {_summary(command)} did not finish within {timeout:.0f} s; "
@@ -353,7 +374,7 @@ class LocalConnection:
         except KeyboardInterrupt:
             self._stop(proc)
             raise
-        return Completed(proc.returncode, out, err)
+        return Completed(proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
 
     @staticmethod
     def _stop(proc: subprocess.Popen) -> None:
@@ -371,10 +392,12 @@ class LocalConnection:
     def makedirs(self, remote: str) -> None:
         Path(self.path(remote)).mkdir(parents=True, exist_ok=True)
 
-    def put(self, local: Path, remote: str) -> None:
+    def put(self, local: Path, remote: str, sent: Optional[Callable[[int], None]] = None) -> None:
         try:
             with atomic_output(self.path(remote)) as partial:
                 shutil.copyfile(local, partial)
+            if sent:
+                sent(local.stat().st_size)
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 raise RemoteError(f"{self.target.name}: no space left on this machine in "
@@ -390,6 +413,30 @@ class LocalConnection:
 
 
 Connection = Union[SSHConnection, LocalConnection]
+
+
+def by_line(handle: Callable[[str], None]) -> Callable[[bytes], None]:
+    """An ``on_stderr`` for :meth:`SSHConnection.run` that hands ``handle`` each complete line, decoded."""
+    pending = bytearray()
+
+    def feed(chunk: bytes) -> None:
+        pending.extend(chunk)
+        *lines, rest = bytes(pending).split(b"\n")
+        pending[:] = rest
+        for raw in lines:
+            handle(raw.decode("utf-8", errors="replace").rstrip())
+
+    return feed
+
+
+def put_files(conn: Connection, files: Sequence[Tuple[Path, str]], what: str) -> None:
+    """Upload each (local file, remote path), in order, under one progress line in bytes for them all."""
+    total = sum(local.stat().st_size for local, _ in files)
+    with progress_line(f"{conn.target.name}: {what}", total=total, unit="bytes", show=bool(files)) as line:
+        done = 0
+        for local, remote in files:
+            conn.put(local, remote, lambda n, before=done: line.update(completed=before + n))
+            done += local.stat().st_size
 
 
 def connect(target: Target) -> Connection:
