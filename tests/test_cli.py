@@ -1,11 +1,14 @@
 """The fdq command line on real images: outputs, and one clear error line for bad input."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 
 import pytest
+
+from terminal import run_on_terminal
 
 
 def run_fdq(*args, env_extra=None, prog="fdq.host.cli"):
@@ -200,29 +203,53 @@ def test_quantize_prints_its_report_and_no_torch_deprecation(tmp_path, weights_e
     assert "distilling" not in r.stderr and "fdq: calibrating" not in r.stderr  # a pipe: no progress line
 
 
+def _plain(text: str) -> str:
+    """A terminal's text without its colour and cursor codes."""
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+
+
 def test_quantize_shows_progress_on_a_terminal(tmp_path, weights_env, shared_dir):
     """Level 1's distillation steps and the calibration images move a progress line on a terminal
     (stderr a pty), and the bundle is the same command's as in a pipe."""
-    import pty
-
     calib = shared_dir / "data" / "widerface_val_subset" / "calib" / "images"
-    main_fd, terminal = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "fdq.host.cli", "quantize", "--model", "slim", "--level", "1",
-                             "--backend", "qnnpack", "--iters", "5", "--calib", str(calib), "--out", str(tmp_path / "b")],
-                            stdout=subprocess.DEVNULL, stderr=terminal, env=dict(os.environ, **weights_env,
-                                                                                 COLUMNS="120"))
-    os.close(terminal)
-    seen = b""
-    while True:
-        try:
-            chunk = os.read(main_fd, 65536)
-        except OSError:  # the terminal's other end closed with the process
-            break
-        if not chunk:
-            break
-        seen += chunk
-    os.close(main_fd)
-    assert proc.wait(timeout=300) == 0, seen[-2000:]
-    text = seen.decode("utf-8", "replace")
-    assert "distilling calibration inputs from BatchNorm statistics" in text, text[-2000:]
+    status, _, seen = run_on_terminal([sys.executable, "-m", "fdq.host.cli", "quantize", "--model", "slim", "--level",
+                                       "1", "--backend", "qnnpack", "--iters", "5", "--calib", str(calib), "--out",
+                                       str(tmp_path / "b")], dict(os.environ, **weights_env))
+    assert status == 0, seen[-2000:]
+    assert "distilling calibration inputs from BatchNorm statistics" in seen, seen[-2000:]
     assert (tmp_path / "b" / "manifest.yaml").is_file()
+
+
+def test_qat_iterations_show_progress_on_a_terminal(tmp_path, weights_env, shared_dir):
+    """Level 4's fake-quant iterations (fit's steps, the loop fdq train shows) move a line with their
+    loss on a terminal. In a pipe: test_qat's level-4 run."""
+    calib = tmp_path / "calib"
+    for image in sorted((shared_dir / "data" / "widerface_val_subset" / "calib" / "images").rglob("*.jpg"))[:3]:
+        (calib / image.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(image, calib / image.parent.name / image.name)
+    status, _, seen = run_on_terminal([sys.executable, "-m", "fdq.host.cli", "quantize", "--model", "slim", "--level",
+                                       "4", "--backend", "x86", "--calib", str(calib), "--iters", "2", "--warmup-iters",
+                                       "1", "--long-side", "64", "--out", str(tmp_path / "b")],
+                                      dict(os.environ, **weights_env))
+    assert status == 0, seen[-2000:]
+    plain = _plain(seen)
+    assert "fdq: fake-quant fine-tuning, epoch 1/1" in plain and re.search(r"loss \d+\.\d{4}", plain), plain[-2000:]
+    assert (tmp_path / "b" / "manifest.yaml").is_file()
+
+
+def test_export_shows_its_stage_on_a_terminal_and_nothing_in_a_pipe_or_quiet(tmp_path, weights_env, slim_fp32_bundle):
+    """An export is a spinner line with its elapsed time on a terminal (its stages beneath it);
+    in a pipe, or on a terminal with --quiet, its output is what it was."""
+    status, out, seen = run_on_terminal([sys.executable, "-m", "fdq.host.cli", "export", "--format", "onnx",
+                                         str(slim_fp32_bundle), "--out", str(tmp_path / "onnx")],
+                                        dict(os.environ, **weights_env))
+    assert status == 0, seen[-2000:]
+    plain = _plain(seen)
+    assert f"fdq: exporting {slim_fp32_bundle.name} as onnx" in plain and re.search(r"0:00:\d\d", plain), plain[-2000:]
+    assert out.startswith(f"wrote {tmp_path / 'onnx'}")
+    r = run_fdq("export", "--format", "torchscript", slim_fp32_bundle, "--out", tmp_path / "ts", env_extra=weights_env)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    status, out, seen = run_on_terminal([sys.executable, "-m", "fdq.host.cli", "export", "--format", "torchscript",
+                                         str(slim_fp32_bundle), "--out", str(tmp_path / "quiet"), "--quiet"],
+                                        dict(os.environ, **weights_env))
+    assert status == 0 and seen == "" and out.startswith(f"wrote {tmp_path / 'quiet'}"), seen  # --quiet: nothing

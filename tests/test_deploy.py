@@ -3,6 +3,8 @@ and the local target."""
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,6 +16,7 @@ import yaml
 from fdq.device.bundle import sha256_file
 from fdq.host.cli import deploy_main, profile_main
 from fdq.host.provision import RUNNER_PACKAGES
+from terminal import run_on_terminal
 
 
 @pytest.fixture
@@ -47,6 +50,7 @@ def test_deploy_sends_runner_and_bundle_then_only_what_changed(board, bundle, ca
     runner = board["workdir"] / "lib" / "fdq" / "device"
     assert (runner / "run.py").is_file() and (runner / "csrc" / "fdq_kernels.c").is_file()
     assert not any(runner.rglob("*.part")) and not (board["workdir"] / "lib" / "fdq" / "host").exists()
+    assert "sending" not in err and "\x1b[" not in err  # no terminal: no progress line (see the test below)
     sent = int(err.split(" file(s) sent")[0].rsplit(" ", 1)[1])
     shipped = [p for p in runner.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
     assert sent == len(shipped) + len(list(bundle.iterdir()))
@@ -69,7 +73,37 @@ def test_profile_runs_the_bundle_there_and_fetches_the_result(board, bundle, tmp
     assert len(doc["latency_ms"]["total"]["frames"]) == 3 and doc["fps"] > 0
     assert doc["bundle"]["path"].startswith(str(board["workdir"] / "bundles"))
     assert list((board["workdir"] / "results").glob("*.json"))
-    assert "loopback-board" in capsys.readouterr().out  # the target column of the run table
+    out, err = capsys.readouterr()
+    assert "loopback-board" in out  # the target column of the run table
+    assert "measuring" not in err and "fdq-run: frame" not in err and "\x1b[" not in err, err  # no terminal
+    assert "--progress" not in doc["command"]  # nobody watched: the runner streamed no frames
+
+
+def _plain(text: str) -> str:
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+
+
+def test_deploy_bytes_and_profile_frames_show_on_a_terminal(board, bundle, tmp_path):
+    """On a terminal fdq-deploy shows the bytes it sends, and fdq-profile the frames the runner streams
+    from the board while it runs (done/total, FPS); the runner's lines themselves never show, and the
+    result is the same document."""
+    status, out, seen = run_on_terminal([sys.executable, "-m", "fdq.host.cli", "deploy", "--target",
+                                         str(board["profile"]), str(bundle)], dict(os.environ))
+    plain = _plain(seen)
+    assert status == 0 and " -> " in out, plain[-2000:]
+    assert re.search(r"loopback-board: sending \d+ file\(s\)", plain), plain[-2000:]
+    assert re.search(r"\d+(\.\d+)?/\d+(\.\d+)? (kB|MB)", plain), plain[-2000:]  # bytes sent of the total
+    result = tmp_path / "result.json"
+    status, out, seen = run_on_terminal([sys.executable, "-m", "fdq.host.cli", "profile", "--target",
+                                         str(board["profile"]), "--bundle", str(bundle), "--frames", "40",
+                                         "--warmup", "1", "--out", str(result), "--runs", str(tmp_path / "runs")],
+                                        dict(os.environ))
+    plain = _plain(seen)
+    assert status == 0, plain[-2000:]
+    assert "1 thread(s): measuring on the target" in plain and re.search(r"\b\d+/40\b", plain), plain[-2000:]
+    assert re.search(r"\d+\.\d FPS", plain) and "fdq-run: frame" not in plain, plain[-2000:]
+    doc = json.loads(result.read_text())
+    assert doc["settings"]["frames"] == 40 and "--progress" in doc["command"]
 
 
 def test_a_file_damaged_on_the_board_travels_again(board, bundle, tmp_path, capsys):

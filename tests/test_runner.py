@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -151,6 +152,21 @@ def test_synthetic_source(ts_bundle, workdir):
     assert doc["source"]["width"] * 3 == doc["source"]["height"] * 4
     assert doc["settings"]["frames"] == 3 and len(doc["latency_ms"]["total"]["frames"]) == 3
     assert "accuracy" not in doc
+    assert "fdq-run: frame" not in proc.stderr  # progress lines only with --progress
+
+
+def test_progress_streams_frame_lines_on_stderr(ts_bundle, workdir):
+    """--progress (fdq-profile's, on a terminal): a plain line per frame done on stderr, the first at once
+    and the last at the end; stdout and the document are those of a run without it."""
+    out = workdir / "progress.json"
+    proc = _run(["--bundle", ts_bundle, "--frames", 5, "--warmup", 1, "--progress", "--json", out])
+    assert proc.returncode == 0, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("fdq-run: frame")]
+    assert all(re.fullmatch(r"fdq-run: frame [1-5]/5, \d+\.\d FPS", ln) for ln in lines), lines
+    assert lines[0].startswith("fdq-run: frame 1/5,") and lines[-1].startswith("fdq-run: frame 5/5,"), lines
+    assert "frame" not in proc.stdout.replace("5 frames", "")  # stdout: the header and the summary only
+    doc = json.loads(out.read_text(encoding="utf-8"))
+    assert doc["settings"]["frames"] == 5 and len(doc["latency_ms"]["total"]["frames"]) == 5
 
 
 def test_image_folder_loops_when_more_frames_are_asked(ts_bundle, data, workdir):
