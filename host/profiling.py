@@ -173,8 +173,9 @@ def profile(conn: Connection, remote_bundle: str, settings: RunSettings, threads
     done = conn.run(board_command(conn, workdir, args + (["--progress"] if frames.drawn else []),
                                   counting=settings.count_instructions),
                     timeout=settings.time_limit(), **streamed)
-    if done.returncode != 0:
-        raise RemoteError(f"{conn.target.name}: the runner failed: {done.last_error_line()}")
+    if done.returncode != 0:  # its last line that is not a frame line says why (a killed runner says nothing)
+        said = replace(done, stderr="\n".join(ln for ln in done.stderr.splitlines() if not _FRAME_LINE.match(ln)))
+        raise RemoteError(f"{conn.target.name}: the runner failed: {said.last_error_line()}")
     with tempfile.TemporaryDirectory(prefix="fdq-run-") as tmp:
         local = Path(tmp) / "run.json"
         conn.get(str(PurePosixPath(workdir, remote_json)), local)
@@ -271,7 +272,8 @@ def run_jobs(jobs: List[Job], settings: RunSettings, runs_dir: Path, command: st
 def _target_runs(conn: Connection, jobs: List[Job], settings: RunSettings, runs_dir: Path, command: str,
                  dataset: Optional[Dataset], announce: Any, setup: bool) -> Tuple[List[Any], List[str]]:
     """Every job of one target over one connection: (runs saved, failure lines). On a terminal each
-    run is a progress line (a fleet's hosts one each): loading, then the frames the runner streams."""
+    run is a progress line (a fleet's hosts one each): a spinner while the bundle loads there, then the
+    frames the runner streams."""
     from fdq.device.result import Run
 
     from .deploy import deploy, notices
@@ -293,7 +295,7 @@ def _target_runs(conn: Connection, jobs: List[Job], settings: RunSettings, runs_
                 announce(line)
             announce(f"{what}: {len(done.uploaded)} file(s) sent, {done.unchanged} unchanged")
             cooled = replace(settings, cooldown=0.0) if first else settings  # --cooldown: between runs
-            with progress_line(f"{what}: measuring on the target", unit="frames") as frames:
+            with progress_line(f"{what}: measuring on the target") as frames:
                 doc = profile(conn, remote, cooled, job.threads, dataset, frames)
             first = False
         except (RuntimeError, OSError, ValueError) as exc:  # RemoteError, SetupError, BundleError...
