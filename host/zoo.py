@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
-import sys
 import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
+
+from fdq.calibration.progress import line as progress_line
 
 _UPSTREAM = "https://github.com/biubug6/Face-Detector-1MB-with-landmark/raw/master/weights/"
 _LICENSE = "MIT (c) 2019 biubug6"
@@ -99,24 +100,22 @@ def _find(entry: WeightsEntry) -> Path | None:
     return None
 
 
-def _stream(entry: WeightsEntry, out: IO[bytes], progress: bool) -> tuple[str, int]:
-    """Copy ``entry.url`` into ``out``, hashing on the way; returns (sha256, size)."""
+def _stream(entry: WeightsEntry, out: IO[bytes]) -> tuple[str, int]:
+    """Copy ``entry.url`` into ``out``, hashing on the way (a progress line in bytes on a terminal);
+    returns (sha256, size)."""
     digest = hashlib.sha256()
     size = 0
-    with urllib.request.urlopen(entry.url, timeout=_TIMEOUT_S) as response:
+    with urllib.request.urlopen(entry.url, timeout=_TIMEOUT_S) as response, \
+            progress_line(f"fdq: downloading {entry.filename}", total=entry.size, unit="bytes") as line:
         for chunk in iter(lambda: response.read(_CHUNK), b""):
             out.write(chunk)
             digest.update(chunk)
             size += len(chunk)
-            if progress:
-                pct = 100 * size // max(entry.size, 1)
-                sys.stderr.write(f"\rdownloading {entry.filename}: {pct}%")
-    if progress:
-        sys.stderr.write("\n")
+            line.update(completed=size)
     return digest.hexdigest(), size
 
 
-def _download(entry: WeightsEntry, progress: bool) -> Path:
+def _download(entry: WeightsEntry) -> Path:
     """Download into the cache via a same-dir temp file, so the final name appears atomically
     and only after the size and sha256 match."""
     folder = cache_dir()
@@ -133,7 +132,7 @@ def _download(entry: WeightsEntry, progress: bool) -> Path:
     try:
         with tmp:
             try:
-                actual_sha, actual_size = _stream(entry, tmp, progress)
+                actual_sha, actual_size = _stream(entry, tmp)
             except (OSError, http.client.HTTPException) as exc:
                 raise ZooError(
                     f"cannot download {entry.name} weights from {entry.url}: {exc}; for offline "
@@ -153,12 +152,12 @@ def _download(entry: WeightsEntry, progress: bool) -> Path:
         raise
 
 
-def fetch(name: str, progress: bool = False) -> Path:
+def fetch(name: str) -> Path:
     """Path of verified weights for a zoo name, downloading them into the cache if not found."""
     entry = _lookup(name)
     found = _find(entry)
     if found is None:
-        return _download(entry, progress)
+        return _download(entry)
     actual = sha256_file(found)
     if actual != entry.sha256:
         raise ZooError(

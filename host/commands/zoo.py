@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 
@@ -15,7 +14,7 @@ def cmd_zoo(args: argparse.Namespace) -> int:
     if args.zoo_cmd == "fetch":
         names = list(zoo.ZOO) if args.name == "all" else [args.name]
         for name in names:
-            print(zoo.fetch(name, progress=sys.stderr.isatty()))
+            print(zoo.fetch(name))
         return 0
     table = Table(title="fdq weights")
     for column in ("name", "file", "size", "sha256", "where", "verified"):
