@@ -52,9 +52,14 @@ def fdq_parser(registers: Iterable[Register]) -> Parser:
 
 
 def add_quiet(parser: Any) -> Any:
-    """``--quiet`` on a parser (or an argument group), the same for every command."""
-    parser.add_argument("--quiet", action="store_true",
-                        help="no progress lines (they are drawn on stderr only when it is a terminal)")
+    """``--quiet`` on a parser (or an argument group), the same for every command; on a command with
+    actions of its own (``fdq zoo fetch``), on each action, where the options go."""
+    actions = [a for a in getattr(parser, "_actions", ()) if isinstance(a, argparse._SubParsersAction)]
+    for sub in (p for a in actions for p in a.choices.values()):
+        add_quiet(sub)
+    if not actions:
+        parser.add_argument("--quiet", action="store_true",
+                            help="no progress lines (they are drawn on stderr only when it is a terminal)")
     return parser
 
 
