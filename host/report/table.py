@@ -11,7 +11,8 @@ from .runs import summary_rows
 # summary column -> short terminal header
 TERMINAL_COLUMNS = {"run": "run", "target": "target", "runtime": "runtime", "threads": "thr", "emulated": "emul",
                     "inference p50/p90/p99": "inference p50/90/99", "total p50/p90/p99": "total p50/90/99",
-                    "FPS": "FPS", "speed-up": "speed-up", "load ms": "load", "first frame ms": "1st frame",
+                    "FPS": "FPS", "speed-up": "speed-up",
+                    "speed-up 95% CI": "95% CI", "load ms": "load", "first frame ms": "1st frame",
                     "peak RSS MiB": "RSS MiB", "temp C": "degC", "AP easy/medium/hard": "AP e/m/h",
                     "total Minstr": "Minstr", "instr. ratio": "instr."}
 WIDTH_NOT_A_TERMINAL = 180
@@ -48,7 +49,7 @@ def markdown(runs: Sequence[Run], baseline: Run) -> str:
     lines += ["| " + " | ".join(row[c] for c in columns) + " |" for row in rows]
     lines.append("")
     lines.append(f"Latency in ms (p50 / p90 / p99 per frame); speed-up: baseline total p50 / run total p50, "
-                 f"baseline {baseline.name}.")
+                 f"baseline {baseline.name}, with its bootstrap 95 % interval over the frames.")
     if "instr. ratio" in columns:
         lines.append("Minstr: instructions per frame counted by the emulator (median, millions), exact and "
                      "repeatable, not a time; instr. ratio: run total / baseline total.")
