@@ -45,6 +45,25 @@ def check(runs: Sequence[Any], baselines: Sequence[Any], metric: str, tolerance:
     return 1 if failed else 0
 
 
+def history(args: argparse.Namespace) -> int:
+    """``--history CONFIG``: that configuration's runs from the index, oldest first; the plots in --html."""
+    from fdq.host import history as index
+    from fdq.host.commands import CliError
+    from fdq.host.report import history as page
+
+    config = index.parse_config(args.history)
+    rows = index.query(config)
+    if not rows:
+        raise CliError(f"no run of {args.history} in {index.index_path()} (fdq runs lists what is there)")
+    for r in rows:
+        ap = "-" if r["ap_medium"] is None else f"{100 * r['ap_medium']:.2f}"
+        print(f"{r['created']}  p50 {r['p50_ms']:.2f} ms  p90 {r['p90_ms']:.2f} ms  AP medium {ap}  {r['path']}")
+    if args.html:
+        atomic_write_text(check_file_output(args.html, args.force, "--html"), page.render(rows, config))
+        print(f"report: {Path(args.html).resolve()}")
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from fdq.host.commands import CliError
     from fdq.host.report.runs import load_runs, with_baseline
@@ -53,6 +72,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for path, option in ((args.html, "--html"), (args.markdown, "--markdown")):
         if path:
             check_file_output(path, args.force, option)
+    if args.history:
+        return history(args)
+    if not args.runs:
+        raise CliError("give the runs to compare (RUN.json or RUNS_DIR), or --history CONFIG")
     if args.check and not args.baseline:
         raise CliError("--check compares with --baseline RUN|RUNS_DIR: give one")
     if args.check and Path(args.baseline).is_dir():
@@ -73,7 +96,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``compare`` subcommand to ``fdq``'s subparsers."""
     p = subparsers.add_parser("compare", help="profile runs side by side (terminal, HTML, Markdown)",
                               description=__doc__)
-    p.add_argument("runs", nargs="+", metavar="RUN.json|RUNS_DIR", help="fdq.run/1 documents or folders of them")
+    p.add_argument("runs", nargs="*", metavar="RUN.json|RUNS_DIR", help="fdq.run/1 documents or folders of them")
     p.add_argument("--baseline", metavar="RUN|RUNS_DIR",
                    help="the run the speed-up is measured against (default: the first run); with --check also a "
                         "folder of runs, each run judged against the one of its configuration")
@@ -85,6 +108,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    help="slowdown --check allows (default 5%%; 0.1%% for instruction-counted runs)")
     p.add_argument("--max-ap-drop", type=float_at_least("--max-ap-drop", 0), default=MAX_AP_DROP, metavar="POINTS",
                    help="AP points (easy, medium or hard) a run may lose against its baseline under --check")
+    p.add_argument("--history", metavar="CONFIG",
+                   help="one configuration's runs over time, from the index (fdq runs): a run file, or "
+                        "FIELD=VALUE,... over model, runtime, precision, threads, side, target, host; plots in --html")
     p.add_argument("--html", help="write the self-contained HTML report here")
     p.add_argument("--markdown", help="write the table as Markdown here")
     p.add_argument("--force", action="store_true", help="replace existing report files")

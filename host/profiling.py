@@ -259,7 +259,9 @@ def _target_runs(conn: Connection, jobs: List[Job], settings: RunSettings, runs_
 
     from fdq.device.result import Run
 
+    from .bundles import FDQ_VERSION
     from .deploy import deploy, notices
+    from .history import record, source_commit
     from .provision import prepare
 
     target = conn.target
@@ -287,6 +289,9 @@ def _target_runs(conn: Connection, jobs: List[Job], settings: RunSettings, runs_
             announce(f"fdq-profile: error: {failures[-1]}")
             continue
         doc["profile"] = {"target": target.name, "address": target.address, "command": command,
-                          "bundle": str(job.bundle)}
+                          "bundle": str(job.bundle), "fdq_version": FDQ_VERSION, "git_commit": source_commit()}
         runs.append(Run(doc, save_run(doc, runs_dir, target.name)))
+        problem = record(runs[-1])
+        if problem:
+            announce(f"fdq-profile: warning: {problem}")
     return runs, failures

@@ -172,3 +172,89 @@ def test_check_needs_a_baseline(gate_runs, capsys):
         fdq_main(["compare", str(gate_runs["base"]), "--check", "--baseline", str(gate_runs["base"]),
                   "--tolerance", "five"])
     assert "--tolerance takes a percentage" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------
+# History: the index of runs under FDQ_HOME
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_every_run_is_indexed_and_listed(gate_runs, monkeypatch, capsys):
+    from fdq.host.history import query
+
+    monkeypatch.setenv("FDQ_HOME", str(gate_runs["home"]))
+    rows = query()
+    assert len(rows) == 3 and {Path(r["path"]).parent for r in rows} == {gate_runs["runs"]}
+    base = json.loads(gate_runs["base"].read_text())
+    first = rows[0]
+    assert first["created"] == base["created"] and first["p50_ms"] == base["latency_ms"]["total"]["p50"]
+    assert first["ap_medium"] == base["accuracy"]["medium"] and first["target"] == "here"
+    assert first["bundle_sha256"] == base["bundle"]["manifest_sha256"] and first["fdq_version"]
+    assert first["git_commit"] == base["profile"]["git_commit"] and len(first["git_commit"]) == 40
+    assert [r["side"] for r in rows] == [320, 640, 320]
+    assert fdq_main(["runs", "--model", "slim", "--since", "1d"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "runs: 3 run(s)"
+    assert fdq_main(["runs", "--model", "rfb"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "runs: 0 run(s)"
+
+
+def test_reindex_gives_the_same_rows(gate_runs, tmp_path, monkeypatch):
+    from fdq.host.history import query, reindex
+
+    monkeypatch.setenv("FDQ_HOME", str(gate_runs["home"]))
+    before = query()
+    assert fdq_main(["runs", "--reindex"]) == 0
+    assert query() == before
+    fresh = tmp_path / "fresh.sqlite"  # from the folder alone, into a new index
+    assert reindex([str(gate_runs["runs"])], fresh) == 3 and query(path=fresh) == before
+
+
+def test_history_plots_one_configuration(gate_runs, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("FDQ_HOME", str(gate_runs["home"]))
+    page = tmp_path / "history.html"
+    assert fdq_main(["compare", "--history", str(gate_runs["base"]), "--html", str(page)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3 and lines[-1] == f"report: {page.resolve()}"  # base and again, not the 640 run
+    text = page.read_text()
+    assert text.count("<svg") == 2 and "Latency over time" in text
+    assert not any(tag in text for tag in ("<script", "<link", "src=", "<img"))  # self-contained
+    assert fdq_main(["compare", "--history", "model=slim,side=640"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 1
+    assert fdq_main(["compare", "--history", "model=rfb"]) == 1
+    assert "no run of model=rfb" in capsys.readouterr().err
+
+
+WRITER = """
+import sys
+from pathlib import Path
+from fdq.device.result import read_run
+from fdq.host.history import record
+index = Path(sys.argv[1])
+Path(sys.argv[2]).touch()
+while not Path(sys.argv[3]).exists():  # both writers start together
+    pass
+for path in sorted(Path(sys.argv[4]).glob("*.json")):
+    problem = record(read_run(path), index)
+    assert problem is None, problem
+"""
+
+
+def test_two_processes_writing_at_once_both_land(gate_runs, tmp_path):
+    import subprocess
+
+    from fdq.host.history import query
+
+    source = gate_runs["base"].read_text()
+    for writer in ("a", "b"):
+        (tmp_path / writer).mkdir()
+        for i in range(40):
+            (tmp_path / writer / f"{i:02d}.json").write_text(source)
+    index, go = tmp_path / "index.sqlite", tmp_path / "go"
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(index), str(tmp_path / f"ready-{w}"), str(go),
+                                 str(tmp_path / w)]) for w in ("a", "b")]
+    while not all((tmp_path / f"ready-{w}").exists() for w in ("a", "b")):
+        assert all(p.poll() is None for p in writers)
+    go.touch()
+    assert [p.wait(timeout=120) for p in writers] == [0, 0]
+    rows = query(path=index)
+    assert len(rows) == 80 and {Path(r["path"]).parent.name for r in rows} == {"a", "b"}
