@@ -60,7 +60,14 @@ def gate_runs(tmp_path_factory, slim_fp32_bundle, shared_dir) -> Dict[str, Any]:
                                  "--gt", str(data["gt"]), "--frames", str(FRAMES), "--warmup", "2",
                                  "--runs", str(root / "runs"), "--out", str(out)]) == 0
             made[name] = out
-    return {**made, "root": root, "home": root / "home", "runs": root / "runs"}
+        # the same three bundles alternately in one runner: slim 320, 640, and 320 again
+        mp.setenv("FDQ_HOME", str(root / "home-interleaved"))
+        assert profile_main(["--target", str(profile), "--bundle", str(slim_fp32_bundle), str(big),
+                             str(slim_fp32_bundle), "--interleave", "--images", str(data["images"]), "--gt",
+                             str(data["gt"]), "--frames", str(FRAMES), "--warmup", "2", "--runs",
+                             str(root / "interleaved")]) == 0
+    interleaved = sorted((root / "interleaved").glob("[!.]*.json"))
+    return {**made, "root": root, "home": root / "home", "runs": root / "runs", "interleaved": interleaved}
 
 
 def _variant(source: Path, folder: Path, name: str, scale: float = 1.0, ap_drop: float = 0.0) -> Path:
@@ -172,6 +179,33 @@ def test_check_needs_a_baseline(gate_runs, capsys):
         fdq_main(["compare", str(gate_runs["base"]), "--check", "--baseline", str(gate_runs["base"]),
                   "--tolerance", "five"])
     assert "--tolerance takes a percentage" in capsys.readouterr().err
+
+
+def test_interleave_gives_one_run_per_bundle_with_interleaved_frames(gate_runs):
+    from fdq.device.result import read_run
+
+    runs = sorted((read_run(p) for p in gate_runs["interleaved"]), key=lambda r: r.doc["interleaved"]["position"])
+    assert [r.doc["interleaved"]["position"] for r in runs] == [0, 1, 2]
+    assert [r.doc["settings"]["long_side"] for r in runs] == [320, 640, 320]
+    assert len({tuple(r.doc["interleaved"]["bundles"]) for r in runs}) == 1
+    starts = [r.doc["settings"]["frame_start_s"] for r in runs]
+    assert all(len(s) == FRAMES for s in starts)
+    merged = [s[i] for i in range(FRAMES) for s in starts]  # A B C A B C ...: strictly increasing
+    assert all(a < b for a, b in zip(merged, merged[1:]))
+    assert all(r.accuracy["medium"] == runs[0].accuracy["medium"] for r in (runs[0], runs[2]))
+
+
+def test_interleaved_runs_pass_and_fail_the_gate_at_its_defaults(gate_runs, capsys):
+    """The same bundle, measured alternately with itself, passes at the default 5 %; the 640 run fails."""
+    first, big, again = sorted(gate_runs["interleaved"], key=lambda p: json.loads(p.read_text())["interleaved"]["position"])
+    code, lines = _check(capsys, str(again), str(big), "--baseline", str(first))
+    assert code == 1, lines
+    assert lines[0].startswith(f"check {again.name}") and "differs" not in lines[0]
+    fails = [line for line in lines if line.startswith("FAIL")]
+    assert len(fails) == 1 and "beyond the 5 % tolerance" in fails[0]
+    capsys.readouterr()
+    fdq_main(["compare", str(first), str(big)])
+    assert "measured interleaved" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from fdq.device.result import SETTINGS, STAGES, Run
 
 from fdq.host.gate import speedup
 
-from .runs import instruction_ratio, summary_rows
+from .runs import instruction_ratio, interleaving_note, summary_rows
 
 _STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;padding:12px;color:#1b1f24;
@@ -225,6 +225,9 @@ def render(runs: Sequence[Run], baseline: Run) -> str:
                       left=4))
     out.append("<p class=muted>Latency in ms per frame, p50 / p90 / p99 (p90 is MLPerf's single-stream metric); "
                "load and first frame: the cold start a camera app pays at every start.</p>")
+    note = interleaving_note(runs)
+    if note:
+        out.append(f"<p>{html.escape(note)}</p>")
     out.append("<h2>Devices</h2>")
     out.append(_table(["", *names], ([key, *(f[key] for f in facts)] for key in facts[0]), left=len(runs) + 1))
     out.append('<h2>Latency per stage</h2><div class="plot">' + stage_plot(runs) + "</div>")

@@ -70,6 +70,21 @@ def _interval(interval: Interval) -> str:
     return f"{interval.low:.2f}-{interval.high:.2f}x"
 
 
+def interleaving_note(runs: Sequence[Run]) -> Optional[str]:
+    """What the reports say of runs measured alternately in one runner (``fdq-profile --interleave``)."""
+    groups: Dict[Tuple[str, ...], List[int]] = {}
+    for i, run in enumerate(runs):
+        together = (run.doc.get("interleaved") or {}).get("bundles")
+        if together:
+            groups.setdefault(tuple(together), []).append(i + 1)
+    if not groups:
+        return None
+    numbers = "; ".join(", ".join(str(n) for n in group) for group in groups.values())
+    return (f"Runs {numbers} were measured interleaved: one runner process took each frame through every "
+            "bundle in turn (A B A B ...), so drift, other load on the machine and thermal throttling hit them "
+            "alike, and their ratio is the one to trust over that of runs made one after the other.")
+
+
 def _millions(value: Optional[float]) -> str:
     return "-" if value is None else f"{value / 1e6:.2f}"
 

@@ -6,7 +6,7 @@ from typing import Dict, List, Sequence
 
 from fdq.device.result import Run
 
-from .runs import summary_rows
+from .runs import interleaving_note, summary_rows
 
 # summary column -> short terminal header
 TERMINAL_COLUMNS = {"run": "run", "target": "target", "runtime": "runtime", "threads": "thr", "emulated": "emul",
@@ -36,6 +36,9 @@ def print_table(runs: Sequence[Run], baseline: Run, console=None) -> None:
     for row in rows:
         table.add_row(*(row[c] for c in columns))
     console.print(table)
+    note = interleaving_note(runs)
+    if note:
+        console.print(note)
     for run in runs:
         for warning in run.warnings():
             console.print(f"[yellow]warning[/yellow] {run.name}: {warning}")
@@ -53,6 +56,9 @@ def markdown(runs: Sequence[Run], baseline: Run) -> str:
     if "instr. ratio" in columns:
         lines.append("Minstr: instructions per frame counted by the emulator (median, millions), exact and "
                      "repeatable, not a time; instr. ratio: run total / baseline total.")
+    note = interleaving_note(runs)
+    if note:
+        lines.append(note)
     notes = [f"- {run.name}: {w}" for run in runs for w in run.warnings()]
     if notes:
         lines += ["", "Warnings:", "", *notes]
