@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from fdq.device.result import SETTINGS, Run
 
@@ -84,13 +84,14 @@ def speedup(run: Run, baseline: Run) -> Interval:
     return total_ratio(baseline, run)
 
 
-def configuration(run: Run) -> Dict[str, str]:
-    """What must be equal for two runs to measure the same thing."""
+def configuration(run: Run) -> Dict[str, Any]:
+    """What must be equal for two runs to measure the same thing (``CONFIG_FIELDS``; also the
+    history's columns)."""
     d, b = run.doc["device"], run.doc["bundle"]
-    return {"model": str(b["model"]), "runtime": str(d["runtime"]),
+    return {"model": b["model"], "runtime": d["runtime"],
             "precision": f"{b.get('engine') or '-'} {b.get('dtype')} {b.get('quantization')}",
-            "threads": str(d["threads"]), "side": str(run.doc["settings"].get("long_side")),
-            "target": run.target, "host": str(d["machine"].get("node"))}
+            "threads": d["threads"], "side": run.doc["settings"].get("long_side"),
+            "target": run.target, "host": d["machine"].get("node")}
 
 
 def match_baseline(run: Run, baselines: Sequence[Run]) -> Tuple[Optional[Run], List[str]]:
@@ -135,7 +136,7 @@ def judge(run: Run, baselines: Sequence[Run], metric: str = "p50", tolerance: Op
     base, differs = match_baseline(run, baselines)
     if base is None:
         return Verdict(run, None, [], metric, failures=["no baseline of its configuration ("
-                                                        + ", ".join(configuration(run).values()) + ")"])
+                                                        + ", ".join(map(str, configuration(run).values())) + ")"])
     failures: List[str] = []
     counts = run.instructions(), base.instructions()
     if counts[0] is not None and counts[1]:

@@ -13,18 +13,19 @@ import datetime as _dt
 import json
 import sqlite3
 import subprocess
+import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from fdq.device.result import Run
+from fdq.host.gate import CONFIG_FIELDS, configuration
 
 INDEX = "runs.sqlite"
 BUSY_TIMEOUT_S = 60.0
 COLUMNS = ("path", "created", "target", "host", "bundle_sha256", "model", "runtime", "precision", "threads", "side",
            "emulated", "fdq_version", "git_commit", "runtime_versions", "p50_ms", "p90_ms", "p99_ms", "fps",
            "ap_easy", "ap_medium", "ap_hard", "instructions")
-CONFIG_COLUMNS = ("model", "runtime", "precision", "threads", "side", "target", "host")
 _SCHEMA = ("CREATE TABLE IF NOT EXISTS runs (path TEXT PRIMARY KEY, created TEXT, target TEXT, host TEXT, "
            "bundle_sha256 TEXT, model TEXT, runtime TEXT, precision TEXT, threads INTEGER, side INTEGER, "
            "emulated INTEGER, fdq_version TEXT, git_commit TEXT, runtime_versions TEXT, p50_ms REAL, p90_ms REAL, "
@@ -54,10 +55,8 @@ def row(run: Run) -> Dict[str, Any]:
     profile = doc.get("profile") or {}
     acc = run.accuracy or {}
     return {
-        "path": str(run.path.resolve()) if run.path else None, "created": doc.get("created"), "target": run.target,
-        "host": d["machine"].get("node"), "bundle_sha256": b.get("manifest_sha256"), "model": b.get("model"),
-        "runtime": d.get("runtime"), "precision": f"{b.get('engine') or '-'} {b.get('dtype')} {b.get('quantization')}",
-        "threads": d.get("threads"), "side": doc["settings"].get("long_side"), "emulated": int(run.emulated),
+        "path": str(run.path.resolve()) if run.path else None, "created": doc.get("created"), **configuration(run),
+        "bundle_sha256": b.get("manifest_sha256"), "emulated": int(run.emulated),
         "fdq_version": profile.get("fdq_version") or b.get("fdq_version"), "git_commit": profile.get("git_commit"),
         "runtime_versions": json.dumps(d.get("runtime_versions") or {}, sort_keys=True),
         "p50_ms": run.p("total"), "p90_ms": run.p("total", "p90"), "p99_ms": run.p("total", "p99"),
@@ -128,7 +127,7 @@ def query(where: Optional[Dict[str, Any]] = None, since: Optional[str] = None,
     where = where or {}
     unknown = sorted(set(where) - set(COLUMNS))
     if unknown:
-        raise ValueError(f"no such field {unknown[0]!r}; fields: {', '.join(CONFIG_COLUMNS)}")
+        raise ValueError(f"no such field {unknown[0]!r}; fields: {', '.join(CONFIG_FIELDS)}")
     clauses = [f"{column} = ?" for column in where] + (["created >= ?"] if since else [])
     sql = f"SELECT {', '.join(COLUMNS)} FROM runs" + (" WHERE " + " AND ".join(clauses) if clauses else "")
     conn = _connect(path)
@@ -140,17 +139,17 @@ def query(where: Optional[Dict[str, Any]] = None, since: Optional[str] = None,
 
 
 def parse_config(text: str) -> Dict[str, Any]:
-    """``--history CONFIG``: a run file (its configuration) or ``field=value,...`` over CONFIG_COLUMNS."""
+    """``--history CONFIG``: a run file (its configuration) or ``field=value,...`` over CONFIG_FIELDS."""
     if text.endswith(".json") and Path(text).is_file():
         from fdq.device.result import read_run
 
         mine = row(read_run(Path(text)))
-        return {column: mine[column] for column in CONFIG_COLUMNS}
+        return {column: mine[column] for column in CONFIG_FIELDS}
     config: Dict[str, Any] = {}
     for item in text.split(","):
         field, eq, value = item.partition("=")
-        if not eq or field.strip() not in CONFIG_COLUMNS:
-            raise ValueError(f"--history takes a run file or FIELD=VALUE,... over {', '.join(CONFIG_COLUMNS)}; "
+        if not eq or field.strip() not in CONFIG_FIELDS:
+            raise ValueError(f"--history takes a run file or FIELD=VALUE,... over {', '.join(CONFIG_FIELDS)}; "
                              f"got {item!r}")
         field = field.strip()
         config[field] = int(value) if field in ("threads", "side") and value.strip().isdigit() else value.strip()
@@ -194,8 +193,6 @@ def cmd_runs(args: argparse.Namespace) -> int:
                       str(r["threads"]), str(r["side"]), f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}",
                       " / ".join(_ap(r[f"ap_{s}"]) for s in ("easy", "medium", "hard")),
                       (r["git_commit"] or "-")[:10], Path(r["path"]).name)
-    import sys
-
     Console(width=None if sys.stdout.isatty() else 220).print(table)
     print(f"runs: {len(rows)} run(s)")
     return 0
