@@ -72,6 +72,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for path, option in ((args.html, "--html"), (args.markdown, "--markdown")):
         if path:
             check_file_output(path, args.force, option)
+    if args.history and (args.runs or args.check or args.baseline):
+        raise CliError("--history plots one configuration from the index: give it without runs, --baseline or --check")
     if args.history:
         return history(args)
     if not args.runs:

@@ -201,7 +201,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``runs`` subcommand to ``fdq``'s subparsers."""
     p = subparsers.add_parser("runs", help="the history of profile runs (the SQLite index under FDQ_HOME)",
-                              description=__doc__.split("\n\n")[0])
+                              description="The history of profile runs: every run fdq-profile keeps is a row of "
+                                          "$FDQ_HOME/runs.sqlite; the run files stay the truth (--reindex).")
     p.add_argument("--model", help="only this model's runs")
     p.add_argument("--target", help="only this target's runs")
     p.add_argument("--runtime", help="only this runtime's runs")
