@@ -111,6 +111,20 @@ def duration(option: str) -> Callable[[str], float]:
     return parse
 
 
+def percentage(option: str) -> Callable[[str], float]:
+    """An argparse type: ``5%`` or ``5`` (both 5 %), ``0.1%``, as a share >= 0 (0.05, 0.001)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text.strip().removesuffix("%")) / 100
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{option} takes a percentage such as 5% or 0.1%, got {text!r}") from None
+        if not value >= 0:
+            raise argparse.ArgumentTypeError(f"{option} must be 0 % or more, got {text}")
+        return value
+
+    return parse
+
+
 def comma_list(parse: Callable[[str], Any]) -> Callable[[str], List[Any]]:
     """An argparse type: ``a,b,c``, each item through ``parse``."""
     def parse_all(text: str) -> List[Any]:

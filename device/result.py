@@ -46,11 +46,14 @@ def fewer_frames(measured: int, asked: int) -> str:
 @dataclass
 class Frames:
     """The measured frames: each stage's milliseconds, the faces (score >= FACE_THRESHOLD) and the
-    detections NMS kept, per frame; ``seconds``: how long the frames took, reading included."""
+    detections NMS kept, per frame; ``starts``: when each frame began, in seconds since the
+    measurement did (interleaved runs share that start); ``seconds``: how long the frames took,
+    reading included."""
 
     timings: Dict[str, List[float]] = field(default_factory=lambda: {stage: [] for stage in STAGES})
     faces: List[int] = field(default_factory=list)
     kept: List[int] = field(default_factory=list)
+    starts: List[float] = field(default_factory=list)
     seconds: float = 0.0
 
     def add(self, timings_ms: Dict[str, float], dets: Any) -> None:
@@ -144,7 +147,7 @@ def build(args: Any, bundle: Any, detector: Any, source: Dict[str, Any], frames:
         },
         "source": source,
         "settings": {"frames": len(frames.faces), "frames_asked": args.frames, "min_seconds": args.min_seconds,
-                     "measured_s": frames.seconds, "warmup": int(args.warmup), "threads": threads,
+                     "measured_s": frames.seconds, "frame_start_s": frames.starts, "warmup": int(args.warmup), "threads": threads,
                      "long_side": int(detector.long_side), "score_threshold": float(args.threshold),
                      "nms_threshold": float(detector.nms_threshold), "face_threshold": FACE_THRESHOLD,
                      **conditions},

@@ -64,7 +64,9 @@ class Interrupted(BaseException):
 
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog=PROG, description="Measure a face-detector bundle on this machine (fdq.run/1 JSON).")
-    p.add_argument("--bundle", required=True, help="bundle folder (verified against its manifest)")
+    p.add_argument("--bundle", required=True, nargs="+",
+                   help="bundle folder (verified against its manifest); several: measured alternately on the same "
+                        "frames (A B A B ...), one result per bundle, so drift and other load hit them alike")
     p.add_argument("--source", default="synthetic",
                    help="image folder (WIDER layout), video file, or 'synthetic'")
     p.add_argument("--frames", type=int_at_least("--frames", 1), default=None,
@@ -92,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", action="store_true",
                    help=f"while measuring, a line '{PROG}: frame N/TOTAL, F FPS' on stderr every "
                         f"{PROGRESS_EVERY_S:g} s (fdq-profile draws them as its progress line)")
-    p.add_argument("--json", required=True, dest="json_out", help="where to write the results (a new file)")
+    p.add_argument("--json", required=True, nargs="+", dest="json_out",
+                   help="where to write the results (a new file; one per --bundle, in the same order)")
     p.add_argument("--force", action="store_true", help="replace an existing file at --json")
     return p
 
@@ -235,101 +238,129 @@ def _frame_lines(total: Optional[int]) -> Callable[[int, bool], None]:
     return on_frame
 
 
-def _measure(detector: Any, source: Any, frames: Optional[int], min_seconds: float,
+def _measure(detectors: Sequence[Any], source: Any, frames: Optional[int], min_seconds: float,
              counter: Optional[instructions.InstructionCounter], scored: int,
-             on_frame: Optional[Callable[[int, bool], None]] = None) -> Tuple[result.Frames, Dict[str, Any]]:
-    """Time every frame; the detections of the first ``scored`` (one pass over the ground truth's
-    folder) also as the evaluator's rows, by image key. ``on_frame(frames done, last)`` after each."""
+             on_frame: Optional[Callable[[int, bool], None]] = None) -> List[Tuple[result.Frames, Dict[str, Any]]]:
+    """Time every frame, each detector in turn on it (one detector: a plain run); the detections
+    of the first ``scored`` frames (one pass over the ground truth's folder) also as the
+    evaluator's rows, by image key. ``on_frame(frames done, last)`` after each frame."""
     to_rows = None
     if scored:
         from .evaluation import to_wider_rows as to_rows
     mark = counter.mark if counter else _no_mark
-    infer = detector.infer
+    infer = detectors[0].infer
     if counter:
-        detector.infer = counter.around_inference(infer)
-    measured = result.Frames()
-    predictions: Dict[str, Any] = {}
+        detectors[0].infer = counter.around_inference(infer)
+    measured = [(result.Frames(), {}) for _ in detectors]
     started = time.perf_counter()
     for index, (key, image) in enumerate(_measured_frames(source, frames, min_seconds)):
-        check_interrupted()
-        mark(instructions.FRAME_START, index)
-        dets = detector.detect(image)
-        mark(instructions.FRAME_END, index)
-        measured.add(detector.last_timings_ms, dets)
-        if to_rows is not None and index < scored:
-            predictions[key] = to_rows(dets.boxes, dets.scores)
+        for detector, (frames_of, predictions) in zip(detectors, measured):
+            check_interrupted()
+            frames_of.starts.append(time.perf_counter() - started)
+            mark(instructions.FRAME_START, index)
+            dets = detector.detect(image)
+            mark(instructions.FRAME_END, index)
+            frames_of.add(detector.last_timings_ms, dets)
+            if to_rows is not None and index < scored:
+                predictions[key] = to_rows(dets.boxes, dets.scores)
         if on_frame is not None:
             on_frame(index + 1, False)
-    measured.seconds = time.perf_counter() - started
-    if on_frame is not None and measured.faces:
-        on_frame(len(measured.faces), True)
-    detector.infer = infer
-    return measured, predictions
+    seconds = time.perf_counter() - started
+    if on_frame is not None and measured[0][0].faces:
+        on_frame(len(measured[0][0].faces), True)
+    for frames_of, _ in measured:
+        frames_of.seconds = seconds
+    detectors[0].infer = infer
+    return measured
 
 
-def run(args: argparse.Namespace, progress: Any = None) -> Dict[str, Any]:
-    """Do the measurement described by parsed ``args``; returns the ``fdq.run/1`` document."""
+def _load(path: str, args: argparse.Namespace, threads: int, mark: Any, first_image: Any) -> Tuple[Any, Any, float,
+                                                                                                Dict[str, float]]:
+    """A bundle, verified, and its detector, with the cold start: load time and the first frame."""
+    from .bundle import load_bundle
+
+    started = time.perf_counter()
+    bundle = load_bundle(path)  # verifies every file's size and sha256
+    detector = build_detector(bundle, threads, args.long_side, args.threshold)
+    load_ms = (time.perf_counter() - started) * 1e3
+    mark(instructions.LOADED)
+    detector.detect(first_image)  # the cold first frame a camera app pays at every start
+    mark(instructions.FIRST_FRAME)
+    return bundle, detector, load_ms, dict(detector.last_timings_ms)
+
+
+def measure(args: argparse.Namespace, progress: Any = None) -> List[Dict[str, Any]]:
+    """Do the measurement described by parsed ``args``: one ``fdq.run/1`` document per bundle. Several
+    bundles are loaded in turn, then measured alternately, frame by frame, on the same frames."""
     import cv2
 
-    from .bundle import load_bundle
     from . import sysinfo
 
     started = time.perf_counter()
     warnings: List[str] = []
+    if len(args.bundle) > 1 and args.count_instructions:
+        raise RunError("--count-instructions counts one bundle at a time (a count has no drift to share)")
     counter = _counter(args, warnings)
     conditions = _cool_down(args, warnings)
-    load_started = time.perf_counter()
-    bundle = load_bundle(args.bundle)  # verifies every file's size and sha256
-    load_ms = (time.perf_counter() - load_started) * 1e3
     source = open_source(args.source)
     gt = _ground_truth(args, source)
 
     frames = args.frames if args.frames is not None else source.default_frames()
     threads = int(args.threads)
     cv2.setNumThreads(threads)
-    load_started = time.perf_counter()
-    detector = build_detector(bundle, threads, args.long_side, args.threshold)
-    load_ms += (time.perf_counter() - load_started) * 1e3
     first_image = next(iter(source.warmup(1)))
     mark = counter.mark if counter else _no_mark
-    mark(instructions.LOADED)
-    detector.detect(first_image)  # the cold first frame a camera app pays at every start
-    mark(instructions.FIRST_FRAME)
-    first_frame_ms = dict(detector.last_timings_ms)
+    loaded = [_load(path, args, threads, mark, first_image) for path in args.bundle]
+    detectors = [detector for _, detector, _, _ in loaded]
 
     thermal_start = sysinfo.thermal_state(args.thermal_zone)
     if progress:
-        progress(f"{PROG}: {bundle.manifest['model']['name']} {bundle.runtime} "
-                 f"{(bundle.manifest.get('backend') or {}).get('dtype')}, "
-                 f"{frames if frames is not None else 'all'} frames (+{args.warmup} warm-up) from {source.kind}"
-                 + (f", at least {args.min_seconds:g} s" if args.min_seconds else ""))
+        for bundle, _, _, _ in loaded:
+            progress(f"{PROG}: {bundle.manifest['model']['name']} {bundle.runtime} "
+                     f"{(bundle.manifest.get('backend') or {}).get('dtype')}, "
+                     f"{frames if frames is not None else 'all'} frames (+{args.warmup} warm-up) from {source.kind}"
+                     + (f", at least {args.min_seconds:g} s" if args.min_seconds else "")
+                     + (", interleaved" if len(loaded) > 1 else ""))
     check_interrupted()
     for image in source.warmup(args.warmup):
-        detector.detect(image)
-        check_interrupted()
-    measured, predictions = _measure(detector, source, frames, args.min_seconds, counter,
-                                     len(source.items) if gt is not None else 0,
-                                     _frame_lines(frames) if args.progress else None)
-    if not measured.faces:
+        for detector in detectors:
+            detector.detect(image)
+            check_interrupted()
+    measured = _measure(detectors, source, frames, args.min_seconds, counter,
+                        len(source.items) if gt is not None else 0,
+                        _frame_lines(frames) if args.progress else None)
+    if not measured[0][0].faces:
         raise RunError(f"source {args.source} delivered no frames")
     thermal_end = sysinfo.thermal_state(args.thermal_zone)
 
-    per_op = None
-    if args.per_op:
-        from .perop import profile_ops
+    documents = []
+    for (bundle, detector, load_ms, first_frame_ms), (frames_of, predictions) in zip(loaded, measured):
+        per_op = None
+        if args.per_op:
+            from .perop import profile_ops
 
-        check_interrupted()
-        per_op = profile_ops(bundle, detector, source.warmup(min(PER_OP_FRAMES, len(measured.faces))), threads)
-    document = result.build(args, bundle, detector, source.describe(), measured, load_ms=load_ms,
-                            first_frame_ms=first_frame_ms, conditions=conditions,
-                            thermal=(thermal_start, thermal_end), warnings=warnings, per_op=per_op,
-                            instructions=counter.result(int(args.warmup), threads) if counter else None)
-    if gt is not None:
-        from .evaluation import evaluate
+            check_interrupted()
+            per_op = profile_ops(bundle, detector, source.warmup(min(PER_OP_FRAMES, len(frames_of.faces))), threads)
+        document = result.build(args, bundle, detector, source.describe(), frames_of, load_ms=load_ms,
+                                first_frame_ms=first_frame_ms, conditions=conditions,
+                                thermal=(thermal_start, thermal_end), warnings=list(warnings), per_op=per_op,
+                                instructions=counter.result(int(args.warmup), threads) if counter else None)
+        if gt is not None:
+            from .evaluation import evaluate
 
-        document["accuracy"] = result.accuracy_section(evaluate(predictions, gt), args.gt)
-    document["wall_s"] = time.perf_counter() - started
-    return document
+            document["accuracy"] = result.accuracy_section(evaluate(predictions, gt), args.gt)
+        documents.append(document)
+    together = [document["bundle"]["manifest_sha256"] for document in documents]
+    for position, document in enumerate(documents):
+        document["wall_s"] = time.perf_counter() - started
+        if len(documents) > 1:  # the order each frame went through the bundles: this one's place in it
+            document["interleaved"] = {"position": position, "bundles": together}
+    return documents
+
+
+def run(args: argparse.Namespace, progress: Any = None) -> Dict[str, Any]:
+    """The document of a run of one bundle (:func:`measure`)."""
+    return measure(args, progress)[0]
 
 
 def _install_signal_handlers() -> Dict[int, Any]:
@@ -352,25 +383,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         previous = {}
     try:
         args = build_parser().parse_args(argv)
-        out = check_file_output(args.json_out, args.force, "--json")
+        if len(args.json_out) != len(args.bundle):
+            raise RunError(f"--json takes one file per --bundle: {len(args.bundle)} bundle(s), "
+                           f"{len(args.json_out)} file(s)")
+        outs = [check_file_output(path, args.force, "--json") for path in args.json_out]
 
         def progress(line: str) -> None:
             sys.stdout.write(line + "\n")
             sys.stdout.flush()
 
-        document = run(args, progress)
-        document["command"] = [sys.executable, "-m", "fdq.device.run",
-                               *(sys.argv[1:] if argv is None else list(argv))]
+        documents = measure(args, progress)
+        command = [sys.executable, "-m", "fdq.device.run", *(sys.argv[1:] if argv is None else list(argv))]
         check_interrupted()
-        result.write(out, document)
-        _STATE["committed"] = True  # complete results: a signal from now on is ignored
-        fps = document["fps"]
-        summary = f"{PROG}: wrote {out} ({document['settings']['frames']} frames, " \
-                  f"{fps:.1f} FPS, total p50 {document['latency_ms']['total']['p50']:.1f} ms"
-        if "accuracy" in document:
-            acc = document["accuracy"]
-            summary += f", AP easy {acc['easy']:.4f} medium {acc['medium']:.4f} hard {acc['hard']:.4f}"
-        progress(summary + ")")
+        _STATE["committed"] = True  # complete results: a signal from now on is ignored, every file is written
+        for out, document in zip(outs, documents):
+            document["command"] = command
+            result.write(out, document)
+            fps = document["fps"]
+            summary = f"{PROG}: wrote {out} ({document['settings']['frames']} frames, " \
+                      f"{fps:.1f} FPS, total p50 {document['latency_ms']['total']['p50']:.1f} ms"
+            if "accuracy" in document:
+                acc = document["accuracy"]
+                summary += f", AP easy {acc['easy']:.4f} medium {acc['medium']:.4f} hard {acc['hard']:.4f}"
+            progress(summary + ")")
         return 0
     except Interrupted as exc:
         name = signal.Signals(exc.signum).name

@@ -127,10 +127,10 @@ def check_counting(targets: Sequence[Any], threads: Optional[Sequence[int]]) -> 
                              f"{target.threads}: give --threads 1 (see --help)")
 
 
-def runner_args(remote_bundle: str, remote_json: str, settings: RunSettings, threads: int,
+def runner_args(remote_bundles: Sequence[str], remote_jsons: Sequence[str], settings: RunSettings, threads: int,
                 dataset: Optional[Dataset], thermal_zone: Optional[str]) -> List[str]:
-    """The runner's command line for one run."""
-    args = ["--bundle", remote_bundle, "--warmup", str(settings.warmup), "--threads", str(threads),
+    """The runner's command line for one run (several bundles: interleaved, one JSON each)."""
+    args = ["--bundle", *remote_bundles, "--warmup", str(settings.warmup), "--threads", str(threads),
             "--min-seconds", f"{settings.min_seconds:g}", "--cooldown", f"{settings.cooldown:g}"]
     if dataset is not None:
         args += ["--source", dataset.images, "--gt", dataset.gt]
@@ -144,7 +144,7 @@ def runner_args(remote_bundle: str, remote_json: str, settings: RunSettings, thr
         args += ["--max-temp", f"{settings.max_temp:g}"]
     if thermal_zone:
         args += ["--thermal-zone", thermal_zone]
-    return args + ["--json", remote_json]
+    return args + ["--json", *remote_jsons]
 
 
 def frames_shown(line: Line) -> Callable[[str], None]:
@@ -158,28 +158,32 @@ def frames_shown(line: Line) -> Callable[[str], None]:
     return show
 
 
-def profile(conn: Connection, remote_bundle: str, settings: RunSettings, threads: int,
-            dataset: Optional[Dataset] = None, frames: Line = Line()) -> Dict[str, Any]:
-    """Run the runner on a deployed bundle and return its JSON document (fetched from the target).
-    When ``frames`` is drawn, the runner streams its frames (``--progress`` on its stderr) into it."""
+def profile(conn: Connection, remote_bundles: Sequence[str], settings: RunSettings, threads: int,
+            dataset: Optional[Dataset] = None, frames: Line = Line()) -> List[Dict[str, Any]]:
+    """Run the runner once on deployed bundles, measured alternately frame by frame when there are
+    several, and return their JSON documents (fetched from the target), in the same order. When
+    ``frames`` is drawn, the runner streams its frames (``--progress`` on its stderr) into it."""
     workdir = conn.path(conn.target.workdir)
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
-    name = f"{PurePosixPath(remote_bundle).name}-t{threads}-{stamp}"
-    remote_json = f"{RESULTS}/{name}.json"
-    args = runner_args(remote_bundle, remote_json, settings, threads, dataset, conn.target.thermal_zone)
+    remote_jsons = [f"{RESULTS}/{PurePosixPath(bundle).name}-t{threads}-{stamp}-{i}.json"
+                    for i, bundle in enumerate(remote_bundles)]
+    args = runner_args(remote_bundles, remote_jsons, settings, threads, dataset, conn.target.thermal_zone)
     conn.makedirs(str(PurePosixPath(workdir, RESULTS)))
     # Ctrl-C, the time limit or a cut connection: run() stops the runner and its children there.
     streamed = {"on_stderr": by_line(frames_shown(frames))} if frames.drawn else {}
     done = conn.run(board_command(conn, workdir, args + (["--progress"] if frames.drawn else []),
                                   counting=settings.count_instructions),
-                    timeout=settings.time_limit(), **streamed)
+                    timeout=settings.time_limit() * len(remote_bundles), **streamed)
     if done.returncode != 0:  # its last line that is not a frame line says why (a killed runner says nothing)
         said = replace(done, stderr="\n".join(ln for ln in done.stderr.splitlines() if not _FRAME_LINE.match(ln)))
         raise RemoteError(f"{conn.target.name}: the runner failed: {said.last_error_line()}")
+    documents = []
     with tempfile.TemporaryDirectory(prefix="fdq-run-") as tmp:
-        local = Path(tmp) / "run.json"
-        conn.get(str(PurePosixPath(workdir, remote_json)), local)
-        return json.loads(local.read_text(encoding="utf-8"))
+        for i, remote_json in enumerate(remote_jsons):
+            local = Path(tmp) / f"run{i}.json"
+            conn.get(str(PurePosixPath(workdir, remote_json)), local)
+            documents.append(json.loads(local.read_text(encoding="utf-8")))
+    return documents
 
 
 def run_file_name(doc: Dict[str, Any], target: str) -> str:
@@ -204,11 +208,13 @@ def save_run(doc: Dict[str, Any], runs: Path, target: str) -> Path:
 
 @dataclass
 class Job:
-    """One run to make: a local bundle on a target with a thread count."""
+    """One run to make: a local bundle on a target with a thread count; ``interleaved``: bundles
+    measured alternately with it, frame by frame, in the same runner (``fdq-profile --interleave``)."""
 
     target: Any          # fdq.host.targets.Target
     bundle: Path
     threads: int
+    interleaved: Tuple[Path, ...] = ()
 
 
 @dataclass
@@ -276,7 +282,9 @@ def _target_runs(conn: Connection, jobs: List[Job], settings: RunSettings, runs_
     frames the runner streams."""
     from fdq.device.result import Run
 
+    from .bundles import FDQ_VERSION
     from .deploy import deploy, notices
+    from .history import record, source_commit
     from .provision import prepare
 
     target = conn.target
@@ -288,21 +296,26 @@ def _target_runs(conn: Connection, jobs: List[Job], settings: RunSettings, runs_
             if not prepared:
                 prepare(conn, setup)
                 prepared = True
-            done = deploy(conn, [str(job.bundle)], dataset.files if dataset else None)
-            remote = done.bundles[str(job.bundle.resolve())]
-            what = f"{target.name}: {job.bundle.name}, {job.threads} thread(s)"
+            bundles = [job.bundle, *job.interleaved]
+            done = deploy(conn, [str(b) for b in bundles], dataset.files if dataset else None)
+            remotes = [done.bundles[str(b.resolve())] for b in bundles]
+            what = f"{target.name}: {' / '.join(b.name for b in bundles)}, {job.threads} thread(s)"
             for line in notices(done, target.name):
                 announce(line)
             announce(f"{what}: {len(done.uploaded)} file(s) sent, {done.unchanged} unchanged")
             cooled = replace(settings, cooldown=0.0) if first else settings  # --cooldown: between runs
             with progress_line(f"{what}: measuring on the target") as frames:
-                doc = profile(conn, remote, cooled, job.threads, dataset, frames)
+                docs = profile(conn, remotes, cooled, job.threads, dataset, frames)
             first = False
         except (RuntimeError, OSError, ValueError) as exc:  # RemoteError, SetupError, BundleError...
             failures.append(f"{target.name}: {job.bundle.name}: {str(exc).strip().splitlines()[0]}")
             announce(f"fdq-profile: error: {failures[-1]}")
             continue
-        doc["profile"] = {"target": target.name, "address": target.address, "command": command,
-                          "bundle": str(job.bundle)}
-        runs.append(Run(doc, save_run(doc, runs_dir, target.name)))
+        for bundle, doc in zip(bundles, docs):
+            doc["profile"] = {"target": target.name, "address": target.address, "command": command,
+                              "bundle": str(bundle), "fdq_version": FDQ_VERSION, "git_commit": source_commit()}
+            runs.append(Run(doc, save_run(doc, runs_dir, target.name)))
+            problem = record(runs[-1])
+            if problem:
+                announce(f"fdq-profile: warning: {problem}")
     return runs, failures

@@ -89,6 +89,25 @@ def test_compare_shows_counts_and_their_ratio(counted, tmp_path, capsys):
     assert "Instructions per stage" in html.read_text()
 
 
+def test_the_gate_compares_counts_directly(counted, tmp_path, capsys):
+    """Counted runs of one bundle pass --check at its 0.1 %; counts 1 % higher (a document made from
+    a real run) fail it, with no interval: a count has no noise to bootstrap."""
+    paths = []
+    for i, doc in enumerate(counted[1:]):
+        paths.append(tmp_path / f"{i}.json")
+        paths[-1].write_text(json.dumps(doc))
+    assert main(["compare", str(paths[1]), "--baseline", str(paths[0]), "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "(counted, exact)" in out and out.strip().splitlines()[-1] == "check: passed"
+    more = json.loads(paths[1].read_text())
+    more["instructions"]["per_frame"]["total"]["median"] *= 1.01
+    (tmp_path / "more.json").write_text(json.dumps(more))
+    assert main(["compare", str(tmp_path / "more.json"), "--baseline", str(paths[0]), "--check"]) == 1
+    fails = [line for line in capsys.readouterr().out.splitlines() if line.startswith("FAIL")]
+    assert len(fails) == 1 and "total instructions +" in fails[0] and "counted, exact" in fails[0]
+    assert "beyond the 0.1 % tolerance" in fails[0]
+
+
 def test_counting_is_refused_where_nothing_counts(tmp_path, capsys):
     runs = tmp_path / "runs"
     assert profile_main(["--count-instructions", "--backend", "qnnpack", "--runs", str(runs)]) == 1

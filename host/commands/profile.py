@@ -70,10 +70,18 @@ def cmd_profile(args: argparse.Namespace) -> int:
         targets = load_targets_from_args(args)
         profiling.check_counting(targets + ([load_target(args.against[1])] if args.against else []), args.threads)
     plans = _profile_plans(args)
+    if args.interleave and args.count_instructions:
+        raise CliError("--interleave shares drift between bundles; a count has none: give one of "
+                       "--interleave and --count-instructions")
+    if args.interleave and max(len(bundles) for _, bundles in plans) < 2:
+        raise CliError("--interleave measures two or more bundles alternately: give several --bundle or --backend")
     jobs = [profiling.Job(target, bundle, threads) for target, bundles in plans for bundle in bundles
-            for threads in (args.threads or [target.threads])]
-    if args.out and len(jobs) != 1:
-        raise CliError(f"--out takes one run's JSON and this profile makes {len(jobs)} runs: leave --out out "
+            for threads in (args.threads or [target.threads])] if not args.interleave else [
+        profiling.Job(target, bundles[0], threads, tuple(bundles[1:])) for target, bundles in plans
+        for threads in (args.threads or [target.threads])]
+    made = sum(1 + len(job.interleaved) for job in jobs)
+    if args.out and made != 1:
+        raise CliError(f"--out takes one run's JSON and this profile makes {made} runs: leave --out out "
                        f"(every run lands in --runs {args.runs})")
     settings = profiling.RunSettings(frames=args.frames if args.frames is not None or dataset else 100,
                                      min_seconds=args.min_seconds, warmup=args.warmup, source=args.source,
@@ -169,6 +177,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--count-instructions", action="store_true",
                    help="also count each stage's instructions under the emulator (an emulated ARM board's "
                         "instruction_counter; one thread): exact and repeatable, unlike its latency")
+    p.add_argument("--interleave", action="store_true",
+                   help="measure the bundles alternately on the same frames (A B A B ...) in one runner process on "
+                        "the target, one run each: drift, other load and throttling hit them alike")
     p.add_argument("--runs", default="fdq-runs", help="folder every run is kept in")
     p.add_argument("--out", help="also write the run's JSON here (one run only)")
     p.add_argument("--html", help="the HTML report (default: in the runs folder)")

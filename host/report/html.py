@@ -11,7 +11,9 @@ from typing import Any, Dict, Iterable, List, Sequence
 
 from fdq.device.result import SETTINGS, STAGES, Run
 
-from .runs import instruction_ratio, summary_rows
+from fdq.host.gate import speedup
+
+from .runs import instruction_ratio, interleaving_note, summary_rows
 
 _STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;padding:12px;color:#1b1f24;
@@ -85,15 +87,20 @@ def timeline_plot(runs: Sequence[Run]) -> str:
 
 
 def speedup_plot(runs: Sequence[Run], baseline: Run) -> str:
-    """Baseline total p50 / run total p50, one bar per run."""
+    """Baseline total p50 / run total p50, one bar per run, with its bootstrap 95 % interval."""
     plt = _pyplot()
-    values = [baseline.p("total") / run.p("total") for run in runs]
+    intervals = [speedup(run, baseline) for run in runs]
+    values = [i.value for i in intervals]
+    errors = [[v - i.low for v, i in zip(values, intervals)], [i.high - v for v, i in zip(values, intervals)]]
     fig, ax = plt.subplots(figsize=(7.5, 0.8 + 0.35 * len(runs)))
-    bars = ax.barh([str(i + 1) for i in range(len(runs))], values, color="#4c72b0")
-    ax.bar_label(bars, labels=[f"{v:.2f}x" for v in values], padding=2)
+    bars = ax.barh([str(i + 1) for i in range(len(runs))], values, xerr=errors, color="#4c72b0",
+                   error_kw={"ecolor": "#222", "capsize": 3, "linewidth": 0.8})
+    ax.bar_label(bars, labels=[f"{i.value:.2f}x" if run is baseline else f"{i.value:.2f}x [{i.low:.2f}-{i.high:.2f}]"
+                               for run, i in zip(runs, intervals)], padding=14)
     ax.axvline(1.0, color="#444", linewidth=0.8)
     ax.invert_yaxis()
-    ax.set_xlabel(f"speed-up against run {runs.index(baseline) + 1} (total p50)")
+    ax.set_xlabel(f"speed-up against run {runs.index(baseline) + 1} (total p50; bars: bootstrap 95 % interval "
+                  "over the frames)")
     ax.grid(True, axis="x", alpha=0.3)
     fig.tight_layout()
     return _svg(fig)
@@ -218,6 +225,9 @@ def render(runs: Sequence[Run], baseline: Run) -> str:
                       left=4))
     out.append("<p class=muted>Latency in ms per frame, p50 / p90 / p99 (p90 is MLPerf's single-stream metric); "
                "load and first frame: the cold start a camera app pays at every start.</p>")
+    note = interleaving_note(runs)
+    if note:
+        out.append(f"<p>{html.escape(note)}</p>")
     out.append("<h2>Devices</h2>")
     out.append(_table(["", *names], ([key, *(f[key] for f in facts)] for key in facts[0]), left=len(runs) + 1))
     out.append('<h2>Latency per stage</h2><div class="plot">' + stage_plot(runs) + "</div>")

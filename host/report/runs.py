@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from fdq.device.result import SETTINGS, Run, read_run
+from fdq.host.gate import Interval, speedup
 
 
 class RunsError(ValueError):
@@ -65,6 +66,25 @@ def instruction_ratio(run: Run, baseline: Run, stage: str = "total") -> str:
     return f"{mine / base:.3f}x" if mine is not None and base else "-"
 
 
+def _interval(interval: Interval) -> str:
+    return f"{interval.low:.2f}-{interval.high:.2f}x"
+
+
+def interleaving_note(runs: Sequence[Run]) -> Optional[str]:
+    """What the reports say of runs measured alternately in one runner (``fdq-profile --interleave``)."""
+    groups: Dict[Tuple[str, ...], List[int]] = {}
+    for i, run in enumerate(runs):
+        together = (run.doc.get("interleaved") or {}).get("bundles")
+        if together:
+            groups.setdefault(tuple(together), []).append(i + 1)
+    if not groups:
+        return None
+    numbers = "; ".join(", ".join(str(n) for n in group) for group in groups.values())
+    return (f"Runs {numbers} were measured interleaved: one runner process took each frame through every "
+            "bundle in turn (A B A B ...), so drift, other load on the machine and thermal throttling hit them "
+            "alike, and their ratio is the one to trust over that of runs made one after the other.")
+
+
 def _millions(value: Optional[float]) -> str:
     return "-" if value is None else f"{value / 1e6:.2f}"
 
@@ -84,6 +104,7 @@ def summary_rows(runs: Sequence[Run], baseline: Run) -> List[Dict[str, str]]:
             "preprocess p50": _ms(run.p("preprocess")), "inference p50/p90/p99": _trio(run, "inference"),
             "postprocess p50": _ms(run.p("postprocess")), "total p50/p90/p99": _trio(run, "total"),
             "FPS": f"{doc['fps']:.1f}", "speed-up": f"{baseline.p('total') / run.p('total'):.2f}x",
+            "speed-up 95% CI": "-" if run is baseline else _interval(speedup(run, baseline)),
             "load ms": _ms(cold.get("load_ms")), "first frame ms": _ms(cold.get("first_frame_ms")),
             "peak RSS MiB": f"{doc['memory']['peak_rss_mib']:.0f}", "temp C": _temperature(doc),
             "AP easy/medium/hard": " / ".join(f"{100 * acc[s]:.2f}" for s in SETTINGS) if acc else "-",

@@ -6,12 +6,13 @@ from typing import Dict, List, Sequence
 
 from fdq.device.result import Run
 
-from .runs import summary_rows
+from .runs import interleaving_note, summary_rows
 
 # summary column -> short terminal header
 TERMINAL_COLUMNS = {"run": "run", "target": "target", "runtime": "runtime", "threads": "thr", "emulated": "emul",
                     "inference p50/p90/p99": "inference p50/90/99", "total p50/p90/p99": "total p50/90/99",
-                    "FPS": "FPS", "speed-up": "speed-up", "load ms": "load", "first frame ms": "1st frame",
+                    "FPS": "FPS", "speed-up": "speed-up",
+                    "speed-up 95% CI": "95% CI", "load ms": "load", "first frame ms": "1st frame",
                     "peak RSS MiB": "RSS MiB", "temp C": "degC", "AP easy/medium/hard": "AP e/m/h",
                     "total Minstr": "Minstr", "instr. ratio": "instr."}
 WIDTH_NOT_A_TERMINAL = 180
@@ -35,6 +36,9 @@ def print_table(runs: Sequence[Run], baseline: Run, console=None) -> None:
     for row in rows:
         table.add_row(*(row[c] for c in columns))
     console.print(table)
+    note = interleaving_note(runs)
+    if note:
+        console.print(note)
     for run in runs:
         for warning in run.warnings():
             console.print(f"[yellow]warning[/yellow] {run.name}: {warning}")
@@ -48,10 +52,13 @@ def markdown(runs: Sequence[Run], baseline: Run) -> str:
     lines += ["| " + " | ".join(row[c] for c in columns) + " |" for row in rows]
     lines.append("")
     lines.append(f"Latency in ms (p50 / p90 / p99 per frame); speed-up: baseline total p50 / run total p50, "
-                 f"baseline {baseline.name}.")
+                 f"baseline {baseline.name}, with its bootstrap 95 % interval over the frames.")
     if "instr. ratio" in columns:
         lines.append("Minstr: instructions per frame counted by the emulator (median, millions), exact and "
                      "repeatable, not a time; instr. ratio: run total / baseline total.")
+    note = interleaving_note(runs)
+    if note:
+        lines.append(note)
     notes = [f"- {run.name}: {w}" for run in runs for w in run.warnings()]
     if notes:
         lines += ["", "Warnings:", "", *notes]
