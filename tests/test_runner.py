@@ -555,5 +555,5 @@ def test_export_help_describes_every_argument():
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices["export"]
     assert all(action.help for action in sub._actions), [a.dest for a in sub._actions if not a.help]
     text = " ".join(sub.format_help().split())
-    assert text.count("(required)") == 2 and text.count("(default: off)") == 2
+    assert text.count("(required)") == 2 and text.count("(default: off)") == 3  # --force, --float, --quiet
     assert "the fdq bundle folder to export" in text and "(default: the model's zoo weights)" in text
