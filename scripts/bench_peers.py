@@ -29,7 +29,6 @@ from benchlib.peers import yunet_detect
 from benchlib.recipes import build_config
 from benchlib.results import result, write_result
 
-from fdq.device.anchors import prior_boxes
 from fdq.device.atomic import atomic_output
 from fdq.device.bundle import load_bundle
 from fdq.device.evaluation import evaluate, to_wider_rows
@@ -70,12 +69,9 @@ def fdq_detect(bundle_path: Path, long_side: int) -> Callable:
     bundle = load_bundle(str(bundle_path))
     detector = bundle_detector(bundle, threads=1, long_side=long_side)
     def detect(resized: np.ndarray):
-        h, w = resized.shape[:2]
-        blob = detector.normalize(resized, bundle.spec.mean_bgr)
-        loc, scores, landm = detector.infer(blob)
-        priors = prior_boxes(bundle.spec.min_sizes, bundle.spec.steps, h, w, bundle.spec.clip)
-        dets = detector.postprocess(loc, scores, landm, priors, bundle.spec.variance, (w, h), 1.0,
-                                    detector.score_threshold, detector.nms_threshold)
+        blob, input_size = detector.preprocess(resized)
+        dets = detector.decoder.decode(detector.infer(blob), input_size, 1.0, detector.score_threshold,
+                                       detector.nms_threshold)
         return dets.boxes, dets.scores
     return detect
 

@@ -121,7 +121,8 @@ def quantize_onnx(float_path: Path, out_path: Path, paths: List[Path], long_side
 
 def _verify_against_bundle(bundle: Bundle, path: Path, long_side: int) -> Dict[str, Any]:
     """Max abs differences between the ONNX model and the source bundle as the runner runs it."""
-    from fdq.device.runtimes import load_inference, split_outputs
+    from fdq.device.decoders.ssd_priors import split_outputs
+    from fdq.device.runtimes import load_inference
 
     reference, session = load_inference(bundle, threads=1), _ort_session(path)
     blobs = image_inputs(long_side, bundle.spec.mean_bgr)
