@@ -368,8 +368,11 @@ def bundle_detector(bundle: Bundle, threads: int = 1, long_side: Optional[int] =
                     **options: Any) -> FaceDetector:
     """The one way a bundle becomes a detector: the runner, the demo, host evaluation and benchmarks
     all measure exactly this pipeline. ``long_side`` defaults to the bundle's own; frames are resized
-    in uint8 (the device path, :func:`fdq.device.preprocess.resize_uint8`) unless ``resize=`` says otherwise."""
+    in uint8 (the device path, :func:`fdq.device.preprocess.resize_uint8`) unless ``resize=`` says otherwise;
+    the thresholds default to the spec's (fdq's models: 0.02 and 0.4; an imported one: what ``fdq import`` was told)."""
     options.setdefault("resize", "uint8")
+    options.setdefault("score_threshold", bundle.spec.score_threshold)
+    options.setdefault("nms_threshold", bundle.spec.nms_iou)
     quantized = input_quantization(bundle)
     if quantized is not None and "normalize" not in options:
         from .kernels import quantized_normalizer

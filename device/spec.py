@@ -27,6 +27,8 @@ class DetectorSpec:
     std_bgr: Tuple[float, float, float] = (1.0, 1.0, 1.0)
     channels: str = "bgr"
     top_k: int = -1  # candidates NMS considers, best first (-1: all)
+    score_threshold: float = 0.02  # the detector's defaults where a caller gives none (the runner and eval do)
+    nms_iou: float = 0.4
 
     def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)
@@ -47,4 +49,6 @@ class DetectorSpec:
                    decoder=str(d.get("decoder", "ssd-priors")),
                    std_bgr=tuple(float(m) for m in d.get("std_bgr", (1.0, 1.0, 1.0))),
                    channels=str(d.get("channels", "bgr")),
-                   top_k=int(d.get("top_k", -1)))
+                   top_k=int(d.get("top_k", -1)),
+                   score_threshold=float(d.get("score_threshold", 0.02)),
+                   nms_iou=float(d.get("nms_iou", 0.4)))
