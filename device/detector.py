@@ -37,6 +37,19 @@ def pad_to_multiple(image: np.ndarray, multiple: int) -> np.ndarray:
     return cv2.copyMakeBorder(image, 0, bottom, 0, right, cv2.BORDER_CONSTANT, value=0)
 
 
+def network_input(resized: np.ndarray, spec: DetectorSpec, multiple: int,
+                  normalize: NormalizeFn = normalize_c) -> Tuple[np.ndarray, Tuple[int, int]]:
+    """The network input of a resized BGR image as ``spec`` describes it (zero-padded to ``multiple``,
+    mean, std, channel order), and that input's (width, height)."""
+    padded = pad_to_multiple(resized, multiple)
+    blob = normalize(padded, spec.mean_bgr)
+    if spec.std_bgr != (1.0, 1.0, 1.0):
+        blob = blob / np.asarray(spec.std_bgr, dtype=np.float32).reshape(1, 3, 1, 1)
+    if spec.channels == "rgb":
+        blob = np.ascontiguousarray(blob[:, ::-1])
+    return blob, (padded.shape[1], padded.shape[0])
+
+
 @dataclass
 class FaceDetector:
     """Face detection around an inference function, decoded by the spec's decoder."""
@@ -66,13 +79,7 @@ class FaceDetector:
 
     def preprocess(self, resized: np.ndarray) -> Tuple[np.ndarray, Tuple[int, int]]:
         """The network input of a resized BGR image, and that input's (width, height)."""
-        padded = pad_to_multiple(resized, self.decoder.input_multiple)
-        blob = self.normalize(padded, self.spec.mean_bgr)
-        if self.spec.std_bgr != (1.0, 1.0, 1.0):
-            blob = blob / np.asarray(self.spec.std_bgr, dtype=np.float32).reshape(1, 3, 1, 1)
-        if self.spec.channels == "rgb":
-            blob = np.ascontiguousarray(blob[:, ::-1])
-        return blob, (padded.shape[1], padded.shape[0])
+        return network_input(resized, self.spec, self.decoder.input_multiple, self.normalize)
 
     def detect(self, image_bgr: np.ndarray) -> Detections:
         """Faces in an original-size BGR uint8 image; per-stage times land in ``last_timings_ms``."""

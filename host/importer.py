@@ -17,7 +17,8 @@ import numpy as np
 
 from fdq.device.bundle import sha256_file
 from fdq.device.decoders import DECODERS, OutputMismatch, UnknownDecoder, decoder_class
-from fdq.device.detector import pad_to_multiple
+from fdq.device.detector import network_input
+from fdq.device.preprocess import normalize
 from fdq.device.spec import DetectorSpec
 from fdq.host.bundles import write_bundle
 
@@ -103,24 +104,19 @@ def _check_outputs(session: Any, input_name: str, spec: DetectorSpec, size: Tupl
                              f"{', '.join(found)}")
     decoder = cls(spec)
     width, height = size
-    image = pad_to_multiple(np.full((height, width, 3), 128, np.uint8), decoder.input_multiple)
-    blob = image.astype(np.float32).transpose(2, 0, 1)[None]
-    blob = (blob - np.asarray(spec.mean_bgr, np.float32).reshape(1, 3, 1, 1)) / \
-        np.asarray(spec.std_bgr, np.float32).reshape(1, 3, 1, 1)
-    if spec.channels == "rgb":
-        blob = blob[:, ::-1]
+    blob, padded = network_input(np.full((height, width, 3), 128, np.uint8), spec, decoder.input_multiple, normalize)
     try:
-        raw = session.run(list(roles), {input_name: np.ascontiguousarray(blob, dtype=np.float32)})
+        raw = session.run(list(roles), {input_name: blob})
     except Exception as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"the model cannot take a {image.shape[1]}x{image.shape[0]} input ({reason})") from None
+        raise ValueError(f"the model cannot take a {padded[0]}x{padded[1]} input ({reason})") from None
     try:
-        decoder.decode(cls.split(raw), (image.shape[1], image.shape[0]), 1.0, spec.score_threshold, spec.nms_iou)
+        decoder.decode(cls.split(raw), padded, 1.0, spec.score_threshold, spec.nms_iou)
     except (ValueError, IndexError) as exc:
         shapes = ", ".join(f"{r} {tuple(a.shape)}" for r, a in zip(roles, raw))
         raise OutputMismatch(f"decoder {spec.decoder} cannot read the graph's outputs at {width}x{height} "
                              f"({exc}); found {shapes}") from None
-    return {"input_hw": [image.shape[0], image.shape[1]], "outputs": {r: list(a.shape) for r, a in zip(roles, raw)}}
+    return {"input_hw": [padded[1], padded[0]], "outputs": {r: list(a.shape) for r, a in zip(roles, raw)}}
 
 
 def import_onnx(model_path: str, options: ImportOptions, out: str, force: bool = False) -> Path:
@@ -166,8 +162,3 @@ def import_onnx(model_path: str, options: ImportOptions, out: str, force: bool =
         shutil.copyfile(path, folder / MODEL_FILE)
 
     return write_bundle(out, manifest, write_files, force=force)
-
-
-def is_imported(manifest: Dict[str, Any]) -> bool:
-    """Whether a bundle's model came from ``fdq import`` (not one of fdq's own models)."""
-    return bool((manifest.get("model") or {}).get("imported"))

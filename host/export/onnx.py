@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from fdq.device.bundle import Bundle
+from fdq.device.spec import DetectorSpec
 from fdq.host.bundles import write_bundle
 from fdq.host.export.check import OUTPUT_NAMES, OutputSizeMismatch, max_diffs, torch_outputs, worst_diffs
 from fdq.host.export.inputs import calibration_images, example_hw, image_inputs, preprocessed, verification_inputs
@@ -72,27 +73,31 @@ def _verify_onnx(model: nn.Module, path: Path, long_side: int) -> Dict[str, Any]
 class _Reader:
     """``onnxruntime.quantization.CalibrationDataReader`` over preprocessed calibration images."""
 
-    def __init__(self, paths: List[Path], long_side: int, mean_bgr) -> None:
-        self._make = lambda: preprocessed(paths, long_side, mean_bgr)
+    def __init__(self, paths: List[Path], long_side: int, mean_bgr, spec: Optional[DetectorSpec],
+                 input_name: str) -> None:
+        self._make = lambda: preprocessed(paths, long_side, mean_bgr, spec)
         self._it = self._make()
+        self._input_name = input_name
 
     def get_next(self) -> Optional[Dict[str, np.ndarray]]:
         blob = next(self._it, None)
-        return None if blob is None else {"input": blob}
+        return None if blob is None else {self._input_name: blob}
 
     def rewind(self) -> None:
         self._it = self._make()
 
 
 def quantize_onnx(float_path: Path, out_path: Path, paths: List[Path], long_side: int, mean_bgr,
-                  overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+                  overrides: Optional[Dict[str, Any]] = None, *, spec: Optional[DetectorSpec] = None,
+                  input_name: str = "input") -> Dict[str, Any]:
     """``quantize_static`` with fdq's settings; ``overrides`` (quantize_static keywords) replace some of
-    them, for ``scripts/bench_ort_int8.py``'s comparison of the alternatives."""
+    them, for ``scripts/bench_ort_int8.py``'s comparison of the alternatives. ``spec``: calibrate on
+    that spec's network inputs (an imported model's padding, std, channels; see ``preprocessed``)."""
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
 
     reader_cls = type("FdqCalibrationReader", (_Reader, CalibrationDataReader), {})
-    reader = reader_cls(paths, long_side, mean_bgr)
+    reader = reader_cls(paths, long_side, mean_bgr, spec, input_name)
     pre_processed = False
     try:  # shape inference + graph optimisation first, as onnxruntime recommends for static quantization
         from onnxruntime.quantization import quant_pre_process
