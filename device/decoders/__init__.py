@@ -4,89 +4,14 @@ The board decodes, so decoders are device code. A bundle's spec names its decode
 the runtimes hand the graph's outputs over in the order :meth:`Decoder.output_roles` names them, the
 decoder's :meth:`Decoder.split` shapes them, and :meth:`Decoder.decode` turns them into
 :class:`~fdq.device.postprocess.Detections` in original pixels. A new family is one module here that
-subclasses :class:`Decoder` under ``@register("name")``, plus its import at the bottom of this file.
+subclasses :class:`~fdq.device.decoders.registry.Decoder` under ``@register("name")`` (both in
+:mod:`~fdq.device.decoders.registry`), plus its import in this file.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Sequence, Tuple, Type, TypeVar, Union
+from . import ssd_priors, yunet  # registration: each module registers its decoder
+from .registry import (DECODERS, Decoder, OutputMismatch, Outputs, UnknownDecoder, build_decoder, decoder_class,
+                       register)
 
-import numpy as np
-
-from ..postprocess import Detections, PostprocessFn
-from ..spec import DetectorSpec
-
-Outputs = Tuple[np.ndarray, ...]
-
-
-class UnknownDecoder(ValueError):
-    """A decoder name this runner does not have (a bundle from a newer fdq, or a typo)."""
-
-
-class OutputMismatch(ValueError):
-    """A graph whose outputs are not the ones its decoder reads."""
-
-
-class Decoder:
-    """Base of every decoder. ``input_multiple``: inputs are zero-padded at the bottom and right to a
-    multiple of it before inference; ``kernels``: the decode path taken, for result documents."""
-
-    name = ""
-    input_multiple = 1
-    kernels = "numpy"
-
-    def __init__(self, spec: DetectorSpec, postprocess: Union[str, PostprocessFn] = "auto") -> None:
-        self.spec = spec
-
-    @staticmethod
-    def output_roles(spec: DetectorSpec) -> Tuple[str, ...]:
-        """The graph outputs the decoder reads, in the order the inference function returns them."""
-        raise NotImplementedError
-
-    @staticmethod
-    def params(spec: DetectorSpec) -> Dict[str, object]:
-        """The spec fields this decoder reads: what a manifest records as its parameters."""
-        raise NotImplementedError
-
-    @staticmethod
-    def split(outputs: Sequence[np.ndarray]) -> Outputs:
-        """Raw runtime outputs (batch axis or not, in :meth:`output_roles` order) -> what :meth:`decode` takes."""
-        raise NotImplementedError
-
-    def decode(self, outputs: Outputs, input_size: Tuple[int, int], ratio: float,
-               score_threshold: float, nms_threshold: float) -> Detections:
-        """Detections in original pixels from the outputs for a ``input_size`` (w, h) network input."""
-        raise NotImplementedError
-
-
-DECODERS: Dict[str, Type[Decoder]] = {}
-D = TypeVar("D", bound=Type[Decoder])
-
-
-def register(name: str) -> Callable[[D], D]:
-    """Class decorator: make a decoder available under ``name`` (in manifests and ``fdq import --decoder``)."""
-    def add(cls: D) -> D:
-        if name in DECODERS:
-            raise ValueError(f"decoder {name!r} registered twice")
-        cls.name = name
-        DECODERS[name] = cls
-        return cls
-    return add
-
-
-def decoder_class(name: str) -> Type[Decoder]:
-    """The decoder registered as ``name``; an unknown name is one line listing the known ones."""
-    try:
-        return DECODERS[name]
-    except KeyError:
-        raise UnknownDecoder(f"unknown decoder {name!r} (this fdq knows: {', '.join(sorted(DECODERS))})") from None
-
-
-def build_decoder(spec: DetectorSpec, postprocess: Union[str, PostprocessFn] = "auto") -> Decoder:
-    """The decoder a spec names, ready to decode; ``postprocess`` picks ssd-priors' fast path."""
-    return decoder_class(spec.decoder)(spec, postprocess)
-
-
-from . import ssd_priors, yunet  # noqa: E402  (registration)
-
-__all__ = ["DECODERS", "Decoder", "OutputMismatch", "UnknownDecoder", "build_decoder", "decoder_class", "register",
-           "ssd_priors", "yunet"]
+__all__ = ["DECODERS", "Decoder", "OutputMismatch", "Outputs", "UnknownDecoder", "build_decoder", "decoder_class",
+           "register", "ssd_priors", "yunet"]

@@ -15,7 +15,7 @@ from ..anchors import prior_boxes
 from ..kernels import load_kernels, postprocess_c
 from ..postprocess import Detections, PostprocessFn, cv2_nms_agrees, postprocess, postprocess_cv2
 from ..spec import DetectorSpec
-from . import Decoder, OutputMismatch, Outputs, register
+from .registry import Decoder, OutputMismatch, Outputs, register
 
 ROLES = ("loc", "conf", "landm")
 

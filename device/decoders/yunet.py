@@ -17,7 +17,7 @@ import numpy as np
 
 from ..postprocess import Detections, PostprocessFn
 from ..spec import DetectorSpec
-from . import Decoder, OutputMismatch, Outputs, register
+from .registry import Decoder, OutputMismatch, Outputs, register
 
 KINDS = {"cls": 1, "obj": 1, "bbox": 4, "kps": 10}  # output kind -> values per cell
 
