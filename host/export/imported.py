@@ -140,7 +140,7 @@ def quantize_onnx_imported(onnx_path: Path, target: Path, calib_paths: List[Path
             model = version_converter.convert_version(model, OPSET)
         onnx.save(model, str(float_path))
         record = quantize_onnx(float_path, target, calib_paths, bundle.long_side, bundle.spec.mean_bgr,
-                               spec=bundle.spec, input_name=input_name)
+                               spec=bundle.spec, input_name=input_name, symbolic_shapes=False)
     return {**record, "opset": {"graph": opset, "quantized": opset if opset >= 13 else OPSET}}
 
 

@@ -89,10 +89,12 @@ class _Reader:
 
 def quantize_onnx(float_path: Path, out_path: Path, paths: List[Path], long_side: int, mean_bgr,
                   overrides: Optional[Dict[str, Any]] = None, *, spec: Optional[DetectorSpec] = None,
-                  input_name: str = "input") -> Dict[str, Any]:
+                  input_name: str = "input", symbolic_shapes: bool = True) -> Dict[str, Any]:
     """``quantize_static`` with fdq's settings; ``overrides`` (quantize_static keywords) replace some of
     them, for ``scripts/bench_ort_int8.py``'s comparison of the alternatives. ``spec``: calibrate on
-    that spec's network inputs (an imported model's padding, std, channels; see ``preprocessed``)."""
+    that spec's network inputs (an imported model's padding, std, channels; see ``preprocessed``).
+    ``symbolic_shapes=False`` skips the pre-processing's symbolic shape inference, which fails on some
+    imported graphs (YuNet's) and then leaves its temporary files in the working directory."""
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
 
@@ -105,7 +107,7 @@ def quantize_onnx(float_path: Path, out_path: Path, paths: List[Path], long_side
         pre_path = float_path.with_name(float_path.stem + ".pre.onnx")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            quant_pre_process(str(float_path), str(pre_path))
+            quant_pre_process(str(float_path), str(pre_path), skip_symbolic_shape=not symbolic_shapes)
         float_path, pre_processed = pre_path, True
     except Exception:  # an optional step: quantize the plain export if it fails
         pass
