@@ -83,7 +83,7 @@ def _spec(name: str, options: ImportOptions) -> DetectorSpec:
 def _check_size(input_info: Dict[str, Any], size: Tuple[int, int]) -> None:
     """Refuse a size the graph's declared input shape rules out (fixed sizes: fdq resizes by the long side)."""
     shape = input_info["shape"]
-    if len(shape) != 4 or shape[1] not in (3, None) and not isinstance(shape[1], str):
+    if len(shape) != 4 or (shape[1] not in (3, None) and not isinstance(shape[1], str)):
         raise ValueError(f"input {input_info['name']!r} has shape {shape}; fdq feeds a (1, 3, H, W) image")
     fixed = [d for d in shape[2:] if isinstance(d, int) and d > 0]
     if fixed:

@@ -98,7 +98,7 @@ def export_imported(bundle: Bundle, fmt: str, out: PathLike, source: Dict[str, A
     def write_files(folder: Path) -> None:
         if fmt == "onnx-int8":
             target = folder / "model.onnx"
-            manifest["quantization"].update(quantize_onnx_imported(onnx_path, target, calib_paths, bundle, input_name))
+            manifest["quantization"].update(_quantize_onnx(onnx_path, target, calib_paths, bundle, input_name))
             run = _ort(target, input_name, names)
         else:
             from fdq.device.runtimes import open_mnn, run_mnn
@@ -116,14 +116,14 @@ def export_imported(bundle: Bundle, fmt: str, out: PathLike, source: Dict[str, A
             module = open_mnn(str(target), input_name, names, threads=1, fp32=not int8)
             run = lambda blob: run_mnn(module, blob)  # noqa: E731
         manifest["entry"] = {"model": target.name}
-        probe = blobs[0] if blobs else next(iter(_probe_blobs(bundle)))
+        probe = blobs[0] if blobs else _probe_blob(bundle)
         export["max_abs_diff_vs_float" if int8 else "verification_max_abs_diff"] = \
             max_diffs(float_run(probe), run(probe), names)
 
     return write_bundle(str(out), manifest, write_files, force=force)
 
 
-def quantize_onnx_imported(onnx_path: Path, target: Path, calib_paths: List[Path], bundle: Bundle,
+def _quantize_onnx(onnx_path: Path, target: Path, calib_paths: List[Path], bundle: Bundle,
                            input_name: str) -> Dict[str, Any]:
     """quantize_static with fdq's settings; a graph below opset 13 (no per-channel DequantizeLinear) is
     converted to fdq's opset first, and the record says so."""
@@ -144,7 +144,7 @@ def quantize_onnx_imported(onnx_path: Path, target: Path, calib_paths: List[Path
     return {**record, "opset": {"graph": opset, "quantized": opset if opset >= 13 else OPSET}}
 
 
-def _probe_blobs(bundle: Bundle) -> List[np.ndarray]:
+def _probe_blob(bundle: Bundle) -> np.ndarray:
     """A random 8-bit image at the bundle's size, as the network input the runner makes of it."""
     from fdq.device.detector import network_input
     from fdq.device.preprocess import normalize
@@ -152,4 +152,4 @@ def _probe_blobs(bundle: Bundle) -> List[np.ndarray]:
     side = bundle.long_side
     image = np.random.default_rng(0).integers(0, 256, (max(8, side * 3 // 4), side, 3), dtype=np.uint8)
     multiple = decoder_class(bundle.spec.decoder)(bundle.spec).input_multiple
-    return [network_input(image, bundle.spec, multiple, normalize)[0]]
+    return network_input(image, bundle.spec, multiple, normalize)[0]
