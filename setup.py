@@ -11,6 +11,7 @@ SUBPACKAGES = {
     "fdq.host.export": "host/export",
     "fdq.host.report": "host/report",
     "fdq.device": "device",
+    "fdq.device.decoders": "device/decoders",
     "fdq.models": "models",
     "fdq.calibration": "calibration",
     "fdq.profiles": "profiles",

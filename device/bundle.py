@@ -13,6 +13,7 @@ from typing import Any, Dict
 
 import yaml
 
+from .decoders import DECODERS
 from .spec import DetectorSpec
 
 SCHEMA = "fdq.bundle/1"
@@ -82,6 +83,11 @@ def load_bundle(path: str, verify: bool = True) -> Bundle:
         raise BundleError(f"{manifest_path} is not an {SCHEMA} manifest")
     if manifest.get("runtime") not in RUNTIMES:
         raise BundleError(f"unsupported runtime {manifest.get('runtime')!r} in {manifest_path}")
+    spec = (manifest.get("model") or {}).get("spec") or {}
+    decoder = spec.get("decoder", "ssd-priors")
+    if decoder not in DECODERS:
+        raise BundleError(f"bundle {path} needs decoder {decoder!r}, which this fdq runner lacks (it knows: "
+                          f"{', '.join(sorted(DECODERS))}); deploy a newer fdq")
     if verify:
         for name, meta in manifest.get("files", {}).items():
             file_path = folder / name

@@ -4,7 +4,7 @@ Reference protocol: score = softmax face column; keep score > threshold; decode;
 no top-k; boxes scaled by the network input size and divided by the resize ratio, not clipped.
 Only the candidates above the threshold are decoded: the same values as decoding every anchor,
 for a fraction of the work. :func:`postprocess` is the reference, :func:`postprocess_cv2` the
-fastest numpy path that reproduces it; :func:`fdq.device.detector.select_postprocess` picks between
+fastest numpy path that reproduces it; :func:`fdq.device.decoders.ssd_priors.select_postprocess` picks between
 them and the C kernels.
 """
 from __future__ import annotations

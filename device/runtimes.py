@@ -2,8 +2,8 @@
 
 :func:`load_inference` turns a verified :class:`~fdq.device.bundle.Bundle` into the
 :data:`~fdq.device.detector.InferenceFn` that :class:`~fdq.device.detector.FaceDetector` calls:
-a float32 NCHW blob (batch of one) -> ``(loc (N, 4), scores (N,), landmarks (N, 10))`` numpy
-arrays, ``scores`` being the softmax face probability. A TorchScript bundle whose model takes a
+a float32 NCHW blob (batch of one) -> the arrays the bundle's decoder reads (ssd-priors:
+``(loc (N, 4), scores (N,), landmarks (N, 10))``, ``scores`` being the softmax face probability). A TorchScript bundle whose model takes a
 quint8 input (``input.quantized``) also accepts the uint8 blob of
 :func:`~fdq.device.kernels.quantize_input_c`: NCHW-shaped, usually a channels-last view, a layout
 passed on to the model as is (its int8 convolutions compute in channels-last).
@@ -13,8 +13,8 @@ Each runtime is imported only when a bundle asks for it, so a board needs only t
 Manifest fields read here (besides ``runtime``, ``backend.engine`` and ``entry``):
 
 * ``io.input``: the input blob name (default ``"input"`` for ONNX, ``"in0"`` for NCNN);
-* ``io.outputs``: ``{"loc": name, "conf": name, "landm": name}`` (defaults: ``loc``/``conf``/``landm``
-  for ONNX, ``out0``/``out1``/``out2`` for NCNN, the pnnx naming);
+* ``io.outputs``: ``{role: name}`` for the decoder's output roles (ssd-priors: ``loc``, ``conf``,
+  ``landm``; defaults: the role for ONNX and MNN, ``out0``, ``out1``, ... for NCNN, the pnnx naming);
 * entry files: ``model`` (TorchScript ``.pt`` / ``.onnx`` / NCNN ``.bin`` / ``.mnn`` / ExecuTorch ``.pte``)
   and ``param`` (NCNN only);
 * ``input.fixed_hw`` (NCNN exported at one size only) and ``backend.dtype`` (``fp32`` turns ncnn's
@@ -28,44 +28,45 @@ from __future__ import annotations
 
 import platform
 import warnings
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .bundle import RUNTIME_MODULES, Bundle, BundleError
+from .decoders import OutputMismatch, decoder_class
 from .detector import FaceDetector, InferenceFn
 
-OUTPUT_ROLES = ("loc", "conf", "landm")
 QNNPACK_INIT_HINT = (" (QNNPACK describes the CPU from /proc/cpuinfo and /sys/devices/system/cpu: in a chroot, "
                      "as on an emulated board, mount /proc and /sys inside it)")
 NCNN_INT8_TYPES = ("Convolution", "ConvolutionDepthWise", "InnerProduct")  # the layers ncnn2int8 writes int8
-_DEFAULT_IO = {
-    "onnxruntime": {"input": "input", "outputs": {"loc": "loc", "conf": "conf", "landm": "landm"}},
-    "ncnn": {"input": "in0", "outputs": {"loc": "out0", "conf": "out1", "landm": "out2"}},
-    "mnn": {"input": "input", "outputs": {"loc": "loc", "conf": "conf", "landm": "landm"}},
-}
+# Default blob names of fdq's own models per runtime: the input, and an output role's name (pnnx numbers
+# an ncnn model's outputs out0, out1, ... in role order). The manifest's ``io`` overrides them.
+_DEFAULT_INPUT = {"onnxruntime": "input", "ncnn": "in0", "mnn": "input"}
 
 
-def _io_names(bundle: Bundle) -> Tuple[str, Dict[str, str]]:
-    default = _DEFAULT_IO[bundle.runtime]
+def _default_output(runtime: str, role: str, index: int) -> str:
+    return f"out{index}" if runtime == "ncnn" else role
+
+
+def _io_names(bundle: Bundle) -> Tuple[str, List[str]]:
+    """The input blob's name and the output blobs' names in the order the bundle's decoder reads them."""
     io = bundle.manifest.get("io") or {}
-    outputs = dict(default["outputs"])
-    outputs.update(io.get("outputs") or {})
-    return str(io.get("input") or default["input"]), {k: str(outputs[k]) for k in OUTPUT_ROLES}
+    named = io.get("outputs") or {}
+    roles = decoder_class(bundle.spec.decoder).output_roles(bundle.spec)
+    outputs = [str(named.get(role) or _default_output(bundle.runtime, role, i)) for i, role in enumerate(roles)]
+    return str(io.get("input") or _DEFAULT_INPUT[bundle.runtime]), outputs
 
 
-def split_outputs(loc: np.ndarray, conf: np.ndarray, landm: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Model outputs with or without the batch axis -> (N,4) loc, (N,) face score, (N,10) landmarks."""
-    loc = np.asarray(loc, dtype=np.float32)
-    conf = np.asarray(conf, dtype=np.float32)
-    landm = np.asarray(landm, dtype=np.float32)
-    loc = loc.reshape(-1, 4)
-    conf = conf.reshape(-1, 2)
-    landm = landm.reshape(-1, 10)
-    if not (loc.shape[0] == conf.shape[0] == landm.shape[0]):
-        raise BundleError(f"model outputs disagree on the anchor count: loc {loc.shape}, conf {conf.shape}, "
-                          f"landm {landm.shape}")
-    return loc, np.ascontiguousarray(conf[:, 1]), landm
+def _splitter(bundle: Bundle) -> Callable[[Sequence[np.ndarray]], Tuple[np.ndarray, ...]]:
+    """Raw outputs in role order -> the decoder's arrays; a shape the decoder cannot read is a BundleError."""
+    split = decoder_class(bundle.spec.decoder).split
+
+    def checked(outputs: Sequence[np.ndarray]) -> Tuple[np.ndarray, ...]:
+        try:
+            return split(outputs)
+        except (OutputMismatch, ValueError) as exc:
+            raise BundleError(str(exc)) from None
+    return checked
 
 
 def _import(module: str, runtime: str) -> Any:
@@ -118,10 +119,12 @@ def _torchscript(bundle: Bundle, threads: int) -> InferenceFn:
         return torch.quantize_per_tensor(torch.from_numpy(np.ascontiguousarray(blob, dtype=np.float32)),
                                          scale, zero_point, torch.quint8)
 
-    def infer(blob: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    split = _splitter(bundle)
+
+    def infer(blob: np.ndarray) -> Tuple[np.ndarray, ...]:
         with torch.inference_mode():
-            loc, conf, landm = model(to_input(blob))
-        return split_outputs(loc.numpy(), conf.numpy(), landm.numpy())
+            outputs = model(to_input(blob))
+        return split([o.numpy() for o in outputs])
 
     return infer
 
@@ -157,17 +160,16 @@ def _onnxruntime(bundle: Bundle, threads: int) -> InferenceFn:
         session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise BundleError(f"cannot load ONNX model {path}: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
-    input_name, outputs = _io_names(bundle)
+    input_name, names = _io_names(bundle)
     have = {o.name for o in session.get_outputs()}
-    missing = [n for n in outputs.values() if n not in have]
+    missing = [n for n in names if n not in have]
     if missing or input_name not in {i.name for i in session.get_inputs()}:
         raise BundleError(f"ONNX model {path} lacks the blobs its manifest names "
-                          f"(input {input_name!r}, outputs {list(outputs.values())}); it has {sorted(have)}")
-    names = [outputs[r] for r in OUTPUT_ROLES]
+                          f"(input {input_name!r}, outputs {names}); it has {sorted(have)}")
+    split = _splitter(bundle)
 
-    def infer(blob: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        loc, conf, landm = session.run(names, {input_name: np.ascontiguousarray(blob, dtype=np.float32)})
-        return split_outputs(loc, conf, landm)
+    def infer(blob: np.ndarray) -> Tuple[np.ndarray, ...]:
+        return split(session.run(names, {input_name: np.ascontiguousarray(blob, dtype=np.float32)}))
 
     return infer
 
@@ -239,15 +241,15 @@ def _ncnn(bundle: Bundle, threads: int) -> InferenceFn:
     # An int8 bundle's other layers compute in fp32 too: the same arithmetic on the host and the board.
     net = open_ncnn(str(bundle.file("param")), str(bundle.file("model")), threads, dtype in ("fp32", "int8"),
                     int8=dtype == "int8")
-    input_name, outputs = _io_names(bundle)
-    names = [outputs[r] for r in OUTPUT_ROLES]
+    input_name, names = _io_names(bundle)
     fixed = (bundle.manifest.get("input") or {}).get("fixed_hw")
+    split = _splitter(bundle)
 
-    def infer(blob: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def infer(blob: np.ndarray) -> Tuple[np.ndarray, ...]:
         height, width = blob.shape[2:]
         if fixed and (height, width) != tuple(int(v) for v in fixed):
             raise BundleError(f"this ncnn bundle takes a fixed {fixed[1]}x{fixed[0]} input, got {width}x{height}")
-        return split_outputs(*run_ncnn(net, input_name, names, blob))
+        return split(run_ncnn(net, input_name, names, blob))
 
     return infer
 
@@ -287,11 +289,12 @@ def run_mnn(module: Any, blob: np.ndarray) -> List[np.ndarray]:
 
 def _mnn(bundle: Bundle, threads: int) -> InferenceFn:
     fp32 = str((bundle.manifest.get("backend") or {}).get("dtype", "fp32")) == "fp32"
-    input_name, outputs = _io_names(bundle)
-    module = open_mnn(str(bundle.file("model")), input_name, [outputs[r] for r in OUTPUT_ROLES], threads, fp32)
+    input_name, names = _io_names(bundle)
+    module = open_mnn(str(bundle.file("model")), input_name, names, threads, fp32)
+    split = _splitter(bundle)
 
-    def infer(blob: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return split_outputs(*run_mnn(module, blob))
+    def infer(blob: np.ndarray) -> Tuple[np.ndarray, ...]:
+        return split(run_mnn(module, blob))
 
     return infer
 
@@ -333,14 +336,15 @@ def _executorch(bundle: Bundle, threads: int) -> InferenceFn:
     torch.set_num_threads(max(1, int(threads)))
     method = open_executorch(str(bundle.file("model")), threads)
     low, high = ((bundle.manifest.get("input") or {}).get(k) for k in ("min_hw", "max_hw"))
+    split = _splitter(bundle)
 
-    def infer(blob: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def infer(blob: np.ndarray) -> Tuple[np.ndarray, ...]:
         height, width = blob.shape[2:]
         if (low and min(height, width) < int(low)) or (high and max(height, width) > int(high)):
             raise BundleError(f"this ExecuTorch bundle takes inputs from {low} to {high} pixels a side, "
                               f"got {width}x{height}")
-        loc, conf, landm = method.execute([torch.from_numpy(np.ascontiguousarray(blob, dtype=np.float32))])
-        return split_outputs(loc.numpy(), conf.numpy(), landm.numpy())
+        outputs = method.execute([torch.from_numpy(np.ascontiguousarray(blob, dtype=np.float32))])
+        return split([o.numpy() for o in outputs])
 
     return infer
 
@@ -364,8 +368,11 @@ def bundle_detector(bundle: Bundle, threads: int = 1, long_side: Optional[int] =
                     **options: Any) -> FaceDetector:
     """The one way a bundle becomes a detector: the runner, the demo, host evaluation and benchmarks
     all measure exactly this pipeline. ``long_side`` defaults to the bundle's own; frames are resized
-    in uint8 (the device path, :func:`fdq.device.preprocess.resize_uint8`) unless ``resize=`` says otherwise."""
+    in uint8 (the device path, :func:`fdq.device.preprocess.resize_uint8`) unless ``resize=`` says otherwise;
+    the thresholds default to the spec's (fdq's models: 0.02 and 0.4; an imported one: what ``fdq import`` was told)."""
     options.setdefault("resize", "uint8")
+    options.setdefault("score_threshold", bundle.spec.score_threshold)
+    options.setdefault("nms_threshold", bundle.spec.nms_iou)
     quantized = input_quantization(bundle)
     if quantized is not None and "normalize" not in options:
         from .kernels import quantized_normalizer

@@ -7,9 +7,10 @@ import sys
 from typing import List, Optional
 
 from fdq.host import compare, history, quantize, train
-from fdq.host.commands import deploy, detect, evaluate, export, fdq_parser, profile, program_parser, run_program, zoo
+from fdq.host.commands import (deploy, detect, evaluate, export, fdq_parser, import_, profile, program_parser, run_program,
+                               zoo)
 
-COMMANDS = (zoo, detect, evaluate, quantize, compare, history, train, export, deploy, profile)  # fdq --help lists them so
+COMMANDS = (zoo, import_, detect, evaluate, quantize, compare, history, train, export, deploy, profile)  # fdq --help lists them so
 
 
 def build_parser() -> argparse.ArgumentParser:

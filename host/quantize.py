@@ -58,12 +58,33 @@ class CalibrationSet:
         return self.held_back is self.calibrate_on
 
 
+def _refuse_imported(model: str) -> None:
+    """An imported model (its bundle, or an ONNX file) has no PyTorch definition for the torch backends:
+    say in one line which int8 formats it gets instead."""
+    from pathlib import Path
+
+    from fdq.device.bundle import BundleError, load_bundle
+    from fdq.host.export.imported import FORMATS, INT8_FORMATS, is_imported
+
+    path = Path(model)
+    try:
+        imported_bundle = path.is_dir() and is_imported(load_bundle(model, verify=False))
+    except BundleError:
+        imported_bundle = False
+    if path.suffix.lower() == ".onnx" or imported_bundle:
+        formats = " or ".join(INT8_FORMATS)
+        raise QuantizeError(f"{model} is an imported model: fdq quantize's torch backends need fdq's own models; it "
+                            f"gets {', '.join(FORMATS)} (int8: fdq export BUNDLE --format {formats} --calib DIR, "
+                            f"after fdq import for an .onnx file)")
+
+
 def _check_args(args: argparse.Namespace) -> None:
     """Option combinations, checked before any file is read."""
     from fdq.calibration.quant_api import activation_observer
     from fdq.calibration.quant_api import PT2E_BACKENDS, check_backend
     from fdq.models import SPECS
 
+    _refuse_imported(args.model)
     if args.model not in SPECS:
         raise QuantizeError(f"unknown model '{args.model}' (choose from: {', '.join(SPECS)})")
     if args.fp32:

@@ -82,7 +82,7 @@ def main() -> int:
         outputs = infer(blob)
         candidates.append(int((outputs[1] > 0.02).sum()))
         forward.append(timed(lambda: infer(blob), 3)["median_ms"])
-        ours.append(timed(lambda: detector.postprocess(*outputs, priors, spec.variance, (w, h), ratio), 5)["median_ms"])
+        ours.append(timed(lambda: detector.decoder.postprocess(*outputs, priors, spec.variance, (w, h), ratio), 5)["median_ms"])
         reference.append(timed(lambda: reference_postprocess(*outputs, priors, spec.variance, (w, h), ratio),
                                5)["median_ms"])
 

@@ -30,7 +30,8 @@ from benchlib.results import result, write_result
 from fdq.device.detector import FaceDetector
 from fdq.device.evaluation import SETTINGS as SETTINGS_AP
 from fdq.device.outputs import checked_outputs_or_exit
-from fdq.device.runtimes import open_mnn, run_mnn, split_outputs
+from fdq.device.decoders.ssd_priors import split_outputs
+from fdq.device.runtimes import open_mnn, run_mnn
 from fdq.host.export.check import OUTPUT_NAMES
 from fdq.host.export.inputs import calibration_images, preprocessed
 from fdq.host.export.mnn import convert_onnx, graph_ops, quantize_mnn

@@ -106,7 +106,7 @@ def profile(path: Path, blob: np.ndarray, work: Path, runs: int) -> Dict[str, An
 def val_ap(session: Any, spec: Any, long_side: int, data: Data) -> Dict[str, float]:
     """AP (points) on the val split through the runner's pipeline around one session (uint8 resize)."""
     from fdq.device.detector import FaceDetector
-    from fdq.device.runtimes import split_outputs
+    from fdq.device.decoders.ssd_priors import split_outputs
 
     def infer(blob: np.ndarray):
         return split_outputs(*session.run(["loc", "conf", "landm"], {"input": np.ascontiguousarray(blob)}))

@@ -4,7 +4,9 @@
 For each model, runtime and long side: AP (easy/medium/hard) on the val split and the p50 latency per
 image at 1 thread, end to end from the resized image (fdq: normalize, inference, decode, NMS; YuNet:
 its whole ``FaceDetectorYN.detect`` call). YuNet runs as its README says is fair: score threshold
-0.02, NMS 0.3, top-k 5000, input size set to the resized image.
+0.02, NMS 0.3, top-k 5000, input size set to the resized image. YuNet also runs through fdq itself:
+``fdq import`` (decoder ``yunet``, NMS 0.3) and fdq's runner, float and ``onnx-int8`` (calibrated on
+the calib split), so every detector is measured through one path; OpenCV's rows stay as the reference.
 
     python scripts/bench_peers.py --force
 
@@ -29,7 +31,6 @@ from benchlib.peers import yunet_detect
 from benchlib.recipes import build_config
 from benchlib.results import result, write_result
 
-from fdq.device.anchors import prior_boxes
 from fdq.device.atomic import atomic_output
 from fdq.device.bundle import load_bundle
 from fdq.device.evaluation import evaluate, to_wider_rows
@@ -70,20 +71,31 @@ def fdq_detect(bundle_path: Path, long_side: int) -> Callable:
     bundle = load_bundle(str(bundle_path))
     detector = bundle_detector(bundle, threads=1, long_side=long_side)
     def detect(resized: np.ndarray):
-        h, w = resized.shape[:2]
-        blob = detector.normalize(resized, bundle.spec.mean_bgr)
-        loc, scores, landm = detector.infer(blob)
-        priors = prior_boxes(bundle.spec.min_sizes, bundle.spec.steps, h, w, bundle.spec.clip)
-        dets = detector.postprocess(loc, scores, landm, priors, bundle.spec.variance, (w, h), 1.0,
-                                    detector.score_threshold, detector.nms_threshold)
+        blob, input_size = detector.preprocess(resized)
+        dets = detector.decoder.decode(detector.infer(blob), input_size, 1.0, detector.score_threshold,
+                                       detector.nms_threshold)
         return dets.boxes, dets.scores
     return detect
 
 
+def imported_peer(peer: str, work: Path, data) -> Dict[str, Path]:
+    """YuNet through ``fdq import`` (made once under ``work``) and its onnx-int8 export: runtime -> bundle."""
+    from fdq.host.export import export_bundle
+    from fdq.host.importer import ImportOptions, import_onnx
+
+    float_path, int8_path = work / f"{peer}-import", work / f"{peer}-import-onnx-int8"
+    if not (float_path / "manifest.yaml").is_file():
+        import_onnx(str(peer_model(peer)), ImportOptions(decoder="yunet", name=peer, nms_iou=0.3,
+                                                         licence="Apache-2.0 (libfacedetection.train)"), str(float_path))
+    if not (int8_path / "manifest.yaml").is_file():
+        export_bundle(float_path, "onnx-int8", int8_path, data.calib_images)
+    return {"fdq onnx-fp32": float_path, "fdq onnx-int8": int8_path}
+
+
 def frontier(rows: List[dict]) -> List[dict]:
-    """For each YuNet-n operating point: the fastest fdq row at least as accurate (medium AP)."""
+    """For each YuNet-n operating point (OpenCV's, the reference): the fastest fdq row at least as accurate (medium AP)."""
     out = []
-    for peer in (r for r in rows if r["detector"] == "yunet_n"):
+    for peer in (r for r in rows if r["detector"] == "yunet_n" and r["runtime"] == "opencv-dnn"):
         ok = [r for r in rows if r["detector"].startswith("fdq") and r["medium"] >= peer["medium"]
               and r["p50_ms"] <= peer["p50_ms"]]
         best = min(ok, key=lambda r: r["p50_ms"]) if ok else None
@@ -107,7 +119,7 @@ def write_outputs(rows: List[dict], args: argparse.Namespace) -> None:
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=100)
     for name in sorted({(r["detector"], r["runtime"]) for r in rows}):
         pts = sorted((r["p50_ms"], r["medium"]) for r in rows if (r["detector"], r["runtime"]) == name)
-        style = "k--o" if name[0].startswith("yunet") else "-o"
+        style = ("k--o" if name[1] == "opencv-dnn" else "k:s") if name[0].startswith("yunet") else "-o"
         ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=f"{name[0]} {name[1]}", markersize=4)
     ax.set_xscale("log")
     ax.set_xlabel("p50 latency per image, ms (1 thread, from the resized image)")
@@ -166,6 +178,11 @@ def main() -> int:
             rows.append({"detector": peer, "runtime": "opencv-dnn", "long_side": side,
                          **run_split(detect, images, side, gt, resize_float=False)})
             print(rows[-1], flush=True)
+        for runtime, path in imported_peer(peer, work, data).items():
+            for side in long_sides:  # uint8 resize, as OpenCV's rows: the same inputs
+                rows.append({"detector": peer, "runtime": runtime, "long_side": side,
+                             **run_split(fdq_detect(path, side), images, side, gt, resize_float=False)})
+                print(rows[-1], flush=True)
     for model in args.models.split(","):
         for config in CONFIGS:
             path = build_config(config, model, BUILT_AT, work, data)

@@ -3,7 +3,8 @@
 directory (with no torch pin: the newest CPU-only torch with an executorch build, 2.9.1 with executorch
 1.0.1, since PyPI's newer aarch64 torch wheels are CUDA builds), then one
 ``fdq-profile`` runs every float and int8 bundle there on a few val images and one runs them here: AP
-within 1 point of this machine's for the same bundle. The ExecuTorch int8 program, which executorch 1.0.1
+within 1 point of this machine's for the same bundle; YuNet-n imported by ``fdq import`` (float and
+onnx-int8) among them when FDQ_SHARED has it. The ExecuTorch int8 program, which executorch 1.0.1
 runs with the dot product the A72 lacks (SIGILL), is refused at deploy in one line. Frames are few and
 small: emulation is about 40x slower than this machine.
 
@@ -71,6 +72,12 @@ def bundles(few, shared_dir, slim_fp32_bundle, slim_qnnpack_bundle, slim_onnx_bu
         proc = subprocess.run([sys.executable, "-m", "fdq.host.cli", "export", str(source), "--format", fmt,
                                "--out", str(made[key]), *extra], capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr[-2000:]
+    yunet = shared_dir / "peers" / "yunet_n_dynamic.onnx"  # an imported model runs there too, float and int8
+    if yunet.is_file():
+        made["yunet"], made["yunet-onnx-int8"] = root / "yunet", root / "yunet-onnx-int8"
+        assert main(["import", str(yunet), "--decoder", "yunet", "--nms-iou", "0.3", "--out", str(made["yunet"])]) == 0
+        assert main(["export", str(made["yunet"]), "--format", "onnx-int8", "--calib", calib,
+                     "--out", str(made["yunet-onnx-int8"])]) == 0
     return made
 
 
@@ -110,7 +117,7 @@ def test_every_runtime_runs_on_the_emulated_pi_with_the_hosts_ap(board, bundles,
                                     "workdir": str(tmp_path / "here"), "threads": 1,
                                     "runtimes": ["torchscript", "onnxruntime", "ncnn", "mnn", "executorch"]}))
     here = _profile(str(host), runnable, few, tmp_path / "host-runs")
-    assert len(on_board) == len(here) == len(runnable) == 8
+    assert len(on_board) == len(here) == len(runnable) >= 8
     for sha, doc in on_board.items():
         device, bundle = doc["device"], doc["bundle"]
         assert device["machine"]["arch"] == "aarch64" and device["emulation"]["emulated"] is True, bundle
@@ -121,6 +128,8 @@ def test_every_runtime_runs_on_the_emulated_pi_with_the_hosts_ap(board, bundles,
     assert {(d["bundle"]["runtime"], d["bundle"]["dtype"]) for d in on_board.values()} >= {
         ("torchscript", "int8"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("ncnn", "fp32"), ("ncnn", "int8"),
         ("mnn", "fp32"), ("mnn", "int8"), ("executorch", "fp32")}
+    if "yunet" in bundles:
+        assert sum(d["bundle"]["model"] == "yunet_n_dynamic" for d in on_board.values()) == 2
     versions = {d["bundle"]["runtime"]: d["device"]["runtime_versions"] for d in on_board.values()}
     assert versions["executorch"]["executorch"] == "1.0.1" and versions["executorch"]["torch"].startswith("2.9.1")
     capsys.readouterr()

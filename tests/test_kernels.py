@@ -13,7 +13,8 @@ import torch
 
 from fdq.device import kernels as kmod
 from fdq.device.anchors import prior_boxes
-from fdq.device.detector import FaceDetector, select_postprocess
+from fdq.device.decoders.ssd_priors import select_postprocess
+from fdq.device.detector import FaceDetector
 from fdq.device.nms import nms, score_order
 from fdq.device.postprocess import candidates, postprocess, postprocess_cv2
 from fdq.device.decode import decode_boxes, decode_landmarks

@@ -26,6 +26,15 @@ def model_detector(model_name: str, weights: Optional[str], long_side: int):
     return FaceDetector(torch_inference(model), SPECS[model_name], long_side=long_side)
 
 
+def bundle_detector_at(path: str, long_side: Optional[int], threads: int):
+    """A bundle (fdq's own or imported) through the same runner code the board uses (so a host number
+    is a board number); ``long_side`` None: the bundle's."""
+    from fdq.device.bundle import load_bundle
+    from fdq.device.runtimes import bundle_detector
+
+    return bundle_detector(load_bundle(path), threads, long_side)
+
+
 def sample_image():
     """The embedded default: scikit-image's public-domain astronaut photo, as BGR uint8."""
     import numpy as np
@@ -50,7 +59,12 @@ def cmd_detect(args: argparse.Namespace) -> int:
             items = [(src.stem, src)]
         else:
             raise CliError(f"input not found: {args.input}")
-    detector = model_detector(args.model, args.weights, args.long_side)
+    if args.bundle:
+        if args.weights:
+            raise CliError("--bundle carries its model: do not combine it with --weights")
+        detector = bundle_detector_at(args.bundle, args.long_side, 1)
+    else:
+        detector = model_detector(args.model, args.weights, args.long_side)
     with atomic_folder(args.output, args.force, "--output") as out:  # all images or nothing
         for key, path in track(items, "fdq: detecting"):
             image = read_image(path) if path is not None else sample_image()
@@ -59,7 +73,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
             faces = [{"box": [round(float(v), 2) for v in b], "score": round(float(s), 5),
                       "landmarks": [[round(float(x), 2), round(float(y), 2)] for x, y in p.reshape(5, 2)]}
                      for b, s, p in zip(dets.boxes, dets.scores, dets.landmarks)]
-            doc = {"image": str(path), "width": image.shape[1], "height": image.shape[0], "model": args.model,
+            doc = {"image": str(path), "width": image.shape[1], "height": image.shape[0], "model": detector.spec.name,
                    "long_side": describe_long_side(args.long_side), "threshold": args.threshold, "faces": faces,
                    "timings_ms": {k: round(v, 3) for k, v in detector.last_timings_ms.items()}}
             target = out / key
@@ -78,6 +92,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``detect`` subcommand to ``fdq``'s subparsers."""
     d = subparsers.add_parser("detect", help="detect faces in an image or a folder")
     d.add_argument("--model", default="slim", help="slim, rfb or mnet025")
+    d.add_argument("--bundle", help="detect with a bundle (fdq's own or made by fdq import) through the runner's code")
     d.add_argument("--weights", help="weights file or zoo name (default: the model's zoo weights)")
     d.add_argument("--input", help="image file or folder (default: a public-domain sample photo)")
     d.add_argument("--output", default="fdq-out", help="folder for annotated images and JSON (new or empty)")

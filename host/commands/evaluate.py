@@ -4,21 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any, Optional
+from typing import Any
 
 from fdq.device.atomic import atomic_write_text
 from fdq.device.cliargs import describe_long_side, int_at_least, long_side
 from fdq.device.outputs import check_file_output, check_folder_output
 from fdq.host.commands import CliError
-from fdq.host.commands.detect import model_detector
-
-
-def _bundle_detector(path: str, long_side: Optional[int], threads: int):
-    """A bundle through the same runner code the board uses (so a host number is a board number)."""
-    from fdq.device.bundle import load_bundle
-    from fdq.device.runtimes import bundle_detector
-
-    return bundle_detector(load_bundle(path), threads, long_side)
+from fdq.host.commands.detect import bundle_detector_at, model_detector
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -42,7 +34,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if args.bundle:
             if args.model or args.weights:
                 raise CliError("--bundle carries its model: do not combine it with --model/--weights")
-            detector = _bundle_detector(args.bundle, args.long_side, args.threads)
+            detector = bundle_detector_at(args.bundle, args.long_side, args.threads)
         else:
             detector = model_detector(args.model or "slim", args.weights, 320 if args.long_side is None else args.long_side)
         result = evaluate_detector(detector, args.images, gt, args.predictions_out, args.force)

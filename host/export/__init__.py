@@ -82,7 +82,12 @@ def export_bundle(bundle_dir: PathLike, fmt: str, out: PathLike, calib_dir: Opti
         raise ValueError(str(exc)) from None
     if Path(out).resolve() == bundle.path.resolve():
         raise ValueError(f"export target {out} is the source bundle itself")
-    _check_request(bundle, fmt_key, calib_dir, float_ok)
+    from fdq.host.export import imported
+
+    if imported.is_imported(bundle):
+        imported.check_request(bundle, fmt_key, calib_dir)
+    else:
+        _check_request(bundle, fmt_key, calib_dir, float_ok)
     if keep_float and fmt_key != "ncnn-int8":
         raise ValueError(f"--keep-float applies to ncnn-int8, not {fmt_key}")
     check_folder_output(out, force)
@@ -95,6 +100,10 @@ def _export(bundle: Bundle, fmt_key: str, out: PathLike, calib_dir: Optional[Pat
     """The format's writer for an export :func:`export_bundle` checked."""
     long_side = bundle.long_side
     source = source_record(bundle)
+    from fdq.host.export import imported
+
+    if imported.is_imported(bundle):
+        return imported.export_imported(bundle, fmt_key, out, source, calib_dir, calib_limit, force)
 
     if fmt_key == "torchscript":
         from fdq.host.export.torchscript import export_torchscript

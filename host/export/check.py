@@ -29,10 +29,12 @@ def torch_outputs(model: nn.Module, blob: np.ndarray) -> List[np.ndarray]:
         return [t.numpy() for t in model(torch.from_numpy(blob))]
 
 
-def max_diffs(ref: Sequence[np.ndarray], got: Sequence[np.ndarray]) -> Dict[str, float]:
-    """Largest absolute difference per output; outputs are compared flattened (batch axis or not)."""
+def max_diffs(ref: Sequence[np.ndarray], got: Sequence[np.ndarray],
+              names: Sequence[str] = OUTPUT_NAMES) -> Dict[str, float]:
+    """Largest absolute difference per output (``names``: theirs, in order); outputs are compared
+    flattened (batch axis or not)."""
     out = {}
-    for name, r, g in zip(OUTPUT_NAMES, ref, got):
+    for name, r, g in zip(names, ref, got):
         r, g = np.asarray(r, np.float32).reshape(-1), np.asarray(g, np.float32).reshape(-1)
         if r.size != g.size:
             raise OutputSizeMismatch(f"the exported model's {name} has {g.size} values where PyTorch's has {r.size}")

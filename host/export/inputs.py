@@ -15,7 +15,10 @@ from torch import nn
 
 from fdq.device.bundle import Bundle, sha256_file
 from fdq.device.images import list_images, read_image
+from fdq.device.decoders import build_decoder
+from fdq.device.detector import network_input
 from fdq.device.preprocess import normalize, resize_image
+from fdq.device.spec import DetectorSpec
 
 PathLike = Union[str, Path]
 
@@ -93,11 +96,13 @@ def calibration_images(calib_dir: PathLike, limit: Optional[int] = None) -> Tupl
     return [p for _, p in items], info
 
 
-def preprocessed(paths: List[Path], long_side: int, mean_bgr) -> Iterator[np.ndarray]:
-    """Network inputs exactly as the runner makes them (resize to the long side, subtract the mean, NCHW)."""
+def preprocessed(paths: List[Path], long_side: int, mean_bgr, spec: Optional[DetectorSpec] = None) -> Iterator[np.ndarray]:
+    """Network inputs exactly as the runner makes them (resize to the long side, subtract the mean, NCHW);
+    with ``spec``, as that spec's detector makes them (its padding, std and channel order too)."""
+    multiple = build_decoder(spec).input_multiple if spec is not None else 1
     for path in paths:
         resized, _ = resize_image(read_image(path), long_side)
-        yield normalize(resized, mean_bgr)
+        yield normalize(resized, mean_bgr) if spec is None else network_input(resized, spec, multiple, normalize)[0]
 
 
 def example_hw(long_side: int) -> Tuple[int, int]:

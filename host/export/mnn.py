@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -101,14 +101,14 @@ def convert_onnx(onnx_path: Path, mnn_path: Path) -> None:
         raise RuntimeError(f"MNN's converter failed on {onnx_path.name}: {tail(lines)}")
 
 
-def _write_samples(blobs: List[np.ndarray], folder: Path, input_name: str) -> None:
+def _write_samples(blobs: List[np.ndarray], folder: Path, input_name: str, outputs: Sequence[str]) -> None:
     """One folder per image in the quantizer's "sequence" layout: ``input.json`` (name, shape) and
     ``<input>.txt`` (the values as text, which is what the tool reads)."""
     for index, blob in enumerate(blobs):
         sample = folder / f"{index:05d}"
         sample.mkdir()
         (sample / "input.json").write_text(json.dumps({"inputs": [{"name": input_name, "shape": list(blob.shape)}],
-                                                       "outputs": list(OUTPUT_NAMES)}), encoding="utf-8")
+                                                       "outputs": list(outputs)}), encoding="utf-8")
         np.ascontiguousarray(blob, dtype=np.float32).reshape(-1).tofile(str(sample / f"{input_name}.txt"), sep="\n")
 
 
@@ -131,7 +131,7 @@ def graph_ops(mnn_path: Path) -> List[Dict[str, Any]]:
              "outputs": [names[i] for i in op.get("outputIndexes", [])]} for op in net["oplists"]]
 
 
-def sensitive_ops(ops: List[Dict[str, Any]], roles: Tuple[str, ...]) -> List[str]:
+def sensitive_ops(ops: List[Dict[str, Any]], roles: Tuple[str, ...], outputs: Sequence[str] = OUTPUT_NAMES) -> List[str]:
     """Names of the ops in ``roles``: ``first``, the convolutions the input reaches through no other
     convolution; ``heads``, the convolutions whose outputs reach a network output through no other
     convolution, and every op after them (the in-graph softmax and concatenations of the outputs);
@@ -161,7 +161,7 @@ def sensitive_ops(ops: List[Dict[str, Any]], roles: Tuple[str, ...]) -> List[str
     picked: List[str] = []
     if "first" in roles:
         picked += [op["name"] for op in ops if op["type"] in _CONVS and not back_to_convs(op["inputs"])[0]]
-    heads, after = back_to_convs([name for name in OUTPUT_NAMES if name in producer])
+    heads, after = back_to_convs([name for name in outputs if name in producer])
     if "heads" in roles:
         picked += heads + after
     if "preheads" in roles:
@@ -180,14 +180,15 @@ def padded_to_common_size(blobs: List[np.ndarray]) -> List[np.ndarray]:
 
 def quantize_mnn(float_path: Path, out_path: Path, blobs: List[np.ndarray], input_name: str = "input",
                  settings: Optional[Dict[str, Any]] = None,
-                 ops: Optional[List[Dict[str, Any]]] = None) -> Dict[str, Any]:
+                 ops: Optional[List[Dict[str, Any]]] = None, outputs: Sequence[str] = OUTPUT_NAMES) -> Dict[str, Any]:
     """Quantize a float ``.mnn`` on preprocessed ``blobs`` with MNN's offline tool; the settings used.
 
     ``settings`` overrides :data:`DEFAULT_SETTINGS`: ``feature_quantize_method`` (EMA, KL, ADMM),
     ``weight_quantize_method`` (MAX_ABS, ADMM), ``skip`` (roles of :data:`ROLES` kept in float),
     ``mirror`` (calibrate on each image and its horizontal mirror: twice the data, same distribution).
     ``ops``: :func:`graph_ops` of ``float_path`` listed beforehand (the listing runs the converter, which
-    cannot run after a calibration in this process: several calibrations in one process pass it)."""
+    cannot run after a calibration in this process: several calibrations in one process pass it).
+    ``outputs``: the graph's output names (the heads are found from them)."""
     chosen = {**DEFAULT_SETTINGS, **(settings or {})}
     unknown = set(chosen["skip"]) - set(ROLES)
     if unknown:
@@ -195,7 +196,7 @@ def quantize_mnn(float_path: Path, out_path: Path, blobs: List[np.ndarray], inpu
     if chosen["skip"] and chosen["feature_quantize_method"] == "EMA":
         # measured: the EMA path writes the same file with or without skip_quant_op_names
         raise ValueError("MNN's EMA calibration quantizes every convolution: keeping ops in float needs KL or ADMM")
-    skipped = sensitive_ops(ops or graph_ops(float_path), tuple(chosen["skip"])) if chosen["skip"] else []
+    skipped = sensitive_ops(ops or graph_ops(float_path), tuple(chosen["skip"]), outputs) if chosen["skip"] else []
     if chosen["mirror"]:
         blobs = blobs + [np.ascontiguousarray(b[..., ::-1]) for b in blobs]
     if chosen["feature_quantize_method"] == "ADMM":
@@ -209,7 +210,7 @@ def quantize_mnn(float_path: Path, out_path: Path, blobs: List[np.ndarray], inpu
     with tempfile.TemporaryDirectory(prefix="fdq-mnnquant-") as tmp:
         samples = Path(tmp) / "samples"
         samples.mkdir()
-        _write_samples(blobs, samples, input_name)
+        _write_samples(blobs, samples, input_name, outputs)
         config_path = Path(tmp) / "quant.json"
         config_path.write_text(json.dumps({"path": str(samples), "used_sample_num": len(blobs),
                                            "input_type": "sequence", **config}), encoding="utf-8")

@@ -201,7 +201,8 @@ def _int8_graph(bundle: Bundle) -> List[Any]:
 def _runner_diffs(reference: Any, folder: Path, io: Dict[str, Any], blobs: Sequence[np.ndarray]) -> Dict[str, float]:
     """Worst output differences of the int8 model in ``folder`` against ``reference`` (blob -> outputs),
     as the runner reads them (loc, face score, landmarks)."""
-    from fdq.device.runtimes import open_ncnn, run_ncnn, split_outputs
+    from fdq.device.decoders.ssd_priors import split_outputs
+    from fdq.device.runtimes import open_ncnn, run_ncnn
     from fdq.host.export.check import OUTPUT_NAMES, max_diffs
     from fdq.host.export.ncnn import NCNN_BIN, NCNN_PARAM
 
@@ -303,7 +304,8 @@ def write_int8(prep: Prepared, out: PathLike, keep_float: Sequence[str] = (),
                winograd_bits: Optional[int] = WINOGRAD_BITS, force: bool = False) -> Path:
     """The int8 bundle of ``prep`` at ``out``: ``keep_float`` layers fp32, Winograd as
     :func:`fdq.host.export.ncnn_int8_rules.to_int8` takes it; checked against the fp32 model and the source."""
-    from fdq.device.runtimes import load_inference, split_outputs
+    from fdq.device.decoders.ssd_priors import split_outputs
+    from fdq.device.runtimes import load_inference
     from fdq.host.bundles import write_bundle
     from fdq.host.export.check import torch_outputs
     from fdq.host.export.inputs import image_inputs

@@ -24,6 +24,7 @@ from torch import nn
 
 from fdq.calibration.progress import Line, line as progress_line
 from fdq.device.bundle import Bundle
+from fdq.device.spec import DetectorSpec
 from fdq.host.bundles import write_bundle
 from fdq.host.export.check import OUTPUT_NAMES, OutputSizeMismatch, max_diffs, torch_outputs, worst_diffs
 from fdq.host.export.inputs import calibration_images, example_hw, image_inputs, preprocessed, verification_inputs
@@ -73,16 +74,18 @@ def _verify_onnx(model: nn.Module, path: Path, long_side: int) -> Dict[str, Any]
 class _Reader:
     """``onnxruntime.quantization.CalibrationDataReader`` over preprocessed calibration images."""
 
-    def __init__(self, paths: List[Path], long_side: int, mean_bgr, progress: Line) -> None:
-        self._make = lambda: preprocessed(paths, long_side, mean_bgr)
+    def __init__(self, paths: List[Path], long_side: int, mean_bgr, spec: Optional[DetectorSpec],
+                 input_name: str, progress: Line) -> None:
+        self._make = lambda: preprocessed(paths, long_side, mean_bgr, spec)
         self._it = self._make()
+        self._input_name = input_name
         self._progress = progress
 
     def get_next(self) -> Optional[Dict[str, np.ndarray]]:
         blob = next(self._it, None)
         if blob is not None:
             self._progress.advance()
-        return None if blob is None else {"input": blob}
+        return None if blob is None else {self._input_name: blob}
 
     def rewind(self) -> None:
         self._it = self._make()
@@ -90,9 +93,13 @@ class _Reader:
 
 
 def quantize_onnx(float_path: Path, out_path: Path, paths: List[Path], long_side: int, mean_bgr,
-                  overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+                  overrides: Optional[Dict[str, Any]] = None, *, spec: Optional[DetectorSpec] = None,
+                  input_name: str = "input", symbolic_shapes: bool = True) -> Dict[str, Any]:
     """``quantize_static`` with fdq's settings; ``overrides`` (quantize_static keywords) replace some of
-    them, for ``scripts/bench_ort_int8.py``'s comparison of the alternatives."""
+    them, for ``scripts/bench_ort_int8.py``'s comparison of the alternatives. ``spec``: calibrate on
+    that spec's network inputs (an imported model's padding, std, channels; see ``preprocessed``).
+    ``symbolic_shapes=False`` skips the pre-processing's symbolic shape inference, which fails on some
+    imported graphs (YuNet's) and then leaves its temporary files in the working directory."""
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
 
@@ -104,7 +111,7 @@ def quantize_onnx(float_path: Path, out_path: Path, paths: List[Path], long_side
         pre_path = float_path.with_name(float_path.stem + ".pre.onnx")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            quant_pre_process(str(float_path), str(pre_path))
+            quant_pre_process(str(float_path), str(pre_path), skip_symbolic_shape=not symbolic_shapes)
         float_path, pre_processed = pre_path, True
     except Exception:  # an optional step: quantize the plain export if it fails
         pass
@@ -116,7 +123,8 @@ def quantize_onnx(float_path: Path, out_path: Path, paths: List[Path], long_side
     settings.update(overrides or {})
     with warnings.catch_warnings(), progress_line("fdq: ONNX Runtime calibrating", total=len(paths)) as progress:
         warnings.simplefilter("ignore")
-        quantize_static(str(float_path), str(out_path), reader_cls(paths, long_side, mean_bgr, progress), **settings)
+        quantize_static(str(float_path), str(out_path), reader_cls(paths, long_side, mean_bgr, spec, input_name, progress),
+                        **settings)
     return {"tool": "onnxruntime.quantization.quantize_static", "pre_processed": pre_processed,
             "format": settings["quant_format"].name, "per_channel": settings["per_channel"],
             "reduce_range": settings["reduce_range"], "activation_type": settings["activation_type"].name,
@@ -125,7 +133,8 @@ def quantize_onnx(float_path: Path, out_path: Path, paths: List[Path], long_side
 
 def _verify_against_bundle(bundle: Bundle, path: Path, long_side: int) -> Dict[str, Any]:
     """Max abs differences between the ONNX model and the source bundle as the runner runs it."""
-    from fdq.device.runtimes import load_inference, split_outputs
+    from fdq.device.decoders.ssd_priors import split_outputs
+    from fdq.device.runtimes import load_inference
 
     reference, session = load_inference(bundle, threads=1), _ort_session(path)
     blobs = image_inputs(long_side, bundle.spec.mean_bgr)
