@@ -178,7 +178,7 @@ def cross_layer_equalize(fused: nn.Module, example: torch.Tensor, iterations: in
 
 
 @torch.no_grad()
-def bias_correct(fused: nn.Module, qconfig: quant_api.QConfig, inputs: Iterable[torch.Tensor]) -> nn.Module:
+def bias_correct(fused: nn.Module, qconfig: quant_api.UnitQConfig, inputs: Iterable[torch.Tensor]) -> nn.Module:
     """Copy of a fused float model whose conv biases absorb the mean error of weight rounding.
 
     For each convolution, ``E[conv(x, W_q - W)]`` per output channel is measured on ``inputs``
@@ -187,7 +187,7 @@ def bias_correct(fused: nn.Module, qconfig: quant_api.QConfig, inputs: Iterable[
     """
     model = copy.deepcopy(fused).eval()
     convs = [quant_api.unit_conv(m) for name, m in model.named_modules() if name in set(quant_api.conv_units(model))]
-    deltas = {conv: quant_api.fake_quantize_weight(conv.weight, qconfig) - conv.weight for conv in convs}
+    deltas = {conv: quant_api.fake_quantize_weight(conv, qconfig) - conv.weight for conv in convs}
     shifts: Dict[nn.Conv2d, torch.Tensor] = {conv: torch.zeros(conv.out_channels) for conv in convs}
     count = 0
 

@@ -27,11 +27,11 @@ class PTQOptions:
     backend: str
     observer: str = "histogram"
     per_channel: bool = True
-    reduce_range: str = "none"         # x86/fbgemm without VNNI: "activations" or "weights" lose a bit
+    reduce_range: str = "none"         # x86/fbgemm kernels that saturate: see quant_api.REDUCE_RANGES
     cle: bool = True
     bias_correction: bool = False      # opt-in: lower output error, AP within noise (docs/ACCURACY.md)
 
-    def qconfig(self) -> quant_api.QConfig:
+    def qconfig(self) -> quant_api.UnitQConfig:
         return quant_api.make_qconfig(self.backend, self.observer, self.per_channel, reduce_range=self.reduce_range)
 
     def to_dict(self) -> Dict[str, Any]:

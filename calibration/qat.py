@@ -137,7 +137,7 @@ class FinetuneOptions:
     gradboost_decay: float = 0.05
     gradboost_beta: float = 0.9
     gradboost_clip: float = 1.0
-    reduce_range: str = "none"          # x86/fbgemm without VNNI: "activations" or "weights" are 7-bit
+    reduce_range: str = "none"          # x86/fbgemm kernels that saturate: see quant_api.REDUCE_RANGES
     seed: int = 0
 
     @classmethod

@@ -14,10 +14,12 @@ Weights are symmetric int8 (per channel by default), activations affine uint8. `
 exists for x86/fbgemm kernels that sum pairs of u8 x s8 products in int16 (``vpmaddubsw``) and
 saturate (2 x 255 x 127 = 64,770 > 32,767): one operand gives up a bit. ``"activations"`` (torch's
 own reduce_range: 7-bit activations, 0..127, per tensor) or ``"weights"`` (7-bit weights, -64..63,
-per channel: 2 x 255 x 64 = 32,640 fits); ``"none"`` keeps 8 and 8, for kernels that do not
+per channel: 2 x 255 x 64 = 32,640 fits) everywhere; ``"saturating-weights"`` 7-bit weights only in
+the convolutions whose kernel saturates on this machine (:class:`UnitQConfig`: fbgemm's depthwise
+kernel even with VNNI, every kernel without); ``"none"`` keeps 8 and 8, for kernels that do not
 saturate (VNNI's ``vpdpbusd``). :func:`default_reduce_range` makes that choice by probing this
-machine's kernel (:func:`int8_products_saturate`) when the user does not; the bundle records the
-choice and why, and :func:`integer_kernel_error` checks on real inputs that the int8 kernels compute
+machine's kernels (:func:`conv_saturates`, per convolution geometry) when the user does not; the bundle
+records the choice and why, and :func:`integer_kernel_error` checks on real inputs that the int8 kernels compute
 what their own scales say, which a saturating kernel does not.
 """
 from __future__ import annotations
@@ -27,6 +29,7 @@ import copy
 import functools
 import logging
 import warnings
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Type
 
 import numpy as np
@@ -46,7 +49,6 @@ BACKENDS = ("qnnpack", "fbgemm", "x86")
 PT2E_BACKENDS = ("xnnpack",)  # PT2E quantizers; their models run on ExecuTorch, not on torch's engines
 
 # Re-exported so that the rest of fdq does not import torch.ao itself.
-QConfig = tq.QConfig
 DeQuantStub = tq.DeQuantStub
 
 
@@ -82,41 +84,76 @@ def set_engine(backend: str) -> None:
     torch.backends.quantized.engine = check_backend(backend)
 
 
-#: Which operand of an x86/fbgemm int8 product gives up its 8th bit (see the module docstring).
-REDUCE_RANGES = ("none", "activations", "weights")
-#: What an x86 engine whose 8-bit int8 saturates gets: of the two choices that do not saturate, 7-bit
-#: activations measured closer to float than 7-bit weights (output error on val, 2 of 3 models;
-#: docs/ACCURACY.md, "x86: which operand gives up a bit"; scripts/bench_x86_range.py).
-SATURATING_CHOICE = "activations"
+#: Which operand of an x86/fbgemm int8 product gives up its 8th bit (see the module docstring);
+#: ``"saturating-weights"`` gives 7-bit weights only to the convolutions whose kernel saturates here.
+REDUCE_RANGES = ("none", "activations", "weights", "saturating-weights")
+#: What an x86 engine whose 8-bit int8 saturates gets: 7-bit weights only where a kernel saturates, 8-bit
+#: activations and weights everywhere else, measured closest to float of the choices that do not saturate
+#: (docs/ACCURACY.md, "x86: which operand gives up a bit"; scripts/bench_x86_range.py).
+SATURATING_CHOICE = "saturating-weights"
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """What picks a torch int8 convolution kernel: the x86 engine hands convolutions of over 100 groups
+    to fbgemm (whose depthwise kernel sums pairs in int16) and, with VNNI, the others to oneDNN."""
+
+    in_channels: int
+    out_channels: int
+    kernel_size: Tuple[int, ...]
+    stride: Tuple[int, ...]
+    padding: Tuple[int, ...]
+    dilation: Tuple[int, ...]
+    groups: int
+
+    @classmethod
+    def of(cls, conv: nn.Conv2d) -> "ConvGeometry":
+        return cls(conv.in_channels, conv.out_channels, tuple(conv.kernel_size), tuple(conv.stride),
+                   tuple(conv.padding), tuple(conv.dilation), conv.groups)
+
+
+#: The machine-level probes: a 3x3 depthwise layer of 256 channels (fbgemm's depthwise kernel) and a
+#: 256-channel pointwise one (fbgemm's or oneDNN's dense kernel).
+PROBES = {"depthwise": ConvGeometry(256, 256, (3, 3), (1, 1), (1, 1), (1, 1), 256),
+          "pointwise": ConvGeometry(256, 256, (1, 1), (1, 1), (0, 0), (1, 1), 1)}
+
+
+def int8_products_saturate(backend: str) -> bool:
+    """Whether any of ``backend``'s int8 convolution kernels on this machine saturates 8-bit products
+    (:data:`PROBES`, :func:`conv_saturates`). fbgemm's depthwise kernel sums u8 x s8 pairs in int16 even
+    on an AMD EPYC that lists avx512_vnni (measured here); without VNNI its dense kernel does too."""
+    return any(conv_saturates(backend, g) for g in PROBES.values())
 
 
 @functools.lru_cache(maxsize=None)
-def int8_products_saturate(backend: str) -> bool:
-    """Whether ``backend``'s int8 convolutions on this machine saturate 8-bit products: a 3x3 depthwise
-    probe of 256 channels, every activation code 255 and weight code 127, whose exact sum is 9 x 255 x 127.
-    Asked of the kernel, not of the CPU flags: fbgemm's depthwise kernel sums u8 x s8 pairs in int16 even
-    on an AMD EPYC that lists avx512_vnni (measured here; the x86 engine hands it depthwise layers of
-    many channels, oneDNN the others), so 2 x 255 x 127 = 64,770 saturates at 32,767."""
+def conv_saturates(backend: str, geometry: ConvGeometry) -> bool:
+    """Whether ``backend``'s int8 kernel for a convolution of ``geometry`` saturates 8-bit products on this
+    machine: every activation code 255 and weight code 127, compared with the same sums in float (exact
+    output codes span 0..200; an int16 pair sum saturates at 32,767 < 2 x 255 x 127 = 64,770). Asked of
+    the kernel, not of the CPU flags, once per geometry and process."""
     engine = torch.backends.quantized.engine
     set_engine(backend)
     try:
-        return _probe_saturates()
+        return _probe_saturates(geometry)
     finally:
         torch.backends.quantized.engine = engine  # a probe (a bundle cache key asks it) leaves the engine as it was
 
 
-def _probe_saturates() -> bool:
+def _probe_saturates(g: ConvGeometry) -> bool:
     """The probe itself, on the engine set."""
     from torch.ao.nn import quantized as nnq
+    from torch.nn import functional as F
 
-    channels, exact = 256, 9 * 255 * 127
-    conv = nnq.Conv2d(channels, channels, 3, padding=1, groups=channels)
-    weight = torch.full((channels, 1, 3, 3), 127.0)
-    conv.set_weight_bias(torch.quantize_per_channel(weight, torch.ones(channels), torch.zeros(channels, dtype=torch.long),
-                                                    0, torch.qint8), None)
-    conv.scale, conv.zero_point = exact / 200.0, 0
-    x = torch.quantize_per_tensor(torch.full((1, channels, 4, 4), 255.0), 1.0, 0, torch.quint8)
-    return int(conv(x).int_repr()[0, :, 1:3, 1:3].min()) != 200
+    conv = nnq.Conv2d(g.in_channels, g.out_channels, g.kernel_size, g.stride, g.padding, g.dilation, g.groups)
+    weight = torch.full((g.out_channels, g.in_channels // g.groups, *g.kernel_size), 127.0)
+    conv.set_weight_bias(torch.quantize_per_channel(weight, torch.ones(g.out_channels),
+                                                    torch.zeros(g.out_channels, dtype=torch.long), 0, torch.qint8), None)
+    side = max(d * (k - 1) + 1 for d, k in zip(g.dilation, g.kernel_size)) + 2 * max(g.stride)
+    x = torch.full((1, g.in_channels, side, side), 255.0)
+    exact = F.conv2d(x, weight, None, g.stride, g.padding, g.dilation, g.groups)
+    conv.scale, conv.zero_point = float(exact.max()) / 200.0, 0
+    got = conv(torch.quantize_per_tensor(x, 1.0, 0, torch.quint8)).int_repr().float()
+    return bool((got - torch.round(exact / conv.scale)).abs().max() > 1)
 
 
 def default_reduce_range(backend: str) -> Tuple[str, str]:
@@ -127,15 +164,17 @@ def default_reduce_range(backend: str) -> Tuple[str, str]:
     ``--[no-]reduce-range`` to quantize for another CPU."""
     if backend not in ("x86", "fbgemm"):
         return "none", f"{backend} has no use for it"
-    if int8_products_saturate(backend):
+    saturating = [kind for kind, g in PROBES.items() if conv_saturates(backend, g)]
+    if saturating:
         return SATURATING_CHOICE, (f"this machine's {backend} int8 kernels saturate 8-bit products (an int16 pair "
-                                   f"sum, probed): 7-bit {SATURATING_CHOICE}")
+                                   f"sum, probed: {' and '.join(saturating)}): 7-bit weights in the convolutions "
+                                   f"whose kernel saturates, 8 bits elsewhere")
     return "none", f"this machine's {backend} int8 kernels do not saturate 8-bit products (probed): 8-bit int8"
 
 
 def choose_reduce_range(backend: str, given: Optional[str]) -> Tuple[str, str]:
-    """The user's ``--reduce-range [activations|weights]`` / ``--no-reduce-range`` where given, else
-    :func:`default_reduce_range`; with the reason."""
+    """The user's ``--reduce-range [activations|weights|saturating-weights]`` / ``--no-reduce-range`` where
+    given, else :func:`default_reduce_range`; with the reason."""
     if given is not None:
         flag = {"none": "--no-reduce-range", "activations": "--reduce-range"}.get(given, f"--reduce-range {given}")
         return given, f"{flag} given"
@@ -148,6 +187,43 @@ def _activation_range(reduce_range: str) -> Tuple[int, int]:
 
 def _weight_range(reduce_range: str) -> Tuple[int, int]:
     return (-64, 63) if reduce_range == "weights" else (-128, 127)
+
+
+@dataclass(frozen=True)
+class UnitQConfig:
+    """The qconfig of each convolution unit: ``base``, or ``narrow`` (7-bit weights) for the units whose
+    ``backend`` kernel saturates on this machine (``reduce_range="saturating-weights"``)."""
+
+    base: tq.QConfig
+    narrow: Optional[tq.QConfig] = None
+    backend: str = ""
+
+    def of(self, conv: nn.Conv2d) -> tq.QConfig:
+        """The qconfig of the unit whose float convolution is ``conv``."""
+        if self.narrow is not None and conv_saturates(self.backend, ConvGeometry.of(conv)):
+            return self.narrow
+        return self.base
+
+    def assign(self, model: nn.Module) -> nn.Module:
+        """Set ``model``'s qconfig, and the narrowed units' own, for ``prepare``; a unit already without one
+        (a float island) stays float."""
+        model.qconfig = self.base
+        if self.narrow is not None:
+            modules = dict(model.named_modules())
+            for name in conv_units(model):
+                unit = modules[name]
+                if getattr(unit, "qconfig", self.base) is not None:
+                    unit.qconfig = self.of(unit_conv(unit))
+        return model
+
+
+def narrowed_units(model: nn.Module) -> List[str]:
+    """The convolution units of a converted model whose weights are 7-bit (-64..63): for the manifest."""
+    from torch.ao.nn import quantized as nnq
+
+    return [name for name, m in model.named_modules()
+            if isinstance(m, nnq.Conv2d) and int(m.weight().int_repr().min()) >= -64
+            and int(m.weight().int_repr().max()) <= 63]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -245,8 +321,8 @@ class SymmetricThreshold:
 
 
 def make_qconfig(backend: str, observer: str = "histogram", per_channel: bool = True, qat: bool = False,
-                 reduce_range: str = "none") -> tq.QConfig:
-    """QConfig for ``backend``: named activation observer, symmetric int8 weights.
+                 reduce_range: str = "none") -> UnitQConfig:
+    """Each unit's QConfig for ``backend``: named activation observer, symmetric int8 weights.
 
     ``qat=True`` wraps the same observers in fake-quantize modules (weights then use moving-average
     observers, because they change every step), over the same ranges. qnnpack never needs ``reduce_range``.
@@ -256,6 +332,13 @@ def make_qconfig(backend: str, observer: str = "histogram", per_channel: bool = 
         raise ValueError(f"reduce_range is one of {', '.join(REDUCE_RANGES)}, not {reduce_range!r}")
     if reduce_range != "none" and backend == "qnnpack":
         raise UnsupportedBackendError("reduce_range is an x86/fbgemm workaround; qnnpack has no use for it")
+    if reduce_range == "saturating-weights":
+        return UnitQConfig(_qconfig(observer, per_channel, qat, "none"), _qconfig(observer, per_channel, qat, "weights"),
+                           backend)
+    return UnitQConfig(_qconfig(observer, per_channel, qat, reduce_range))
+
+
+def _qconfig(observer: str, per_channel: bool, qat: bool, reduce_range: str) -> tq.QConfig:
     qmin, qmax = _activation_range(reduce_range)
     wmin, wmax = _weight_range(reduce_range)
     act_cls = activation_observer(observer)
@@ -284,18 +367,14 @@ def fuse(model: nn.Module, qat: bool = False) -> nn.Module:
     return tq.fuse_modules(copy.deepcopy(model).eval(), groups, inplace=True)
 
 
-def prepare_ptq(model: nn.Module, qconfig: tq.QConfig) -> nn.Module:
+def prepare_ptq(model: nn.Module, qconfig: UnitQConfig) -> nn.Module:
     """Observed copy of a fused eval model; modules whose ``qconfig`` is already None stay float."""
-    model = copy.deepcopy(model).eval()
-    model.qconfig = qconfig
-    return tq.prepare(model, inplace=True)
+    return tq.prepare(qconfig.assign(copy.deepcopy(model).eval()), inplace=True)
 
 
-def prepare_qat(model: nn.Module, qconfig: tq.QConfig) -> nn.Module:
+def prepare_qat(model: nn.Module, qconfig: UnitQConfig) -> nn.Module:
     """Fake-quantized trainable copy of a model fused with ``fuse(model, qat=True)``."""
-    model = copy.deepcopy(model).train()
-    model.qconfig = qconfig
-    return tq.prepare_qat(model, inplace=True)
+    return tq.prepare_qat(qconfig.assign(copy.deepcopy(model).train()), inplace=True)
 
 
 def convert(model: nn.Module) -> nn.Module:
@@ -362,9 +441,10 @@ def unit_conv(module: nn.Module) -> nn.Conv2d:
     return conv
 
 
-def fake_quantize_weight(weight: torch.Tensor, qconfig: tq.QConfig) -> torch.Tensor:
-    """``weight`` rounded to the grid ``convert`` will use for it (float tensor)."""
-    observer = qconfig.weight()
+def fake_quantize_weight(conv: nn.Conv2d, qconfig: UnitQConfig, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``conv``'s weight (or ``weight`` in its place) rounded to the grid ``convert`` will use for it (float tensor)."""
+    weight = conv.weight if weight is None else weight
+    observer = qconfig.of(conv).weight()
     observer(weight.detach())
     scale, zero_point = observer.calculate_qparams()
     if observer.qscheme in (torch.per_channel_symmetric, torch.per_channel_affine):

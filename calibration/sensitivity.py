@@ -59,7 +59,7 @@ def only_quantized(model: nn.Module, calibrated: Calibrated, name: str) -> Itera
     conv = quant_api.unit_conv(unit)
     qparams = quant_api.activation_qparams(quant_api.observers(calibrated.prepared)[name])
     original = conv.weight.data.clone()
-    conv.weight.data = quant_api.fake_quantize_weight(original, calibrated.options.qconfig())
+    conv.weight.data = quant_api.fake_quantize_weight(conv, calibrated.options.qconfig(), original)
     handle = unit.register_forward_hook(lambda _m, _i, out: quant_api.fake_quantize_activation(out, qparams))
     try:
         yield model

@@ -144,13 +144,18 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def add_reduce_range_arguments(p: Any, applies_to: str = "") -> None:
-    """``--reduce-range [activations|weights]`` and ``--no-reduce-range`` (``fdq quantize``, ``fdq train --qat``)."""
-    p.add_argument("--reduce-range", nargs="?", const="activations", choices=("activations", "weights"), default=None,
-                   help=f"{applies_to}x86/fbgemm on a CPU without VNNI (AVX2 only), whose 8-bit int8 saturates: 7-bit "
-                        "activations, or with 'weights' 7-bit weights (-64..63) (default: by this machine's CPU "
-                        "flags, 7-bit weights without VNNI; recorded in the bundle)")
+    """``--reduce-range [activations|weights|saturating-weights]`` and ``--no-reduce-range`` (``fdq quantize``,
+    ``fdq train --qat``)."""
+    from fdq.calibration.quant_api import REDUCE_RANGES
+
+    p.add_argument("--reduce-range", nargs="?", const="activations", choices=REDUCE_RANGES[1:], default=None,
+                   help=f"{applies_to}x86/fbgemm, whose int8 kernels sum u8 x s8 pairs in int16 and saturate: 7-bit "
+                        "activations; 'weights': 7-bit weights (-64..63) in every convolution; "
+                        "'saturating-weights': 7-bit weights only in the convolutions whose kernel saturates on "
+                        "this machine (default where a probe finds one that does; recorded in the bundle)")
     p.add_argument("--no-reduce-range", dest="reduce_range", action="store_const", const="none",
-                   help=f"{applies_to}x86/fbgemm: 8-bit activations and weights, as a CPU with VNNI takes")
+                   help=f"{applies_to}x86/fbgemm: 8-bit activations and weights everywhere, for kernels that do not "
+                        "saturate")
 
 
 def _choose_reduce_range(args: argparse.Namespace) -> str:
@@ -322,7 +327,7 @@ def quantize_command(args: argparse.Namespace) -> Path:
     """Run ``fdq quantize`` and return the bundle path; collapse warnings are emitted, never hidden."""
     from fdq.calibration import report as calib_report
     from fdq.calibration.datafree import to_fp16
-    from fdq.calibration.quant_api import PT2E_BACKENDS
+    from fdq.calibration.quant_api import PT2E_BACKENDS, narrowed_units
     from fdq.host.artifacts import save_torchscript_bundle
     from fdq.host.zoo import resolve_weights
     from fdq.models import SPECS, load_model
@@ -353,6 +358,8 @@ def quantize_command(args: argparse.Namespace) -> Path:
             why = _choose_reduce_range(args)
             exported, method = _ptq(args, model, cset, report) if args.level <= 2 else _qat(args, model, report)
             method["reduce_range_reason"] = why
+            if args.reduce_range == "saturating-weights":
+                method["reduce_range_units"] = narrowed_units(exported)
         section.update(method)
     if cset is not None and args.level >= 1:
         check = calib_report.compare(model, exported, spec, args.long_side, cset.held_back,

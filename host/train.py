@@ -293,6 +293,7 @@ def _train_qat(s: argparse.Namespace, model: "nn.Module", dataset: Any, config: 
     from fdq.calibration.labels import ground_truth_of, subset_ground_truth
     from fdq.calibration.qat import FinetuneOptions
     from fdq.calibration.qat_training import QATSettings, train_qat
+    from fdq.calibration.quant_api import narrowed_units
     from fdq.host.artifacts import save_torchscript_bundle
 
     qs = QATSettings(backend=s.backend, observer=s.observer, per_channel=s.per_channel, statassist=s.statassist,
@@ -314,6 +315,8 @@ def _train_qat(s: argparse.Namespace, model: "nn.Module", dataset: Any, config: 
     level = 4 if s.distill and not s.labels else 3
     section = {"level": level, **{k: v for k, v in report.items() if k != "metrics"},
                "reduce_range_reason": getattr(s, "reduce_range_reason", None)}
+    if s.reduce_range == "saturating-weights":
+        section["reduce_range_units"] = narrowed_units(int8)
     calibration = {**images.manifest(), "held_back_images": len(images), "in_sample_report": in_sample,
                    "labels": bool(s.labels)}
     save_torchscript_bundle(int8, dataset.spec, s.size, str(out / "bundle"), engine=s.backend, dtype="int8",

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""x86/fbgemm int8 on this CPU: 8-bit activations and weights, 7-bit activations, or 7-bit weights.
+"""x86/fbgemm int8 on this CPU: 8-bit activations and weights, 7-bit activations, 7-bit weights, or 7-bit
+weights only in the convolutions whose kernel saturates (``saturating-weights``).
 
 Without VNNI, fbgemm sums pairs of u8 x s8 products in int16 (``vpmaddubsw``), which saturates at
 8/8 bits; either operand can give up a bit. Every row is a level-2 x86 bundle made by ``fdq quantize``
@@ -10,13 +11,16 @@ gives ``output_error`` (mean |int8 - float| box offset and face logit over the a
 on every val image: finer than the AP of 64 images) and ``kernel_error``
 (:func:`fdq.calibration.quant_api.integer_kernel_error` on 4 calibration images: the largest difference,
 in output codes of any convolution, between the int8 kernel and a float computation from its own int8
-operands; 1 is rounding, saturation makes far more). ``cpu_flags`` says whether this CPU
-has VNNI: the numbers hold for CPUs like it.
+operands; 1 is rounding, saturation makes far more). ``machine.cpu_features`` says whether this CPU
+has VNNI: the numbers hold for CPUs like it. ``--choices`` with ``--update`` measures some choices again
+(or a new one) and keeps the other rows of the existing ``--json`` (``settings.kept_rows_from`` names
+the run that measured them).
 
 Example::
 
     FDQ_WEIGHTS_PATH=../shared/weights python scripts/bench_x86_range.py \\
         --json docs/results/bench_x86_range.json
+    python scripts/bench_x86_range.py --choices saturating-weights --update --json docs/results/bench_x86_range.json
 """
 from __future__ import annotations
 
@@ -28,11 +32,11 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 from benchlib.data import add_data_argument, data_of
-from benchlib.results import result, write_result
+from benchlib.results import read_result, result, write_result
 
 from fdq.device.outputs import checked_outputs_or_exit
 
-CHOICES = ("none", "activations", "weights")
+CHOICES = ("none", "activations", "weights", "saturating-weights")
 SETTINGS = ("easy", "medium", "hard")
 KERNEL_IMAGES = 4
 
@@ -85,10 +89,20 @@ def main(argv: List[str] = None) -> int:
     add_data_argument(p)
     p.add_argument("--models", default="slim,rfb,mnet025")
     p.add_argument("--long-sides", default="320,640")
+    p.add_argument("--choices", default=",".join(("fp32",) + CHOICES),
+                   help="comma list of fp32 and the --reduce-range choices to measure")
     p.add_argument("--json", required=True)
     p.add_argument("--force", action="store_true", help="replace an existing --json")
+    p.add_argument("--update", action="store_true",
+                   help="keep the existing --json's rows of the models, sides and choices not measured now")
     args = p.parse_args(argv)
-    checked_outputs_or_exit("bench_x86_range", args.force, ("--json", args.json))
+    choices = args.choices.split(",")
+    unknown = sorted(set(choices) - {"fp32", *CHOICES})
+    if unknown:
+        sys.exit(f"bench_x86_range: unknown --choices {', '.join(unknown)} (fp32, {', '.join(CHOICES)})")
+    earlier = read_result(args.json, "bench_x86_range") if args.update else None
+    if not args.update:
+        checked_outputs_or_exit("bench_x86_range", args.force, ("--json", args.json))
     data = data_of(args, "val", "calib").root
     splits = {"val": (data / "val" / "images", data / "val" / "ground_truth"),
               "calib": (data / "calib" / "images", data / "calib" / "ground_truth")}
@@ -96,7 +110,7 @@ def main(argv: List[str] = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models.split(","):
             for side in map(int, args.long_sides.split(",")):
-                for choice in ("fp32",) + CHOICES:
+                for choice in choices:
                     bundle = quantize(model, side, choice, splits["calib"][0], Path(tmp) / f"{model}-{side}-{choice}")
                     row = {"model": model, "long_side": side, "choice": choice,
                            **{split: ap_of(bundle, *paths) for split, paths in splits.items()}}
@@ -104,8 +118,17 @@ def main(argv: List[str] = None) -> int:
                         row.update(errors(model, side, choice, splits["calib"][0], splits["val"][0]))
                     rows.append(row)
                     print(json.dumps(row), file=sys.stderr, flush=True)
-    write_result(args.json, result("bench_x86_range", rows, {"level": 2, "backend": "x86", "calib": "calib",
-                                                             "kernel_images": KERNEL_IMAGES, "output_error_on": "val"}))
+    settings: Dict[str, Any] = {"level": 2, "backend": "x86", "calib": "calib", "kernel_images": KERNEL_IMAGES,
+                                "output_error_on": "val"}
+    if earlier is not None:
+        measured = {(r["model"], r["long_side"], r["choice"]) for r in rows}
+        kept = [r for r in earlier["rows"] if (r["model"], r["long_side"], r["choice"]) not in measured]
+        models = list(dict.fromkeys([r["model"] for r in earlier["rows"]] + args.models.split(",")))
+        rows = sorted(kept + rows, key=lambda r: (models.index(r["model"]), r["long_side"],
+                                                   (("fp32",) + CHOICES).index(r["choice"])))
+        settings["kept_rows_from"] = earlier["settings"].get("kept_rows_from") or \
+            {"command": earlier["command"], "created": earlier["created"]}
+    write_result(args.json, result("bench_x86_range", rows, settings))
     return 0
 
 

@@ -13,7 +13,7 @@ import os
 import shutil
 import warnings
 from pathlib import Path
-from typing import Iterator, List, Tuple
+from typing import Dict, Iterator, List, Tuple
 
 import pytest
 import torch
@@ -138,6 +138,7 @@ def test_level2_int8_bundle_matches_float(backend: str, calib_dir: Path, calib_l
             q["bias_correction"]) == (2, "ptq", "histogram", True,
                                       quant_api.SATURATING_CHOICE if saturates else "none", True, False)
     assert ("kernels saturate" in q["reduce_range_reason"]) is saturates, q["reduce_range_reason"]
+    assert bool(q.get("reduce_range_units")) is saturates  # the 7-bit weight convolutions, by name
     grid = bundle.manifest["input"]["quantized"]  # code 127 reaches the brightest pixels only with 7 bits
     assert ((127 - grid["zero_point"]) * grid["scale"] > 60) is (q["reduce_range"] == "activations")
     names = sorted(p.relative_to(calib_dir).as_posix() for p in calib_dir.rglob("*.jpg"))
@@ -222,33 +223,85 @@ def test_cross_layer_equalization_rescues_per_tensor_mnet025(calib_dir: Path, ca
     assert report["calibration_report"]["agreement"]["recall"] >= RECALL_TOLERANCE
 
 
+def test_x86_saturation_probes_follow_the_cpu_flags() -> None:
+    """Without VNNI (``/proc/cpuinfo``'s flags), fbgemm's dense kernel sums u8 x s8 pairs in int16 and saturates;
+    with avx512_vnni the x86 engine hands dense and few-group convolutions to oneDNN (``vpdpbusd``, exact) and
+    only depthwise layers of over 100 channels to fbgemm's depthwise kernel, which saturates either way. fdq's
+    choice follows the probes: 7-bit weights where one saturates."""
+    flags = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").exists() else set()
+    if "avx2" not in flags:
+        pytest.skip("an x86 CPU with AVX2 decides which kernels saturate; this one has none")
+    vnni = "avx512_vnni" in flags
+    saturates = {kind: quant_api.conv_saturates("x86", g) for kind, g in quant_api.PROBES.items()}
+    assert saturates == {"depthwise": True, "pointwise": not vnni}, (saturates, vnni)
+    few = quant_api.ConvGeometry(64, 64, (3, 3), (1, 1), (1, 1), (1, 1), 64)
+    assert quant_api.conv_saturates("x86", few) is not vnni  # 64 groups: oneDNN with VNNI
+    assert quant_api.default_reduce_range("x86")[0] == quant_api.SATURATING_CHOICE == "saturating-weights"
+    assert quant_api.default_reduce_range("qnnpack")[0] == "none"
+
+
 def test_x86_int8_kernels_saturate_nowhere_on_real_images(calib_dir: Path, weights_env: Path) -> None:
     """Every quantized convolution of slim's level-2 x86 model returns, on real calibration images, what a
     float computation from its own int8 operands and scales gives, to 1 code (rounding), with fdq's choice
-    on this machine and with both 7-bit choices; with "weights" every weight lies in -64..63. With 8-bit
-    activations and weights this machine's kernels saturate (fbgemm's depthwise sums pairs in int16: tens
-    of codes off) exactly where fdq's probe says they do, and then fdq chose a 7-bit operand."""
+    on this machine and with both uniform 7-bit choices. With fdq's choice exactly the convolutions whose
+    kernel the probe finds saturating have 7-bit weights (-64..63), the others and every activation 8 bits;
+    with "weights" every weight lies in -64..63. With 8-bit activations and weights this machine's kernels
+    saturate (fbgemm's depthwise sums pairs in int16: tens of codes off)."""
+    from torch.ao.nn import quantized as nnq
+
     from fdq.host.zoo import resolve_weights
 
     model = load_model("slim", resolve_weights("slim", None))
     blobs, _ = find_images(str(calib_dir)).load(320, model.spec.mean_bgr)
     quant_api.set_engine("x86")
 
-    def worst(reduce_range: str) -> Tuple[int, torch.nn.Module]:
+    def errors(reduce_range: str) -> Tuple[Dict[str, int], torch.nn.Module]:
         converted = ptq.calibrate(model, ptq.PTQOptions(backend="x86", reduce_range=reduce_range), blobs).convert()
-        return max(quant_api.integer_kernel_error(converted, blobs[:4]).values()), converted
+        return quant_api.integer_kernel_error(converted, blobs[:4]), converted
 
-    saturates = worst("none")[0] > 8
-    assert quant_api.int8_products_saturate("x86") is saturates
+    def probed(m: torch.nn.Module) -> bool:
+        return quant_api.conv_saturates("x86", quant_api.ConvGeometry.of(m))
+
+    off, converted = errors("none")  # 8 / 8: off by tens of codes, only in convolutions the probe names
+    saturated = {name for name, error in off.items() if error > 1}
+    assert max(off.values()) > 8 and saturated <= {n for n, m in converted.named_modules()
+                                                   if isinstance(m, nnq.Conv2d) and probed(m)}, saturated
     choice, _ = quant_api.default_reduce_range("x86")
-    assert choice == (quant_api.SATURATING_CHOICE if saturates else "none")
     for reduce_range in sorted({choice, "activations", "weights"}):
-        error, converted = worst(reduce_range)
-        assert error <= 1, reduce_range
-        codes = [m.weight().int_repr() for m in converted.modules() if isinstance(m, torch.ao.nn.quantized.Conv2d)]
-        low, high = min(int(c.min()) for c in codes), max(int(c.max()) for c in codes)
-        bound = 64 if reduce_range == "weights" else 128
-        assert low == -bound and high <= bound - 1, (reduce_range, low, high)
+        error, converted = errors(reduce_range)
+        assert max(error.values()) <= 1, reduce_range
+        convs = {name: m for name, m in converted.named_modules() if isinstance(m, nnq.Conv2d)}
+        narrow = {name for name, m in convs.items() if reduce_range == "weights" or
+                  reduce_range == "saturating-weights" and probed(m)}
+        assert narrow == set(quant_api.narrowed_units(converted)) and (narrow or reduce_range == "activations")
+        for name, m in convs.items():
+            codes = m.weight().int_repr()
+            bound = 64 if name in narrow else 128
+            assert int(codes.min()) == -bound and int(codes.max()) <= bound - 1, (reduce_range, name)
+
+
+def test_x86_level2_bundle_of_slim_stays_within_a_point_of_float(shared_dir: Path, fp32_bundle: Path,
+                                                                  tmp_path: Path) -> None:
+    """The x86 level-2 bundle of slim with fdq's choice on this machine (calibrated on the 32 calib images, as
+    docs/ACCURACY.md's table) loses at most 1 AP point against float in every setting on the 64 val images
+    (0.15 / 0.24 / 0.15 there with 7-bit weights where the kernel saturates; 7-bit activations lost 1.3).
+    All 64: on the first 16 the same command lost 0.66 or 1.11 points (medium) as it calibrated with 2 threads
+    or with 1 (after a bundle ran in the process, as in the benchmark): float rounding the histogram
+    observer's range search amplifies."""
+    from fdq.device.evaluation import load_ground_truth
+    from fdq.device.runtimes import bundle_detector
+    from fdq.host.evaluate import evaluate_detector
+
+    val = shared_dir / SUBSET / "val"
+    gt = load_ground_truth(str(val / "ground_truth"))
+    out = quantize_command(parse("--model", "slim", "--level", "2", "--backend", "x86",
+                                 "--calib", str(shared_dir / SUBSET / "calib" / "images"), "--out", str(tmp_path / "b")))
+
+    def ap(bundle: Path) -> dict:
+        return evaluate_detector(bundle_detector(load_bundle(str(bundle)), 1, None), str(val / "images"), gt)
+
+    int8, fp32 = ap(out), ap(fp32_bundle)
+    assert all(int8[s] > fp32[s] - 0.01 for s in ("easy", "medium", "hard")), (int8, fp32)
 
 
 def test_bias_correction_brings_int8_closer_to_float(calib_dir: Path, weights_env: Path, shared_dir: Path) -> None:

@@ -325,11 +325,11 @@ def test_level4_runs_without_labels(shared_dir, tmp_path, capfd):
 
 
 @pytest.mark.parametrize("bias_correction,reduce_range", [(False, "none"), (True, "none"), (False, "activations"),
-                                                           (False, "weights")])
+                                                           (False, "weights"), (False, "saturating-weights")])
 def test_level3_starts_from_the_level2_model(shared_dir, tmp_path, bias_correction, reduce_range):
     """Checkpoint 0 (no fake-quant step yet) is the level-2 model: CLE, histogram observers calibrated
     on the training images, bias correction and 7-bit activations or weights (``reduce_range``: the
-    fake-quant ranges follow the choice) if asked for, even
+    fake-quant ranges follow the choice, "saturating-weights" in the same convolutions) if asked for, even
     after a StatAssist warm-up, whose weight updates are undone while its optimizer state is kept. Tolerance: the face scores of a val image agree to 1e-4."""
     from fdq.calibration.ptq import PTQOptions, calibrate
     from fdq.calibration.finetune_data import load_samples, make_batch
@@ -359,6 +359,8 @@ def test_level3_starts_from_the_level2_model(shared_dir, tmp_path, bias_correcti
     with torch.no_grad():
         got, want = int8(blob)[1], level2(blob)[1]
     assert (got - want).abs().max() < 1e-4
+    narrowed = quant_api.narrowed_units(int8)
+    assert narrowed == quant_api.narrowed_units(level2) and bool(narrowed) is reduce_range.endswith("weights")
 
 
 def test_observers_paused_restores_each_observer(shared_dir):

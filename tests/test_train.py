@@ -415,8 +415,8 @@ def test_out_never_replaces_a_users_folder(shared_dir, tmp_path):
 def test_qat_through_the_training_loop_writes_an_int8_bundle(shared_dir, tmp_path, labelled):
     """--qat --statassist --gradboost --distill, 1 epoch on 4 images at 96 px: with labels level 3,
     without level 4 (the float warm-up learns from the teacher's detections); the labelled run with
-    7-bit activations (--reduce-range), the unlabelled one with fdq's choice (7-bit activations where this
-    machine's x86 kernels saturate 8-bit int8). The bundle loads through the device loader and carries the report; the StatAssist optimizer
+    7-bit activations (--reduce-range), the unlabelled one with fdq's choice (7-bit weights in the
+    convolutions whose x86 kernel saturates 8-bit int8 on this machine). The bundle loads through the device loader and carries the report; the StatAssist optimizer
     state was carried over."""
     from fdq.device.bundle import load_bundle
 
@@ -434,6 +434,8 @@ def test_qat_through_the_training_loop_writes_an_int8_bundle(shared_dir, tmp_pat
     saturates = int8_products_saturate("x86")  # this machine's x86 kernels, probed (test_calibration checks it)
     chosen = "activations" if labelled else SATURATING_CHOICE if saturates else "none"
     assert manifest["quantization"]["reduce_range"] == chosen
+    # the 7-bit weight convolutions by name: fake-quant ranges followed the probe
+    assert bool(manifest["quantization"].get("reduce_range_units")) is (chosen == "saturating-weights")
     assert manifest["quantization"]["reduce_range_reason"].startswith(
         "--reduce-range given" if labelled else "this machine's x86 int8 kernels saturate" if saturates else
         "this machine's x86 int8 kernels do not saturate")
