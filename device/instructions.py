@@ -7,8 +7,11 @@ count is repeatable run to run and says what a real CPU of that kind would have 
 
 The runner marks each stage boundary with one syscall that no kernel has (``MARK_SYSCALL`` with
 ``MARK_MAGIC`` first: -ENOSYS, nothing happens); the plugin appends ``CODE FRAME COUNT`` to the file
-named by ``$FDQ_COUNT_OUT`` for each. The cost of a mark itself (measured at the start) is taken off
-every stage. The counter is shared by the process's threads and not atomic: count with one thread.
+named by ``$FDQ_COUNT_OUT`` for each, followed by ``CLASS=COUNT`` for each instruction class it decodes
+(ASIMD integer multiplies, FP multiply-adds, loads, ...: what a cost model weighs, ``fdq.host.estimate``;
+lines without them, from an older plugin, read as a run without classes). The cost of a mark itself
+(measured at the start) is taken off every stage, class by class. The counters are shared by the
+process's threads and not atomic: count with one thread.
 
 Only the standard library; the marker numbers are those of ``scripts/qemu_count/insn_count.c``.
 """
@@ -18,7 +21,7 @@ import atexit
 import ctypes
 import os
 import statistics
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, NamedTuple, Optional
 
 MARK_SYSCALL = 0x7F0
 MARK_MAGIC = 0x66647121  # "fdq!"
@@ -37,6 +40,23 @@ class CountingError(RuntimeError):
     """Counting was asked for where no counting emulator runs this process."""
 
 
+class Mark(NamedTuple):
+    """One marker line: its code and frame, the instructions so far, and those per class (may be empty)."""
+
+    code: int
+    frame: int
+    count: int
+    classes: Dict[str, int]
+
+
+def parse_mark(line: str) -> Mark:
+    """``CODE FRAME COUNT [CLASS=COUNT ...]`` as the plugin writes it."""
+    fields = line.split()
+    code, frame, count = (int(v) for v in fields[:3])
+    classes = {name: int(value) for name, value in (field.split("=", 1) for field in fields[3:])}
+    return Mark(code, frame, count, classes)
+
+
 class InstructionCounter:
     """The marks of one run and, at the end, the counts per stage they delimit."""
 
@@ -53,7 +73,7 @@ class InstructionCounter:
         for index in range(PROBES):
             self.mark(PROBE, index)
         try:
-            probes = [count for code, _, count in self._lines() if code == PROBE]
+            probes = [mark for mark in self._lines() if mark.code == PROBE]
         except (FileNotFoundError, ValueError, UnicodeDecodeError):  # the wrapper makes it, the plugin writes it
             probes = []
         if len(probes) < PROBES:
@@ -62,9 +82,9 @@ class InstructionCounter:
         # Only now is the file known to be the plugin's (made by the counting wrapper for this process):
         # a stray $FDQ_COUNT_OUT naming a file of the user's is never removed.
         atexit.register(self.close)
-        self.startup = probes[0]
+        self.startup = probes[0].count
         # Two marks in a row differ by what one mark executes: taken off every stage below.
-        self.mark_cost = min(b - a for a, b in zip(probes, probes[1:]))
+        self.mark_cost = min((_delta(a, b) for a, b in zip(probes, probes[1:])), key=lambda d: d.count)
 
     def mark(self, code: int, frame: int = 0) -> None:
         """One marker line: the count now, under ``code`` and ``frame``."""
@@ -80,17 +100,18 @@ class InstructionCounter:
 
         return marked
 
-    def _lines(self) -> List[List[int]]:
+    def _lines(self) -> List[Mark]:
         with open(self.path, encoding="ascii") as f:
-            return [[int(v) for v in line.split()] for line in f if line.strip()]
+            return [parse_mark(line) for line in f if line.strip()]
 
     def result(self, warmup: int, threads: int) -> Dict[str, Any]:
         """The ``instructions`` section of ``fdq.run/1``: per stage, per frame and summed."""
         from . import sysinfo
 
         lines = self._lines()
-        cold = {code: count for code, _, count in lines if code in (LOADED, FIRST_FRAME)}
+        cold = {mark.code: mark.count for mark in lines if mark.code in (LOADED, FIRST_FRAME)}
         per_frame = _frame_stages(lines, self.mark_cost)
+        classes = sorted(self.mark_cost.classes)
         return {
             "counter": COUNTER,
             "cpu": os.environ.get(CPU_ENV),
@@ -100,11 +121,14 @@ class InstructionCounter:
             "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_"),
             "frames": len(per_frame),
             "warmup_excluded": warmup,
-            "mark_cost": self.mark_cost,
+            "mark_cost": self.mark_cost.count,
             "cold_start": {"startup": self.startup,
                            "load": _difference(cold.get(LOADED), self.startup),
                            "first_frame": _difference(cold.get(FIRST_FRAME), cold.get(LOADED))},
-            "per_frame": {stage: count_stats([frame[stage] for frame in per_frame]) for stage in STAGES},
+            "per_frame": {stage: count_stats([frame[stage].count for frame in per_frame]) for stage in STAGES},
+            # per stage and class, the instructions of each measured frame (they sum to the stage's count)
+            "classes": {stage: {name: [frame[stage].classes[name] for frame in per_frame] for name in classes}
+                        for stage in STAGES} if classes else None,
         }
 
     def close(self) -> None:
@@ -119,20 +143,44 @@ def _difference(later: Optional[int], earlier: Optional[int]) -> Optional[int]:
     return later - earlier if later is not None and earlier is not None else None
 
 
-def _frame_stages(lines: List[List[int]], mark_cost: int) -> List[Dict[str, int]]:
+class Count(NamedTuple):
+    """Instructions between two marks, in all and per class."""
+
+    count: int
+    classes: Dict[str, int]
+
+
+def _delta(earlier: Mark, later: Mark) -> Count:
+    return Count(later.count - earlier.count, {k: v - earlier.classes.get(k, 0) for k, v in later.classes.items()})
+
+
+def _less(span: Count, cost: Count) -> Count:
+    """``span`` less one mark's ``cost``: never below zero, the classes still summing to the count."""
+    if span.count <= cost.count:
+        return Count(0, {k: 0 for k in span.classes})
+    classes = {k: max(0, v - cost.classes.get(k, 0)) for k, v in span.classes.items()}
+    return Count(sum(classes.values()) if classes else span.count - cost.count, classes)
+
+
+def _sum(counts: List[Count]) -> Count:
+    return Count(sum(c.count for c in counts), {k: sum(c.classes[k] for c in counts) for k in counts[0].classes})
+
+
+def _frame_stages(lines: List[Mark], mark_cost: Count) -> List[Dict[str, Count]]:
     """Per measured frame {stage: instructions}, each stage less the mark that ends it."""
-    frames: List[Dict[str, int]] = []
-    bounds: Dict[int, int] = {}
-    for code, _, count in lines:
-        if code == FRAME_START:
-            bounds = {FRAME_START: count}
-        elif code in (INFERENCE_START, INFERENCE_END) and bounds:
-            bounds[code] = count
-        elif code == FRAME_END and len(bounds) == 3:
+    frames: List[Dict[str, Count]] = []
+    bounds: Dict[int, Mark] = {}
+    for mark in lines:
+        if mark.code == FRAME_START:
+            bounds = {FRAME_START: mark}
+        elif mark.code in (INFERENCE_START, INFERENCE_END) and bounds:
+            bounds[mark.code] = mark
+        elif mark.code == FRAME_END and len(bounds) == 3:
             start, infer, infer_end = bounds[FRAME_START], bounds[INFERENCE_START], bounds[INFERENCE_END]
-            stages = {"preprocess": infer - start, "inference": infer_end - infer, "postprocess": count - infer_end}
-            stages = {k: max(0, v - mark_cost) for k, v in stages.items()}
-            stages["total"] = sum(stages.values())
+            stages = {"preprocess": _delta(start, infer), "inference": _delta(infer, infer_end),
+                      "postprocess": _delta(infer_end, mark)}
+            stages = {k: _less(v, mark_cost) for k, v in stages.items()}
+            stages["total"] = _sum(list(stages.values()))
             frames.append(stages)
             bounds = {}
     return frames

@@ -12,7 +12,10 @@ there: its 1.5 wheels need torch 2.13 and the board has 2.9.1 (the row says so).
 The estimate (``fdq.host.estimate``): one cycles-per-instruction figure calibrated on slim MNN int8
 (29 ms published on a Pi 4 at 1.5 GHz), which predicts RFB MNN int8 (35 ms published): the error
 is reported. Then the same CPI turns every configuration's count into milliseconds, an estimate
-whose method and limits are stated next to it.
+whose method and limits are stated next to it. Beside it, a Cortex-A72 cycle model over the counted
+instruction classes (``fdq.host.estimate.class_cycles``: each class at its issue throughput from ARM's
+A72 optimization guide, uncalibrated; and ``bound_cycles``, the busiest pipe), checked on the same
+published numbers, and the int8/fp32 ratios of ncnn by count and by both cycle models.
 
     sudo python scripts/bench_instructions.py --board /run/fdq-testboard/arm64/profile.yaml \\
         --json docs/results/bench_instructions.json --force --markdown docs/SPEED.md
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -36,7 +40,8 @@ from benchlib.results import read_result, result, write_result
 
 from fdq.device.outputs import checked_outputs_or_exit
 from fdq.host.cli import profile_main
-from fdq.host.estimate import CALIBRATION, CLOCK_HZ, METHOD, PUBLISHED, cycles_per_instruction, estimate_ms
+from fdq.host.estimate import (BOUND_METHOD, CALIBRATION, CLASS_METHOD, CLOCK_HZ, METHOD, PUBLISHED, bound_cycles,
+                               class_cycles, cycles_ms, cycles_per_instruction, estimate_ms)
 
 MARK_BEGIN, MARK_END = "<!-- bench_instructions:begin -->", "<!-- bench_instructions:end -->"
 LONG_SIDE = 320
@@ -49,6 +54,9 @@ NOT_RUN = "not run: ExecuTorch 1.5 needs torch 2.13 on the board, which has 2.9.
 VENV_RUNTIMES = ["onnxruntime", "ncnn", "mnn"]
 ONNXRUNTIME = "1.19.2"  # 1.32 dies at import under qemu-user 7.2 (docs/ARCHITECTURE.md)
 STAGES = ("preprocess", "inference", "postprocess", "total")
+CYCLE_MODELS = {"class_sum": class_cycles, "bound": bound_cycles}
+# ncnn int8 against ncnn fp32 on the emulated A72 (issue 24): goals on instructions and on the class sum
+RATIO_GOALS = {"instructions": 0.7, "class_sum": 0.8}
 
 
 def venv_profile(board: Path, work: Path) -> Path:
@@ -93,6 +101,21 @@ def row(model: str, config: str, doc: Optional[Dict[str, Any]]) -> Dict[str, Any
                 "instructions": {s: {k: counts["per_frame"][s][k] for k in ("median", "min", "max", "total")}
                                  for s in STAGES},
                 "cold_start_instructions": counts["cold_start"]})
+    if counts.get("classes"):
+        out.update(frame_classes(counts["classes"]))
+    return out
+
+
+def frame_classes(classes: Dict[str, Dict[str, List[int]]]) -> Dict[str, Any]:
+    """The median frame's instructions per class, and the median of each cycle model over the frames
+    (per stage: inference and total)."""
+    out: Dict[str, Any] = {"classes": {}, "cycles": {}}
+    for stage in ("inference", "total"):
+        per_class = classes[stage]
+        frames = [{name: counts[i] for name, counts in per_class.items()}
+                  for i in range(len(next(iter(per_class.values()))))]
+        out["classes"][stage] = {name: statistics.median(counts) for name, counts in per_class.items()}
+        out["cycles"][stage] = {model: statistics.median(fn(f) for f in frames) for model, fn in CYCLE_MODELS.items()}
     return out
 
 
@@ -114,8 +137,33 @@ def estimates(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
                        "met": abs(predicted / published.ms - 1) <= 0.2, "source": published.source})
     for r in counted.values():
         r["estimate_ms"] = {s: round(estimate_ms(r["instructions"][s]["median"], cpi), 2) for s in ("inference", "total")}
+        if "cycles" in r:
+            r["cycle_estimate_ms"] = {m: round(cycles_ms(r["cycles"]["inference"][m]), 2) for m in CYCLE_MODELS}
     return {"method": METHOD, "clock_hz": CLOCK_HZ, "cpi": round(cpi, 4), "calibrated_on": CALIBRATION.__dict__,
-            "checks": checks}
+            "checks": checks, "cycle_models": cycle_checks(counted)}
+
+
+def cycle_checks(counted: Dict[Any, Dict[str, Any]]) -> Dict[str, Any]:
+    """The cycle models against the published Pi 4 milliseconds (uncalibrated), and ncnn's int8/fp32 ratios."""
+    checks = []
+    for name, published in PUBLISHED.items():
+        r = counted.get((name, "mnn-int8"))
+        if r is None or "cycles" not in r:
+            continue
+        checks.append({"model": name, "published_ms": published.ms, "source": published.source,
+                       **{f"{m}_ms": r["cycle_estimate_ms"][m] for m in CYCLE_MODELS},
+                       **{f"{m}_error": round(r["cycle_estimate_ms"][m] / published.ms - 1, 4) for m in CYCLE_MODELS}})
+    ratios = []
+    for model in sorted({m for m, _ in counted}):
+        fp32, int8 = counted.get((model, "ncnn-fp32")), counted.get((model, "ncnn-int8"))
+        if not (fp32 and int8 and "cycles" in fp32 and "cycles" in int8):
+            continue
+        ratio = {"instructions": int8["instructions"]["inference"]["median"] / fp32["instructions"]["inference"]["median"],
+                 **{m: int8["cycles"]["inference"][m] / fp32["cycles"]["inference"][m] for m in CYCLE_MODELS}}
+        ratios.append({"model": model, "int8_over_fp32": {k: round(v, 4) for k, v in ratio.items()},
+                       "goals": {k: {"at_most": goal, "met": ratio[k] <= goal} for k, goal in RATIO_GOALS.items()}})
+    return {"class_sum_method": CLASS_METHOD, "bound_method": BOUND_METHOD, "checks": checks,
+            "ncnn_int8_over_fp32": ratios}
 
 
 def markdown(doc: Dict[str, Any]) -> List[str]:
@@ -131,19 +179,38 @@ def markdown(doc: Dict[str, Any]) -> List[str]:
                          f"{check['published_ms']:g} ms published: error {100 * check['error']:+.1f} % "
                          f"(goal within 20 %: {'met' if check['met'] else 'not met'}).")
         lines.append("")
+    cycle_models = est.get("cycle_models") or {}
+    for check in cycle_models.get("checks", []):
+        lines.append(f"Cycle models (uncalibrated): {check['model']} MNN int8 class sum **{check['class_sum_ms']:.1f} ms**, "
+                     f"busiest-pipe bound **{check['bound_ms']:.1f} ms**, against {check['published_ms']:g} ms published "
+                     f"(errors {100 * check['class_sum_error']:+.1f} %, {100 * check['bound_error']:+.1f} %).")
+    if cycle_models.get("checks"):
+        lines.append("")
     lines += ["| model | runtime, precision | inference Minstr | total Minstr | estimated Pi 4 inference ms | "
-              "estimated Pi 4 total ms |", "| --- | --- | --- | --- | --- | --- |"]
+              "estimated Pi 4 total ms | A72 class-sum inference ms | A72 bound inference ms |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in doc["rows"]:
         if "instructions" not in r:
-            lines.append(f"| {r['model']} | {r['config']} | {r['not_run']} | | | |")
+            lines.append(f"| {r['model']} | {r['config']} | {r['not_run']} | | | | | |")
             continue
         i = r["instructions"]
         e = r.get("estimate_ms") or {}
+        c = r.get("cycle_estimate_ms") or {}
         lines.append(f"| {r['model']} | {r['config']} | {i['inference']['median'] / 1e6:.1f} | "
-                     f"{i['total']['median'] / 1e6:.1f} | {e.get('inference', '-')} | {e.get('total', '-')} |")
+                     f"{i['total']['median'] / 1e6:.1f} | {e.get('inference', '-')} | {e.get('total', '-')} | "
+                     f"{c.get('class_sum', '-')} | {c.get('bound', '-')} |")
+    if cycle_models.get("ncnn_int8_over_fp32"):
+        lines += ["", "| model | ncnn int8 / fp32: instructions | class-sum cycles | bound cycles |",
+                  "| --- | --- | --- | --- |"]
+        for r in cycle_models["ncnn_int8_over_fp32"]:
+            q, g = r["int8_over_fp32"], r["goals"]
+            lines.append(f"| {r['model']} | {q['instructions']:.3f}x (goal <= {g['instructions']['at_most']}: "
+                         f"{'met' if g['instructions']['met'] else 'not met'}) | {q['class_sum']:.3f}x (goal <= "
+                         f"{g['class_sum']['at_most']}: {'met' if g['class_sum']['met'] else 'not met'}) | "
+                         f"{q['bound']:.3f}x |")
     lines += ["", "Counts: exact and repeatable (two runs agree to 0.1 %, the Python postprocess to 0.5 %, "
               f"`tests/test_instructions.py`). "
-              f"Milliseconds: {est['method']}. Total: the runner's whole pipeline (uint8 resize and normalize, "
+              f"Milliseconds: {est['method']}. A72 class sum: {CLASS_METHOD}. A72 bound: {BOUND_METHOD}. Total: the runner's whole pipeline (uint8 resize and normalize, "
               "inference, decode and NMS in the C kernels).", "", MARK_END]
     return lines
 

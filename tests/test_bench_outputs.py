@@ -31,6 +31,7 @@ BASE: Dict[str, Callable[[Path, Path], List[str]]] = {
     "bench_kernels": lambda d, t: ["--data", d, "--image", next((d / "val/images").rglob("*.jpg")),
                                    "--weights", f"{d.parents[1]}/weights/slim_Final.pth"],
     "bench_mnn_int8": lambda d, t: ["--data", d, "--no-docs"],
+    "bench_mobilenet_a72": lambda d, t: ["--board", f"{t}/no-board.yaml", "--work", f"{t}/work"],
     "bench_ncnn_int8": lambda d, t: ["--data", d, "--no-docs"],
     "bench_ncnn_layers": lambda d, t: ["--data", d, "--no-docs"],
     "bench_peers": lambda d, t: ["--data", d, "--work", f"{t}/work", "--markdown", f"{t}/SPEED.md"],

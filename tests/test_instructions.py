@@ -1,6 +1,7 @@
 """Instruction counts per stage (``--count-instructions``) on the emulated Raspberry Pi 4: the counting
-qemu that ``testboard.sh up arm64`` installs, the fields of ``fdq.run/1``, repeatability (0.1 %; the
-Python postprocess 0.5 %), the report's columns, and the refusals where nothing counts."""
+qemu that ``testboard.sh up arm64`` installs, the fields of ``fdq.run/1``, the counts per instruction
+class and the Cortex-A72 cycle model over them, repeatability (0.1 %; the Python postprocess 0.5 %),
+the report's columns, and the refusals where nothing counts."""
 from __future__ import annotations
 
 import json
@@ -12,6 +13,7 @@ from typing import Dict, List
 import pytest
 
 from fdq.host.cli import main, profile_main
+from fdq.host.estimate import A72_THROUGHPUT, bound_cycles, class_cycles
 
 STAGES = ("preprocess", "inference", "postprocess", "total")
 NOT_ON_A72 = ("asimddp", "sve", "i8mm", "fphp", "asimdhp")
@@ -74,6 +76,40 @@ def test_two_counting_runs_agree_stage_by_stage(counted):
     for stage in STAGES:
         for a, b in zip(first[stage]["frames"], second[stage]["frames"]):
             assert abs(a - b) <= REPEATABLE[stage] * a, (stage, first[stage]["frames"], second[stage]["frames"])
+
+
+def test_the_classes_of_every_frame_sum_to_its_count(counted):
+    counts = counted[0]["instructions"]
+    classes = counts["classes"]
+    for stage in STAGES:
+        assert set(classes[stage]) == set(A72_THROUGHPUT)
+        for i, total in enumerate(counts["per_frame"][stage]["frames"]):
+            assert sum(per_frame[i] for per_frame in classes[stage].values()) == total, stage
+    inference = {name: frames[0] for name, frames in classes["inference"].items()}
+    # QNNPACK's int8 GEMM multiplies with widening ASIMD integer instructions; every program loads,
+    # stores, branches and computes addresses
+    assert inference["simd_imul"] > 1e5 and inference["simd_imul"] > 10 * inference["simd_fmul_q"]
+    assert min(inference[k] for k in ("load", "store", "branch", "scalar")) > 1e4
+
+
+def test_two_counting_runs_agree_class_by_class(counted):
+    first, second = (doc["instructions"]["classes"] for doc in counted[1:])
+    for stage in STAGES:
+        for name in first[stage]:
+            for a, b in zip(first[stage][name], second[stage][name]):
+                assert abs(a - b) <= REPEATABLE[stage] * a, (stage, name, first[stage][name], second[stage][name])
+
+
+def test_the_cycle_model_weighs_each_class_by_its_a72_throughput():
+    fp32 = {"simd_fmul_q": 1000, "load": 500, "scalar": 200}  # 4000 multiply-adds in Q-form FMLAs
+    int8 = {"simd_imul": 500, "simd_f1": 500, "load": 250, "scalar": 200}  # 4000 in SMULL 8b + SADALP
+    assert class_cycles(fp32) == 1000 + 500 + 100 and class_cycles(int8) == 500 + 500 + 250 + 100
+    # the busiest resource: FMLA Q takes both FP pipes (1000 cycles); SMULL has F0, SADALP F1 (500 each)
+    assert bound_cycles(fp32) == 1000 and bound_cycles(int8) == 500
+    assert bound_cycles({"scalar": 900}) == 450 and bound_cycles({"simd_imul_q": 100, "simd_other": 10}) == 200
+    assert bound_cycles({"simd_other": 3000, "scalar": 3000}) == 2000  # three dispatched a cycle
+    with pytest.raises(ValueError, match="sdot"):
+        class_cycles({"sdot": 1})
 
 
 def test_compare_shows_counts_and_their_ratio(counted, tmp_path, capsys):

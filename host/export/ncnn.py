@@ -54,23 +54,23 @@ def _pnnx_version() -> Optional[str]:
         return None
 
 
-def _run_pnnx(model: nn.Module, folder: Path, work: Path, shape: Tuple[int, int],
-              shape2: Optional[Tuple[int, int]]) -> None:
-    """Trace ``model`` at ``shape`` and convert it; the ncnn files land in ``folder``, the rest in ``work``."""
+def run_pnnx(model: nn.Module, folder: Path, work: Path, shape: Tuple[int, int],
+             shape2: Optional[Tuple[int, int]], channels: int = 3) -> None:
+    """Trace ``model`` at ``shape`` (``channels`` in) and convert it; the ncnn files land in ``folder``, the rest in ``work``."""
     for name in (NCNN_PARAM, NCNN_BIN):
         (folder / name).unlink(missing_ok=True)
     traced_path = work / "model.pt"
     with torch.inference_mode(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        traced = torch.jit.trace(model.eval(), torch.zeros(1, 3, *shape), check_trace=False)
+        traced = torch.jit.trace(model.eval(), torch.zeros(1, channels, *shape), check_trace=False)
     traced.save(str(traced_path))
-    cmd = [_pnnx_executable(), str(traced_path), f"inputshape=[1,3,{shape[0]},{shape[1]}]f32", "fp16=0",
+    cmd = [_pnnx_executable(), str(traced_path), f"inputshape=[1,{channels},{shape[0]},{shape[1]}]f32", "fp16=0",
            f"ncnnparam={folder / NCNN_PARAM}", f"ncnnbin={folder / NCNN_BIN}",
            f"ncnnpy={work / 'model_ncnn.py'}", f"pnnxparam={work / 'model.pnnx.param'}",
            f"pnnxbin={work / 'model.pnnx.bin'}", f"pnnxpy={work / 'model_pnnx.py'}",
            f"pnnxonnx={work / 'model.pnnx.onnx'}"]
     if shape2:
-        cmd.append(f"inputshape2=[1,3,{shape2[0]},{shape2[1]}]f32")
+        cmd.append(f"inputshape2=[1,{channels},{shape2[0]},{shape2[1]}]f32")
     with progress_line(f"fdq: pnnx converting to ncnn at {shape[0]}x{shape[1]}"):
         proc = subprocess.run(cmd, cwd=str(work), capture_output=True, text=True, timeout=600)
     if proc.returncode != 0 or not (folder / NCNN_PARAM).is_file() or not (folder / NCNN_BIN).is_file():
@@ -143,12 +143,12 @@ def export_ncnn(bundle: Bundle, model: nn.Module, weights_info: Dict[str, Any], 
     def write_files(folder: Path) -> None:
         with tempfile.TemporaryDirectory(prefix="fdq-pnnx-") as tmp:
             work = Path(tmp)
-            _run_pnnx(model, folder, work, (h, w), shape2)
+            run_pnnx(model, folder, work, (h, w), shape2)
             input_name, outputs = ncnn_blob_names(folder / NCNN_PARAM)
             blobs = verification_inputs(long_side)
             diffs = _verify_ncnn(model, folder, blobs, input_name, outputs)
             if diffs is None:  # some reshape stayed size-specific: convert for one input size instead
-                _run_pnnx(model, folder, work, (h, w), None)
+                run_pnnx(model, folder, work, (h, w), None)
                 input_name, outputs = ncnn_blob_names(folder / NCNN_PARAM)
                 blobs = blobs[:1]
                 diffs = _verify_ncnn(model, folder, blobs, input_name, outputs)

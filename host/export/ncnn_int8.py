@@ -338,6 +338,21 @@ def write_int8(prep: Prepared, out: PathLike, keep_float: Sequence[str] = (),
     return write_bundle(str(out), manifest, write_files, force=force)
 
 
+def int8_files(fp32_folder: Path, input_blob: str, blobs: Sequence[np.ndarray], out_folder: Path,
+               winograd_bits: Optional[int] = WINOGRAD_BITS) -> List[Dict[str, Any]]:
+    """The ncnn int8 files of any fp32 ncnn model (not only a detector's bundle) in ``out_folder``:
+    every convolution calibrated on ``blobs`` fed to ``input_blob``, by the export's own rules; returns
+    the layer table. For models outside fdq's detectors (scripts/bench_mobilenet_a72.py)."""
+    from fdq.host.export.ncnn import NCNN_BIN, NCNN_PARAM
+
+    layers = read_model(fp32_folder / NCNN_PARAM, fp32_folder / NCNN_BIN)
+    quant = calibrated_quant(fp32_folder, {"input": input_blob}, layers, blobs)
+    rows = to_int8(layers, quant, winograd_bits)
+    out_folder.mkdir(parents=True, exist_ok=True)
+    write_model(layers, out_folder / NCNN_PARAM, out_folder / NCNN_BIN)
+    return rows
+
+
 def prepare_bundle(bundle_dir: PathLike, calib_dir: Optional[PathLike], work: Path) -> Prepared:
     """:func:`prepare` for a bundle folder, the way ``fdq export --format ncnn-int8`` prepares it: for the
     benchmarks, which write several models of one preparation."""
