@@ -14,7 +14,7 @@ import shlex
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from fdq.device.atomic import atomic_write_text
 
@@ -210,11 +210,16 @@ def check_runs_folder(path: str) -> Path:
 
 def run_jobs(jobs: List[Job], settings: RunSettings, runs_dir: Path, command: str,
              dataset: Optional[Dataset] = None, connect: Any = None, announce: Any = print,
-             setup: bool = False, fleet: Sequence[Any] = ()) -> Outcome:
+             setup: bool = False, fleet: Sequence[Any] = (), keep_going: Callable[[], bool] = lambda: True,
+             on_done: Callable[[Job, Optional[Any]], None] = lambda job, run: None,
+             spinner: bool = True) -> Outcome:
     """Deploy and run every job, target by target; a failed run is reported and the others go on.
     ``setup``: provision each target first (``fdq-deploy --setup``). The hosts of ``fleet`` (the
     --target's, when it names several boards) run at the same time, each on its own board; every
     other target runs alone (a baseline on this machine is not measured beside another run).
+    ``keep_going`` is asked before each job (a sweep's --budget-minutes: a run started finishes);
+    ``on_done`` hears of each job's run (None: it failed); ``spinner``: a status line while one measures
+    (off when the caller draws a progress line of its own).
 
     Every finished run is saved in ``runs_dir`` at once, so Ctrl-C keeps what was complete."""
     from fdq.device.outputs import write_marker
@@ -232,14 +237,14 @@ def run_jobs(jobs: List[Job], settings: RunSettings, runs_dir: Path, command: st
         conn = connect(target)
         try:
             _runs, _failures = _target_runs(conn, [j for j in jobs if j.target == target], settings, runs_dir,
-                                            command, dataset, announce, setup, spinner=True)
+                                            command, dataset, announce, setup, spinner, keep_going, on_done)
         finally:
             conn.close()
         runs += _runs
         failures += _failures
     for result in on_each(together, lambda conn: _target_runs(conn, [j for j in jobs if j.target == conn.target],
                                                               settings, runs_dir, command, dataset, announce,
-                                                              setup, spinner=False)):
+                                                              setup, False, keep_going, on_done)):
         if result.ok:
             runs += result.value[0]
             failures += result.value[1]
@@ -251,7 +256,8 @@ def run_jobs(jobs: List[Job], settings: RunSettings, runs_dir: Path, command: st
 
 def _target_runs(conn: Connection, jobs: List[Job], settings: RunSettings, runs_dir: Path, command: str,
                  dataset: Optional[Dataset], announce: Any, setup: bool,
-                 spinner: bool) -> Tuple[List[Any], List[str]]:
+                 spinner: bool, keep_going: Callable[[], bool],
+                 on_done: Callable[[Job, Optional[Any]], None]) -> Tuple[List[Any], List[str]]:
     """Every job of one target over one connection: (runs saved, failure lines)."""
     from contextlib import nullcontext
 
@@ -268,6 +274,8 @@ def _target_runs(conn: Connection, jobs: List[Job], settings: RunSettings, runs_
     failures: List[str] = []
     first, prepared = True, False
     for job in jobs:
+        if not keep_going():
+            break
         try:
             if not prepared:
                 prepare(conn, setup)
@@ -285,8 +293,10 @@ def _target_runs(conn: Connection, jobs: List[Job], settings: RunSettings, runs_
         except (RuntimeError, OSError, ValueError) as exc:  # RemoteError, SetupError, BundleError...
             failures.append(f"{target.name}: {job.bundle.name}: {str(exc).strip().splitlines()[0]}")
             announce(f"fdq-profile: error: {failures[-1]}")
+            on_done(job, None)
             continue
         doc["profile"] = {"target": target.name, "address": target.address, "command": command,
                           "bundle": str(job.bundle)}
         runs.append(Run(doc, save_run(doc, runs_dir, target.name)))
+        on_done(job, runs[-1])
     return runs, failures
