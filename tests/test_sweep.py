@@ -93,6 +93,19 @@ def test_a_fleet_gets_a_front_and_a_recommendation_per_host_and_instructions_ran
                      "pi-1").startswith("ship on pi-1: slim torchscript int8 @320, 1 thread: 34.0 M instructions")
 
 
+def test_the_runtimes_a_host_sweeps_are_those_installed_there():
+    from fdq.host.sweep_runs import SweepError, host_runtimes
+    from fdq.host.targets import Target
+
+    pi = Target(name="pi", transport="local", python="python3", workdir="/w", runtimes=("torchscript", "ncnn", "mnn"))
+    modules = {"torch": "2.9.1", "onnxruntime": "1.19.2", "ncnn": "1.0", "MNN": None, "executorch": None}
+    assert host_runtimes(None, pi, modules) == ["torchscript", "ncnn"]          # the profile's, installed
+    assert host_runtimes(("all",), pi, modules) == ["torchscript", "onnxruntime", "ncnn"]  # every one installed
+    assert host_runtimes(("onnxruntime",), pi, modules) == ["onnxruntime"]
+    with pytest.raises(SweepError, match=r"pi: its Python lacks MNN, executorch for --runtimes mnn,executorch"):
+        host_runtimes(("mnn", "executorch"), pi, modules)
+
+
 # -- real sweeps ------------------------------------------------------------------------------------------
 
 
