@@ -106,6 +106,19 @@ def test_the_runtimes_a_host_sweeps_are_those_installed_there():
         host_runtimes(("mnn", "executorch"), pi, modules)
 
 
+def test_peak_rss_is_the_runners_own_not_its_parents():
+    """--max-rss reads the runner's peak RSS; on the local target the runner is exec'd from a process that
+    may hold hundreds of MiB (fdq-profile itself), whose peak ``ru_maxrss`` carries over ``exec``."""
+    parent = ("import resource, subprocess, sys\n"
+              "big = bytearray(300 * 2**20)\n"
+              "child = subprocess.run([sys.executable, '-c', 'from fdq.device.sysinfo import peak_rss_mib; "
+              "print(peak_rss_mib())'], capture_output=True, text=True, check=True).stdout\n"
+              "print(float(child), resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)\n")
+    own, inherited = map(float, subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True,
+                                               check=True).stdout.split())
+    assert inherited > 300 and own < 100, (own, inherited)
+
+
 # -- real sweeps ------------------------------------------------------------------------------------------
 
 
@@ -253,14 +266,16 @@ def test_progress_shows_on_a_terminal(local, few_images, tmp_path):
     assert b"configurations done" in seen and b"sweep" in seen, seen[-2000:]
 
 
-def test_bad_sweeps_are_one_line(local, tmp_path, capsys):
+def test_bad_sweeps_are_one_line(local, few_images, tmp_path, capsys):
     from fdq.host.cli import profile_main
 
     runs = tmp_path / "runs"
     for argv, needle in ((["--sweep"], "give --images DIR and --gt DIR"),
                          (["--sweep", "--runtimes", "tflite"], "unknown runtime 'tflite'"),
                          (["--sweep", "--precisions", "fp16"], "unknown 'fp16'"),
-                         (["--sweep", "--runtime", "ncnn"], "do not combine it with --runtime")):
+                         (["--sweep", "--runtime", "ncnn"], "do not combine it with --runtime"),
+                         (["--sweep", "--models", "slim,yolo", "--images", str(few_images["images"]), "--gt",
+                           str(few_images["gt"])], "--models: unknown model 'yolo'")):
         try:
             code = profile_main(["--target", str(local["profile"]), "--runs", str(runs), *argv])
         except SystemExit as exc:  # argparse's own refusal

@@ -38,15 +38,14 @@ def _choices(option: str, allowed: Tuple[str, ...]) -> Any:
 def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``--sweep`` (its --threads, --images, --gt, --calib, --level, --runs are fdq-profile's)."""
     from fdq.host.sweep import METRICS, PRECISIONS
-    from fdq.models import SPECS
 
     g = p.add_argument_group("sweep", "fdq-profile --sweep --images DIR --gt DIR: what to ship on this target")
     g.add_argument("--sweep", action="store_true",
                    help="run every configuration of the options below on the target, AP measured there on --images; "
                         "print the Pareto front of (medium AP, metric) and the one to ship; resumable (runs finished "
                         "under --runs are reused)")
-    g.add_argument("--models", type=_choices("--models", tuple(SPECS)), default=",".join(SPECS), metavar="LIST",
-                   help="models to sweep")
+    g.add_argument("--models", type=comma_list(str), metavar="LIST",
+                   help="models to sweep (default: every one, slim, rfb and mnet025)")
     g.add_argument("--runtimes", type=_runtimes, metavar="all|LIST",
                    help="runtimes to sweep: all (every runtime the runner has that is installed there) or a list "
                         "(default: the profile's runtimes installed there, or that --setup installs)")
@@ -73,11 +72,15 @@ _NOT_WITH_SWEEP = (("bundle", "--bundle"), ("runtime", "--runtime (the sweep tak
 
 def _grid(args: argparse.Namespace) -> Any:
     from fdq.host.sweep_runs import Grid
+    from fdq.models import MODEL_NAMES
 
+    unknown = [m for m in args.models or () if m not in MODEL_NAMES]
+    if unknown:
+        raise CliError(f"--models: unknown model {unknown[0]!r} (choose from: {', '.join(MODEL_NAMES)})")
     int8 = [b for b in args.backend or () if b != "fp32"]
     if len(int8) > 1:
         raise CliError(f"--sweep takes one int8 --backend for TorchScript, got {','.join(int8)}")
-    return Grid(models=tuple(args.models), runtimes=args.runtimes, precisions=tuple(args.precisions),
+    return Grid(models=tuple(args.models or MODEL_NAMES), runtimes=args.runtimes, precisions=tuple(args.precisions),
                 threads=tuple(args.threads) if args.threads else None, long_sides=tuple(args.long_sides),
                 backend=int8[0] if int8 else None, level=args.level, calib=args.calib, labels=args.labels,
                 weights=args.weights, iters=args.iters)
