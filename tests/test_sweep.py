@@ -266,6 +266,20 @@ def test_progress_shows_on_a_terminal(local, few_images, tmp_path):
     assert b"configurations done" in seen and b"sweep" in seen, seen[-2000:]
 
 
+def test_a_spent_budget_starts_nothing_and_the_same_command_goes_on(local, few_images, tmp_path):
+    argv = _argv(local, few_images, tmp_path / "runs")
+    argv[argv.index("--models") + 1], argv[argv.index("--runtimes") + 1] = "slim", "onnxruntime"
+    argv[argv.index("--long-sides") + 1] = "160"
+    before = _starts(local)
+    spent = subprocess.run([*PROFILE, *argv, "--budget-minutes", "0"], capture_output=True, text=True, timeout=300)
+    assert spent.returncode == 1 and _starts(local) == before, spent.stderr[-2000:]
+    assert "--budget-minutes 0 spent: 1 configuration(s) not run; the same command runs them" in spent.stderr
+    assert spent.stderr.strip().splitlines()[-1] == "fdq-profile: error: no run finished (0 failed, 1 not started)"
+    done = subprocess.run([*PROFILE, *argv, "--budget-minutes", "60"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and _starts(local) == before + 1, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1].startswith("ship: slim onnxruntime fp32 @160, 1 thread: p90 ")
+
+
 def test_bad_sweeps_are_one_line(local, few_images, tmp_path, capsys):
     from fdq.host.cli import profile_main
 

@@ -156,7 +156,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         say(f"fdq-profile: {why}: {len(left)} configuration(s) not run; the same command runs them")
     runs = todo.reused + outcome.runs
     if not runs:
-        raise CliError(f"no run finished ({len(outcome.failures)} failed)")
+        raise CliError(f"no run finished ({len(outcome.failures)} failed, {len(left)} not started)")
     result = analyse(runs, metric, args.max_ap_drop, args.max_rss, left=todo.skipped + outcome.failures + left)
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
     report = args.html or str(runs_dir / f"sweep-{stamp}.html")
