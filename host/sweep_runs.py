@@ -120,6 +120,7 @@ def plan(hosts: Sequence[Tuple[Target, Dict[str, Any]]], grid: Grid, dataset: Da
     from .sweep import configurations
 
     made: Dict[Tuple[Config, str], Path] = {}
+    refused: Dict[Tuple[Config, str], str] = {}   # asked once: another thread count gets the same line
     result = Plan([], [], [])
     for target, facts in hosts:
         runtimes = host_runtimes(grid.runtimes, target, facts["modules"])
@@ -129,13 +130,15 @@ def plan(hosts: Sequence[Tuple[Target, Dict[str, Any]]], grid: Grid, dataset: Da
         for config in configurations(grid.models, runtimes, grid.precisions, grid.threads or (target.threads,),
                                      grid.long_sides):
             key = (replace(config, threads=0), backend)
-            if key not in made:
+            if key not in made and key not in refused:
                 try:
                     made[key] = build_bundle(config, grid, backend)
                 except (CacheError, ValueError, RuntimeError) as exc:  # one line: a bundle it cannot make
-                    result.skipped.append(f"{target.name}: {config}: {exc}")
-                    say(f"fdq-profile: skipped {result.skipped[-1]}")
-                    continue
+                    refused[key] = str(exc).strip().splitlines()[0]
+            if key in refused:
+                result.skipped.append(f"{target.name}: {config}: {refused[key]}")
+                say(f"fdq-profile: skipped {result.skipped[-1]}")
+                continue
             bundle = made[key]
             sha = sha256_file(bundle / MANIFEST)
             done = [r for r in earlier if finished(r, target, sha, config.threads, dataset, settings)]

@@ -86,8 +86,9 @@ def _grid(args: argparse.Namespace) -> Any:
                 weights=args.weights, iters=args.iters)
 
 
-def _facts(targets: List[Any], setup: bool) -> List[Tuple[Any, Dict[str, Any]]]:
-    """Each host with its facts (after --setup): what it can run decides its configurations."""
+def _facts(targets: List[Any], setup: bool) -> Tuple[List[Tuple[Any, Dict[str, Any]]], List[str]]:
+    """Each host with its facts (after --setup): what it can run decides its configurations; and a line
+    for each host that cannot be reached (a fleet's others go on, as everywhere)."""
     from fdq.host.deploy import board_facts
     from fdq.host.fleet import on_each
     from fdq.host.provision import prepare
@@ -98,12 +99,14 @@ def _facts(targets: List[Any], setup: bool) -> List[Tuple[Any, Dict[str, Any]]]:
 
     found = on_each(targets, facts)
     failed = [f"{r.target.name}: {r.error}" for r in found if not r.ok]
-    if failed:
+    if len(failed) == len(found):
         raise CliError(f"cannot read what the target runs: {failed[0]}")
-    return [(r.target, r.value) for r in found]
+    return [(r.target, r.value) for r in found if r.ok], failed
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    """Plan (what each host runs, bundles made once, finished runs reused), run the rest, answer; the
+    ship line is the last line printed."""
     from fdq.calibration.progress import Steps
     from fdq.device.atomic import atomic_write_text
     from fdq.device.outputs import check_file_output
@@ -136,9 +139,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                                      per_op=args.per_op, cooldown=args.cooldown, max_temp=args.max_temp,
                                      run_timeout=args.run_timeout, count_instructions=metric == "instructions")
     keep_going = deadline_after(args.budget_minutes)  # the budget counts from the start, bundles included
-    hosts = _facts(targets, args.setup)
+
+    def say(line: str) -> None:
+        print(line, file=sys.stderr)
+
+    hosts, unreached = _facts(targets, args.setup)
+    for line in unreached:
+        say(f"fdq-profile: error: {line}")
     earlier = load_runs([str(runs_dir)]) if runs_dir.is_dir() and any(runs_dir.glob("[!.]*.json")) else []
-    say = lambda line: print(line, file=sys.stderr)  # noqa: E731
     todo = plan(hosts, grid, dataset, settings, earlier, say)
     total = len(todo.todo) + len(todo.reused)
     say(f"fdq-profile: sweep: {total} configuration(s) on {len(hosts)} host(s): {len(todo.reused)} finished "
@@ -146,7 +154,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     finished: List[Any] = []
     with Steps("sweep", total, done=len(todo.reused), unit="configurations") as steps:
         outcome = profiling.run_jobs(todo.todo, settings, runs_dir, args.command_line, dataset, connect,
-                                     announce=steps.say, fleet=[t for t, _ in hosts], keep_going=keep_going,
+                                     announce=steps.say, keep_going=keep_going,
+                                     fleet=list(dict.fromkeys(job.target for job in todo.todo)),  # hosts at once
                                      on_done=lambda job, run: (finished.append(job), steps.advance()),
                                      spinner=False)
     left = [f"{job.target.name}: {job.bundle.name}, {job.threads} thread(s)" for job in todo.todo
@@ -157,7 +166,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     runs = todo.reused + outcome.runs
     if not runs:
         raise CliError(f"no run finished ({len(outcome.failures)} failed, {len(left)} not started)")
-    result = analyse(runs, metric, args.max_ap_drop, args.max_rss, left=todo.skipped + outcome.failures + left)
+    result = analyse(runs, metric, args.max_ap_drop, args.max_rss,
+                     left=unreached + todo.skipped + outcome.failures + left)
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
     report = args.html or str(runs_dir / f"sweep-{stamp}.html")
     atomic_write_text(check_file_output(report, args.force, "--html"), render(result, report, args.command_line))
@@ -168,4 +178,4 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         write_reports(*with_baseline(runs, None), None, args.markdown, args.force)
     print(f"report: {Path(report).resolve()}")
     print_sweep(result)
-    return 1 if outcome.failures else 0
+    return 1 if outcome.failures or unreached else 0
