@@ -34,9 +34,10 @@ class Steps:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+            # every finished step counts toward the time left (steps may take minutes; rich's window is 30 s)
             self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                      TextColumn(f"{unit} done, about"), TimeRemainingColumn(), TextColumn("left"), console=Console(file=sys.stderr),
-                                      transient=True)
+                                      TextColumn(f"{unit} done, about"), TimeRemainingColumn(), TextColumn("left"),
+                                      console=Console(file=sys.stderr), transient=True, speed_estimate_period=86400.0)
             self._task = self._progress.add_task(description, total=total, completed=done)
 
     def __enter__(self) -> "Steps":
