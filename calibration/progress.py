@@ -50,6 +50,13 @@ class Line:
         if self._display is not None:
             self._display.update(self._task, advance=n, **fields)
 
+    def say(self, text: str) -> None:
+        """A line of output that stays: above the display when it is drawn, plainly on stderr otherwise."""
+        if self._display is not None:
+            self._display.console.print(text, markup=False, highlight=False)
+        else:
+            print(text, file=sys.stderr)
+
 
 def _display() -> Any:
     """The shared rich display: spinner, what, bar, done/total (bytes and speed for transfers), a note
@@ -78,7 +85,8 @@ def _display() -> Any:
     terminal = os.fdopen(os.dup(sys.stderr.fileno()), "w")
     return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), Count(),
                     TextColumn("{task.fields[note]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                    console=Console(file=terminal), transient=True, redirect_stdout=False)
+                    console=Console(file=terminal), transient=True, redirect_stdout=False,
+                    speed_estimate_period=3600.0)  # steps may take minutes (a sweep's runs): every one counts toward the time left
 
 
 @contextmanager

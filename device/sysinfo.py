@@ -228,7 +228,17 @@ def throttling_during(start: Optional[Dict[str, Any]], end: Optional[Dict[str, A
 
 
 def peak_rss_mib() -> float:
-    """Peak resident set size of this process in MiB (``ru_maxrss`` is KiB on Linux, bytes on macOS)."""
+    """Peak resident set size of this process in MiB: Linux's ``VmHWM``, the peak of this program's own
+    memory. ``ru_maxrss`` survives ``exec``: a runner started by a big process (fdq-profile's local
+    target forks it from the host's Python) reported that process's peak. Elsewhere ``ru_maxrss`` (KiB on
+    Linux, bytes on macOS)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError):
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / (1024.0 * 1024.0) if sys.platform == "darwin" else rss / 1024.0
 

@@ -236,11 +236,14 @@ def check_runs_folder(path: str) -> Path:
 
 def run_jobs(jobs: List[Job], settings: RunSettings, runs_dir: Path, command: str,
              dataset: Optional[Dataset] = None, connect: Any = None, announce: Any = print,
-             setup: bool = False, fleet: Sequence[Any] = ()) -> Outcome:
+             setup: bool = False, fleet: Sequence[Any] = (), keep_going: Callable[[], bool] = lambda: True,
+             on_done: Callable[[Job, Optional[Any]], None] = lambda job, run: None) -> Outcome:
     """Deploy and run every job, target by target; a failed run is reported and the others go on.
     ``setup``: provision each target first (``fdq-deploy --setup``). The hosts of ``fleet`` (the
     --target's, when it names several boards) run at the same time, each on its own board; every
     other target runs alone (a baseline on this machine is not measured beside another run).
+    ``keep_going`` is asked before each job (a sweep's --budget-minutes: a run started finishes);
+    ``on_done`` hears of each job's run (its last, when interleaved; None: it failed).
 
     Every finished run is saved in ``runs_dir`` at once, so Ctrl-C keeps what was complete."""
     from fdq.device.outputs import write_marker
@@ -258,14 +261,14 @@ def run_jobs(jobs: List[Job], settings: RunSettings, runs_dir: Path, command: st
         conn = connect(target)
         try:
             _runs, _failures = _target_runs(conn, [j for j in jobs if j.target == target], settings, runs_dir,
-                                            command, dataset, announce, setup)
+                                            command, dataset, announce, setup, keep_going, on_done)
         finally:
             conn.close()
         runs += _runs
         failures += _failures
     for result in on_each(together, lambda conn: _target_runs(conn, [j for j in jobs if j.target == conn.target],
                                                               settings, runs_dir, command, dataset, announce,
-                                                              setup)):
+                                                              setup, keep_going, on_done)):
         if result.ok:
             runs += result.value[0]
             failures += result.value[1]
@@ -276,7 +279,8 @@ def run_jobs(jobs: List[Job], settings: RunSettings, runs_dir: Path, command: st
 
 
 def _target_runs(conn: Connection, jobs: List[Job], settings: RunSettings, runs_dir: Path, command: str,
-                 dataset: Optional[Dataset], announce: Any, setup: bool) -> Tuple[List[Any], List[str]]:
+                 dataset: Optional[Dataset], announce: Any, setup: bool,
+                 keep_going: Callable[[], bool], on_done: Callable[[Job, Optional[Any]], None]) -> Tuple[List[Any], List[str]]:
     """Every job of one target over one connection: (runs saved, failure lines). On a terminal each
     run is a progress line (a fleet's hosts one each): a spinner while the bundle loads there, then the
     frames the runner streams."""
@@ -292,6 +296,8 @@ def _target_runs(conn: Connection, jobs: List[Job], settings: RunSettings, runs_
     failures: List[str] = []
     first, prepared = True, False
     for job in jobs:
+        if not keep_going():
+            break
         try:
             if not prepared:
                 prepare(conn, setup)
@@ -310,6 +316,7 @@ def _target_runs(conn: Connection, jobs: List[Job], settings: RunSettings, runs_
         except (RuntimeError, OSError, ValueError) as exc:  # RemoteError, SetupError, BundleError...
             failures.append(f"{target.name}: {job.bundle.name}: {str(exc).strip().splitlines()[0]}")
             announce(f"fdq-profile: error: {failures[-1]}")
+            on_done(job, None)
             continue
         for bundle, doc in zip(bundles, docs):
             doc["profile"] = {"target": target.name, "address": target.address, "command": command,
@@ -318,4 +325,5 @@ def _target_runs(conn: Connection, jobs: List[Job], settings: RunSettings, runs_
             problem = record(runs[-1])
             if problem:
                 announce(f"fdq-profile: warning: {problem}")
+        on_done(job, runs[-1])
     return runs, failures

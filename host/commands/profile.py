@@ -11,6 +11,7 @@ from fdq.device.atomic import atomic_write_text
 # float_at_least, int_at_least: the runner's own checks, made here before anything travels
 from fdq.device.cliargs import comma_list, float_at_least, int_at_least
 from fdq.host.commands import CliError
+from fdq.host.commands.sweep import add_sweep_arguments
 from fdq.host.commands.target_options import add_target_arguments, load_targets_from_args
 from fdq.host.targets import load_target
 
@@ -48,6 +49,10 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from fdq.host.report.runs import with_baseline
     from fdq.host.report.table import print_table
 
+    if args.sweep:
+        from fdq.host.commands.sweep import cmd_sweep
+
+        return cmd_sweep(args)
     if args.bundle and (args.backend or args.level is not None or args.calib or args.labels):
         raise CliError("--bundle carries its backend and level: do not combine it with --backend/--level/--calib")
     if args.gt and not args.images:
@@ -185,5 +190,6 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--html", help="the HTML report (default: in the runs folder)")
     p.add_argument("--markdown", help="also write the table as Markdown")
     p.add_argument("--force", action="store_true", help="replace existing --out/--html/--markdown files")
+    add_sweep_arguments(p)
     p.set_defaults(func=cmd_profile)
     return p
