@@ -13,8 +13,9 @@ and an fp32 FMLA are no longer taken as the same cost. It too is an estimate, ne
 """
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Mapping, Optional
 
 CLOCK_HZ = 1.5e9  # Raspberry Pi 4 Model B, Cortex-A72 at 1.5 GHz
 
@@ -109,6 +110,17 @@ def bound_cycles(classes: Mapping[str, float]) -> float:
     fp_pipes = (f0 + f1 + c["simd_fmul"] + 2 * c["simd_fmul_q"] + c["simd_other"]) / 2
     return max(sum(c.values()) / A72_DISPATCH, f0, f1, fp_pipes, c["load"], c["store"], c["branch"],
                c["scalar"] / 2)
+
+
+def run_cycles(doc: Mapping[str, Any], stage: str = "total") -> Optional[float]:
+    """The median per frame of ``stage``'s class-sum cycles (:func:`class_cycles`) of a run counted with
+    instruction classes; None for a run without them (not counted, or by an older plugin)."""
+    classes = ((doc.get("instructions") or {}).get("classes") or {}).get(stage)
+    if not classes:
+        return None
+    frames = len(next(iter(classes.values())))
+    return statistics.median(class_cycles({name: counts[i] for name, counts in classes.items()})
+                             for i in range(frames))
 
 
 def cycles_ms(cycles: float, clock_hz: float = CLOCK_HZ) -> float:

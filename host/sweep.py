@@ -15,8 +15,10 @@ from typing import Dict, List, Optional, Sequence
 from fdq.device.result import SETTINGS, Run
 
 PRECISIONS = ("fp32", "int8")
-# p90 (MLPerf's single-stream metric) and p50 of the whole frame; instructions: the emulator's exact count
-METRICS = ("p90", "p50", "instructions")
+# p90 (MLPerf's single-stream metric) and p50 of the whole frame; instructions: the emulator's exact count;
+# cycles: those instructions by class at a Cortex-A72's issue costs (host/estimate.py), an estimate
+METRICS = ("p90", "p50", "instructions", "cycles")
+COUNTED = ("instructions", "cycles")  # metrics that need --count-instructions
 
 
 @dataclass(frozen=True, order=True)
@@ -51,16 +53,23 @@ def config_of(run: Run) -> Config:
 
 def metric_value(run: Run, metric: str) -> Optional[float]:
     """The run's value of ``metric`` (lower is better): total ms per frame at p90 / p50, or the median
-    instructions per frame; None when the run did not measure it (a run that did not count)."""
+    instructions per frame, or the median class-sum A72 cycles per frame; None when the run did not measure
+    it (a run that did not count, or counted without classes)."""
     if metric == "instructions":
         return run.instructions("total")
+    if metric == "cycles":
+        from fdq.host.estimate import run_cycles
+
+        return run_cycles(run.doc)
     return run.p("total", metric)
 
 
 def metric_text(value: float, metric: str) -> str:
-    """``p90 9.8 ms (102 FPS)`` or ``36.4 M instructions``."""
+    """``p90 9.8 ms (102 FPS)``, ``36.4 M instructions`` or ``20.1 M A72 cycles (estimate)``."""
     if metric == "instructions":
         return f"{value / 1e6:.1f} M instructions"
+    if metric == "cycles":
+        return f"{value / 1e6:.1f} M A72 cycles (estimate)"
     return f"{metric} {value:.1f} ms ({1000.0 / value:.0f} FPS)" if value > 0 else f"{metric} {value:.1f} ms"
 
 

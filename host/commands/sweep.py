@@ -59,8 +59,8 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-rss", type=float_at_least("--max-rss", 1), metavar="MiB",
                    help="most peak memory (RSS) a configuration may use")
     g.add_argument("--metric", choices=METRICS,
-                   help="what ranks the configurations (default: instructions on an emulated board with a counter, "
-                        "else p90)")
+                   help="what ranks the configurations (default: cycles, the A72 cycle estimate of the counted "
+                        "instructions, on an emulated board with a counter, else p90)")
     g.add_argument("--budget-minutes", type=float_at_least("--budget-minutes", 0), metavar="M",
                    help="start no configuration after M minutes (the one running finishes); run the same command "
                         "again to go on")
@@ -115,7 +115,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from fdq.host.remote import connect
     from fdq.host.report.runs import load_runs
     from fdq.host.report.sweep import print_sweep, render
-    from fdq.host.sweep import analyse
+    from fdq.host.sweep import COUNTED, analyse
     from fdq.host.sweep_runs import deadline_after, plan
 
     for name, option in _NOT_WITH_SWEEP:
@@ -129,15 +129,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             check_file_output(path, args.force, option)
     grid = _grid(args)
     targets = load_targets_from_args(args)
-    metric = args.metric or ("instructions" if all(t.instruction_counter for t in targets) else "p90")
-    if metric == "instructions":
+    metric = args.metric or ("cycles" if all(t.instruction_counter for t in targets) else "p90")
+    if metric in COUNTED:
         profiling.check_counting(targets, grid.threads)
     dataset = profiling.stage_dataset(args.images, args.gt)
     if args.frames is not None and args.frames < dataset.count:
         raise CliError(f"--gt scores every image once: --frames {args.frames} < {dataset.count} images")
     settings = profiling.RunSettings(frames=args.frames, min_seconds=args.min_seconds, warmup=args.warmup,
                                      per_op=args.per_op, cooldown=args.cooldown, max_temp=args.max_temp,
-                                     run_timeout=args.run_timeout, count_instructions=metric == "instructions")
+                                     run_timeout=args.run_timeout, count_instructions=metric in COUNTED)
     keep_going = deadline_after(args.budget_minutes)  # the budget counts from the start, bundles included
 
     def say(line: str) -> None:

@@ -12,12 +12,14 @@ from typing import List, Optional
 
 from fdq.device.result import EMULATED
 
-from ..sweep import HostAnswer, Point, SweepResult, metric_text, ship_line
+from ..estimate import CLASS_METHOD
+from ..sweep import COUNTED, HostAnswer, Point, SweepResult, metric_text, ship_line
 from .html import _STYLE, _pyplot, _svg
 from .table import WIDTH_NOT_A_TERMINAL
 
 COLUMNS = ("", "configuration", "metric", "AP e/m/h", "drop pt", "RSS MiB", "run")
-METRIC_NAMES = {"p90": "total p90 (ms)", "p50": "total p50 (ms)", "instructions": "instructions per frame (median)"}
+METRIC_NAMES = {"p90": "total p90 (ms)", "p50": "total p50 (ms)", "instructions": "instructions per frame (median)",
+                "cycles": "Cortex-A72 cycles per frame (median, estimated from the counted instruction classes)"}
 
 
 def _mark(p: Point, answer: HostAnswer) -> str:
@@ -37,6 +39,9 @@ def emulated_note(result: SweepResult) -> Optional[str]:
     if result.metric == "instructions":
         return ("emulated board: ranked by instructions counted by the emulator (exact and repeatable, not a time); "
                 "its latencies are emulated and say nothing about a real board")
+    if result.metric == "cycles":
+        return ("emulated board: ranked by a Cortex-A72 cycle estimate from the instructions the emulator counted, "
+                f"by class ({CLASS_METHOD}); its latencies are emulated and say nothing about a real board")
     return f"emulated board: ranked by latencies that are emulated: {EMULATED}"
 
 
@@ -70,7 +75,7 @@ def scatter(answer: HostAnswer, metric: str, report_dir: Path) -> str:
     """Medium AP against the metric: every point a link to its run, the front joined, the ship point ringed."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    scale = 1e6 if metric == "instructions" else 1.0
+    scale = 1e6 if metric in COUNTED else 1.0
     xs = [p.value / scale for p in answer.points]
     ys = [100 * p.ap["medium"] for p in answer.points]
     dots = ax.scatter(xs, ys, s=28, color="#4c72b0", zorder=3, label="configuration")
