@@ -2,7 +2,7 @@
 that loses more than the bound is never recommended, however fast), then real sweeps: on the local
 target over two models x two runtimes x two sides on a few val images, stopped by SIGINT and resumed
 (runner starts counted), its progress line on a terminal and not in a pipe, and on the emulated A72
-board ranked by counted instructions."""
+board ranked by the cycle estimate of its counted instructions."""
 from __future__ import annotations
 
 import json
@@ -322,7 +322,7 @@ def test_bad_sweeps_are_one_line(local, few_images, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_a_sweep_on_the_emulated_a72_ranks_by_counted_instructions(arm64_board, home, few_images, tmp_path):
+def test_a_sweep_on_the_emulated_a72_ranks_by_its_cycle_estimate(arm64_board, home, few_images, tmp_path):
     """Two configurations (slim TorchScript fp32 and qnnpack int8 at 160) on the emulated Pi 4: the metric
     defaults to the A72 cycle estimate of the counted instruction classes there, the report says its
     latencies are emulated."""
