@@ -11,6 +11,8 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 from typing import Dict, Iterator, List, Tuple
@@ -152,6 +154,36 @@ def test_level2_int8_bundle_matches_float(backend: str, calib_dir: Path, calib_l
     torch.jit.load(str(bundle.file("model")))
     assert recall(slim_float, bundle_detections(out, val_images)) >= RECALL_TOLERANCE
     assert_camera_frames_skip_the_float_blob(bundle, val_images)
+
+
+def test_level2_bundle_does_not_depend_on_the_thread_count(calib_dir: Path, shared_dir: Path, home: Path,
+                                                           tmp_path: Path) -> None:
+    """The same ``fdq quantize`` in fresh processes with 1 and 2 torch threads writes the same model, byte for
+    byte (weights and every quantization parameter), and the same quantization manifest: the bundle cache
+    keys a bundle by its inputs, so its content may not follow the machine's cores. Without a fixed
+    calibration thread count the float convolutions' summation order moved the observers' ranges."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:  # the context itself: one thread inside, the caller's count after
+        with quant_api.calibration_threads():
+            assert torch.get_num_threads() == quant_api.CALIBRATION_THREADS == 1
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    for backend in ("x86", "qnnpack"):
+        outputs = []
+        for threads in (1, 2):
+            out = tmp_path / f"{backend}-t{threads}"
+            run = subprocess.run([sys.executable, "-m", "fdq.host.cli", "quantize", "--model", "slim", "--weights",
+                                  str(shared_dir / "weights" / "slim_Final.pth"), "--level", "2", "--backend", backend,
+                                  "--calib", str(calib_dir), "--out", str(out), "--quiet"],
+                                 env={**os.environ, "OMP_NUM_THREADS": str(threads)},
+                                 capture_output=True, text=True, timeout=300)
+            assert run.returncode == 0, run.stderr
+            bundle = load_bundle(str(out))
+            outputs.append((hashlib.sha256(bundle.file("model").read_bytes()).hexdigest(),
+                            bundle.manifest["quantization"]))
+        assert outputs[0] == outputs[1], backend
 
 
 def assert_camera_frames_skip_the_float_blob(bundle, val_images: List[Path]) -> None:
