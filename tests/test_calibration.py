@@ -316,10 +316,9 @@ def test_x86_level2_bundle_of_slim_stays_within_a_point_of_float(shared_dir: Pat
                                                                   tmp_path: Path) -> None:
     """The x86 level-2 bundle of slim with fdq's choice on this machine (calibrated on the 32 calib images, as
     docs/ACCURACY.md's table) loses at most 1 AP point against float in every setting on the 64 val images
-    (0.15 / 0.24 / 0.15 there with 7-bit weights where the kernel saturates; 7-bit activations lost 1.3).
-    All 64: on the first 16 the same command lost 0.66 or 1.11 points (medium) as it calibrated with 2 threads
-    or with 1 (after a bundle ran in the process, as in the benchmark): float rounding the histogram
-    observer's range search amplifies."""
+    (0.05 / 0.29 / -0.01 there with 7-bit weights where the kernel saturates; 7-bit activations lost 1.3).
+    All 64: on the first 16 the same command lost 1.11 points (medium), calibrated at one thread as fdq always
+    does now (0.66 with 2 threads before): float rounding the histogram observer's range search amplifies."""
     from fdq.device.evaluation import load_ground_truth
     from fdq.device.runtimes import bundle_detector
     from fdq.host.evaluate import evaluate_detector
