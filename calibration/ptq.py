@@ -3,6 +3,8 @@
 Both levels are one pipeline fed differently: fuse Conv-BN(-ReLU) -> optional cross-layer
 equalization -> optional bias correction -> observe activations on the inputs -> convert. Level 1
 feeds inputs distilled from the BatchNorm statistics, level 2 the preprocessed calibration images.
+Every float forward that decides a quantization parameter runs at a fixed thread count
+(:func:`quant_api.calibration_threads`), so the bundle does not depend on the machine's cores.
 
 The calibrated state (:class:`Calibrated`) is kept, not just the integer model, because mixed
 precision converts it again with some layers left in float without calibrating twice.
@@ -66,16 +68,17 @@ def calibrate(model: nn.Module, options: PTQOptions, inputs: Sequence[torch.Tens
         raise ValueError("calibration needs at least one input")
     quant_api.set_engine(options.backend)
     qconfig = options.qconfig()
-    fused = quant_api.fuse(model)
-    pairs = 0
-    if options.cle:
-        fused, pairs = cross_layer_equalize(fused, inputs[0])
-    if options.bias_correction:
-        fused = bias_correct(fused, qconfig, inputs)
-    prepared = quant_api.prepare_ptq(fused, qconfig)
-    with torch.no_grad():
-        for x in track(inputs, "fdq: calibrating"):
-            prepared(x)
+    with quant_api.calibration_threads():
+        fused = quant_api.fuse(model)
+        pairs = 0
+        if options.cle:
+            fused, pairs = cross_layer_equalize(fused, inputs[0])
+        if options.bias_correction:
+            fused = bias_correct(fused, qconfig, inputs)
+        prepared = quant_api.prepare_ptq(fused, qconfig)
+        with torch.no_grad():
+            for x in track(inputs, "fdq: calibrating"):
+                prepared(x)
     return Calibrated(fused, prepared, options, pairs, *unit_graph(fused, inputs[0]))
 
 
@@ -88,15 +91,17 @@ def calibrate_pt2e(model: nn.Module, inputs: Sequence[torch.Tensor], example: Tu
     Returns the int8 PT2E model and the number of equalized pairs."""
     if not inputs:
         raise ValueError("calibration needs at least one input")
-    fused = quant_api.fuse(model)
-    pairs = 0
-    if cle:
-        fused, pairs = cross_layer_equalize(fused, inputs[0])
-    return quant_api.quantize_pt2e_xnnpack(fused, example, dynamic_shapes, inputs, per_channel, observer,
-                                           weight_eps), pairs
+    with quant_api.calibration_threads():
+        fused = quant_api.fuse(model)
+        pairs = 0
+        if cle:
+            fused, pairs = cross_layer_equalize(fused, inputs[0])
+        return quant_api.quantize_pt2e_xnnpack(fused, example, dynamic_shapes, inputs, per_channel, observer,
+                                               weight_eps), pairs
 
 
 def calibrate_datafree(model: nn.Module, options: PTQOptions, steps: int = DISTILL_STEPS, seed: int = 0) -> Calibrated:
     """Level 1: calibrate on inputs distilled from the model's own BatchNorm statistics."""
-    distilled = distill_inputs(model, model.spec.mean_bgr, steps=steps, seed=seed)
+    with quant_api.calibration_threads():
+        distilled = distill_inputs(model, model.spec.mean_bgr, steps=steps, seed=seed)
     return calibrate(model, options, list(distilled.split(1)))

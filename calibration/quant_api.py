@@ -382,6 +382,26 @@ def convert(model: nn.Module) -> nn.Module:
     return tq.convert(copy.deepcopy(model).eval(), inplace=True)
 
 
+#: The intra-op thread count every calibration forward runs at (see :func:`calibration_threads`).
+CALIBRATION_THREADS = 1
+
+
+@contextlib.contextmanager
+def calibration_threads() -> Iterator[None]:
+    """Run the enclosed float forwards at :data:`CALIBRATION_THREADS` threads, then restore the count.
+
+    A float convolution's summation order, hence the last bits of its output, follows torch's thread
+    count; observers, bias correction and distilled inputs read those bits, so without a fixed count the
+    same ``fdq quantize`` gave different bundles on machines (or in processes) with different thread
+    counts, while the bundle cache keys a bundle by its inputs alone."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(CALIBRATION_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def freeze_observers(model: nn.Module) -> nn.Module:
     """Stop updating quantization ranges (late QAT epochs)."""
     return model.apply(tq.disable_observer)

@@ -216,6 +216,7 @@ def _ptq(args: argparse.Namespace, model: nn.Module, cset: Optional[CalibrationS
     """Levels 1 (int8) and 2: calibrate, optionally analyse and keep sensitive layers float."""
     from fdq.calibration import ptq
     from fdq.calibration.datafree import DISTILL_STEPS
+    from fdq.calibration.quant_api import calibration_threads
 
     options = ptq.PTQOptions(backend=args.backend, observer=args.observer or "histogram",
                              per_channel=args.per_channel, reduce_range=args.reduce_range, cle=args.cle is not False,
@@ -232,7 +233,8 @@ def _ptq(args: argparse.Namespace, model: nn.Module, cset: Optional[CalibrationS
     float_units: List[str] = []
     quantized = calibrated.convert()
     if args.sensitivity or args.ap_budget is not None:
-        float_units, quantized = _sensitivity(args, model, cset, calibrated, quantized, report)
+        with calibration_threads():  # the float layers kept follow these measurements
+            float_units, quantized = _sensitivity(args, model, cset, calibrated, quantized, report)
     section["ap_budget"] = args.ap_budget
     section["float_units"] = float_units
     return quantized, section
