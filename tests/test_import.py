@@ -145,6 +145,35 @@ def test_two_int8_formats_within_a_point_of_float(imported, split, tmp_path):
             assert ap[setting] >= float_ap[setting] - 0.01, (fmt, setting)
 
 
+def test_ncnn_and_ncnn_int8_of_imported_yunet(imported, split, tmp_path):
+    """pnnx reads the imported ONNX graph: the fp32 ncnn model matches ONNX Runtime on two input sizes and
+    gives float's AP on val at 320 (measured: equal to 5 digits); ncnn-int8 (every convolution int8,
+    calibrated on the calibration split) stays within a point (measured: -0.5 hard, +0.8 easy)."""
+    import yaml
+
+    calib_images, _ = split["calib"]
+    val_images, val_gt = split["val"]
+    float_ap, float_count = _ap_and_count(imported, val_images, val_gt, 320)
+    ncnn = tmp_path / "ncnn"
+    assert fdq_main(["export", str(imported), "--format", "ncnn", "--out", str(ncnn)]) == 0
+    manifest = yaml.safe_load((ncnn / "manifest.yaml").read_text())
+    assert manifest["io"]["outputs"]["kps_32"] == "out11" and len(manifest["io"]["outputs"]) == 12
+    assert len(manifest["export"]["verification_inputs"]) == 2
+    assert max(manifest["export"]["verification_max_abs_diff"].values()) < 1e-4
+    ap, count = _ap_and_count(ncnn, val_images, val_gt, 320)
+    assert abs(count - float_count) <= float_count // 1000
+    for setting in ("easy", "medium", "hard"):
+        assert ap[setting] == pytest.approx(float_ap[setting], abs=1e-3), setting
+    int8 = tmp_path / "ncnn-int8"
+    assert fdq_main(["export", str(imported), "--format", "ncnn-int8", "--calib", str(calib_images),
+                     "--out", str(int8)]) == 0
+    quantization = yaml.safe_load((int8 / "manifest.yaml").read_text())["quantization"]
+    assert quantization["int8_layers"] == len(quantization["layers"]) > 50 and not quantization["float_layers"]
+    ap = _ap_and_count(int8, val_images, val_gt, 320)[0]
+    for setting in ("easy", "medium", "hard"):
+        assert ap[setting] >= float_ap[setting] - 0.01, setting
+
+
 def _one_line_error(capsys, argv, needle):
     assert fdq_main(argv) == 1, argv
     err = capsys.readouterr().err.strip().splitlines()
@@ -169,10 +198,14 @@ def test_bad_input_is_one_line_and_writes_nothing(yunet, imported, tmp_path, cap
          "decoder ssd-priors expects outputs loc, conf, landm; the graph has cls_8, cls_16"),
         (["import", str(yunet), "--decoder", "centernet"], "unknown decoder 'centernet' (known: ssd-priors, yunet)"),
         (["import", str(fixed), "--decoder", "yunet"], "fixed size 320x240: the model cannot take"),
-        (["export", str(imported), "--format", "ncnn", "--out", str(out)], "exports to onnx-int8, mnn, mnn-int8, not ncnn"),
+        (["export", str(imported), "--format", "torchscript", "--out", str(out)],
+         "exports to onnx-int8, mnn, mnn-int8, ncnn, ncnn-int8, not torchscript"),
+        (["export", str(imported), "--format", "ncnn-int8", "--calib", "x", "--keep-float", "convrelu_0", "--out",
+          str(out)], "--keep-float is for fdq's own models' ncnn-int8"),
         (["export", str(imported), "--format", "onnx-int8", "--out", str(out)], "needs --calib DIR"),
         (["quantize", "--model", str(imported), "--level", "2", "--out", str(out)],
-         "is an imported model: fdq quantize's torch backends need fdq's own models; it gets onnx-int8, mnn, mnn-int8"),
+         "is an imported model: fdq quantize's torch backends need fdq's own models; it gets onnx-int8, mnn, mnn-int8, "
+         "ncnn, ncnn-int8"),
     ]
     for argv, needle in cases:
         if argv[0] == "import":

@@ -85,7 +85,7 @@ def export_bundle(bundle_dir: PathLike, fmt: str, out: PathLike, calib_dir: Opti
     from fdq.host.export import imported
 
     if imported.is_imported(bundle):
-        imported.check_request(bundle, fmt_key, calib_dir)
+        imported.check_request(bundle, fmt_key, calib_dir, keep_float)
     else:
         _check_request(bundle, fmt_key, calib_dir, float_ok)
     if keep_float and fmt_key != "ncnn-int8":

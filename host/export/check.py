@@ -42,16 +42,17 @@ def max_diffs(ref: Sequence[np.ndarray], got: Sequence[np.ndarray],
     return out
 
 
-def worst_diffs(reference: Union[nn.Module, RunFn], blobs: Sequence[np.ndarray], run: RunFn) -> Dict[str, float]:
+def worst_diffs(reference: Union[nn.Module, RunFn], blobs: Sequence[np.ndarray], run: RunFn,
+                names: Sequence[str] = OUTPUT_NAMES) -> Dict[str, float]:
     """Worst :func:`max_diffs` of ``run`` against ``reference`` (a PyTorch model, or ``blob -> outputs``)
-    over ``blobs``."""
+    over ``blobs`` (``names``: the outputs', in order)."""
     def ref(blob: np.ndarray) -> Sequence[np.ndarray]:
         return torch_outputs(reference, blob) if isinstance(reference, nn.Module) else reference(blob)
 
-    worst = {n: 0.0 for n in OUTPUT_NAMES}
+    worst = {n: 0.0 for n in names}
     for blob in blobs:
         try:
-            diffs = max_diffs(ref(blob), run(blob))
+            diffs = max_diffs(ref(blob), run(blob), names)
         except OutputSizeMismatch as exc:
             raise OutputSizeMismatch(str(exc), f"{blob.shape[2]}x{blob.shape[3]}") from None
         for name, value in diffs.items():

@@ -45,7 +45,7 @@ def _pnnx_executable() -> str:
     raise RuntimeError("ncnn export needs pnnx (pip install pnnx)")
 
 
-def _pnnx_version() -> Optional[str]:
+def pnnx_version() -> Optional[str]:
     try:
         from importlib.metadata import version
 
@@ -57,14 +57,21 @@ def _pnnx_version() -> Optional[str]:
 def run_pnnx(model: nn.Module, folder: Path, work: Path, shape: Tuple[int, int],
              shape2: Optional[Tuple[int, int]], channels: int = 3) -> None:
     """Trace ``model`` at ``shape`` (``channels`` in) and convert it; the ncnn files land in ``folder``, the rest in ``work``."""
-    for name in (NCNN_PARAM, NCNN_BIN):
-        (folder / name).unlink(missing_ok=True)
     traced_path = work / "model.pt"
     with torch.inference_mode(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(model.eval(), torch.zeros(1, channels, *shape), check_trace=False)
     traced.save(str(traced_path))
-    cmd = [_pnnx_executable(), str(traced_path), f"inputshape=[1,{channels},{shape[0]},{shape[1]}]f32", "fp16=0",
+    convert_with_pnnx(traced_path, folder, work, shape, shape2, channels)
+
+
+def convert_with_pnnx(source: Path, folder: Path, work: Path, shape: Tuple[int, int],
+                      shape2: Optional[Tuple[int, int]], channels: int = 3) -> None:
+    """pnnx on a TorchScript or ONNX file in ``work`` (pnnx writes its intermediates beside it), with
+    example inputs ``shape`` and ``shape2``; the ncnn pair lands in ``folder``."""
+    for name in (NCNN_PARAM, NCNN_BIN):
+        (folder / name).unlink(missing_ok=True)
+    cmd = [_pnnx_executable(), str(source), f"inputshape=[1,{channels},{shape[0]},{shape[1]}]f32", "fp16=0",
            f"ncnnparam={folder / NCNN_PARAM}", f"ncnnbin={folder / NCNN_BIN}",
            f"ncnnpy={work / 'model_ncnn.py'}", f"pnnxparam={work / 'model.pnnx.param'}",
            f"pnnxbin={work / 'model.pnnx.bin'}", f"pnnxpy={work / 'model_pnnx.py'}",
@@ -78,9 +85,9 @@ def run_pnnx(model: nn.Module, folder: Path, work: Path, shape: Tuple[int, int],
         raise RuntimeError(f"pnnx failed (exit {proc.returncode}): {tail}")
 
 
-def ncnn_blob_names(param_path: Path) -> Tuple[str, List[str]]:
-    """(input blob, output blobs in order) of an ncnn .param: the Input layer's blob, and the blobs
-    that no layer consumes (pnnx names them out0, out1, ... in the model's output order)."""
+def ncnn_blob_names(param_path: Path, n_outputs: int = len(OUTPUT_NAMES)) -> Tuple[str, List[str]]:
+    """(input blob, output blobs in order) of an ncnn .param: the Input layer's blob, and the
+    ``n_outputs`` blobs that no layer consumes (pnnx names them out0, out1, ... in the model's output order)."""
     lines = param_path.read_text(encoding="utf-8").split("\n")
     if not lines or lines[0].strip() != "7767517":
         raise RuntimeError(f"{param_path} is not an ncnn param file")
@@ -105,8 +112,8 @@ def ncnn_blob_names(param_path: Path) -> Tuple[str, List[str]]:
         return (int(digits) if digits else 1 << 30, name)
 
     outputs.sort(key=order)
-    if len(inputs) != 1 or len(outputs) != len(OUTPUT_NAMES):
-        raise RuntimeError(f"{param_path}: expected 1 input and {len(OUTPUT_NAMES)} outputs, found "
+    if len(inputs) != 1 or len(outputs) != n_outputs:
+        raise RuntimeError(f"{param_path}: expected 1 input and {n_outputs} outputs, found "
                            f"inputs {inputs} and outputs {outputs}")
     return inputs[0], outputs
 
@@ -135,7 +142,7 @@ def export_ncnn(bundle: Bundle, model: nn.Module, weights_info: Dict[str, Any], 
     h, w = example_hw(long_side)
     shape2 = (2 * h, 2 * w)  # every pyramid level gets a different cell count, so no reshape stays fixed
     manifest = base_manifest(bundle, "ncnn", "fp32", long_side)
-    export: Dict[str, Any] = {"tool": "pnnx", "pnnx_version": _pnnx_version(), "ncnn_version": str(ncnn.__version__),
+    export: Dict[str, Any] = {"tool": "pnnx", "pnnx_version": pnnx_version(), "ncnn_version": str(ncnn.__version__),
                               "torch_version": str(torch.__version__), "fp16_weights": False,
                               "example_inputs": [[1, 3, h, w], [1, 3, *shape2]]}
     io: Dict[str, Any] = {}
