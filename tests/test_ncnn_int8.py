@@ -289,3 +289,29 @@ def test_profile_exports_an_int8_bundle_for_ncnn_int8_and_runs_it(bundles, tmp_p
     bundle = doc["bundle"]
     assert (bundle["runtime"], bundle["dtype"], bundle["quantization"]) == ("ncnn", "int8", "ncnn-int8")
     assert bundle["quantization_config"]["params_from"].startswith("source bundle")
+
+
+def _kl_threshold(*chunks: torch.Tensor):
+    """ncnn2table's KL observer after its two passes over ``chunks``."""
+    from fdq.calibration.quant_api import symmetric_threshold
+
+    observer = symmetric_threshold("kl")
+    for step in range(observer.passes):
+        if step:
+            observer.next_pass()
+        for chunk in chunks:
+            observer(chunk)
+    return observer
+
+
+def test_the_kl_threshold_clips_a_lone_outlier_and_keeps_a_bounded_range():
+    """ncnn2table's method: a few extreme values do not stretch the grid, a range without a tail is
+    kept whole; zeros (a ReLU's) count for neither, and both signs count by magnitude."""
+    generator = torch.Generator().manual_seed(0)
+    bulk = torch.relu(torch.randn(200_000, generator=generator))
+    outlier = _kl_threshold(bulk, torch.tensor([-60.0]))
+    assert outlier.absmax == 60.0
+    assert 2.5 < outlier.threshold() < 10.0, outlier.threshold()  # the bulk's tail (max ~4.5) kept, 60 clipped
+    uniform = _kl_threshold(torch.rand(200_000, generator=generator) * 2 - 1)
+    assert 0.97 < uniform.threshold() / uniform.absmax <= 1.0
+    assert _kl_threshold(bulk).threshold() == pytest.approx(_kl_threshold(bulk[bulk > 0]).threshold())  # half are 0
