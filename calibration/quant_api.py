@@ -30,7 +30,7 @@ import functools
 import logging
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Type
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Type, Union
 
 import numpy as np
 import torch
@@ -306,6 +306,8 @@ class SymmetricThreshold:
     over [0, T], so the observer sees ``|x|`` with that many levels: its range search (histogram's L2,
     percentile's clipping) then fits the grid the runtime uses. A ReLU output uses only that half anyway."""
 
+    passes = 1
+
     def __init__(self, name: str, levels: int = 128) -> None:
         self.observer = activation_observer(name)(dtype=torch.quint8, qscheme=torch.per_tensor_affine, quant_min=0,
                                                   quant_max=levels - 1)
@@ -318,6 +320,74 @@ class SymmetricThreshold:
     def threshold(self) -> float:
         scale, _ = self.observer.calculate_qparams()
         return float(scale) * (self.observer.quant_max - self.observer.quant_min)
+
+
+class KLThreshold:
+    """ncnn2table's default threshold, re-implemented: the clipping point of ``|x|`` whose 128-level
+    quantization keeps the histogram closest in KL divergence. ncnn's own method, step for step, so that
+    fdq's ncnn int8 calibrates as ncnn's tool would: a first pass finds ``absmax``; a second fills 2048
+    bins over [0, absmax] with the non-zero ``|x|`` (the zeros of a ReLU say nothing about the range).
+    Each candidate threshold ``t`` (bins 128..2047) clips the normalized histogram (the tail summed into
+    its last bin), spreads ``t`` bins over 128 equal levels (fractions of a bin split by width), expands
+    each level's mass uniformly back over its span, and scores ``sum p log(p / q)`` with 1e-4 added to
+    every bin; the best ``t`` gives the threshold ``(t + 0.5) * absmax / 2048``. As in ncnn, the levels
+    are computed from the unclipped bins, so the clipped tail counts against a threshold only through
+    ``p``'s last bin."""
+
+    passes = 2
+    bins, levels, eps = 2048, 128, 1e-4
+
+    def __init__(self) -> None:
+        self.absmax = 0.0
+        self.histogram: Optional[np.ndarray] = None
+
+    def next_pass(self) -> None:
+        """Done finding absmax: the following calls fill the histogram."""
+        self.histogram = np.zeros(self.bins, np.float64)
+
+    def __call__(self, x: torch.Tensor) -> None:
+        magnitude = x.detach().abs().reshape(-1)
+        if self.histogram is None:
+            self.absmax = max(self.absmax, float(magnitude.max()) if magnitude.numel() else 0.0)
+            return
+        magnitude = magnitude[magnitude != 0]
+        index = (magnitude / max(self.absmax, 1e-30) * self.bins).long().clamp_(max=self.bins - 1)
+        self.histogram += torch.bincount(index, minlength=self.bins).double().numpy()
+
+    def threshold(self) -> float:
+        if self.histogram is None or self.histogram.sum() == 0:
+            return self.absmax
+        hist = self.histogram / self.histogram.sum()
+        below = np.concatenate([[0.0], np.cumsum(hist)])  # mass of bins [0, k)
+
+        def mass_to(x: np.ndarray) -> np.ndarray:  # mass of [0, x], uniform within a bin
+            whole = np.minimum(np.floor(x).astype(np.int64), self.bins - 1)
+            return below[whole] + (x - whole) * hist[whole]
+
+        best, best_kl = self.levels, np.inf
+        for t in range(self.levels, self.bins):
+            p = hist[:t] + self.eps
+            p[-1] += hist[t:].sum()
+            width = t / self.levels
+            edges = np.arange(self.levels + 1) * width
+            density = np.diff(mass_to(edges)) / width
+            cumulative = np.concatenate([[0.0], np.cumsum(density * width)])  # expanded mass of [0, edge_j)
+            at = np.arange(t + 1, dtype=np.float64)
+            level = np.minimum((at // width).astype(np.int64), self.levels - 1)
+            expanded = cumulative[level] + density[level] * (at - edges[level])
+            q = np.diff(expanded) + self.eps
+            kl = float(np.sum(p * np.log(p / q)))
+            if kl < best_kl:
+                best, best_kl = t, kl
+        return (best + 0.5) * self.absmax / self.bins
+
+
+def symmetric_threshold(name: str) -> Union[SymmetricThreshold, KLThreshold]:
+    """The observer of a symmetric int8 threshold by name: ncnn2table's ``kl``, or an activation observer's
+    (:class:`SymmetricThreshold`). Each has ``passes`` over the data, ``next_pass()`` between them."""
+    if name == "kl":
+        return KLThreshold()
+    return SymmetricThreshold(name)
 
 
 def make_qconfig(backend: str, observer: str = "histogram", per_channel: bool = True, qat: bool = False,

@@ -150,18 +150,24 @@ def calibrated_quant(folder: Path, io: Dict[str, Any], model: NcnnModel, blobs: 
                      observer: str = OBSERVER) -> Dict[str, LayerQuant]:
     """Each convolution's input threshold from ``observer`` over ``blobs`` run through the fp32 model in ``folder``."""
     from fdq.calibration.progress import track
-    from fdq.calibration.quant_api import SymmetricThreshold
+    from fdq.calibration.quant_api import symmetric_threshold
     from fdq.device.runtimes import open_ncnn, run_ncnn
     from fdq.host.export.ncnn import NCNN_BIN, NCNN_PARAM
 
     layers = [layer for layer in model.layers if layer.type in CONVOLUTIONS]
     watched = list(dict.fromkeys(layer.bottoms[0] for layer in layers))
-    observers = {blob: SymmetricThreshold(observer) for blob in watched}
+    observers = {blob: symmetric_threshold(observer) for blob in watched}
+    passes = next(iter(observers.values())).passes
     net = open_ncnn(str(folder / NCNN_PARAM), str(folder / NCNN_BIN), threads=1, fp32=True)
     net.opt.lightmode = False  # keep every blob of a pass: lightmode frees them, and a later extract then fails
-    for blob in track(blobs, "fdq: ncnn int8 calibrating"):
-        for name, value in zip(watched, run_ncnn(net, io["input"], watched, blob)):
-            observers[name](torch.from_numpy(np.ascontiguousarray(value)))
+    for step in range(passes):
+        if step:
+            for each in observers.values():
+                each.next_pass()
+        label = "fdq: ncnn int8 calibrating" + (f" (pass {step + 1}/{passes})" if passes > 1 else "")
+        for blob in track(blobs, label):
+            for name, value in zip(watched, run_ncnn(net, io["input"], watched, blob)):
+                observers[name](torch.from_numpy(np.ascontiguousarray(value)))
     quant = {}
     for layer in layers:
         quant[layer.name] = LayerQuant(observers[layer.bottoms[0]].threshold())
@@ -232,6 +238,7 @@ class Prepared:
     layer_units: Dict[str, str]
     quant: Dict[str, LayerQuant]
     equalized_pairs: int
+    observer: str = OBSERVER
 
     @property
     def from_bundle(self) -> bool:
@@ -239,7 +246,7 @@ class Prepared:
 
 
 def prepare(bundle: Bundle, model: nn.Module, weights_info: Dict[str, Any], long_side: int, source: Dict[str, Any],
-            calib: Optional[Tuple[List[Path], Dict[str, Any]]], work: Path) -> Prepared:
+            calib: Optional[Tuple[List[Path], Dict[str, Any]]], work: Path, observer: str = OBSERVER) -> Prepared:
     """The fp32 conversion in ``work`` and every convolution's quantization: the int8 bundle's own
     (``calib`` None), or calibrated on ``calib`` (images and their record) after cross-layer equalization."""
     from fdq.calibration.datafree import cross_layer_equalize
@@ -260,8 +267,14 @@ def prepare(bundle: Bundle, model: nn.Module, weights_info: Dict[str, Any], long
     layer_units = _layer_units(layers, fused, units)
     fp32 = load_bundle(str(fp32_dir))
     quant = (_bundle_quant(bundle, convs, units, layer_units) if calib is None else
-             calibrated_quant(fp32_dir, fp32.manifest["io"], layers, blobs))
-    return Prepared(bundle, model, weights_info, source, calib, fp32, layers, layer_units, quant, pairs)
+             calibrated_quant(fp32_dir, fp32.manifest["io"], layers, blobs, observer))
+    return Prepared(bundle, model, weights_info, source, calib, fp32, layers, layer_units, quant, pairs, observer)
+
+
+def _observer_note(name: str) -> str:
+    if name == "kl":
+        return "ncnn2table's default threshold (KL divergence of |x|'s 2048-bin histogram against its 128-level quantization)"
+    return f"{name} observer of |x| on half of ncnn's symmetric int8 grid (128 levels over [0, threshold])"
 
 
 def _manifest(prep: Prepared, rows: List[Dict[str, Any]], winograd_bits: Optional[int]) -> Dict[str, Any]:
@@ -275,10 +288,9 @@ def _manifest(prep: Prepared, rows: List[Dict[str, Any]], winograd_bits: Optiona
     quantization: Dict[str, Any] = {
         "level": "ncnn-int8", "weights": "the source bundle's int8 weights" if prep.from_bundle else prep.weights_info,
         "cle": "in the source bundle's weights" if prep.from_bundle else True, "equalized_pairs": prep.equalized_pairs,
-        "scales": SCALES_NOTE if prep.from_bundle else
-        f"calibrated by fdq: {OBSERVER} observer of |x| on half of ncnn's symmetric int8 grid (128 levels over "
-        "[0, threshold]) for each int8 layer's input blob in the fp32 ncnn model; weights 127 / absmax per "
-        "output channel",
+        "scales": SCALES_NOTE if prep.from_bundle else f"calibrated by fdq: {_observer_note(prep.observer)} for each "
+        "int8 layer's input blob in the fp32 ncnn model; weights 127 / absmax per output channel",
+        **({} if prep.from_bundle else {"observer": prep.observer}),
         "winograd": winograd_note(winograd_bits),
         "int8_layers": int8_count, "float_layers": [row["layer"] for row in rows if not row["int8"]],
         "requantized": [row["layer"] for row in rows if "top_scale" in row], "layers": rows}
@@ -295,7 +307,7 @@ def _manifest(prep: Prepared, rows: List[Dict[str, Any]], winograd_bits: Optiona
                   f"the int8 model of {label(bundle)}, its own weights and scales{kept_note}")
     else:
         identity(manifest, export, "fdq calibration",
-                  f"calibrated by fdq ({OBSERVER}) on {prep.calib[1]['images']} images of {prep.calib[1]['dir']}, "
+                  f"calibrated by fdq ({prep.observer}) on {prep.calib[1]['images']} images of {prep.calib[1]['dir']}, "
                   f"from the float weights of {label(bundle)}{kept_note}")
     return manifest
 
@@ -353,7 +365,7 @@ def int8_files(fp32_folder: Path, input_blob: str, blobs: Sequence[np.ndarray], 
     return rows
 
 
-def prepare_bundle(bundle_dir: PathLike, calib_dir: Optional[PathLike], work: Path) -> Prepared:
+def prepare_bundle(bundle_dir: PathLike, calib_dir: Optional[PathLike], work: Path, observer: str = OBSERVER) -> Prepared:
     """:func:`prepare` for a bundle folder, the way ``fdq export --format ncnn-int8`` prepares it: for the
     benchmarks, which write several models of one preparation."""
     from fdq.host.export.inputs import calibration_images, float_model
@@ -363,7 +375,7 @@ def prepare_bundle(bundle_dir: PathLike, calib_dir: Optional[PathLike], work: Pa
     check_request(bundle, calib_dir)
     model, weights_info = float_model(bundle)
     calib = calibration_images(calib_dir) if calib_dir is not None else None
-    return prepare(bundle, model, weights_info, bundle.long_side, source_record(bundle), calib, work)
+    return prepare(bundle, model, weights_info, bundle.long_side, source_record(bundle), calib, work, observer)
 
 
 def export_ncnn_int8(bundle: Bundle, model: nn.Module, weights_info: Dict[str, Any], out: PathLike, long_side: int,
