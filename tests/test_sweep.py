@@ -310,7 +310,9 @@ def test_bad_sweeps_are_one_line(local, few_images, tmp_path, capsys):
                          (["--sweep", "--precisions", "fp16"], "unknown 'fp16'"),
                          (["--sweep", "--runtime", "ncnn"], "do not combine it with --runtime"),
                          (["--sweep", "--models", "slim,yolo", "--images", str(few_images["images"]), "--gt",
-                           str(few_images["gt"])], "--models: unknown model 'yolo'")):
+                           str(few_images["gt"])], "--models: unknown model 'yolo'"),
+                         (["--sweep", "--models", f"slim,{tmp_path}", "--images", str(few_images["images"]), "--gt",
+                           str(few_images["gt"])], f"--models: incomplete bundle {tmp_path}: no manifest.yaml")):
         try:
             code = profile_main(["--target", str(local["profile"]), "--runs", str(runs), *argv])
         except SystemExit as exc:  # argparse's own refusal
