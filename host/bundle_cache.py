@@ -3,7 +3,9 @@
 A bundle lives under ``$FDQ_HOME/bundles/NAME-KEY``, KEY being the sha256 of everything that
 decides its content: model, weights sha256, level, backend, calibration images (by content),
 options, fdq and torch versions. Quantization goes through ``fdq quantize``'s own code (its parser
-gives the defaults), exports through :func:`fdq.host.export.export_bundle`.
+gives the defaults), exports through :func:`fdq.host.export.export_bundle`. An imported model (a bundle
+``fdq import`` wrote) is taken at each long side by :func:`fdq.host.importer.at_long_side`, keyed by the
+imported bundle's manifest and the side, and exported from there like any float bundle.
 """
 from __future__ import annotations
 
@@ -140,10 +142,7 @@ def export_format(runtime: str, int8: bool) -> str:
 
 
 def runtime_bundle(bundle: Path, runtime: str, calib: Optional[str] = None) -> Path:
-    """``bundle`` for ``runtime``: itself for TorchScript, else its export (cached)."""
-    from fdq.host.export import export_bundle
-    from fdq.host.zoo import fdq_home
-
+    """``bundle`` for ``runtime``: itself for its own runtime, else its export (cached)."""
     source = load_bundle(str(bundle))
     if runtime == source.runtime:
         return source.path
@@ -151,9 +150,56 @@ def runtime_bundle(bundle: Path, runtime: str, calib: Optional[str] = None) -> P
     check_runtime(runtime, int8, calib)
     fmt = export_format(runtime, int8)
     calib = calib if fmt in ("ncnn-int8", "mnn-int8") and not int8 else None  # an int8 bundle brings its scales
-    key = _key({"source": sha256_file(source.path / MANIFEST), "format": fmt, "calib": _tree(calib)})
-    path = fdq_home() / "bundles" / f"{source.path.name}-{fmt}-{key}"
+    return exported_bundle(source.path, fmt, calib)
+
+
+def exported_bundle(bundle: Path, fmt: str, calib: Optional[str] = None) -> Path:
+    """The ``fdq export --format fmt`` of ``bundle`` (on ``calib``), cached by the source's manifest."""
+    from fdq.host.export import export_bundle
+    from fdq.host.zoo import fdq_home
+
+    key = _key({"source": sha256_file(bundle / MANIFEST), "format": fmt, "calib": _tree(calib)})
+    path = fdq_home() / "bundles" / f"{bundle.name}-{fmt}-{key}"
     if _cached(path):
         return path
-    print(f"fdq: exporting {source.path.name} for {runtime} into {path}", file=sys.stderr)
-    return export_bundle(source.path, fmt, path, calib, force=True)
+    print(f"fdq: exporting {bundle.name} as {fmt} into {path}", file=sys.stderr)
+    if fmt == "mnn-int8":
+        return _export_in_child(bundle, fmt, path, calib)
+    return export_bundle(bundle, fmt, path, calib, force=True)
+
+
+def _export_in_child(bundle: Path, fmt: str, path: Path, calib: Optional[str]) -> Path:
+    """``fdq export`` in a child process: MNN's calibration leaves callbacks in its process that hang every
+    later MNN conversion there (:mod:`fdq.host.export.mnn`), and a sweep converts again after it."""
+    import subprocess
+
+    argv = [sys.executable, "-m", "fdq.host.cli", "export", str(bundle), "--format", fmt, "--out", str(path),
+            "--force", "--quiet", *(["--calib", str(calib)] if calib else [])]
+    done = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines() or [f"fdq export exited with {done.returncode}"]
+        raise CacheError(lines[-1].removeprefix("fdq: error: "))
+    return path
+
+
+def imported_bundle(folder: str, long_side: int) -> Path:
+    """Imported float bundle ``folder`` at input long side ``long_side``: itself at its own side, else the
+    same import at that side (cached)."""
+    from fdq.host.export.imported import is_imported
+    from fdq.host.importer import at_long_side
+    from fdq.host.zoo import fdq_home
+
+    try:
+        source = load_bundle(folder)
+    except BundleError as exc:
+        raise CacheError(str(exc)) from None
+    if not is_imported(source) or source.runtime != "onnxruntime":
+        raise CacheError(f"{folder}: not a float bundle written by fdq import")
+    if source.long_side == long_side:
+        return source.path
+    key = _key({"source": sha256_file(source.path / MANIFEST), "long_side": long_side})
+    path = fdq_home() / "bundles" / f"{source.path.name}-at{long_side}-{key}"
+    if _cached(path):
+        return path
+    print(f"fdq: taking imported {source.path.name} at long side {long_side} into {path}", file=sys.stderr)
+    return at_long_side(source, long_side, str(path), force=True)

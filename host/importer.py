@@ -4,7 +4,8 @@ Everything is checked before anything is written: the file is ONNX, the decoder 
 graph's outputs are the ones the decoder reads (by name, then by running the graph once at the
 bundle's size and decoding the result), and the model takes that size. The manifest records the
 decoder and its parameters (in the spec), the preprocessing, the file's sha256, the graph's inputs
-and outputs and the licence the user states.
+and outputs and the licence the user states. :func:`at_long_side` writes the same import at another
+input long side (what the bundle runs at), checked again at that size: the sweep's imported models.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from fdq.device.bundle import sha256_file
+from fdq.device.bundle import MANIFEST, Bundle, sha256_file
 from fdq.device.decoders import DECODERS, OutputMismatch, UnknownDecoder, decoder_class
 from fdq.device.detector import network_input
 from fdq.device.preprocess import normalize
@@ -121,8 +122,6 @@ def _check_outputs(session: Any, input_name: str, spec: DetectorSpec, size: Tupl
 
 def import_onnx(model_path: str, options: ImportOptions, out: str, force: bool = False) -> Path:
     """Check ``model_path`` against ``options`` and write it as a float onnxruntime bundle at ``out``."""
-    import onnxruntime as ort
-
     if options.decoder not in DECODERS:
         raise UnknownDecoder(f"unknown decoder {options.decoder!r} (known: {', '.join(sorted(DECODERS))})")
     path = Path(model_path)
@@ -136,10 +135,7 @@ def import_onnx(model_path: str, options: ImportOptions, out: str, force: bool =
     _check_size(inputs[0], size)
     name = options.name or path.stem
     spec = _spec(name, options)
-    session_options = ort.SessionOptions()
-    session_options.log_severity_level = 4  # a failed run is reported in one line below
-    session = ort.InferenceSession(str(path), sess_options=session_options, providers=["CPUExecutionProvider"])
-    check = _check_outputs(session, inputs[0]["name"], spec, size)
+    check = _check_outputs(_session(path), inputs[0]["name"], spec, size)
     roles = decoder_class(spec.decoder).output_roles(spec)
     manifest = {
         "model": {"name": name, "spec": spec.to_dict(),
@@ -160,5 +156,33 @@ def import_onnx(model_path: str, options: ImportOptions, out: str, force: bool =
 
     def write_files(folder: Path) -> None:
         shutil.copyfile(path, folder / MODEL_FILE)
+
+    return write_bundle(out, manifest, write_files, force=force)
+
+
+def _session(path: Path) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 4  # a failed run is reported in one line by _check_outputs
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def at_long_side(bundle: Bundle, long_side: int, out: str, force: bool = False) -> Path:
+    """Imported float bundle ``bundle`` at input long side ``long_side`` (a 4:3 image, as fdq import
+    checks by default) as a new bundle at ``out``: the same graph, provenance and decoder, the size checked
+    by running the graph there (a fixed-size model refuses any other side in one line)."""
+    imported = dict(bundle.manifest["model"]["imported"])
+    model = bundle.file("model")
+    check = _check_outputs(_session(model), str(bundle.manifest["io"]["input"]), bundle.spec,
+                           (long_side, long_side * 3 // 4))
+    skip = {"schema", "files", "fdq_version", "created"}
+    manifest = {k: v for k, v in bundle.manifest.items() if k not in skip}
+    manifest["model"] = {**manifest["model"], "imported": {**imported, "check": check}}
+    manifest["input"] = {**manifest["input"], "long_side": int(long_side)}
+    manifest["export"] = {**manifest["export"], "long_side_of_manifest_sha256": sha256_file(bundle.path / MANIFEST)}
+
+    def write_files(folder: Path) -> None:
+        shutil.copyfile(model, folder / MODEL_FILE)
 
     return write_bundle(out, manifest, write_files, force=force)

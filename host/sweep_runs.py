@@ -6,6 +6,11 @@ A sweep stopped by Ctrl-C, a dropped connection or its budget and started again 
 arguments runs only what is missing: a run counts as finished when a complete document (runs are
 written atomically; a stopped runner writes nothing) of the same target, bundle (manifest sha256),
 threads, images and run settings is in the runs folder.
+
+An imported model (``--models PATH``, a bundle ``fdq import`` wrote) runs on the formats its export
+offers: fp32 on onnxruntime (the import itself, taken at each long side), ncnn and mnn; int8 as
+onnx-int8, ncnn-int8 and mnn-int8 calibrated on ``--calib``. TorchScript and ExecuTorch need fdq's own
+PyTorch models and are skipped with that reason.
 """
 from __future__ import annotations
 
@@ -17,13 +22,14 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from fdq.device.bundle import MANIFEST, RUNTIME_MODULES, sha256_file
 from fdq.device.result import Run
 
-from .bundle_cache import FLOAT, CacheError, quantized_bundle, runtime_bundle
+from .bundle_cache import FLOAT, CacheError, exported_bundle, imported_bundle, quantized_bundle, runtime_bundle
 from .profiling import Dataset, Job, RunSettings
 from .sweep import Config
 from .targets import Target
 
 ALL = "all"
 RUNTIMES = tuple(RUNTIME_MODULES)   # what --runtimes names; int8 picks ncnn-int8 / mnn-int8 itself
+IMPORTED_INT8 = {"onnxruntime": "onnx-int8", "ncnn": "ncnn-int8", "mnn": "mnn-int8"}  # an imported model's int8
 
 
 class SweepError(ValueError):
@@ -45,6 +51,7 @@ class Grid:
     labels: Optional[str] = None
     weights: Optional[str] = None
     iters: Optional[int] = None
+    imported: Tuple[Tuple[str, str], ...] = ()  # (model name, folder) of each imported model among ``models``
 
 
 def host_runtimes(asked: Optional[Sequence[str]], target: Target, modules: Dict[str, Any]) -> List[str]:
@@ -73,6 +80,9 @@ def int8_backend(grid: Grid, target: Target, machine: str) -> str:
 def build_bundle(config: Config, grid: Grid, backend: str) -> Path:
     """The bundle that runs ``config`` (made once, then taken from the bundle cache); :class:`CacheError`
     when it cannot be made (MNN int8 without --calib, ...)."""
+    imported = dict(grid.imported)
+    if config.model in imported:
+        return imported_config_bundle(config, imported[config.model], grid.calib)
     level = grid.level if grid.level is not None else (2 if grid.calib else 1)
 
     def quantized(engine: str, at: int = level) -> Path:
@@ -89,6 +99,19 @@ def build_bundle(config: Config, grid: Grid, backend: str) -> Path:
         return runtime_bundle(quantized(FLOAT), "mnn-int8", grid.calib)
     runtime = "ncnn-int8" if config.runtime == "ncnn" else config.runtime
     return runtime_bundle(quantized(backend), runtime)
+
+
+def imported_config_bundle(config: Config, folder: str, calib: Optional[str]) -> Path:
+    """The bundle that runs ``config`` of the model ``fdq import`` wrote at ``folder``."""
+    if config.runtime not in IMPORTED_INT8:
+        raise CacheError(f"{config.runtime} runs fdq's own PyTorch models; an imported model runs on "
+                         f"{', '.join(IMPORTED_INT8)}")
+    if config.precision != FLOAT and not calib:
+        raise CacheError(f"{IMPORTED_INT8[config.runtime]} of an imported model is calibrated on images: give --calib DIR")
+    source = imported_bundle(folder, config.long_side)
+    if config.precision == FLOAT:
+        return runtime_bundle(source, config.runtime)
+    return exported_bundle(source, IMPORTED_INT8[config.runtime], calib)
 
 
 def finished(run: Run, target: Target, manifest_sha256: str, threads: int, dataset: Dataset,

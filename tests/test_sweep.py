@@ -310,7 +310,9 @@ def test_bad_sweeps_are_one_line(local, few_images, tmp_path, capsys):
                          (["--sweep", "--precisions", "fp16"], "unknown 'fp16'"),
                          (["--sweep", "--runtime", "ncnn"], "do not combine it with --runtime"),
                          (["--sweep", "--models", "slim,yolo", "--images", str(few_images["images"]), "--gt",
-                           str(few_images["gt"])], "--models: unknown model 'yolo'")):
+                           str(few_images["gt"])], "--models: unknown model 'yolo'"),
+                         (["--sweep", "--models", f"slim,{tmp_path}", "--images", str(few_images["images"]), "--gt",
+                           str(few_images["gt"])], f"--models: incomplete bundle {tmp_path}: no manifest.yaml")):
         try:
             code = profile_main(["--target", str(local["profile"]), "--runs", str(runs), *argv])
         except SystemExit as exc:  # argparse's own refusal
@@ -319,6 +321,52 @@ def test_bad_sweeps_are_one_line(local, few_images, tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("fdq-profile: error: ") and needle in err[0], (argv, err)
     assert not runs.exists()
+
+
+def test_a_sweep_takes_an_imported_yunet_and_names_a_configuration_of_it(local, few_images, home, shared_dir,
+                                                                          tmp_path):
+    """``--models PATH`` of a bundle fdq import wrote (YuNet-n, imported at 320, swept at 160 and 320): fp32 on
+    onnxruntime, ncnn and mnn, int8 as onnx-int8, ncnn-int8 and mnn-int8 calibrated on --calib (two MNN
+    calibrations and a conversion after one: the cache runs them apart), each held against the imported
+    float at its side; TorchScript skipped with its reason; the ship line names a YuNet configuration."""
+    from conftest import copy_calib_images
+
+    from fdq.host.bundle_cache import CacheError
+    from fdq.host.cli import main as fdq_main
+    from fdq.host.sweep_runs import imported_config_bundle
+
+    yunet = shared_dir / "peers" / "yunet_n_dynamic.onnx"
+    if not yunet.is_file():
+        pytest.skip(f"YuNet not in {yunet.parent}")
+    imported = tmp_path / "yunet_n"
+    assert fdq_main(["import", str(yunet), "--decoder", "yunet", "--name", "yunet_n", "--out", str(imported)]) == 0
+    with pytest.raises(CacheError, match="onnx-int8 of an imported model is calibrated on images: give --calib DIR"):
+        imported_config_bundle(Config("yunet_n", "onnxruntime", "int8", 1, 160), str(imported), None)
+    calib = copy_calib_images(shared_dir, tmp_path / "calib")
+    runs = tmp_path / "runs"
+    before = _starts(local)
+    proc = subprocess.run([*PROFILE, "--target", str(local["profile"]), "--sweep", "--models", str(imported),
+                           "--runtimes", "torchscript,onnxruntime,ncnn,mnn", "--precisions", "fp32,int8", "--calib",
+                           str(calib), "--long-sides", "160,320", "--warmup", "1", "--images", str(few_images["images"]),
+                           "--gt", str(few_images["gt"]), "--runs", str(runs)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _starts(local) - before == 12
+    rows = _rows(proc.stdout)
+    runtimes, sides = ("onnxruntime", "ncnn", "mnn"), (160, 320)
+    assert set(rows) == {f"yunet_n {r} {p} @{s}, 1 thread" for r in runtimes for p in ("fp32", "int8") for s in sides}
+    assert "skipped here: yunet_n torchscript fp32 @160, 1 thread: torchscript runs fdq's own PyTorch models; an " \
+           "imported model runs on onnxruntime, ncnn, mnn" in proc.stderr
+    docs = [json.loads(p.read_text()) for p in runs.glob("*.json")]
+    assert {d["bundle"]["model"] for d in docs} == {"yunet_n"}
+    by_config = {config_of(Run(d, Path("r"))): d for d in docs}
+    for runtime in runtimes:
+        for side in sides:  # each int8 row's drop is against the imported float at its side
+            drop = 100.0 * (by_config[Config("yunet_n", runtime, "fp32", 1, side)]["accuracy"]["medium"]
+                            - by_config[Config("yunet_n", runtime, "int8", 1, side)]["accuracy"]["medium"])
+            assert rows[f"yunet_n {runtime} int8 @{side}, 1 thread"][3] == f"{0.0 - drop + 0.0:+.1f}"
+    ship = proc.stdout.strip().splitlines()[-1]
+    assert re.match(r"ship: yunet_n (onnxruntime|ncnn|mnn) (fp32|int8) @(160|320), 1 thread: p90 ", ship), ship
 
 
 @pytest.mark.slow

@@ -45,7 +45,8 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
                         "print the Pareto front of (medium AP, metric) and the one to ship; resumable (runs finished "
                         "under --runs are reused)")
     g.add_argument("--models", type=comma_list(str), metavar="LIST",
-                   help="models to sweep (default: every one, slim, rfb and mnet025)")
+                   help="models to sweep: slim, rfb, mnet025 (default: all three) and folders of float bundles "
+                        "fdq import wrote (onnxruntime, ncnn, mnn; int8 on --calib)")
     g.add_argument("--runtimes", type=_runtimes, metavar="all|LIST",
                    help="runtimes to sweep: all (every runtime the runner has that is installed there) or a list "
                         "(default: the profile's runtimes installed there, or that --setup installs)")
@@ -70,17 +71,43 @@ _NOT_WITH_SWEEP = (("bundle", "--bundle"), ("runtime", "--runtime (the sweep tak
                    ("against", "--against"), ("count_instructions", "--count-instructions (--metric instructions)"))
 
 
+def _imported_name(entry: str, zoo: Any) -> str:
+    """The model name of ``--models`` entry ``entry`` when it is a float bundle ``fdq import`` wrote."""
+    from fdq.device.bundle import BundleError, load_bundle
+    from fdq.host.export.imported import is_imported
+
+    if not Path(entry).is_dir():
+        raise CliError(f"--models: unknown model {entry!r} (choose from: {', '.join(zoo)}, or the folder of a "
+                       "bundle fdq import wrote)")
+    try:
+        bundle = load_bundle(entry)
+    except BundleError as exc:
+        raise CliError(f"--models: {exc}") from None
+    if not is_imported(bundle) or bundle.runtime != "onnxruntime":
+        raise CliError(f"--models: {entry} is not a float bundle written by fdq import (the sweep makes every other "
+                       "bundle itself)")
+    name = str(bundle.manifest["model"]["name"])
+    if name in zoo:
+        raise CliError(f"--models: imported {entry} is named {name}, as fdq's own model: import it with another --name")
+    return name
+
+
 def _grid(args: argparse.Namespace) -> Any:
     from fdq.host.sweep_runs import Grid
     from fdq.models import MODEL_NAMES
 
-    unknown = [m for m in args.models or () if m not in MODEL_NAMES]
-    if unknown:
-        raise CliError(f"--models: unknown model {unknown[0]!r} (choose from: {', '.join(MODEL_NAMES)})")
+    models, imported = [], []
+    for entry in args.models or MODEL_NAMES:
+        name = entry if entry in MODEL_NAMES else _imported_name(entry, MODEL_NAMES)
+        if name in models:
+            raise CliError(f"--models: {name} is named twice")
+        models.append(name)
+        if name != entry:
+            imported.append((name, entry))
     int8 = [b for b in args.backend or () if b != "fp32"]
     if len(int8) > 1:
         raise CliError(f"--sweep takes one int8 --backend for TorchScript, got {','.join(int8)}")
-    return Grid(models=tuple(args.models or MODEL_NAMES), runtimes=args.runtimes, precisions=tuple(args.precisions),
+    return Grid(models=tuple(models), imported=tuple(imported), runtimes=args.runtimes, precisions=tuple(args.precisions),
                 threads=tuple(args.threads) if args.threads else None, long_sides=tuple(args.long_sides),
                 backend=int8[0] if int8 else None, level=args.level, calib=args.calib, labels=args.labels,
                 weights=args.weights, iters=args.iters)
