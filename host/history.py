@@ -3,8 +3,9 @@ and ``fdq runs``, which lists it.
 
 The run documents stay the truth: a row is computed from its document alone (:func:`row`), so
 ``fdq runs --reindex`` rebuilds the same rows from the files. Boards of a fleet finish runs at the
-same time, from threads or from several fdq processes: each insert is one transaction in WAL mode
-with a busy timeout, so a writer waits for another instead of failing, and no row is lost.
+same time, from threads or from several fdq processes: writers take an exclusive lock on a file
+beside the index, and each insert is one transaction in WAL mode, so a writer waits for another
+instead of failing, and no row is lost.
 """
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ import json
 import sqlite3
 import subprocess
 import sys
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence
 
 from fdq.device.result import Run
 from fdq.host.gate import CONFIG_FIELDS, configuration
@@ -65,6 +67,19 @@ def row(run: Run) -> Dict[str, Any]:
     }
 
 
+@contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """Writers one at a time, across processes: an exclusive lock on a file beside the index. SQLite's
+    busy timeout does not cover every lock: two processes opening a new index at once both switch it to
+    WAL, and the second gets "database is locked" at once (a fleet's first runs did, in a test)."""
+    import fcntl  # POSIX, as every host fdq runs on
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{path}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def _connect(path: Optional[Path] = None) -> sqlite3.Connection:
     path = path or index_path()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -84,13 +99,14 @@ def record(run: Run, path: Optional[Path] = None) -> Optional[str]:
     """Add one run to the index, in one transaction (``BEGIN IMMEDIATE``: the write lock first).
     A failure is returned as a line, not raised: the run's file is kept either way."""
     try:
-        conn = _connect(path)
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            _insert(conn, [row(run)])
-            conn.execute("COMMIT")
-        finally:
-            conn.close()
+        with _writing(path or index_path()):
+            conn = _connect(path)
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                _insert(conn, [row(run)])
+                conn.execute("COMMIT")
+            finally:
+                conn.close()
     except (sqlite3.Error, OSError) as exc:
         return f"{run.path}: kept, but not in the index {path or index_path()} ({exc}); fdq runs --reindex adds it"
     return None
@@ -101,24 +117,25 @@ def reindex(folders: Sequence[str] = (), path: Optional[Path] = None) -> int:
     ``folders``. Returns the number of rows."""
     from fdq.device.result import ResultError, read_run
 
-    conn = _connect(path)
-    try:
-        files = {Path(p) for (p,) in conn.execute("SELECT path FROM runs") if p and Path(p).is_file()}
-        for folder in folders:
-            files.update(p.resolve() for p in Path(folder).glob("*.json") if not p.name.startswith("."))
-        runs = []
-        for file in sorted(files):
-            try:
-                runs.append(read_run(file))
-            except ResultError:  # a report's JSON or another file beside the runs
-                continue
-        conn.execute("BEGIN IMMEDIATE")
-        conn.execute("DELETE FROM runs")
-        _insert(conn, (row(run) for run in runs))
-        conn.execute("COMMIT")
-        return len(runs)
-    finally:
-        conn.close()
+    with _writing(path or index_path()):
+        conn = _connect(path)
+        try:
+            files = {Path(p) for (p,) in conn.execute("SELECT path FROM runs") if p and Path(p).is_file()}
+            for folder in folders:
+                files.update(p.resolve() for p in Path(folder).glob("*.json") if not p.name.startswith("."))
+            runs = []
+            for file in sorted(files):
+                try:
+                    runs.append(read_run(file))
+                except ResultError:  # a report's JSON or another file beside the runs
+                    continue
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("DELETE FROM runs")
+            _insert(conn, (row(run) for run in runs))
+            conn.execute("COMMIT")
+            return len(runs)
+        finally:
+            conn.close()
 
 
 def query(where: Optional[Dict[str, Any]] = None, since: Optional[str] = None,
