@@ -82,6 +82,12 @@ class RemoteDemo:
                 return match
         pytest.fail(f"fdq-demo never printed {pattern!r} (exit {self.proc.poll()}); stderr:\n" + "\n".join(self.seen))
 
+    def stderr(self) -> str:
+        """Every stderr line so far (what a failure shows: the demo's own account of why it ended)."""
+        while not self.lines.empty():
+            self.seen.append(self.lines.get())
+        return "\n".join(self.seen)
+
     def stop(self, sig: int) -> str:
         """Send ``sig``; the rest of stderr once it exited."""
         self.proc.send_signal(sig)
@@ -165,8 +171,13 @@ def native_demo(sshd, home, slim_fp32_bundle, board_video):
 def test_forwarded_url_gives_the_page_frames_and_the_boards_latency(sshd, native_demo, tmp_path):
     assert native_demo.local_port != native_demo.board_port
     assert len(board_demo_pids(sshd)) == 1  # it runs on the board
-    assert_serves_page_and_frames(native_demo.url, SIZE)
-    facts = assert_live_facts(native_demo.url, tmp_path, N_IMAGES * REPEAT)
+    try:
+        assert_serves_page_and_frames(native_demo.url, SIZE)
+        facts = assert_live_facts(native_demo.url, tmp_path, N_IMAGES * REPEAT)
+    except OSError as exc:  # the forward went away: fdq-demo's stderr and the board's sshd log say why
+        sshd_log = (Path(sshd["home"]) / "host1" / "sshd.log").read_text(errors="replace")[-3000:]
+        pytest.fail(f"{exc!r}; fdq-demo (exit {native_demo.proc.poll()}) stderr:\n{native_demo.stderr()}\n"
+                    f"the board's sshd.log ends:\n{sshd_log}")
     assert facts["machine"] == os.uname().machine and facts["emulated"] is False
     assert facts["threads"] == 2  # the profile's, as fdq-profile runs
 
@@ -177,7 +188,7 @@ def test_chromium_through_the_forward_shows_a_frame_with_boxes(native_demo, tmp_
 
 def test_ctrl_c_stops_the_demo_on_the_board_and_closes_the_forward(sshd, native_demo):
     # Last test of the module's shared demo: it ends it.
-    assert native_demo.proc.poll() is None, "fdq-demo stopped before --linger ran out"
+    assert native_demo.proc.poll() is None, f"fdq-demo stopped before --linger ran out; stderr:\n{native_demo.stderr()}"
     rest = native_demo.stop(signal.SIGINT)
     assert native_demo.proc.returncode == 130, rest
     assert "Traceback" not in rest and rest.splitlines()[-1] == "fdq-demo: interrupted", rest
