@@ -143,9 +143,9 @@ def _idle(seconds: float) -> None:
         time.sleep(min(0.1, max(0.0, end - time.monotonic())))
 
 
-def _cool_down(args: argparse.Namespace, warnings: List[str]) -> Dict[str, Any]:
+def _cool_down(args: argparse.Namespace, warnings: List[str], progress: Any = None) -> Dict[str, Any]:
     """``--cooldown`` idles; ``--max-temp`` then waits until the CPU is cooler than asked (as TVM
-    and ncnn do between measurements). What happened goes into the result."""
+    and ncnn do between measurements), saying so through ``progress``. What happened goes into the result."""
     from . import sysinfo
 
     _idle(args.cooldown)
@@ -154,6 +154,9 @@ def _cool_down(args: argparse.Namespace, warnings: List[str]) -> Dict[str, Any]:
         return done
     start = time.monotonic()
     temperature = sysinfo.cpu_temperature_c(args.thermal_zone)
+    if progress and temperature is not None and temperature >= args.max_temp:
+        progress(f"{PROG}: waiting until the CPU is cooler than {args.max_temp:g} degC (now {temperature:.1f}; "
+                 f"at most {MAX_TEMP_WAIT_S:.0f} s)")
     while temperature is not None and temperature >= args.max_temp and time.monotonic() - start < MAX_TEMP_WAIT_S:
         _idle(1.0)
         temperature = sysinfo.cpu_temperature_c(args.thermal_zone)
@@ -301,7 +304,7 @@ def measure(args: argparse.Namespace, progress: Any = None) -> List[Dict[str, An
     if len(args.bundle) > 1 and args.count_instructions:
         raise RunError("--count-instructions counts one bundle at a time (a count has no drift to share)")
     counter = _counter(args, warnings)
-    conditions = _cool_down(args, warnings)
+    conditions = _cool_down(args, warnings, progress)
     source = open_source(args.source)
     gt = _ground_truth(args, source)
 

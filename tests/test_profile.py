@@ -140,6 +140,8 @@ def test_max_temp_waits_for_the_zone_to_cool(slim_fp32_bundle, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "fdq.device.run", "--bundle", str(slim_fp32_bundle),
                              "--frames", "1", "--warmup", "0", "--thermal-zone", str(zone), "--max-temp", "50",
                              "--json", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Timed from the runner's own word that it waits (its imports can take seconds on a loaded machine)
+    assert proc.stdout.readline() == "fdq-run: waiting until the CPU is cooler than 50 degC (now 70.0; at most 600 s)\n"
     time.sleep(2.0)
     assert proc.poll() is None and not out.exists()  # still waiting for 70 degC to drop under 50
     zone.write_text("42000\n")
