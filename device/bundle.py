@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional, Tuple
 
 import yaml
 
@@ -58,6 +58,12 @@ class Bundle:
     @property
     def long_side(self) -> int:
         return int(self.manifest["input"]["long_side"])
+
+    @property
+    def fixed_hw(self) -> Optional[Tuple[int, int]]:
+        """(height, width) of a model that takes one input size only (``input.fixed_hw``), else None."""
+        fixed = (self.manifest.get("input") or {}).get("fixed_hw")
+        return (int(fixed[0]), int(fixed[1])) if fixed else None
 
     def file(self, role: str) -> Path:
         """Path of the file the manifest names for ``role`` (for example ``model``)."""

@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Sequence, Tuple, Union
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
-import cv2
 import numpy as np
 
 from .decoders import Decoder, build_decoder
 from .kernels import normalize_c
 from .postprocess import Detections, PostprocessFn
-from .preprocess import RESIZERS
+from .preprocess import RESIZERS, SCALERS, letterbox, pad_bottom_right
 from .spec import DetectorSpec
 
 # Batch-of-one NCHW blob -> the decoder's outputs (ssd-priors: loc (N, 4), scores (N,), landmarks (N, 10)).
@@ -31,10 +30,7 @@ NormalizeFn = Callable[[np.ndarray, Sequence[float]], np.ndarray]
 def pad_to_multiple(image: np.ndarray, multiple: int) -> np.ndarray:
     """Zero-pad an HWC image at the bottom and right so both sides are multiples of ``multiple``."""
     height, width = image.shape[:2]
-    bottom, right = -height % multiple, -width % multiple
-    if not (bottom or right):
-        return image
-    return cv2.copyMakeBorder(image, 0, bottom, 0, right, cv2.BORDER_CONSTANT, value=0)
+    return pad_bottom_right(image, height + -height % multiple, width + -width % multiple)
 
 
 def network_input(resized: np.ndarray, spec: DetectorSpec, multiple: int,
@@ -68,12 +64,18 @@ class FaceDetector:
     # "reference": the evaluation protocol's float32 resize (fdq eval --model reproduces published AP);
     # "uint8": the device path's fixed-point resize (every bundle detector). See fdq.device.preprocess.
     resize: str = "reference"
+    # A model of one input size (height, width): frames are letterboxed into it (fdq.device.preprocess.letterbox)
+    # and ``long_side`` is its longer side; None: resized by ``long_side``, any size.
+    fixed_hw: Optional[Tuple[int, int]] = None
     kernels: str = field(init=False)
     decoder: Decoder = field(init=False)
 
     def __post_init__(self) -> None:
         if self.resize not in RESIZERS:
             raise ValueError(f"unknown resize {self.resize!r} (choose from: {', '.join(RESIZERS)})")
+        if self.fixed_hw is not None and self.long_side != max(self.fixed_hw):
+            raise ValueError(f"a model of fixed input {self.fixed_hw[1]}x{self.fixed_hw[0]} runs at long side "
+                             f"{max(self.fixed_hw)}, not {self.long_side}")
         self.decoder = build_decoder(self.spec, self.postprocess)
         self.kernels = self.decoder.kernels
 
@@ -81,10 +83,17 @@ class FaceDetector:
         """The network input of a resized BGR image, and that input's (width, height)."""
         return network_input(resized, self.spec, self.decoder.input_multiple, self.normalize)
 
+    def fit(self, image_bgr: np.ndarray) -> Tuple[np.ndarray, float]:
+        """The frame at the network's size (resized by the long side, or letterboxed into a fixed size) and
+        the ratio boxes are divided by to go back."""
+        if self.fixed_hw is not None:
+            return letterbox(image_bgr, self.fixed_hw, SCALERS[self.resize])
+        return RESIZERS[self.resize](image_bgr, self.long_side)
+
     def detect(self, image_bgr: np.ndarray) -> Detections:
         """Faces in an original-size BGR uint8 image; per-stage times land in ``last_timings_ms``."""
         t0 = time.perf_counter()
-        resized, ratio = RESIZERS[self.resize](image_bgr, self.long_side)
+        resized, ratio = self.fit(image_bgr)
         blob, input_size = self.preprocess(resized)
         t1 = time.perf_counter()
         outputs = self.infer(blob)

@@ -17,7 +17,9 @@ Manifest fields read here (besides ``runtime``, ``backend.engine`` and ``entry``
   ``landm``; defaults: the role for ONNX and MNN, ``out0``, ``out1``, ... for NCNN, the pnnx naming);
 * entry files: ``model`` (TorchScript ``.pt`` / ``.onnx`` / NCNN ``.bin`` / ``.mnn`` / ExecuTorch ``.pte``)
   and ``param`` (NCNN only);
-* ``input.fixed_hw`` (NCNN exported at one size only) and ``backend.dtype`` (``fp32`` turns ncnn's
+* ``input.fixed_hw``: the one input size of a model that takes no other (an imported fixed-size ONNX model, an
+  NCNN model exported at one size); the detector letterboxes frames into it, and a blob of another size
+  is refused in one line before it reaches the runtime; ``backend.dtype`` (``fp32`` turns ncnn's
   fp16 / bf16 storage and arithmetic off, so an fp32 bundle is measured in fp32; ``int8`` does too for
   the layers an ncnn int8 model keeps in float, and loads it with ``use_int8_inference``; MNN's fp32
   bundles ask for its high precision mode for the same reason);
@@ -242,13 +244,9 @@ def _ncnn(bundle: Bundle, threads: int) -> InferenceFn:
     net = open_ncnn(str(bundle.file("param")), str(bundle.file("model")), threads, dtype in ("fp32", "int8"),
                     int8=dtype == "int8")
     input_name, names = _io_names(bundle)
-    fixed = (bundle.manifest.get("input") or {}).get("fixed_hw")
     split = _splitter(bundle)
 
     def infer(blob: np.ndarray) -> Tuple[np.ndarray, ...]:
-        height, width = blob.shape[2:]
-        if fixed and (height, width) != tuple(int(v) for v in fixed):
-            raise BundleError(f"this ncnn bundle takes a fixed {fixed[1]}x{fixed[0]} input, got {width}x{height}")
         return split(run_ncnn(net, input_name, names, blob))
 
     return infer
@@ -361,7 +359,18 @@ def load_inference(bundle: Bundle, threads: int = 1) -> InferenceFn:
         loader = _LOADERS[bundle.runtime]
     except KeyError:
         raise BundleError(f"unsupported runtime {bundle.runtime!r} (choose from: {', '.join(_LOADERS)})") from None
-    return loader(bundle, threads)
+    infer = loader(bundle, threads)
+    fixed = bundle.fixed_hw
+    if fixed is None:
+        return infer
+
+    def fixed_size(blob: np.ndarray) -> Tuple[np.ndarray, ...]:
+        if tuple(blob.shape[2:]) != fixed:
+            raise BundleError(f"this {bundle.runtime} bundle takes a fixed {fixed[1]}x{fixed[0]} input, "
+                              f"got {blob.shape[3]}x{blob.shape[2]}")
+        return infer(blob)
+
+    return fixed_size
 
 
 def bundle_detector(bundle: Bundle, threads: int = 1, long_side: Optional[int] = None,
@@ -369,7 +378,13 @@ def bundle_detector(bundle: Bundle, threads: int = 1, long_side: Optional[int] =
     """The one way a bundle becomes a detector: the runner, the demo, host evaluation and benchmarks
     all measure exactly this pipeline. ``long_side`` defaults to the bundle's own; frames are resized
     in uint8 (the device path, :func:`fdq.device.preprocess.resize_uint8`) unless ``resize=`` says otherwise;
-    the thresholds default to the spec's (fdq's models: 0.02 and 0.4; an imported one: what ``fdq import`` was told)."""
+    the thresholds default to the spec's (fdq's models: 0.02 and 0.4; an imported one: what ``fdq import`` was told).
+    A bundle of one input size (``input.fixed_hw``) letterboxes every frame into it; another ``long_side``
+    is refused in one line."""
+    fixed = bundle.fixed_hw
+    if fixed is not None and long_side is not None and int(long_side) != max(fixed):
+        raise BundleError(f"bundle {bundle.path} takes a fixed {fixed[1]}x{fixed[0]} input (frames are letterboxed "
+                          f"into it): its long side is {max(fixed)}, not {long_side}")
     options.setdefault("resize", "uint8")
     options.setdefault("score_threshold", bundle.spec.score_threshold)
     options.setdefault("nms_threshold", bundle.spec.nms_iou)
@@ -378,7 +393,8 @@ def bundle_detector(bundle: Bundle, threads: int = 1, long_side: Optional[int] =
         from .kernels import quantized_normalizer
 
         options["normalize"] = quantized_normalizer(*quantized)
-    return FaceDetector(load_inference(bundle, threads), bundle.spec, int(bundle.long_side if long_side is None else long_side), **options)
+    return FaceDetector(load_inference(bundle, threads), bundle.spec, int(bundle.long_side if long_side is None else long_side),
+                        fixed_hw=fixed, **options)
 
 
 def runtime_versions(bundle: Bundle) -> Dict[str, Any]:
