@@ -5,7 +5,8 @@ decides its content: model, weights sha256, level, backend, calibration images (
 options, fdq and torch versions. Quantization goes through ``fdq quantize``'s own code (its parser
 gives the defaults), exports through :func:`fdq.host.export.export_bundle`. An imported model (a bundle
 ``fdq import`` wrote) is taken at each long side by :func:`fdq.host.importer.at_long_side`, keyed by the
-imported bundle's manifest and the side, and exported from there like any float bundle.
+imported bundle's manifest and the side, and exported from there like any float bundle; an import of fixed
+input size only at its own side (another is refused in one line, which the sweep reports as a skip).
 """
 from __future__ import annotations
 
@@ -186,7 +187,7 @@ def imported_bundle(folder: str, long_side: int) -> Path:
     """Imported float bundle ``folder`` at input long side ``long_side``: itself at its own side, else the
     same import at that side (cached)."""
     from fdq.host.export.imported import is_imported
-    from fdq.host.importer import at_long_side
+    from fdq.host.importer import at_long_side, refuse_fixed
     from fdq.host.zoo import fdq_home
 
     try:
@@ -197,6 +198,7 @@ def imported_bundle(folder: str, long_side: int) -> Path:
         raise CacheError(f"{folder}: not a float bundle written by fdq import")
     if source.long_side == long_side:
         return source.path
+    refuse_fixed(source, long_side)
     key = _key({"source": sha256_file(source.path / MANIFEST), "long_side": long_side})
     path = fdq_home() / "bundles" / f"{source.path.name}-at{long_side}-{key}"
     if _cached(path):

@@ -6,6 +6,12 @@ bundle's size and decoding the result), and the model takes that size. The manif
 decoder and its parameters (in the spec), the preprocessing, the file's sha256, the graph's inputs
 and outputs and the licence the user states. :func:`at_long_side` writes the same import at another
 input long side (what the bundle runs at), checked again at that size: the sweep's imported models.
+
+A model whose input has a fixed height and width (most published ONNX files: Ultra-Light-Fast's
+``version-slim-320.onnx`` takes 1x3x240x320) is imported at that size, recorded as ``input.fixed_hw``
+(as the ncnn export's fixed-size fallback is): every detector letterboxes frames into it
+(:func:`fdq.device.preprocess.letterbox`), so it runs at its own long side only, and
+:func:`at_long_side` refuses it.
 """
 from __future__ import annotations
 
@@ -34,13 +40,16 @@ DECODER_DEFAULTS: Dict[str, Dict[str, Any]] = {"yunet": {"steps": (8, 16, 32), "
 class ImportOptions:
     decoder: str
     name: Optional[str] = None
-    input_size: Optional[Tuple[int, int]] = None  # (width, height); None: dynamic, checked at DEFAULT_LONG_SIDE
+    input_size: Optional[Tuple[int, int]] = None  # (width, height); None: a fixed model's own, else 4:3 at DEFAULT_LONG_SIDE
     channels: str = "bgr"
     mean: Sequence[float] = (0.0, 0.0, 0.0)  # in the model's channel order
     std: Sequence[float] = (1.0, 1.0, 1.0)
     score_threshold: float = 0.02
     nms_iou: float = 0.4
     licence: Optional[str] = None
+    # ssd-priors: the anchors (min sizes, steps, variance, clip) of fdq's model of this name; None: slim's
+    # (slim and rfb share them with Ultra-Light-Fast's models; mnet025 has RetinaFace-mnet's).
+    priors: Optional[str] = None
 
 
 def _graph(path: Path) -> Any:
@@ -78,19 +87,46 @@ def _spec(name: str, options: ImportOptions) -> DetectorSpec:
         raise ValueError("--std must not contain 0")
     return DetectorSpec(name=name, decoder=options.decoder, mean_bgr=flip(options.mean), std_bgr=flip(options.std),
                         channels=options.channels, score_threshold=float(options.score_threshold),
-                        nms_iou=float(options.nms_iou), **DECODER_DEFAULTS.get(options.decoder, {}))
+                        nms_iou=float(options.nms_iou), **DECODER_DEFAULTS.get(options.decoder, {}),
+                        **_priors(options))
 
 
-def _check_size(input_info: Dict[str, Any], size: Tuple[int, int]) -> None:
-    """Refuse a size the graph's declared input shape rules out (fixed sizes: fdq resizes by the long side)."""
+def _priors(options: ImportOptions) -> Dict[str, Any]:
+    """ssd-priors' anchor fields, from the spec of the fdq model ``options.priors`` names (one place they live)."""
+    if options.decoder != "ssd-priors":
+        if options.priors is not None:
+            raise ValueError(f"--priors is for decoder ssd-priors, not {options.decoder}")
+        return {}
+    from fdq.models import SPECS
+
+    model = options.priors or "slim"
+    if model not in SPECS:
+        raise ValueError(f"--priors {model!r}: choose the anchors of {', '.join(SPECS)}")
+    spec = SPECS[model]
+    return {"min_sizes": spec.min_sizes, "steps": spec.steps, "variance": spec.variance, "clip": spec.clip}
+
+
+def _input_size(input_info: Dict[str, Any], asked: Optional[Tuple[int, int]],
+                multiple: int) -> Tuple[Tuple[int, int], bool]:
+    """The (width, height) the bundle is checked and runs at, and whether the graph fixes it: a fixed
+    input shape is that size (``--input-size`` may only repeat it), a dynamic one ``asked`` or the default."""
     shape = input_info["shape"]
     if len(shape) != 4 or (shape[1] not in (3, None) and not isinstance(shape[1], str)):
         raise ValueError(f"input {input_info['name']!r} has shape {shape}; fdq feeds a (1, 3, H, W) image")
-    fixed = [d for d in shape[2:] if isinstance(d, int) and d > 0]
-    if fixed:
-        raise ValueError(f"input {input_info['name']!r} has a fixed size {shape[3]}x{shape[2]}: the model cannot take "
-                         f"the {size[0]}x{size[1]} inputs of any image shape that fdq feeds (export it with dynamic "
-                         "height and width)")
+    fixed = [isinstance(d, int) and d > 0 for d in shape[2:]]
+    if not any(fixed):
+        return asked or (DEFAULT_LONG_SIDE, DEFAULT_LONG_SIDE * 3 // 4), False
+    if not all(fixed):
+        raise ValueError(f"input {input_info['name']!r} has shape {shape}: fdq takes a model whose height and "
+                         "width are both fixed or both dynamic")
+    size = (int(shape[3]), int(shape[2]))
+    if asked is not None and tuple(asked) != size:
+        raise ValueError(f"--input-size {asked[0]}x{asked[1]}: input {input_info['name']!r} has the fixed size "
+                         f"{size[0]}x{size[1]} (frames are letterboxed into it); give that or leave --input-size out")
+    if size[0] % multiple or size[1] % multiple:
+        raise ValueError(f"input {input_info['name']!r} has the fixed size {size[0]}x{size[1]}, which the decoder "
+                         f"pads to multiples of {multiple}: it cannot take that size")
+    return size, True
 
 
 def _check_outputs(session: Any, input_name: str, spec: DetectorSpec, size: Tuple[int, int]) -> Dict[str, Any]:
@@ -131,10 +167,10 @@ def import_onnx(model_path: str, options: ImportOptions, out: str, force: bool =
     outputs = _value_infos(graph.graph.output)
     if len(inputs) != 1:
         raise ValueError(f"{path} has {len(inputs)} inputs ({', '.join(i['name'] for i in inputs)}); fdq feeds one image")
-    size = options.input_size or (DEFAULT_LONG_SIDE, DEFAULT_LONG_SIDE * 3 // 4)
-    _check_size(inputs[0], size)
     name = options.name or path.stem
     spec = _spec(name, options)
+    multiple = decoder_class(spec.decoder)(spec).input_multiple
+    size, fixed = _input_size(inputs[0], options.input_size, multiple)
     check = _check_outputs(_session(path), inputs[0]["name"], spec, size)
     roles = decoder_class(spec.decoder).output_roles(spec)
     manifest = {
@@ -143,8 +179,8 @@ def import_onnx(model_path: str, options: ImportOptions, out: str, force: bool =
                   "imported": {"source": str(path.resolve()), "sha256": sha256_file(path), "licence": options.licence,
                                "inputs": inputs, "outputs": outputs, "check": check}},
         "input": {"long_side": int(max(size)), "mean_bgr": list(spec.mean_bgr), "std_bgr": list(spec.std_bgr),
-                  "color": spec.channels.upper(), "layout": "NCHW", "dynamic_hw": True,
-                  "pad_to_multiple": decoder_class(spec.decoder)(spec).input_multiple},
+                  "color": spec.channels.upper(), "layout": "NCHW", "dynamic_hw": not fixed,
+                  **({"fixed_hw": [size[1], size[0]]} if fixed else {}), "pad_to_multiple": multiple},
         "io": {"input": inputs[0]["name"], "outputs": {r: r for r in roles}},
         "runtime": "onnxruntime",
         "backend": {"engine": None, "dtype": "fp32"},
@@ -168,10 +204,20 @@ def _session(path: Path) -> Any:
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
+def refuse_fixed(bundle: Bundle, long_side: int) -> None:
+    """A fixed-size import is never taken at a long side (it has one, as imported): one line naming its size."""
+    if bundle.fixed_hw is not None:
+        height, width = bundle.fixed_hw
+        raise ValueError(f"imported {bundle.manifest['model']['name']} takes a fixed {width}x{height} input "
+                         f"(letterboxed): it runs as imported, at long side {max(width, height)} only; asked for "
+                         f"{long_side}")
+
+
 def at_long_side(bundle: Bundle, long_side: int, out: str, force: bool = False) -> Path:
     """Imported float bundle ``bundle`` at input long side ``long_side`` (a 4:3 image, as fdq import
     checks by default) as a new bundle at ``out``: the same graph, provenance and decoder, the size checked
-    by running the graph there (a fixed-size model refuses any other side in one line)."""
+    by running the graph there. A fixed-size import runs at its own size only: refused in one line."""
+    refuse_fixed(bundle, long_side)
     imported = dict(bundle.manifest["model"]["imported"])
     model = bundle.file("model")
     check = _check_outputs(_session(model), str(bundle.manifest["io"]["input"]), bundle.spec,

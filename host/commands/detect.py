@@ -64,7 +64,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
             raise CliError("--bundle carries its model: do not combine it with --weights")
         detector = bundle_detector_at(args.bundle, args.long_side, 1)
     else:
-        detector = model_detector(args.model, args.weights, args.long_side)
+        detector = model_detector(args.model, args.weights, 320 if args.long_side is None else args.long_side)
     with atomic_folder(args.output, args.force, "--output") as out:  # all images or nothing
         for key, path in track(items, "fdq: detecting"):
             image = read_image(path) if path is not None else sample_image()
@@ -74,7 +74,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
                       "landmarks": [[round(float(x), 2), round(float(y), 2)] for x, y in p.reshape(5, 2)]}
                      for b, s, p in zip(dets.boxes, dets.scores, dets.landmarks)]
             doc = {"image": str(path), "width": image.shape[1], "height": image.shape[0], "model": detector.spec.name,
-                   "long_side": describe_long_side(args.long_side), "threshold": args.threshold, "faces": faces,
+                   "long_side": describe_long_side(detector.long_side), "threshold": args.threshold, "faces": faces,
                    "timings_ms": {k: round(v, 3) for k, v in detector.last_timings_ms.items()}}
             target = out / key
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -97,8 +97,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     d.add_argument("--input", help="image file or folder (default: a public-domain sample photo)")
     d.add_argument("--output", default="fdq-out", help="folder for annotated images and JSON (new or empty)")
     d.add_argument("--force", action="store_true", help="replace an earlier fdq detect output at --output")
-    d.add_argument("--long-side", type=long_side, default=320,
-                   help="network input long side in pixels, or 'native' for the image's own size")
+    d.add_argument("--long-side", type=long_side,
+                   help="network input long side in pixels, or 'native' for the image's own size (default 320, or the "
+                        "bundle's: a bundle of fixed input size runs at its own only)")
     d.add_argument("--threshold", type=float, default=0.5, help="score to report a face")
     d.set_defaults(func=cmd_detect)
     return d

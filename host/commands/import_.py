@@ -37,7 +37,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     options = ImportOptions(decoder=args.decoder, name=args.name, input_size=args.input_size, channels=args.channels,
                             mean=args.mean, std=args.std, score_threshold=args.score_threshold,
-                            nms_iou=args.nms_iou, licence=args.licence)
+                            nms_iou=args.nms_iou, licence=args.licence, priors=args.priors)
     path = import_onnx(args.model, options, args.out, force=args.force)
     print(f"wrote {path}: {options.name or args.model} as a float onnxruntime bundle, decoder {args.decoder}")
     return 0
@@ -49,12 +49,17 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                               description="Check an ONNX face detector against a decoder and write it as a float "
                                           "bundle (runtime onnxruntime) that every fdq command takes: eval, detect, "
                                           "export, deploy, profile, compare.")
-    p.add_argument("model", help="the .onnx file (one image input, dynamic height and width)")
+    p.add_argument("model", help="the .onnx file (one image input, dynamic height and width, or a fixed size that "
+                                 "frames are letterboxed into)")
     p.add_argument("--decoder", required=True, help="how its outputs become faces: ssd-priors (fdq's own family) or yunet "
                                                          "(fdq.device.decoders; an unknown name lists them)")
+    p.add_argument("--priors", metavar="MODEL",
+                   help="ssd-priors: the anchors of fdq's model MODEL, slim (default; = rfb's and Ultra-Light-Fast's) "
+                        "or mnet025 (RetinaFace-mnet's)")
     p.add_argument("--name", help="the model's name in reports (default: the file's stem)")
     p.add_argument("--input-size", type=input_size, default=None, metavar="WxH|dynamic",
-                   help="the size the model is checked at, whose long side is the bundle's (default dynamic: 320x240)")
+                   help="the size the model is checked at, whose long side is the bundle's (default dynamic: 320x240; "
+                        "a model of fixed input size: that size, the only one it takes)")
     p.add_argument("--channels", choices=("bgr", "rgb"), default="bgr", help="channel order the model takes")
     p.add_argument("--mean", type=three_floats("--mean"), default=(0.0, 0.0, 0.0), metavar="A,B,C",
                    help="subtracted per channel, in the model's channel order, from 0-255 pixels")

@@ -46,6 +46,10 @@ def check_request(bundle: Bundle, fmt: str, calib_dir: Optional[PathLike], keep_
                          f"not {fmt} (that format starts from fdq's own PyTorch models)")
     if bundle.runtime != "onnxruntime" or (bundle.manifest.get("backend") or {}).get("dtype") != "fp32":
         raise ValueError(f"export the float bundle fdq import wrote, not {label(bundle)}")
+    if bundle.fixed_hw is not None:
+        raise ValueError(f"imported bundle {bundle.path} takes a fixed {bundle.fixed_hw[1]}x{bundle.fixed_hw[0]} input: "
+                         "its exports calibrate and check at other sizes, so fdq export does not take it yet "
+                         "(it runs as imported, on onnxruntime)")
     if fmt in INT8_FORMATS and calib_dir is None:
         raise ValueError(f"{fmt} of imported bundle {bundle.path} needs --calib DIR: its int8 ranges are calibrated "
                          "on those images (see --help)")
