@@ -20,7 +20,7 @@ def draw_detections(image: np.ndarray, dets: Detections, timings_ms: Optional[Di
         cv2.rectangle(image, (x1, y1), (x2, y2), (0, 0, 255), thickness)
         cv2.putText(image, f"{score:.2f}", (x1, max(12, y1 - 3)), cv2.FONT_HERSHEY_SIMPLEX,
                     0.4 * thickness, (255, 255, 255), max(1, thickness // 2), cv2.LINE_AA)
-        for (px, py), colour in zip(points.reshape(5, 2), _LANDMARK_COLOURS):
+        for (px, py), colour in zip(points.reshape(-1, 2), _LANDMARK_COLOURS):  # none without landmarks
             cv2.circle(image, (int(round(px)), int(round(py))), thickness + 1, colour, -1)
     if timings_ms:
         total = timings_ms.get("total", 0.0)

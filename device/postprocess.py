@@ -22,11 +22,13 @@ from .nms import nms, score_order
 
 @dataclass
 class Detections:
-    """Kept faces, by descending score. Boxes are (x1, y1, x2, y2), landmarks 5 (x, y) pairs."""
+    """Kept faces, by descending score. Boxes are (x1, y1, x2, y2), landmarks 5 (x, y) pairs; a detector
+    without landmarks (``ssd-decoded``) gives (K, 0) ones, so ``landmarks[i].reshape(-1, 2)`` is each face's
+    points either way."""
 
     boxes: np.ndarray      # (K, 4) float32
     scores: np.ndarray     # (K,) float32
-    landmarks: np.ndarray  # (K, 10) float32
+    landmarks: np.ndarray  # (K, 10) float32, or (K, 0) without landmarks
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
@@ -37,6 +39,8 @@ class Detections:
 
 
 PostprocessFn = Callable[..., Detections]
+# Pixel boxes (K, 4), their scores (K,), the IoU threshold -> kept positions by descending score.
+NmsFn = Callable[[np.ndarray, np.ndarray, float], np.ndarray]
 
 
 def candidates(scores: np.ndarray, score_threshold: float) -> np.ndarray:
@@ -67,9 +71,35 @@ def postprocess(loc: np.ndarray, scores: np.ndarray, landm: np.ndarray, priors: 
     """Decode and suppress with numpy. ``loc`` (N,4), ``scores`` (N,) face probability, ``landm`` (N,10)."""
     boxes, points, cand_scores = _decode_candidates(loc, scores, landm, priors, variances, input_size,
                                                     ratio, score_threshold)
-    order = score_order(cand_scores)
-    keep = order[nms(boxes[order], nms_threshold)]
+    keep = nms_keep(boxes, cand_scores, nms_threshold)
     return Detections(boxes[keep], cand_scores[keep], points[keep])
+
+
+def nms_keep(boxes: np.ndarray, scores: np.ndarray, nms_threshold: float) -> np.ndarray:
+    """The reference NMS on unsorted boxes: kept positions, by descending score."""
+    order = score_order(scores)
+    return order[nms(boxes[order], nms_threshold)]
+
+
+def nms_keep_cv2(boxes: np.ndarray, scores: np.ndarray, nms_threshold: float) -> np.ndarray:
+    """:func:`nms_keep` by ``cv2.dnn.NMSBoxes`` fed reference-convention rects (see :func:`postprocess_cv2`).
+    The candidates are already above the score threshold (>= 0), so NMSBoxes' own (score > 0) drops none."""
+    corners = boxes.astype(np.float64)
+    rects = np.concatenate([corners[:, :2], corners[:, 2:] - corners[:, :2] + 1.0], axis=1)
+    kept = cv2.dnn.NMSBoxes(rects, scores, 0.0, float(nms_threshold))
+    return np.asarray(kept, dtype=np.int64).reshape(-1)
+
+
+def postprocess_decoded(boxes: np.ndarray, scores: np.ndarray, input_size: Tuple[int, int], ratio: float,
+                        score_threshold: float, nms_threshold: float, suppress: NmsFn = nms_keep) -> Detections:
+    """Threshold + NMS for a graph that decodes its own boxes: ``boxes`` (N, 4) corners normalised to the
+    network input, ``scores`` (N,) face probability. The same protocol as :func:`postprocess` (scaled by
+    the input size, divided by the ratio, not clipped), without landmarks: (K, 0)."""
+    idx = candidates(scores, score_threshold)
+    pixel = boxes[idx] * np.tile(pixel_scale(input_size, ratio), 2)
+    cand_scores = scores[idx]
+    keep = suppress(pixel, cand_scores, nms_threshold)
+    return Detections(pixel[keep], cand_scores[keep], np.zeros((keep.shape[0], 0), np.float32))
 
 
 def postprocess_cv2(loc: np.ndarray, scores: np.ndarray, landm: np.ndarray, priors: np.ndarray,
@@ -86,17 +116,8 @@ def postprocess_cv2(loc: np.ndarray, scores: np.ndarray, landm: np.ndarray, prio
     """
     boxes, points, cand_scores = _decode_candidates(loc, scores, landm, priors, variances, input_size,
                                                     ratio, score_threshold)
-    keep = _nms_boxes_cv2(boxes, cand_scores, score_threshold, nms_threshold)
+    keep = nms_keep_cv2(boxes, cand_scores, nms_threshold)
     return Detections(boxes[keep], cand_scores[keep], points[keep])
-
-
-def _nms_boxes_cv2(boxes: np.ndarray, scores: np.ndarray, score_threshold: float,
-                   nms_threshold: float) -> np.ndarray:
-    """Kept indices (by descending score) of ``cv2.dnn.NMSBoxes`` fed reference-convention rects."""
-    corners = boxes.astype(np.float64)
-    rects = np.concatenate([corners[:, :2], corners[:, 2:] - corners[:, :2] + 1.0], axis=1)
-    kept = cv2.dnn.NMSBoxes(rects, scores, float(np.float32(score_threshold)), float(nms_threshold))
-    return np.asarray(kept, dtype=np.int64).reshape(-1)
 
 
 @lru_cache(maxsize=1)
@@ -110,10 +131,9 @@ def cv2_nms_agrees() -> bool:
     boxes[1::50] = boxes[::50]
     boxes[-2:] = [[0, 0, 9, 9], [0, 0, 3, 9]]  # IoU exactly 0.4: kept by "IoU > threshold" rules
     scores = (np.round(rng.uniform(size=400), 2) + np.float32(0.01)).astype(np.float32)
-    order = score_order(scores)
-    expected = order[nms(boxes[order], 0.4)]
+    expected = nms_keep(boxes, scores, 0.4)
     try:
-        kept = _nms_boxes_cv2(boxes, scores, 0.0, 0.4)
+        kept = nms_keep_cv2(boxes, scores, 0.4)
     except (cv2.error, AttributeError):  # an OpenCV built without the dnn module
         return False
     return bool(np.array_equal(kept, expected))

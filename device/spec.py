@@ -4,7 +4,7 @@ Written into every bundle's manifest and read back by the runner; the model defi
 ``fdq.models`` own the values of fdq's own detectors (one place), ``fdq import`` those of an imported
 one; this module only gives them a type. ``decoder`` names a module of :mod:`fdq.device.decoders`,
 which reads the fields it needs (ssd-priors: ``min_sizes``, ``steps``, ``variance``, ``clip``; yunet:
-``steps`` as its strides and ``top_k``). The input: BGR pixels minus ``mean_bgr``, divided by
+``steps`` as its strides and ``top_k``; ssd-decoded: none, its graph decodes). The input: BGR pixels minus ``mean_bgr``, divided by
 ``std_bgr``, then in the model's ``channels`` order.
 """
 from __future__ import annotations

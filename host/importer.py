@@ -33,7 +33,7 @@ MODEL_FILE = "model.onnx"
 DEFAULT_LONG_SIDE = 320
 # What each decoder's family needs besides the user's options: YuNet's strides and OpenCV's top-k.
 DECODER_DEFAULTS: Dict[str, Dict[str, Any]] = {"yunet": {"steps": (8, 16, 32), "top_k": 5000},
-                                               "ssd-priors": {}}
+                                               "ssd-priors": {}, "ssd-decoded": {}}
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ installs what they need, runs as root, and fails instead of skipping. The tests 
 marked ``board`` here, so that ``pytest -m "not board and not slow"`` leaves them out.
 
 Bundles that several test modules use (slim fp32, with its weights recorded, its ONNX export, a
-level-2 qnnpack bundle) are built once per session here.
+level-2 qnnpack bundle, slim as a fixed-size ONNX file and its import) are built once per session here.
 """
 from __future__ import annotations
 
@@ -102,6 +102,58 @@ def slim_onnx_bundle(slim_fp32_bundle, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("onnx") / "slim_onnx"
     assert main(["export", str(slim_fp32_bundle), "--format", "onnx", "--out", str(out)]) == 0
     return out
+
+
+FIXED_HW = (240, 320)  # Ultra-Light-Fast's published 320 files: 1x3x240x320
+
+
+@pytest.fixture(scope="session")
+def fixed_onnx(shared_dir, tmp_path_factory) -> Path:
+    """slim as ONNX with a fixed 1x3x240x320 input and no dynamic axes: the layout of Linzaer's files."""
+    import warnings
+
+    import torch
+
+    from fdq.models import load_model
+
+    model = load_model("slim", shared_dir / "weights" / "slim_Final.pth").eval()
+    path = tmp_path_factory.mktemp("fixed") / "slim-320.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.zeros(1, 3, *FIXED_HW),), str(path), input_names=["input"],
+                          output_names=["loc", "conf", "landm"], opset_version=17, dynamo=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def fixed_import(fixed_onnx, tmp_path_factory) -> Path:
+    """``fixed_onnx`` through ``fdq import --decoder ssd-priors`` with slim's preprocessing."""
+    from fdq.host.cli import main
+    from fdq.models import SPECS
+
+    out = tmp_path_factory.mktemp("import") / "slim_fixed320"
+    mean = ",".join(str(v) for v in SPECS["slim"].mean_bgr)  # slim takes BGR minus this mean, std 1
+    assert main(["import", str(fixed_onnx), "--decoder", "ssd-priors", "--mean", mean, "--name", "slim_fixed320",
+                 "--licence", "MIT (Face-Detector-1MB-with-landmark)", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def val(shared_dir):
+    """The WIDER val subset: images folder, ground-truth folder, the ground truth loaded."""
+    from fdq.device.evaluation import load_ground_truth
+
+    root = shared_dir / "data" / "widerface_val_subset" / "val"
+    return root / "images", root / "ground_truth", load_ground_truth(root / "ground_truth")
+
+
+def one_line_error(capsys, argv: List[str], needle: str) -> None:
+    """``fdq argv`` fails with exit 1 and exactly one ``fdq: error:`` line on stderr containing ``needle``."""
+    from fdq.host.cli import main
+
+    assert main(argv) == 1, argv
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fdq: error: ") and needle in err[0], (argv, err)
 
 
 CALIB_IMAGES = 8  # the board tests calibrate on the first 8 images of the calibration split

@@ -217,7 +217,7 @@ def test_bad_input_is_one_line_and_writes_nothing(yunet, imported, tmp_path, cap
         (["import", str(not_onnx), "--decoder", "yunet"], "is not an ONNX model"),
         (["import", str(yunet), "--decoder", "ssd-priors"],
          "decoder ssd-priors expects outputs loc, conf, landm; the graph has cls_8, cls_16"),
-        (["import", str(yunet), "--decoder", "centernet"], "unknown decoder 'centernet' (known: ssd-priors, yunet)"),
+        (["import", str(yunet), "--decoder", "centernet"], "unknown decoder 'centernet' (known: ssd-decoded, ssd-priors, yunet)"),
         (["import", str(fixed), "--decoder", "yunet"],
          "has the fixed size 320x240, which the decoder pads to multiples of 32: it cannot take that size"),
         (["export", str(imported), "--format", "torchscript", "--out", str(out)],
@@ -245,5 +245,5 @@ def test_bad_input_is_one_line_and_writes_nothing(yunet, imported, tmp_path, cap
     manifest["model"]["spec"]["decoder"] = "centernet"
     (newer / "manifest.yaml").write_text(yaml.safe_dump(manifest))
     _one_line_error(capsys, ["detect", "--bundle", str(newer), "--output", str(out)],
-                    "needs decoder 'centernet', which this fdq runner lacks (it knows: ssd-priors, yunet)")
+                    "needs decoder 'centernet', which this fdq runner lacks (it knows: ssd-decoded, ssd-priors, yunet)")
     assert not out.exists()

@@ -2,60 +2,25 @@
 (Ultra-Light-Fast's ``version-slim-320.onnx``: 1x3x240x320): fdq's own slim exported here at exactly
 that fixed size, imported with ``--decoder ssd-priors``, letterboxed by every detector into 320x240.
 Compared with fdq's dynamic slim bundle at long side 320 (``slim_onnx_bundle``) on WIDER val: equal
-detections where the input is the same (4:3 frames), sane ones where it is not, the same AP."""
+detections where the input is the same (4:3 frames), sane ones where it is not, the same AP. The graph, the
+import and ``val`` are conftest's fixtures (tests/test_import_decoded.py compares with them too)."""
 from __future__ import annotations
 
 import json
 import shutil
-import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
+from conftest import FIXED_HW, one_line_error
+
 from fdq.host.cli import main as fdq_main
 
-FIXED_HW = (240, 320)
 # AP margin against the dynamic slim at 320 on all 64 val images, in AP (not points). Both run one network on
 # the same frames; they differ only on non-4:3 frames (letterbox rows of zero pixels below a wide frame,
 # a smaller scale for a portrait one). Measured: +0.0002 easy, +0.0030 medium, +0.0019 hard (README, `fdq import`).
 AP_MARGIN = 0.005
-
-
-@pytest.fixture(scope="module")
-def fixed_onnx(shared_dir, tmp_path_factory) -> Path:
-    """slim as ONNX with a fixed 1x3x240x320 input and no dynamic axes: the layout of Linzaer's files."""
-    import torch
-
-    from fdq.models import load_model
-
-    model = load_model("slim", shared_dir / "weights" / "slim_Final.pth").eval()
-    path = tmp_path_factory.mktemp("fixed") / "slim-320.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.zeros(1, 3, *FIXED_HW),), str(path), input_names=["input"],
-                          output_names=["loc", "conf", "landm"], opset_version=17, dynamo=False)
-    return path
-
-
-@pytest.fixture(scope="module")
-def fixed_import(fixed_onnx, tmp_path_factory) -> Path:
-    from fdq.models import SPECS
-
-    out = tmp_path_factory.mktemp("import") / "slim_fixed320"
-    mean = ",".join(str(v) for v in SPECS["slim"].mean_bgr)  # slim takes BGR minus this mean, std 1
-    assert fdq_main(["import", str(fixed_onnx), "--decoder", "ssd-priors", "--mean", mean, "--name", "slim_fixed320",
-                     "--licence", "MIT (Face-Detector-1MB-with-landmark)", "--out", str(out)]) == 0
-    return out
-
-
-@pytest.fixture(scope="module")
-def val(shared_dir):
-    from fdq.device.evaluation import load_ground_truth
-
-    root = shared_dir / "data" / "widerface_val_subset" / "val"
-    return root / "images", root / "ground_truth", load_ground_truth(root / "ground_truth")
 
 
 def test_manifest_records_the_fixed_size(fixed_import):
@@ -146,12 +111,6 @@ def test_the_camera_demo_letterboxes_a_portrait_video(fixed_import, slim_onnx_bu
     assert len(pairs) == 2 and all(red_pixels(dst) >= red_pixels(src) + MIN_RED_PX for src, dst in pairs)
 
 
-def _one_line_error(capsys, argv, needle):
-    assert fdq_main(argv) == 1, argv
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("fdq: error: ") and needle in err[0], (argv, err)
-
-
 def test_fixed_size_refusals(fixed_onnx, fixed_import, val, home, tmp_path, capsys):
     """What a fixed-size import cannot do is one line each, naming the size; the sweep's bundle at its own
     side is the import itself, and another side is refused (the sweep skips it with that line)."""
@@ -161,13 +120,13 @@ def test_fixed_size_refusals(fixed_onnx, fixed_import, val, home, tmp_path, caps
 
     images, ground_truth, _ = val
     out = tmp_path / "out"
-    _one_line_error(capsys, ["import", str(fixed_onnx), "--decoder", "ssd-priors", "--input-size", "640x480",
+    one_line_error(capsys, ["import", str(fixed_onnx), "--decoder", "ssd-priors", "--input-size", "640x480",
                              "--out", str(out)],
                     "--input-size 640x480: input 'input' has the fixed size 320x240 (frames are letterboxed into it)")
-    _one_line_error(capsys, ["eval", "--bundle", str(fixed_import), "--images", str(images), "--gt", str(ground_truth),
+    one_line_error(capsys, ["eval", "--bundle", str(fixed_import), "--images", str(images), "--gt", str(ground_truth),
                              "--long-side", "640"], "takes a fixed 320x240 input (frames are letterboxed into it): "
                                                     "its long side is 320, not 640")
-    _one_line_error(capsys, ["export", str(fixed_import), "--format", "mnn", "--out", str(out)],
+    one_line_error(capsys, ["export", str(fixed_import), "--format", "mnn", "--out", str(out)],
                     "takes a fixed 320x240 input")
     assert not out.exists()
     portrait = images / "0--Parade" / "0_Parade_Parade_0_194.jpg"  # fdq detect's default: the bundle's own side

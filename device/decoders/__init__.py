@@ -9,9 +9,9 @@ subclasses :class:`~fdq.device.decoders.registry.Decoder` under ``@register("nam
 """
 from __future__ import annotations
 
-from . import ssd_priors, yunet  # registration: each module registers its decoder
+from . import ssd_decoded, ssd_priors, yunet  # registration: each module registers its decoder
 from .registry import (DECODERS, Decoder, OutputMismatch, Outputs, UnknownDecoder, build_decoder, decoder_class,
                        register)
 
 __all__ = ["DECODERS", "Decoder", "OutputMismatch", "Outputs", "UnknownDecoder", "build_decoder", "decoder_class",
-           "register", "ssd_priors", "yunet"]
+           "register", "ssd_decoded", "ssd_priors", "yunet"]

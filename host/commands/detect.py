@@ -71,7 +71,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
             path = path or "scikit-image astronaut (public domain sample)"
             dets = detector.detect(image).above(args.threshold)
             faces = [{"box": [round(float(v), 2) for v in b], "score": round(float(s), 5),
-                      "landmarks": [[round(float(x), 2), round(float(y), 2)] for x, y in p.reshape(5, 2)]}
+                      "landmarks": [[round(float(x), 2), round(float(y), 2)] for x, y in p.reshape(-1, 2)]}
                      for b, s, p in zip(dets.boxes, dets.scores, dets.landmarks)]
             doc = {"image": str(path), "width": image.shape[1], "height": image.shape[0], "model": detector.spec.name,
                    "long_side": describe_long_side(detector.long_side), "threshold": args.threshold, "faces": faces,

@@ -51,8 +51,10 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                                           "export, deploy, profile, compare.")
     p.add_argument("model", help="the .onnx file (one image input, dynamic height and width, or a fixed size that "
                                  "frames are letterboxed into)")
-    p.add_argument("--decoder", required=True, help="how its outputs become faces: ssd-priors (fdq's own family) or yunet "
-                                                         "(fdq.device.decoders; an unknown name lists them)")
+    p.add_argument("--decoder", required=True, help="how its outputs become faces: ssd-priors (fdq's own family), "
+                                                         "ssd-decoded (outputs scores and decoded boxes: Ultra-Light-Fast's "
+                                                         "published files) or yunet (fdq.device.decoders; an unknown name "
+                                                         "lists them)")
     p.add_argument("--priors", metavar="MODEL",
                    help="ssd-priors: the anchors of fdq's model MODEL, slim (default; = rfb's and Ultra-Light-Fast's) "
                         "or mnet025 (RetinaFace-mnet's)")
