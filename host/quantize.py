@@ -304,6 +304,8 @@ _QAT_MANIFEST_KEYS = ("iters", "statassist", "gradboost", "observer", "per_chann
 
 def _qat(args: argparse.Namespace, model: nn.Module, report: Dict[str, Any]) -> Tuple[nn.Module, Dict[str, Any]]:
     """Levels 3 and 4, by :func:`fdq.calibration.qat.run_level`."""
+    import torch
+
     try:
         from fdq.calibration.qat import run_level
     except ImportError as exc:
@@ -322,7 +324,10 @@ def _qat(args: argparse.Namespace, model: nn.Module, report: Dict[str, Any]) -> 
     quantized, qat_report = run_level(args.level, args.model, model, args.calib, args.labels, **options)
     report["training"] = qat_report
     effective = {k: qat_report[k] for k in _QAT_MANIFEST_KEYS if k in qat_report}
-    return quantized, {"method": "qat" if args.level == 3 else "qat-distill", **options, **effective}
+    # Training's float sums (and the fake-quant ranges that read them) follow torch's thread count: with the
+    # seed, what reproduces the bundle bit for bit (OMP_NUM_THREADS=N), as level 2's fixed calibration count does.
+    return quantized, {"method": "qat" if args.level == 3 else "qat-distill", **options, **effective,
+                       "training_threads": torch.get_num_threads()}
 
 
 def quantize_command(args: argparse.Namespace) -> Path:

@@ -549,7 +549,7 @@ def test_finetuned_bundle_matches_float(level: str, backend: str, calib_dir: Pat
     assert q["method"] == ("qat" if level == "3" else "qat-distill") and q["iters"] == 6 and q["options"]["cle"] is True
     assert q["options"]["bias_correction"] is False
     assert q["options"]["warmup_iters"] == 3 and q["options"]["freeze_observers_after"] == 4
-    assert q["options"]["seed"] == 3
+    assert q["options"]["seed"] == 3 and q["training_threads"] == torch.get_num_threads()  # with the seed: reproducible
     assert bundle.engine == backend
     training = json.loads(bundle.file("report").read_text())["training"]
     assert training["warmup_iters_done"] == 3 and training["selection"] == "heldout_both"
