@@ -21,11 +21,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Collection, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from fdq.device.evaluation import GroundTruth, load_ground_truth
+from fdq.device.images import folder_down
 
 LabelSource = Union[str, "os.PathLike[str]", GroundTruth]
 
@@ -226,10 +227,22 @@ def training_boxes(xywh: np.ndarray, invalid: Optional[np.ndarray] = None, min_s
     return np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], axis=1).astype(np.float32)
 
 
+def unlabelled_error(missing: Sequence[str], total: int, where: str, labels: str,
+                     labelled: Collection[str]) -> LabelError:
+    """The one line for images the labels do not name; when the split's root was given for its image
+    folder, it names the folder to give instead (:func:`fdq.device.images.folder_down`)."""
+    down = folder_down(missing, labelled) if where else None
+    hint = f"; the images are one folder down: give {Path(where) / down} instead" if down else ""
+    place = f" in {where}" if where else ""
+    return LabelError(f"{len(missing)} of {total} images{place} have no labels in {labels} "
+                      f"(first: {missing[0]}); the labels must describe the same images (EVENT/NAME keys){hint}")
+
+
 def load_labels(source: LabelSource, image_keys: Iterable[str],
                 image_sizes: Optional[Mapping[str, Tuple[int, int]]] = None,
-                min_size: float = 2.0) -> Dict[str, np.ndarray]:
-    """Per-image training boxes (x1, y1, x2, y2 original pixels) for exactly ``image_keys``.
+                min_size: float = 2.0, images_dir: str = "") -> Dict[str, np.ndarray]:
+    """Per-image training boxes (x1, y1, x2, y2 original pixels) for exactly ``image_keys`` (of the
+    folder ``images_dir``, named in errors).
 
     ``image_sizes`` maps a key to the image's (height, width); when given, boxes far outside
     their image mean the labels describe other images. Labels for images that are not in the
@@ -239,8 +252,7 @@ def load_labels(source: LabelSource, image_keys: Iterable[str],
     raw, invalid = read_labels(source)
     missing = [k for k in keys if k not in raw]
     if missing:
-        raise LabelError(f"{len(missing)} of {len(keys)} images have no labels in {_name(source)} "
-                         f"(first: {missing[0]}); the labels must describe the same images (EVENT/NAME keys)")
+        raise unlabelled_error(missing, len(keys), images_dir, _name(source), raw)
     out: Dict[str, np.ndarray] = {}
     for key in keys:
         xywh = raw[key]

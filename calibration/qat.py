@@ -457,7 +457,7 @@ def finetune(model_name: str, float_model: nn.Module, images_dir: str, labels: O
     samples = train + held
     gt_eval: Optional[GroundTruth] = None
     if labels is not None:
-        boxes = load_labels(labels, [s.key for s in samples], sizes, min_size=opts.min_face)
+        boxes = load_labels(labels, [s.key for s in samples], sizes, min_size=opts.min_face, images_dir=images_dir)
         for s in samples:
             s.boxes = boxes[s.key] * np.float32(s.ratio)
         gt_eval = ground_truth_of(labels)

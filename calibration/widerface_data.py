@@ -34,7 +34,7 @@ from fdq.device.anchors import prior_boxes
 from fdq.device.images import list_images, read_image
 from fdq.device.spec import DetectorSpec
 
-from .labels import FaceLabels, LabelError, LabelSource, read_faces
+from .labels import FaceLabels, LabelError, LabelSource, read_faces, unlabelled_error
 from .losses import match
 
 #: Square crop sizes, as fractions of the image's short side (the reference's PRE_SCALES).
@@ -236,8 +236,7 @@ def labelled_images(images_dir: str, labels: Optional[LabelSource]) -> List[Labe
     faces = read_faces(labels)
     missing = [key for key, _ in found if key not in faces]
     if missing:
-        raise LabelError(f"{len(missing)} of {len(found)} images in {images_dir} have no labels in {labels} "
-                         f"(first: {missing[0]}); the labels must describe the same images (EVENT/NAME keys)")
+        raise unlabelled_error(missing, len(found), str(images_dir), str(labels), faces)
     return [LabelledImage(key, path, Faces.of_labels(faces[key])) for key, path in found]
 
 

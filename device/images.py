@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Tuple
+from typing import Collection, Iterable, List, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -22,6 +22,19 @@ def list_images(folder: str) -> List[Tuple[str, Path]]:
     if not found:
         raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {folder}")
     return [(p.relative_to(root).with_suffix("").as_posix(), p) for p in found]
+
+
+def folder_down(keys: Iterable[str], known: Collection[str]) -> Optional[str]:
+    """The one folder every key of ``keys`` sits under when dropping it leaves a ``known`` key (a WIDER
+    split's root given for its ``images/`` folder keys ``images/EVENT/NAME``), else None: the folder to
+    name in the error."""
+    heads = set()
+    for key in keys:
+        head, _, rest = key.partition("/")
+        if not rest or rest not in known:
+            return None
+        heads.add(head)
+    return heads.pop() if len(heads) == 1 else None
 
 
 def read_image(path: Path) -> np.ndarray:

@@ -26,6 +26,7 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from . import instructions, result
@@ -215,8 +216,12 @@ def _ground_truth(args: argparse.Namespace, source: Any) -> Any:
     keys = {key for key, _ in source.items}
     missing = [k for k in gt.keys if k not in keys]
     if missing:
+        from .images import folder_down
+
+        down = folder_down(keys, set(gt.keys))
         raise RunError(f"{args.source} is not the ground truth's image folder: {len(missing)} of "
-                       f"{gt.num_images} ground-truth images are missing (first: {missing[0]})")
+                       f"{gt.num_images} ground-truth images are missing (first: {missing[0]})"
+                       + (f"; give {Path(args.source) / down}, one folder down" if down else ""))
     if args.frames is not None and args.frames < len(source.items):
         raise RunError(f"--gt needs every image once: --frames {args.frames} < {len(source.items)} images")
     return gt

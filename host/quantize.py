@@ -196,7 +196,7 @@ def _calibration_set(args: argparse.Namespace, mean_bgr: Tuple[float, ...]) -> O
     blobs, sizes = images.load(args.long_side, mean_bgr)
     gt = None
     if args.labels:
-        load_labels(args.labels, images.keys, sizes)
+        load_labels(args.labels, images.keys, sizes, images_dir=args.calib)
         gt = ground_truth_of(args.labels)
     if args.level == 1:
         return CalibrationSet(images, images.subset([]), images, gt, blobs)

@@ -441,6 +441,17 @@ def test_labels_of_other_images_are_refused(calib_dir: Path, shared_dir: Path, t
     _assert_nothing_written(out)
 
 
+def test_a_splits_root_given_for_its_image_folder_names_the_folder(shared_dir: Path, tmp_path: Path) -> None:
+    """WIDER's layout (SPLIT/images, SPLIT/ground_truth): --calib SPLIT keys the images images/EVENT/NAME,
+    which no label names; the one line says which folder to give."""
+    split, out = shared_dir / SUBSET / "calib", tmp_path / "bundle"
+    with pytest.raises(LabelError) as refused:
+        quantize_command(parse("--model", "slim", "--level", "2", "--backend", "x86", "--calib", str(split),
+                               "--labels", str(split / "ground_truth"), "--out", str(out)))
+    assert str(refused.value).endswith(f"; the images are one folder down: give {split / 'images'} instead")
+    _assert_nothing_written(out)
+
+
 # ------------------------------------------------------------------------------------------------
 # Building blocks
 # ------------------------------------------------------------------------------------------------

@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from fdq.device.evaluation import load_ground_truth
+
 from terminal import run_on_terminal
 
 
@@ -109,6 +111,12 @@ def test_eval_bundle_goes_through_the_runner_code(tmp_path, slim_fp32_bundle, va
     (bundle / "model.pt").write_bytes((bundle / "model.pt").read_bytes()[:-10])
     r = run_fdq("eval", "--bundle", bundle, "--images", val / "images", "--gt", val / "ground_truth")
     assert r.returncode == 1 and "checksum" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    # The split's root for its images/ folder: one line naming that folder, before any image is run
+    first = load_ground_truth(val / "ground_truth").keys[0]
+    r = run_fdq("eval", "--bundle", slim_fp32_bundle, "--images", val, "--gt", val / "ground_truth")
+    assert r.returncode == 1 and r.stderr.strip().splitlines() == [
+        f"fdq: error: 64 ground-truth images are not in {val} (first: {first}); point --images at "
+        f"{val / 'images'}, one folder down"], r.stderr
 
 
 def _all_parsers():

@@ -205,7 +205,8 @@ def test_tampered_bundle(ts_bundle, workdir):
     _assert_one_line_error(_run(["--bundle", bad, "--frames", 1, "--json", out]), out, "tampered")
 
 
-@pytest.mark.parametrize("case", ["missing_bundle", "missing_source", "empty_folder", "gt_wrong_folder"])
+@pytest.mark.parametrize("case", ["missing_bundle", "missing_source", "empty_folder", "gt_wrong_folder",
+                                  "gt_split_root"])
 def test_bad_input(case, ts_bundle, data, workdir):
     out = workdir / f"{case}.json"
     empty = workdir / "empty"
@@ -216,6 +217,8 @@ def test_bad_input(case, ts_bundle, data, workdir):
         "empty_folder": (["--bundle", ts_bundle, "--source", empty], "no images"),
         "gt_wrong_folder": (["--bundle", ts_bundle, "--source", data["images"] / "0--Parade", "--gt", data["gt"]],
                             "not the ground truth's image folder"),
+        "gt_split_root": (["--bundle", ts_bundle, "--source", data["images"].parent, "--gt", data["gt"]],
+                          f"; give {data['images']}, one folder down"),
     }[case]
     _assert_one_line_error(_run([*args, "--json", out]), out, needle)
 
