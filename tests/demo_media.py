@@ -83,6 +83,19 @@ def face_video(bundle_dir: Path, shared_dir: Path, out: Path, size: Tuple[int, i
     return out
 
 
+def assert_demo_draws_boxes(bundle: Path, video: Path, out: Path, capsys: Any) -> None:
+    """fdq-demo on ``bundle`` over ``video`` (every frame) writes ``out`` with red face boxes on every frame."""
+    from fdq.device.demo import main as demo_main
+
+    frames = len(read_all(video))
+    capsys.readouterr()
+    assert demo_main(["--bundle", str(bundle), "--source", str(video), "--output", str(out),
+                      "--max-frames", str(frames)]) == 0
+    assert f"{frames} frames" in capsys.readouterr().err
+    pairs = list(zip(read_all(video), read_all(out)))
+    assert len(pairs) == frames and all(red_pixels(dst) >= red_pixels(src) + MIN_RED_PX for src, dst in pairs)
+
+
 def read_part(resp, boundary: bytes) -> bytes:
     """The body of the next part of a multipart/x-mixed-replace response."""
     delimiter = b"--" + boundary

@@ -182,17 +182,10 @@ def test_ncnn_and_ncnn_int8_of_imported_yunet(imported, split, tmp_path):
 
 def test_the_camera_demo_draws_imported_yunet_faces(imported, shared_dir, tmp_path, capsys):
     """fdq-demo on an imported bundle: boxes drawn on every frame of a video of val faces (found by YuNet)."""
-    from demo_media import MIN_RED_PX, face_video, read_all, red_pixels
-
-    from fdq.device.demo import main as demo_main
+    from demo_media import assert_demo_draws_boxes, face_video
 
     video = face_video(imported, shared_dir, tmp_path / "faces.mp4", (640, 480), 3, 1)
-    out = tmp_path / "annotated.mp4"
-    assert demo_main(["--bundle", str(imported), "--source", str(video), "--output", str(out),
-                      "--max-frames", "3"]) == 0
-    assert "3 frames" in capsys.readouterr().err
-    pairs = list(zip(read_all(video), read_all(out)))
-    assert len(pairs) == 3 and all(red_pixels(dst) >= red_pixels(src) + MIN_RED_PX for src, dst in pairs)
+    assert_demo_draws_boxes(imported, video, tmp_path / "annotated.mp4", capsys)
 
 
 def _one_line_error(capsys, argv, needle):

@@ -133,9 +133,7 @@ def test_ap_through_the_runner(decoded_import, fixed_import, val, tmp_path):
 def test_detect_and_demo_draw_boxes_without_landmarks(decoded_import, fixed_import, shared_dir, val, tmp_path, capsys):
     """``fdq detect``: each face's JSON has its box, score and an empty landmark list; the annotated image has
     the red boxes and none of the landmark dots the ssd-priors import draws. fdq-demo draws boxes on every frame."""
-    from demo_media import MIN_RED_PX, face_video, read_all, red_pixels
-
-    from fdq.device.demo import main as demo_main
+    from demo_media import MIN_RED_PX, assert_demo_draws_boxes, face_video, red_pixels
 
     image = val[0] / "0--Parade" / "0_Parade_Parade_0_194.jpg"
     docs, drawn = {}, {}
@@ -157,13 +155,7 @@ def test_detect_and_demo_draw_boxes_without_landmarks(decoded_import, fixed_impo
     assert nose.sum() > np.all(np.abs(drawn["decoded"].astype(int) - (255, 0, 255)) < 60, axis=2).sum() + 20
 
     video = face_video(decoded_import, shared_dir, tmp_path / "faces.mp4", (640, 480), 2, 1)
-    out = tmp_path / "annotated.mp4"
-    capsys.readouterr()
-    assert demo_main(["--bundle", str(decoded_import), "--source", str(video), "--output", str(out),
-                      "--max-frames", "2"]) == 0
-    assert "2 frames" in capsys.readouterr().err
-    pairs = list(zip(read_all(video), read_all(out)))
-    assert len(pairs) == 2 and all(red_pixels(dst) >= red_pixels(src) + MIN_RED_PX for src, dst in pairs)
+    assert_demo_draws_boxes(decoded_import, video, tmp_path / "annotated.mp4", capsys)
 
 
 def test_mismatches_are_one_line(decoded_onnx, decoded_import, fixed_onnx, shared_dir, tmp_path, capsys):

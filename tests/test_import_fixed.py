@@ -98,17 +98,10 @@ def test_ap_through_the_runner_equals_the_dynamic_slim(fixed_import, slim_onnx_b
 
 def test_the_camera_demo_letterboxes_a_portrait_video(fixed_import, slim_onnx_bundle, shared_dir, tmp_path, capsys):
     """fdq-demo on the fixed-size import with 480x640 (portrait) frames: boxes drawn on every frame."""
-    from demo_media import MIN_RED_PX, face_video, read_all, red_pixels
-
-    from fdq.device.demo import main as demo_main
+    from demo_media import assert_demo_draws_boxes, face_video
 
     video = face_video(slim_onnx_bundle, shared_dir, tmp_path / "faces.mp4", (480, 640), 2, 1)
-    out = tmp_path / "annotated.mp4"
-    assert demo_main(["--bundle", str(fixed_import), "--source", str(video), "--output", str(out),
-                      "--max-frames", "2"]) == 0
-    assert "2 frames" in capsys.readouterr().err
-    pairs = list(zip(read_all(video), read_all(out)))
-    assert len(pairs) == 2 and all(red_pixels(dst) >= red_pixels(src) + MIN_RED_PX for src, dst in pairs)
+    assert_demo_draws_boxes(fixed_import, video, tmp_path / "annotated.mp4", capsys)
 
 
 def test_fixed_size_refusals(fixed_onnx, fixed_import, val, home, tmp_path, capsys):
