@@ -144,7 +144,9 @@ def test_max_temp_waits_for_the_zone_to_cool(slim_fp32_bundle, tmp_path):
     assert proc.stdout.readline() == "fdq-run: waiting until the CPU is cooler than 50 degC (now 70.0; at most 600 s)\n"
     time.sleep(2.0)
     assert proc.poll() is None and not out.exists()  # still waiting for 70 degC to drop under 50
-    zone.write_text("42000\n")
+    cooler = tmp_path / "temp.new"
+    cooler.write_text("42000\n")
+    cooler.replace(zone)  # at once, as sysfs reads are: a file read mid-write says no temperature at all
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     doc = json.loads(out.read_text())
