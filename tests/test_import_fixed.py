@@ -7,7 +7,6 @@ import and ``val`` are conftest's fixtures (tests/test_import_decoded.py compare
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -123,10 +122,10 @@ def test_fixed_size_refusals(fixed_onnx, fixed_import, val, home, tmp_path, caps
                     "takes a fixed 320x240 input")
     assert not out.exists()
     portrait = images / "0--Parade" / "0_Parade_Parade_0_194.jpg"  # fdq detect's default: the bundle's own side
-    assert fdq_main(["detect", "--bundle", str(fixed_import), "--input", str(portrait), "--output", str(out)]) == 0
-    doc = json.loads((out / "0_Parade_Parade_0_194.json").read_text())
+    detected = tmp_path / "detected"
+    assert fdq_main(["detect", "--bundle", str(fixed_import), "--input", str(portrait), "--output", str(detected)]) == 0
+    doc = json.loads((detected / "0_Parade_Parade_0_194.json").read_text())
     assert doc["long_side"] == 320 and len(doc["faces"]) >= 2
-    shutil.rmtree(out)
     with pytest.raises(ValueError) as refused:
         at_long_side(load_bundle(str(fixed_import)), 640, str(out))
     assert str(refused.value) == ("imported slim_fixed320 takes a fixed 320x240 input (letterboxed): it runs as imported, "
